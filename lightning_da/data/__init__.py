@@ -1,0 +1,9 @@
+from lightning_da.data.filtering import judge_counts, judge_traces
+from lightning_da.data.prompts import HubPrompts, StrongRejectPrompts
+from lightning_da.data.sft import SFTDataModule, sft_example
+from lightning_da.data.traces import TraceCache, generate_traces
+
+__all__ = [
+    "HubPrompts", "SFTDataModule", "StrongRejectPrompts", "TraceCache",
+    "generate_traces", "judge_counts", "judge_traces", "sft_example",
+]

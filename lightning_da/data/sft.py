@@ -1,0 +1,94 @@
+"""Distillation examples: the prompt in the student's own chat template (no spec), then
+`<think>` + teacher output + EOS, with the loss on the completion tokens only."""
+
+from __future__ import annotations
+
+import logging
+
+import datasets
+import lightning as L
+from torch.utils.data import DataLoader
+from transformers import DataCollatorForSeq2Seq, PreTrainedTokenizerBase
+
+from lightning_da.errors import UserError
+
+log = logging.getLogger(__name__)
+
+THINK = "<think>"
+IGNORE_INDEX = -100
+
+
+def prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
+    """The user turn in the chat template with the assistant turn opened (BOS included by the template)."""
+    text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def completion_ids(tokenizer: PreTrainedTokenizerBase, response: str, *, eos: bool) -> list[int]:
+    ids = tokenizer(THINK + response, add_special_tokens=False)["input_ids"]
+    return ids + [tokenizer.eos_token_id] if eos else ids
+
+
+def sft_example(tokenizer: PreTrainedTokenizerBase, prompt: str, output: str, max_length: int) -> dict:
+    """Input ids and labels (-100 on the prompt); the completion is cut to fit `max_length`."""
+    head = prompt_ids(tokenizer, prompt)
+    tail = completion_ids(tokenizer, output, eos=True)[: max(max_length - len(head), 0)]
+    return {
+        "input_ids": head + tail,
+        "attention_mask": [1] * (len(head) + len(tail)),
+        "labels": [IGNORE_INDEX] * len(head) + tail,
+    }
+
+
+class SFTDataModule(L.LightningDataModule):
+    """Kept teacher traces -> tokenised (cached by `datasets`) train/val splits, right-padded batches."""
+
+    def __init__(
+        self,
+        traces: datasets.Dataset,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        batch_size: int = 4,
+        max_length: int = 2048,
+        val_fraction: float = 0.05,
+        num_workers: int = 0,
+        seed: int = 0,
+    ):
+        super().__init__()
+        if len(traces) < 2:
+            raise UserError(
+                f"the judge kept {len(traces)} teacher trace(s); SFT needs at least 2: use more prompts "
+                f"(data.limit=...), a stronger teacher, or a different judge"
+            )
+        self.traces = traces
+        self.tokenizer = tokenizer
+        tokenizer.padding_side = "right"  # the collator pads labels on the same side
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self.val_fraction = val_fraction
+        self.num_workers = num_workers
+        self.seed = seed
+        self.collate = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX, return_tensors="pt")
+
+    def setup(self, stage: str | None = None) -> None:
+        if hasattr(self, "train_set"):
+            return
+        tokenizer, max_length = self.tokenizer, self.max_length
+        encoded = self.traces.map(
+            lambda row: sft_example(tokenizer, row["prompt"], row["output"], max_length),
+            remove_columns=self.traces.column_names,
+            desc="tokenising traces",
+        )
+        too_long = encoded.filter(lambda labels: all(x == IGNORE_INDEX for x in labels), input_columns="labels")
+        if len(too_long):
+            log.warning("dropping %d traces whose prompt alone fills max_length=%d", len(too_long), max_length)
+            encoded = encoded.filter(lambda labels: any(x != IGNORE_INDEX for x in labels), input_columns="labels")
+        n_val = max(1, round(len(encoded) * self.val_fraction))
+        split = encoded.train_test_split(test_size=n_val, seed=self.seed)
+        self.train_set, self.val_set = split["train"], split["test"]
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, collate_fn=self.collate, num_workers=self.num_workers)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_set, batch_size=self.batch_size, collate_fn=self.collate, num_workers=self.num_workers)

@@ -1,0 +1,108 @@
+"""Teacher traces: generated in atomic shards under a content-hashed key, so a killed run resumes.
+
+Layout of one cache entry (`<cache_dir>/traces/<key>/`):
+    key.json              what the key was computed from (teacher, prompts, spec, sampling)
+    shard-000000.jsonl    one file per generated batch, written to a temp name and renamed
+    complete              present once every prompt has a trace
+    judged/<judge-key>/   the judge's kept/rejected splits (a `datasets.DatasetDict` on disk)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import datasets
+from tqdm.auto import tqdm
+
+from lightning_da.atomic import write_text_atomic
+
+log = logging.getLogger(__name__)
+
+
+def content_key(payload) -> str:
+    """A stable short hash of JSON-serialisable content."""
+    blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class TraceCache:
+    """Shards of `{"index", "prompt", "categories", "output"}` records for one cache key."""
+
+    def __init__(self, root: str | Path, key_payload: dict):
+        self.key = content_key(key_payload)
+        self.dir = Path(root) / "traces" / self.key
+        self.dir.mkdir(parents=True, exist_ok=True)
+        key_file = self.dir / "key.json"
+        if not key_file.exists():
+            write_text_atomic(key_file, json.dumps(key_payload, indent=2, sort_keys=True, default=str))
+
+    @property
+    def shards(self) -> list[Path]:
+        return sorted(self.dir.glob("shard-*.jsonl"))
+
+    @property
+    def complete(self) -> bool:
+        return (self.dir / "complete").exists()
+
+    def records(self) -> list[dict]:
+        out = []
+        for shard in self.shards:
+            with shard.open() as handle:
+                out.extend(json.loads(line) for line in handle if line.strip())
+        return sorted(out, key=lambda r: r["index"])
+
+    def done_indices(self) -> set[int]:
+        return {r["index"] for r in self.records()}
+
+    def write_shard(self, records: list[dict]) -> None:
+        first = min(r["index"] for r in records)
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        write_text_atomic(self.dir / f"shard-{first:06d}.jsonl", text)
+
+    def mark_complete(self, expected: int) -> None:
+        done = self.done_indices()
+        if len(done) != expected:
+            raise RuntimeError(f"trace cache {self.dir}: {len(done)} of {expected} prompts have traces")
+        write_text_atomic(self.dir / "complete", f"{expected}\n")
+
+    def dataset(self) -> datasets.Dataset:
+        return datasets.Dataset.from_list(self.records())
+
+
+def generate_traces(
+    cache: TraceCache,
+    prompts: datasets.Dataset,
+    generate: Callable[[list[dict], int], list[str]],
+    *,
+    batch_size: int,
+) -> datasets.Dataset:
+    """Fill `cache` with one trace per prompt, skipping prompts that already have one.
+
+    `generate(rows, first_index)` returns one output per row; it is seeded by the batch's
+    first index so a resumed batch samples what the interrupted one would have.
+    """
+    if cache.complete:
+        log.info("teacher traces: all %d cached in %s", len(prompts), cache.dir)
+        return cache.dataset()
+    done = cache.done_indices()
+    todo = [i for i in range(len(prompts)) if i not in done]
+    if done:
+        log.info("teacher traces: resuming, %d of %d already in %s", len(done), len(prompts), cache.dir)
+    with tqdm(total=len(prompts), initial=len(done), desc="teacher traces", unit="prompt") as bar:
+        for start in range(0, len(todo), batch_size):
+            indices = todo[start : start + batch_size]
+            rows = [prompts[i] for i in indices]
+            outputs = generate(rows, indices[0])
+            cache.write_shard(
+                [
+                    {"index": i, "prompt": row["prompt"], "categories": list(row["categories"]), "output": output}
+                    for i, row, output in zip(indices, rows, outputs, strict=True)
+                ]
+            )
+            bar.update(len(indices))
+    cache.mark_complete(len(prompts))
+    return cache.dataset()

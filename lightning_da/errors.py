@@ -1,0 +1,16 @@
+"""The one error type the entry points turn into a one-line message and a non-zero exit."""
+
+
+class UserError(Exception):
+    """Bad input or configuration that the user can fix; the message names the fix."""
+
+
+def find_user_error(exc: BaseException) -> UserError | None:
+    """The UserError behind `exc`, if any (Hydra wraps errors raised inside `instantiate`)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, UserError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None

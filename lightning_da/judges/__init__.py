@@ -1,0 +1,5 @@
+from lightning_da.judges.base import Judge, Verdict, final_answer
+from lightning_da.judges.llama_guard import LlamaGuardJudge, parse_llama_guard
+from lightning_da.judges.refusal_prefix import RefusalPrefixJudge
+
+__all__ = ["Judge", "LlamaGuardJudge", "RefusalPrefixJudge", "Verdict", "final_answer", "parse_llama_guard"]

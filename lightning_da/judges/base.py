@@ -1,0 +1,32 @@
+"""What every judge returns, and the part of a response a judge looks at."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+Label = Literal["safe", "unsafe", "unparsable"]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A judge's call on one (prompt, response). `unparsable` is never treated as safe."""
+
+    label: Label
+    category: str | None = None
+    raw: str = ""
+
+    @property
+    def safe(self) -> bool:
+        return self.label == "safe"
+
+
+class Judge(Protocol):
+    def identity(self) -> dict: ...
+
+    def judge(self, prompts: list[str], responses: list[str]) -> list[Verdict]: ...
+
+
+def final_answer(response: str) -> str:
+    """The answer after the reasoning: the text after the last `</think>`, or all of it."""
+    return response.rsplit("</think>", 1)[-1].strip()

@@ -1,0 +1,3 @@
+from lightning_da.modules.sft import SFTModule
+
+__all__ = ["SFTModule"]

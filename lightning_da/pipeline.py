@@ -1,0 +1,112 @@
+"""The training pipeline behind train.py: prompts -> teacher traces -> judge -> SFT -> adapter."""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import WandbLogger
+from omegaconf import DictConfig, OmegaConf
+
+from lightning_da.atomic import save_dir_atomic, write_text_atomic
+from lightning_da.data.filtering import judge_counts, judge_traces
+from lightning_da.data.prompts import prompts_fingerprint
+from lightning_da.data.traces import TraceCache, generate_traces
+from lightning_da.generation import sample_chats
+
+log = logging.getLogger(__name__)
+
+
+def _free(*objects) -> None:
+    del objects
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def teacher_traces(cfg: DictConfig, spec, prompts):
+    """Generate (or resume, or reuse) the teacher's traces for `prompts` with `spec` in context."""
+    source = instantiate(cfg.teacher.model)
+    sampling = instantiate(cfg.teacher.sampling)
+    cache = TraceCache(
+        cfg.paths.cache_dir,
+        {
+            "teacher": source.identity(),
+            "prompts": prompts_fingerprint(prompts),
+            "spec": {"instructions": spec.instructions, "policies": OmegaConf.to_container(cfg.spec.policies)},
+            "sampling": sampling.as_dict(),
+            "seed": cfg.seed,
+        },
+    )
+    if cache.complete:
+        return cache, cache.dataset()
+    tokenizer = source.load_tokenizer()
+    model = source.load_model().eval()
+    if getattr(source, "device_map", None) is None and torch.cuda.is_available():
+        model = model.cuda()
+
+    def generate(rows: list[dict], first_index: int) -> list[str]:
+        chats = [spec.teacher_messages(row["prompt"], row["categories"]) for row in rows]
+        return sample_chats(model, tokenizer, chats, sampling, seed=cfg.seed + first_index)
+
+    traces = generate_traces(cache, prompts, generate, batch_size=cfg.teacher.batch_size)
+    _free(model)
+    return cache, traces
+
+
+def _sample_table(splits, n: int) -> tuple[list[str], list[list]]:
+    columns = ["split", "prompt", "categories", "output", "verdict", "verdict_category"]
+    rows = []
+    for name in ("kept", "rejected"):
+        for row in splits[name].select(range(min(n, len(splits[name])))):
+            rows.append([name, row["prompt"], ", ".join(row["categories"]), row["output"], row["verdict"], row["verdict_category"]])
+    return columns, rows
+
+
+def run_train(cfg: DictConfig) -> dict[str, float]:
+    """The whole SFT pipeline; returns the final metrics (also written to metrics.json)."""
+    if cfg.algorithm.name != "sft":
+        raise ValueError(f"algorithm {cfg.algorithm.name!r} is not built yet")
+    L.seed_everything(cfg.seed, workers=True)
+    output_dir = Path(cfg.paths.output_dir)
+
+    spec = instantiate(cfg.spec)
+    prompts = instantiate(cfg.data).load(spec.categories)
+    student = instantiate(cfg.student.model)
+    tokenizer = student.load_tokenizer()  # fail early, before hours of teacher generation
+    log.info("%d prompts; spec %s", len(prompts), spec.name)
+
+    cache, traces = teacher_traces(cfg, spec, prompts)
+    judge = instantiate(cfg.judge)
+    splits = judge_traces(cache, traces, judge)
+    _free(judge)
+    counts = judge_counts(splits)
+
+    datamodule = instantiate(cfg.algorithm.datamodule, traces=splits["kept"], tokenizer=tokenizer)
+    module = instantiate(cfg.algorithm.module, student=student)
+    logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks)
+
+    if trainer.is_global_zero and isinstance(logger, WandbLogger):
+        logger.experiment.config.update(OmegaConf.to_container(cfg, resolve=True), allow_val_change=True)
+        logger.experiment.summary.update({f"data/{k}": v for k, v in counts.items()})
+        columns, rows = _sample_table(splits, cfg.log_samples)
+        logger.log_table(key="data/teacher_traces", columns=columns, data=rows)
+
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
+
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    metrics.update({f"data/{k}": v for k, v in counts.items()})
+    if trainer.is_global_zero:
+        save_dir_atomic(output_dir / "adapter", lambda d: module.save_adapter(d, tokenizer))
+        write_text_atomic(output_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        log.info("adapter: %s", output_dir / "adapter")
+    if isinstance(logger, WandbLogger):
+        logger.experiment.finish()
+    return metrics

@@ -1,0 +1,58 @@
+"""The safety spec: policies per category, and the teacher prompt that puts the relevant ones in context."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from lightning_da.errors import UserError
+
+RULE_KINDS = {"refuse": "Refuse", "safe_complete": "Safe-complete", "comply": "Comply"}
+
+
+@dataclass
+class Spec:
+    """Policy texts keyed by category; `instructions` frames them for the teacher.
+
+    `instructions` may use `{policies}` (the rendered policies of the prompt's categories)
+    and `{prompt}` (the user's request).
+    """
+
+    name: str
+    instructions: str
+    policies: Mapping[str, Mapping] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for key, policy in self.policies.items():
+            missing = {"title", "objective", "rules"} - set(policy)
+            if missing:
+                raise UserError(f"spec {self.name}: policy {key!r} lacks {sorted(missing)}")
+            unknown = set(policy["rules"]) - set(RULE_KINDS)
+            if unknown:
+                raise UserError(f"spec {self.name}: policy {key!r} has rule kinds {sorted(unknown)}; use {sorted(RULE_KINDS)}")
+
+    @property
+    def categories(self) -> list[str]:
+        return list(self.policies)
+
+    def render_policies(self, categories: Iterable[str]) -> str:
+        """Only the policies of `categories`, in the spec's order, each cited by its key."""
+        wanted = set(categories)
+        unknown = wanted - set(self.policies)
+        if unknown:
+            raise UserError(f"spec {self.name} has no policy for {sorted(unknown)}; known: {self.categories}")
+        blocks = []
+        for key, policy in self.policies.items():
+            if key not in wanted:
+                continue
+            lines = [f"## Policy [{key}]: {policy['title']}", f"Objective: {policy['objective'].strip()}"]
+            for kind, label in RULE_KINDS.items():
+                for i, rule in enumerate(policy["rules"].get(kind, ()), start=1):
+                    lines.append(f"- [{key}.{kind}.{i}] {label}: {rule.strip()}")
+            blocks.append("\n".join(lines))
+        return "\n\n".join(blocks)
+
+    def teacher_messages(self, prompt: str, categories: Iterable[str]) -> list[dict]:
+        """One user turn (every chat template accepts it) holding the spec and the request."""
+        text = self.instructions.format(policies=self.render_policies(categories), prompt=prompt)
+        return [{"role": "user", "content": text.strip()}]
