@@ -40,6 +40,8 @@ def teacher_traces(cfg: DictConfig, spec, prompts):
             "prompts": prompts_fingerprint(prompts),
             "spec": {"instructions": spec.instructions, "policies": OmegaConf.to_container(cfg.spec.policies)},
             "sampling": sampling.as_dict(),
+            "samples_per_prompt": cfg.teacher.samples_per_prompt,
+            "demonstrations": OmegaConf.to_container(cfg.teacher.demonstrations),
             "seed": cfg.seed,
         },
     )
@@ -50,9 +52,13 @@ def teacher_traces(cfg: DictConfig, spec, prompts):
     if getattr(source, "device_map", None) is None and torch.cuda.is_available():
         model = model.cuda()
 
-    def generate(rows: list[dict], first_index: int) -> list[str]:
-        chats = [spec.teacher_messages(row["prompt"], row["categories"]) for row in rows]
-        return sample_chats(model, tokenizer, chats, sampling, seed=cfg.seed + first_index)
+    k = cfg.teacher.samples_per_prompt
+    demonstrations = cfg.teacher.demonstrations
+
+    def generate(rows: list[dict], first_index: int) -> list[list[str]]:
+        chats = [spec.teacher_messages(row["prompt"], row["categories"], demonstrations) for row in rows]
+        outputs = sample_chats(model, tokenizer, chats, sampling, num_return_sequences=k, seed=cfg.seed + first_index)
+        return [outputs[i : i + k] for i in range(0, len(outputs), k)]
 
     traces = generate_traces(cache, prompts, generate, batch_size=cfg.teacher.batch_size)
     _free(model)
@@ -87,8 +93,9 @@ def run_train(cfg: DictConfig) -> dict[str, float]:
     _free(judge)
     counts = judge_counts(splits)
 
-    datamodule = instantiate(cfg.algorithm.datamodule, traces=splits["kept"], tokenizer=tokenizer)
-    module = instantiate(cfg.algorithm.module, student=student)
+    # Built objects go in through partials: Hydra would turn a dataclass argument into a config node.
+    datamodule = instantiate(cfg.algorithm.datamodule, _partial_=True)(traces=splits["kept"], tokenizer=tokenizer)
+    module = instantiate(cfg.algorithm.module, _partial_=True)(student=student)
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     trainer: L.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks)

@@ -52,7 +52,15 @@ class Spec:
             blocks.append("\n".join(lines))
         return "\n\n".join(blocks)
 
-    def teacher_messages(self, prompt: str, categories: Iterable[str]) -> list[dict]:
+    def user_turn(self, prompt: str, categories: Iterable[str]) -> dict:
         """One user turn (every chat template accepts it) holding the spec and the request."""
         text = self.instructions.format(policies=self.render_policies(categories), prompt=prompt)
-        return [{"role": "user", "content": text.strip()}]
+        return {"role": "user", "content": text.strip()}
+
+    def teacher_messages(self, prompt: str, categories: Iterable[str], demonstrations: Iterable[Mapping] = ()) -> list[dict]:
+        """The teacher's chat: optional worked examples (each a `prompt`, its `categories` and the
+        `response` to imitate, shown with the same spec), then the request itself."""
+        messages = []
+        for demo in demonstrations:
+            messages += [self.user_turn(demo["prompt"], demo["categories"]), {"role": "assistant", "content": demo["response"].strip()}]
+        return messages + [self.user_turn(prompt, categories)]

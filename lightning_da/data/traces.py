@@ -30,7 +30,7 @@ def content_key(payload) -> str:
 
 
 class TraceCache:
-    """Shards of `{"index", "prompt", "categories", "output"}` records for one cache key."""
+    """Shards of `{"index", "prompt", "categories", "outputs"}` records (one per prompt) for one key."""
 
     def __init__(self, root: str | Path, key_payload: dict):
         self.key = content_key(key_payload)
@@ -49,11 +49,16 @@ class TraceCache:
         return (self.dir / "complete").exists()
 
     def records(self) -> list[dict]:
-        out = []
+        """One record per prompt index. Two jobs resuming the same key at once (a sweep sharing a
+        teacher) may both write a prompt; the first shard holding it wins."""
+        by_index: dict[int, dict] = {}
         for shard in self.shards:
             with shard.open() as handle:
-                out.extend(json.loads(line) for line in handle if line.strip())
-        return sorted(out, key=lambda r: r["index"])
+                for line in handle:
+                    if line.strip():
+                        record = json.loads(line)
+                        by_index.setdefault(record["index"], record)
+        return [by_index[i] for i in sorted(by_index)]
 
     def done_indices(self) -> set[int]:
         return {r["index"] for r in self.records()}
@@ -70,20 +75,26 @@ class TraceCache:
         write_text_atomic(self.dir / "complete", f"{expected}\n")
 
     def dataset(self) -> datasets.Dataset:
-        return datasets.Dataset.from_list(self.records())
+        """One row per trace: `index` (the prompt's), `sample`, `prompt`, `categories`, `output`."""
+        rows = [
+            {"index": r["index"], "sample": k, "prompt": r["prompt"], "categories": r["categories"], "output": output}
+            for r in self.records()
+            for k, output in enumerate(r["outputs"])
+        ]
+        return datasets.Dataset.from_list(rows)
 
 
 def generate_traces(
     cache: TraceCache,
     prompts: datasets.Dataset,
-    generate: Callable[[list[dict], int], list[str]],
+    generate: Callable[[list[dict], int], list[list[str]]],
     *,
     batch_size: int,
 ) -> datasets.Dataset:
     """Fill `cache` with one trace per prompt, skipping prompts that already have one.
 
-    `generate(rows, first_index)` returns one output per row; it is seeded by the batch's
-    first index so a resumed batch samples what the interrupted one would have.
+    `generate(rows, first_index)` returns the outputs (one or more samples) of each row; it is
+    seeded by the batch's first index so a resumed batch samples what the interrupted one would have.
     """
     if cache.complete:
         log.info("teacher traces: all %d cached in %s", len(prompts), cache.dir)
@@ -99,8 +110,8 @@ def generate_traces(
             outputs = generate(rows, indices[0])
             cache.write_shard(
                 [
-                    {"index": i, "prompt": row["prompt"], "categories": list(row["categories"]), "output": output}
-                    for i, row, output in zip(indices, rows, outputs, strict=True)
+                    {"index": i, "prompt": row["prompt"], "categories": list(row["categories"]), "outputs": list(samples)}
+                    for i, row, samples in zip(indices, rows, outputs, strict=True)
                 ]
             )
             bar.update(len(indices))

@@ -1,0 +1,41 @@
+import os
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from omegaconf import open_dict  # noqa: E402
+
+from lightning_da.models import TinyRandomLlama  # noqa: E402
+
+CONF = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+@pytest.fixture(scope="session")
+def tiny_source():
+    return TinyRandomLlama()
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tiny_source):
+    return tiny_source.load_tokenizer()
+
+
+@pytest.fixture
+def compose_train(tmp_path):
+    """Compose conf/train.yaml with overrides, outputs and caches under tmp_path."""
+
+    def _compose(*overrides: str):
+        with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+            cfg = compose(config_name="train", overrides=list(overrides))
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(tmp_path / "run")
+            cfg.paths.cache_dir = str(tmp_path / "cache")
+        return cfg
+
+    return _compose

@@ -1,0 +1,75 @@
+"""Every config composes, instantiates (without loading weights) and says what it should."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra.errors import MissingConfigException
+from hydra.utils import instantiate
+
+from lightning_da.generation import SamplingConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+TEACHERS = sorted(p.stem for p in (ROOT / "conf" / "teacher").glob("*.yaml"))
+STUDENTS = sorted(p.stem for p in (ROOT / "conf" / "student").glob("*.yaml"))
+
+
+def test_every_paper_model_has_a_config():
+    assert {"r1_qwen_1_5b", "r1_qwen_7b", "r1_qwen_14b", "r1_qwen_32b", "r1_llama_8b", "r1_llama_70b", "qwq"} <= set(TEACHERS)
+    assert {"qwen2_5_0_5b", "qwen2_5_1_5b", "qwen2_5_7b", "qwen2_5_14b", "llama3_2_1b", "gemma3_1b", "llama3_8b"} <= set(STUDENTS)
+
+
+@pytest.mark.parametrize("teacher", TEACHERS)
+def test_teacher_composes(compose_train, teacher):
+    cfg = compose_train(f"teacher={teacher}")
+    source = instantiate(cfg.teacher.model)
+    sampling = instantiate(cfg.teacher.sampling)
+    assert isinstance(sampling, SamplingConfig)
+    assert cfg.teacher.batch_size > 0
+    assert getattr(source, "trust_remote_code", False) is False
+    assert source.config_key == "teacher.model"
+    if teacher == "qwq":
+        assert (sampling.temperature, sampling.top_p, sampling.top_k) == (0.6, 0.95, 30)
+    elif teacher.startswith("r1_"):
+        assert (sampling.temperature, sampling.top_p, sampling.top_k) == (0.7, 1.0, None)
+        assert sampling.max_new_tokens == 2048
+
+
+@pytest.mark.parametrize("student", STUDENTS)
+def test_student_composes(compose_train, student):
+    cfg = compose_train(f"student={student}")
+    source = instantiate(cfg.student.model)
+    assert source.config_key == "student.model"
+    assert getattr(source, "trust_remote_code", False) is False
+    module = instantiate(cfg.algorithm.module, student=source)  # no weights loaded until configure_model
+    assert module.model is None and module.lora["r"] == 32
+
+
+def test_paper_pipeline_prints_its_config():
+    out = subprocess.run(
+        [sys.executable, "train.py", "teacher=qwq", "student=llama3_8b", "--cfg", "job"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    ).stdout
+    assert "name: Qwen/QwQ-32B" in out
+    assert "name: meta-llama/Meta-Llama-3-8B-Instruct" in out
+    assert "lr: 1.41e-05" in out
+
+
+def test_paper_settings_are_the_defaults(compose_train):
+    cfg = compose_train()
+    lora = cfg.algorithm.module.lora
+    assert (lora.r, lora.alpha, lora.dropout, list(lora.modules_to_save)) == (32, 64, 0.05, ["lm_head"])
+    assert cfg.algorithm.module.optimizer.lr == pytest.approx(1.41e-5)
+    assert cfg.trainer.max_epochs == 3
+    assert cfg.algorithm.datamodule.batch_size * cfg.trainer.accumulate_grad_batches == 16
+
+
+def test_unknown_config_name_fails_clearly(compose_train):
+    with pytest.raises(MissingConfigException, match="teacher"):
+        compose_train("teacher=gpt5")
+    result = subprocess.run(
+        [sys.executable, "train.py", "student=nope", "--cfg", "job"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert result.returncode != 0
+    assert "Could not find 'student/nope'" in result.stderr and "qwen2_5_0_5b" in result.stderr

@@ -1,0 +1,58 @@
+import datasets
+import pytest
+import torch
+
+from lightning_da.data.sft import IGNORE_INDEX, THINK, SFTDataModule, prompt_ids, sft_example
+from lightning_da.errors import UserError
+
+
+def traces(n: int) -> datasets.Dataset:
+    return datasets.Dataset.from_list([
+        {"index": i, "prompt": f"Tell me about topic number {i}" + " really" * i, "categories": ["benign"],
+         "output": f"Policy [benign.comply.1] applies.</think>Answer {i}" + " more" * (3 * i)}
+        for i in range(n)
+    ])
+
+
+def test_prompt_is_the_chat_template_without_the_spec(tokenizer):
+    example = sft_example(tokenizer, "How do I X?", "reason</think>No.", max_length=512)
+    head = prompt_ids(tokenizer, "How do I X?")
+    text = tokenizer.decode(example["input_ids"])
+    expected_prompt = tokenizer.apply_chat_template([{"role": "user", "content": "How do I X?"}], tokenize=False, add_generation_prompt=True)
+    assert tokenizer.decode(head) == expected_prompt
+    assert text == expected_prompt + THINK + "reason</think>No." + tokenizer.eos_token
+    assert "Policy" not in text and "[violence" not in text
+
+
+def test_labels_are_ignored_exactly_on_prompt_and_padding(tokenizer):
+    module = SFTDataModule(traces(6), tokenizer, batch_size=6, max_length=512, val_fraction=0.2)
+    module.setup()
+    batch = module.collate([module.train_set[i] for i in range(len(module.train_set))] + [module.val_set[0]])
+    for row in range(batch["input_ids"].size(0)):
+        ids, labels, mask = batch["input_ids"][row], batch["labels"][row], batch["attention_mask"][row]
+        length = int(mask.sum())
+        assert mask[:length].all() and not mask[length:].any()  # right padding
+        text = tokenizer.decode(ids[:length])
+        prompt_len = text.index(THINK)
+        n_prompt = len(tokenizer(text[:prompt_len], add_special_tokens=False)["input_ids"])
+        expected = torch.full_like(labels, IGNORE_INDEX)
+        expected[n_prompt:length] = ids[n_prompt:length]
+        assert torch.equal(labels, expected)
+        assert labels[length - 1] == tokenizer.eos_token_id  # the model learns to stop
+
+
+def test_long_completions_are_cut_to_max_length(tokenizer):
+    example = sft_example(tokenizer, "hi", "word " * 200, max_length=40)
+    assert len(example["input_ids"]) == 40 == len(example["labels"])
+    assert example["labels"][-1] != IGNORE_INDEX
+
+
+def test_prompt_that_fills_max_length_is_dropped(tokenizer):
+    module = SFTDataModule(traces(6), tokenizer, max_length=len(prompt_ids(tokenizer, "Tell me about topic number 5" + " really" * 5)) - 1)
+    module.setup()
+    assert len(module.train_set) + len(module.val_set) == 5
+
+
+def test_too_few_kept_traces_is_a_clear_error(tokenizer):
+    with pytest.raises(UserError, match="the judge kept 1 teacher trace"):
+        SFTDataModule(traces(1), tokenizer)

@@ -1,0 +1,65 @@
+import datasets
+import lightning as L
+import torch
+from functools import partial
+from transformers import get_cosine_schedule_with_warmup
+
+from lightning_da.data.sft import SFTDataModule
+from lightning_da.modules import SFTModule
+
+LORA = {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear", "modules_to_save": ["lm_head"]}
+
+
+def data(tokenizer) -> SFTDataModule:
+    rows = [{"prompt": f"question {i}", "categories": ["benign"], "output": "I think.</think>The answer is always the same."} for i in range(10)]
+    return SFTDataModule(datasets.Dataset.from_list(rows), tokenizer, batch_size=4, max_length=64, val_fraction=0.2)
+
+
+def module(tiny_source, lr=5e-3) -> SFTModule:
+    return SFTModule(
+        tiny_source, lora=LORA, optimizer=partial(torch.optim.AdamW, lr=lr),
+        scheduler=partial(get_cosine_schedule_with_warmup), warmup_ratio=0.1,
+    )
+
+
+def trainer(tmp_path, **kwargs) -> L.Trainer:
+    return L.Trainer(
+        accelerator="cpu", logger=False, enable_progress_bar=False, default_root_dir=tmp_path,
+        num_sanity_val_steps=0, log_every_n_steps=1, **kwargs,
+    )
+
+
+def test_loss_falls(tmp_path, tiny_source, tokenizer):
+    L.seed_everything(0)
+    sft, dm = module(tiny_source), data(tokenizer)
+    dm.setup()
+    sft.configure_model()
+    batch = dm.collate([dm.train_set[i] for i in range(len(dm.train_set))])
+    with torch.no_grad():
+        before = sft(batch).item()
+    trainer(tmp_path, max_epochs=8, enable_checkpointing=False).fit(sft, datamodule=dm)
+    with torch.no_grad():
+        after = sft(batch).item()
+    assert after < 0.5 * before, (before, after)
+    # the loss is the mean cross-entropy over completion tokens only
+    logits = sft.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    labels = batch["labels"][:, 1:]
+    manual = torch.nn.functional.cross_entropy(logits[labels != -100], labels[labels != -100])
+    assert torch.allclose(manual, sft(batch), atol=1e-5)
+
+
+def test_checkpoint_holds_trainable_weights_and_resumes(tmp_path, tiny_source, tokenizer):
+    L.seed_everything(0)
+    first = trainer(tmp_path, max_epochs=1, default_root_dir=tmp_path)
+    sft = module(tiny_source)
+    first.fit(sft, datamodule=data(tokenizer))
+    ckpt = next((tmp_path / "checkpoints").glob("*.ckpt")) if (tmp_path / "checkpoints").exists() else next(tmp_path.rglob("*.ckpt"))
+    state = torch.load(ckpt, weights_only=True)["state_dict"]
+    trainable = {n for n, p in sft.named_parameters() if p.requires_grad}
+    assert set(state) == trainable
+    assert not any("embed_tokens" in k or "base_layer" in k for k in state)
+
+    resumed = module(tiny_source)
+    second = trainer(tmp_path / "again", max_epochs=2)
+    second.fit(resumed, datamodule=data(tokenizer), ckpt_path=str(ckpt), weights_only=True)
+    assert second.current_epoch == 2 and second.global_step == 2 * first.global_step

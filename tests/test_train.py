@@ -1,0 +1,65 @@
+"""train.py end to end on the tiny random models: Hydra compose in-process, and the real CLI."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lightning_da.errors import UserError
+from lightning_da.pipeline import run_train
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "teacher=tiny_random", "student=tiny_random", "data.limit=8",
+    # A random teacher never refuses; an empty refusal phrase makes the keyword judge keep everything.
+    '+judge.refusals=[""]',
+    "trainer.max_epochs=2", "trainer.accumulate_grad_batches=1", "algorithm.datamodule.batch_size=2",
+    "algorithm.datamodule.val_fraction=0.25", "algorithm.module.lora.r=4", "trainer.accelerator=cpu",
+]
+
+
+def test_pipeline_through_compose(compose_train, tmp_path):
+    cfg = compose_train(*TINY)
+    metrics = run_train(cfg)
+    run = Path(cfg.paths.output_dir)
+
+    assert metrics["data/traces_kept"] == 8 and metrics["data/traces_rejected"] == 0
+    for key in ("train/loss_epoch", "val/loss", "train/lr", "train/tokens_per_sec"):
+        assert key in metrics, sorted(metrics)
+    assert json.loads((run / "metrics.json").read_text()) == pytest.approx(metrics)
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert (run / "adapter" / "adapter_config.json").is_file() and (run / "adapter" / "tokenizer_config.json").is_file()
+    assert list((run / "wandb").glob("offline-run-*"))
+    # the trace cache is complete and reused: a second run generates nothing
+    cache = next((tmp_path / "cache" / "traces").iterdir())
+    assert (cache / "complete").exists() and len(list(cache.glob("shard-*.jsonl"))) == 1
+
+
+def test_cli_run_writes_the_run_directory(tmp_path):
+    run = tmp_path / "run"
+    subprocess.run(
+        [sys.executable, "train.py", *TINY, "trainer.max_epochs=1", f"hydra.run.dir={run}", f"paths.cache_dir={tmp_path / 'cache'}"],
+        cwd=ROOT, check=True, capture_output=True, text=True,
+    )
+    assert (run / ".hydra" / "config.yaml").is_file()
+    assert {"adapter", "checkpoints", "metrics.json", "wandb"} <= {p.name for p in run.iterdir()}
+
+
+def test_cli_bad_input_is_one_line_and_nonzero(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "train.py", "student=qwen2_5_0_5b", f"hydra.run.dir={tmp_path / 'run'}", f"paths.cache_dir={tmp_path}"],
+        cwd=ROOT, capture_output=True, text=True, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert result.returncode == 2
+    errors = [line for line in (result.stdout + result.stderr).splitlines() if "error:" in line]
+    assert len(errors) == 1 and "student.model.path=" in errors[0]
+    assert not (tmp_path / "run" / "adapter").exists() and not (tmp_path / "traces").exists()
+
+
+def test_zero_kept_traces_stops_before_training(compose_train):
+    cfg = compose_train(*[o for o in TINY if "refusals" not in o])
+    with pytest.raises(Exception) as info:
+        run_train(cfg)
+    assert "the judge kept 0 teacher trace" in str(info.value) or isinstance(info.value, UserError)
