@@ -22,8 +22,8 @@ from lightning_da.generation import sample_chats
 log = logging.getLogger(__name__)
 
 
-def _free(*objects) -> None:
-    del objects
+def release_memory() -> None:
+    """Return freed model memory (after the caller dropped its references) before the next model loads."""
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -61,7 +61,8 @@ def teacher_traces(cfg: DictConfig, spec, prompts):
         return [outputs[i : i + k] for i in range(0, len(outputs), k)]
 
     traces = generate_traces(cache, prompts, generate, batch_size=cfg.teacher.batch_size)
-    _free(model)
+    del model, generate
+    release_memory()
     return cache, traces
 
 
@@ -90,7 +91,8 @@ def run_train(cfg: DictConfig) -> dict[str, float]:
     cache, traces = teacher_traces(cfg, spec, prompts)
     judge = instantiate(cfg.judge)
     splits = judge_traces(cache, traces, judge)
-    _free(judge)
+    del judge
+    release_memory()
     counts = judge_counts(splits)
 
     # Built objects go in through partials: Hydra would turn a dataclass argument into a config node.

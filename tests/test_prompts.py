@@ -71,7 +71,7 @@ def test_missing_and_unsupported_files(tmp_path):
 def test_csv_header_only_is_empty(tmp_path):
     path = tmp_path / "p.csv"
     path.write_text("question,category\n")
-    with pytest.raises(UserError, match="has no prompts"):
+    with pytest.raises(UserError, match="is empty"):
         HubPrompts(name="x", path=str(path), category_map=CATEGORY_MAP).load(SPEC)
 
 

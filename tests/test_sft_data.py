@@ -48,7 +48,8 @@ def test_long_completions_are_cut_to_max_length(tokenizer):
 
 
 def test_prompt_that_fills_max_length_is_dropped(tokenizer):
-    module = SFTDataModule(traces(6), tokenizer, max_length=len(prompt_ids(tokenizer, "Tell me about topic number 5" + " really" * 5)) - 1)
+    longest = len(prompt_ids(tokenizer, "Tell me about topic number 5" + " really" * 5))
+    module = SFTDataModule(traces(6), tokenizer, max_length=longest)  # no room left for prompt 5's completion
     module.setup()
     assert len(module.train_set) + len(module.val_set) == 5
 

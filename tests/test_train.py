@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lightning_da.errors import UserError
+from lightning_da.errors import find_user_error
 from lightning_da.pipeline import run_train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,4 +62,5 @@ def test_zero_kept_traces_stops_before_training(compose_train):
     cfg = compose_train(*[o for o in TINY if "refusals" not in o])
     with pytest.raises(Exception) as info:
         run_train(cfg)
-    assert "the judge kept 0 teacher trace" in str(info.value) or isinstance(info.value, UserError)
+    assert "the judge kept 0 teacher trace(s)" in str(find_user_error(info.value))
+    assert not (Path(cfg.paths.output_dir) / "adapter").exists()

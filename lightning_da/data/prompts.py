@@ -81,7 +81,7 @@ def read_local_table(path: str | Path, *, what: str = "data file") -> list[dict]
     builder = LOCAL_FORMATS.get(path.suffix)
     if builder is None:
         raise UserError(f"{what} {path}: unsupported format; use one of {sorted(LOCAL_FORMATS)}")
-    if path.stat().st_size == 0:
+    if path.stat().st_size == 0 or (builder == "csv" and len(path.read_text().strip().splitlines()) < 2):
         raise UserError(f"{what} {path} is empty")
     try:
         table = datasets.load_dataset(builder, data_files=str(path), split="train")

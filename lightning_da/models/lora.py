@@ -31,4 +31,7 @@ def apply_lora(
 
 def load_adapter(model: PreTrainedModel, adapter_dir: str, *, trainable: bool = False) -> PeftModel:
     """A saved adapter on its base; `trainable=True` to keep training it (e.g. GRPO from SFT)."""
-    return PeftModel.from_pretrained(model, adapter_dir, is_trainable=trainable)
+    peft_model = PeftModel.from_pretrained(model, adapter_dir, is_trainable=trainable)
+    if not trainable:  # peft leaves the modules_to_save copies (lm_head) trainable
+        peft_model.requires_grad_(False)
+    return peft_model

@@ -49,7 +49,8 @@ class SFTModule(L.LightningModule):
         if self.gradient_checkpointing:
             model.gradient_checkpointing_enable()
             model.enable_input_require_grads()
-        self.model = apply_lora(model, **self.lora) if self.lora else model
+        model = apply_lora(model, **self.lora) if self.lora else model
+        self.model = model.train()  # from_pretrained returns eval mode; LoRA dropout must be live
 
     def forward(self, batch: dict) -> torch.Tensor:
         return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
