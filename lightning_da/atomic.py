@@ -23,14 +23,21 @@ def write_text_atomic(path: Path, text: str) -> None:
         raise
 
 
-def save_dir_atomic(target: Path, write: Callable[[Path], None]) -> None:
-    """`write(tmp_dir)` fills a directory that then becomes `target`; an existing target is replaced."""
+def save_dir_atomic(target: Path, write: Callable[[Path], None], *, replace: bool = True) -> None:
+    """`write(tmp_dir)` fills a directory that then becomes `target`.
+
+    An existing target is replaced, or with `replace=False` kept (another process that wrote
+    the same content first wins, and nobody deletes a directory someone may be reading).
+    """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
     try:
         write(tmp)
         if target.exists():
+            if not replace:
+                shutil.rmtree(tmp)
+                return
             shutil.rmtree(target)
         os.replace(tmp, target)
     except BaseException:

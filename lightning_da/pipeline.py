@@ -38,7 +38,7 @@ def teacher_traces(cfg: DictConfig, spec, prompts):
         {
             "teacher": source.identity(),
             "prompts": prompts_fingerprint(prompts),
-            "spec": {"instructions": spec.instructions, "policies": OmegaConf.to_container(cfg.spec.policies)},
+            "spec": spec.identity(),
             "sampling": sampling.as_dict(),
             "samples_per_prompt": cfg.teacher.samples_per_prompt,
             "demonstrations": OmegaConf.to_container(cfg.teacher.demonstrations),
@@ -77,8 +77,6 @@ def _sample_table(splits, n: int) -> tuple[list[str], list[list]]:
 
 def run_train(cfg: DictConfig) -> dict[str, float]:
     """The whole SFT pipeline; returns the final metrics (also written to metrics.json)."""
-    if cfg.algorithm.name != "sft":
-        raise ValueError(f"algorithm {cfg.algorithm.name!r} is not built yet")
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
 
@@ -102,11 +100,12 @@ def run_train(cfg: DictConfig) -> dict[str, float]:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     trainer: L.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks)
 
-    if trainer.is_global_zero and isinstance(logger, WandbLogger):
-        logger.experiment.config.update(OmegaConf.to_container(cfg, resolve=True), allow_val_change=True)
-        logger.experiment.summary.update({f"data/{k}": v for k, v in counts.items()})
-        columns, rows = _sample_table(splits, cfg.log_samples)
-        logger.log_table(key="data/teacher_traces", columns=columns, data=rows)
+    if trainer.is_global_zero and logger:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        logger.log_metrics({f"data/{k}": v for k, v in counts.items()}, step=0)
+        if isinstance(logger, WandbLogger):
+            columns, rows = _sample_table(splits, cfg.log_samples)
+            logger.log_table(key="data/teacher_traces", columns=columns, data=rows)
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
 

@@ -31,6 +31,10 @@ class Spec:
             if unknown:
                 raise UserError(f"spec {self.name}: policy {key!r} has rule kinds {sorted(unknown)}; use {sorted(RULE_KINDS)}")
 
+    def identity(self) -> dict:
+        """What the teacher sees of the spec: part of the trace cache key."""
+        return {"instructions": self.instructions, "policies": self.policies}
+
     @property
     def categories(self) -> list[str]:
         return list(self.policies)

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from hydra.errors import MissingConfigException
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from lightning_da.generation import SamplingConfig
 
@@ -73,3 +74,12 @@ def test_unknown_config_name_fails_clearly(compose_train):
     )
     assert result.returncode != 0
     assert "Could not find 'student/nope'" in result.stderr and "qwen2_5_0_5b" in result.stderr
+
+
+def test_sft_grid_experiment_is_the_papers_grid(compose_train):
+    cfg = compose_train("experiment=sft_grid")
+    assert cfg.data.name == "UCSC-VLAA/STAR-41K" and cfg.judge.model.name == "meta-llama/Llama-Guard-3-8B"
+    assert cfg.trainer.precision == "bf16-mixed"
+    grid = OmegaConf.load(ROOT / "conf" / "experiment" / "sft_grid.yaml").hydra.sweeper.params
+    teachers, students = grid.teacher.split(","), grid.student.split(",")
+    assert len(teachers) * len(students) == 42 and set(teachers) <= set(TEACHERS) and set(students) <= set(STUDENTS)

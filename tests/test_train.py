@@ -26,7 +26,7 @@ def test_pipeline_through_compose(compose_train, tmp_path):
     run = Path(cfg.paths.output_dir)
 
     assert metrics["data/traces_kept"] == 8 and metrics["data/traces_rejected"] == 0
-    for key in ("train/loss_epoch", "val/loss", "train/lr", "train/tokens_per_sec"):
+    for key in ("train/loss", "train/loss_epoch", "val/loss", "train/lr", "train/tokens_per_sec"):
         assert key in metrics, sorted(metrics)
     assert json.loads((run / "metrics.json").read_text()) == pytest.approx(metrics)
     assert (run / "checkpoints" / "last.ckpt").is_file()

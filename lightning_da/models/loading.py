@@ -151,7 +151,7 @@ class EmbeddedSmolLM2:
             gguf_dir = _smollm2_gguf_dir()
             log.info("converting the SmolLM2 tokenizer from GGUF into %s", target)
             tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF)
-            save_dir_atomic(target, tokenizer.save_pretrained)
+            save_dir_atomic(target, tokenizer.save_pretrained, replace=False)
         return target
 
     def model_dir(self) -> Path:
@@ -170,7 +170,7 @@ class EmbeddedSmolLM2:
                 model.save_pretrained(tmp)
                 tokenizer.save_pretrained(tmp)
 
-            save_dir_atomic(target, write)
+            save_dir_atomic(target, write, replace=False)
         return target
 
     def load_tokenizer(self) -> PreTrainedTokenizerBase:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -17,7 +18,11 @@ def apply_lora(
     target_modules: str | Sequence[str] = "all-linear",
     modules_to_save: Sequence[str] | None = ("lm_head",),
 ) -> PeftModel:
-    """The paper's adapter: r 32, alpha 64, dropout 0.05, on every linear layer, lm_head trained in full."""
+    """The paper's adapter: r 32, alpha 64, dropout 0.05, on every linear layer, lm_head trained in full.
+
+    With tied embeddings (SmolLM2, Qwen2.5-0.5B) the trained lm_head is a copy: the input
+    embeddings stay the base's, and disabling the adapter gives back the base model exactly.
+    """
     config = LoraConfig(
         task_type="CAUSAL_LM",
         r=r,
@@ -26,7 +31,9 @@ def apply_lora(
         target_modules=target_modules if isinstance(target_modules, str) else list(target_modules),
         modules_to_save=list(modules_to_save) if modules_to_save else None,
     )
-    return get_peft_model(model, config)
+    with warnings.catch_warnings():  # peft warns about the untied copy, which is what we want
+        warnings.filterwarnings("ignore", message=".*tie_word_embeddings.*")
+        return get_peft_model(model, config)
 
 
 def load_adapter(model: PreTrainedModel, adapter_dir: str, *, trainable: bool = False) -> PeftModel:
