@@ -114,7 +114,11 @@ def run_train(cfg: DictConfig) -> dict[str, float]:
     if trainer.is_global_zero:
         save_dir_atomic(output_dir / "adapter", lambda d: module.save_adapter(d, tokenizer))
         write_text_atomic(output_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-        log.info("adapter: %s", output_dir / "adapter")
+        log.info(
+            "done: %d traces kept, %d rejected; train/loss %.4f, val/loss %.4f; adapter in %s",
+            counts["traces_kept"], counts["traces_rejected"], metrics.get("train/loss", float("nan")),
+            metrics.get("val/loss", float("nan")), output_dir / "adapter",
+        )
     if isinstance(logger, WandbLogger):
         logger.experiment.finish()
     return metrics

@@ -64,3 +64,20 @@ def test_zero_kept_traces_stops_before_training(compose_train):
         run_train(cfg)
     assert "the judge kept 0 teacher trace(s)" in str(find_user_error(info.value))
     assert not (Path(cfg.paths.output_dir) / "adapter").exists()
+
+
+@pytest.mark.slow
+def test_cli_ddp_two_processes(tmp_path):
+    """strategy=ddp re-runs train.py for rank 1, which must find the finished trace cache."""
+    run = tmp_path / "run"
+    subprocess.run(
+        [sys.executable, "train.py", *TINY, "trainer.max_epochs=1", "trainer.strategy=ddp", "trainer.devices=2",
+         f"hydra.run.dir={run}", f"paths.cache_dir={tmp_path / 'cache'}"],
+        cwd=ROOT, check=True, capture_output=True, text=True,
+    )
+    assert (run / "train_ddp_process_1.log").is_file()
+    assert (run / "adapter" / "adapter_model.safetensors").is_file()
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["data/traces_kept"] == 8
+    shards = list((tmp_path / "cache" / "traces").glob("*/shard-*.jsonl"))
+    assert len(shards) == 1  # generated once, by rank 0
