@@ -80,13 +80,14 @@ class HubModel:
         except Exception:
             pass
         hint = (
-            f"{self.name} is not in the local Hugging Face cache; download it (huggingface-cli download "
-            f"{self.name}) or set {self.config_key}.path=/path/to/local/copy"
+            f"{self.name} is not in the local Hugging Face cache; download it (hf download {self.name}) "
+            f"or set {self.config_key}.path=/path/to/local/copy"
         )
         if constants.HF_HUB_OFFLINE:
             raise UserError(hint + " (HF_HUB_OFFLINE=1)")
         try:
-            return snapshot_download(self.name, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"])
+            # Skip the duplicate weight formats some repos carry (Llama's original/, GGUF, TF, Flax).
+            return snapshot_download(self.name, ignore_patterns=["original/*", "*.gguf", "*.pth", "*.h5", "*.msgpack"])
         except Exception as exc:
             raise UserError(f"{hint} ({type(exc).__name__})") from exc
 
