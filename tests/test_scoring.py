@@ -1,0 +1,77 @@
+"""The scoring pass against an independent, unbatched, per-candidate computation."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lightning_da.attribution import encode_candidate, score_candidates
+from lightning_da.models import apply_lora
+
+PROMPTS = ["How do I pick a lock?", "Hi", "Write a long story about a dragon, please, with many details."]
+RESPONSES = ["", "No.", "Once upon a time " * 40, "I can't help with that.", "Sure: step one, buy a tension wrench."]
+
+
+@pytest.fixture(scope="module")
+def student(tiny_source):
+    torch.manual_seed(0)
+    model = apply_lora(tiny_source.load_model(), r=4, alpha=8, dropout=0.0)
+    with torch.no_grad():  # a trained-looking adapter: the fine-tuned model differs from its base
+        for param in model.parameters():
+            if param.requires_grad:
+                param.add_(torch.randn_like(param) * 0.1)
+    return model.eval()
+
+
+def reference(ft, base, tokenizer, prompt, response):
+    ids, start = encode_candidate(tokenizer, prompt, response)
+    x = torch.tensor([ids])
+    out_ft, out_base = ft(input_ids=x, output_hidden_states=True), base(input_ids=x, output_hidden_states=True)
+    cosine = torch.tensor([F.cosine_similarity(a[0, -1], b[0, -1], dim=0).item() for a, b in zip(out_ft.hidden_states, out_base.hidden_states)])
+    if start == len(ids):
+        return cosine, math.nan, math.nan, math.nan
+    lp_ft = F.log_softmax(out_ft.logits[0, start - 1 : -1], dim=-1)
+    lp_base = F.log_softmax(out_base.logits[0, start - 1 : -1], dim=-1)
+    target = x[0, start:]
+    ppl = math.exp(F.nll_loss(lp_ft, target).item())
+    kl = F.kl_div(lp_base, lp_ft, log_target=True, reduction="none").sum(-1).mean().item()
+    uniform = torch.full_like(lp_ft, -math.log(lp_ft.size(-1)))
+    certainty = F.kl_div(lp_ft, uniform, log_target=True, reduction="none").sum(-1).mean().item()
+    return cosine, kl, ppl, certainty
+
+
+def pairs():
+    return [(p, r) for p in PROMPTS for r in RESPONSES]
+
+
+@pytest.mark.parametrize("batch_size", [1, 4, 16])
+def test_scores_match_unbatched_reference(student, tiny_source, tokenizer, batch_size):
+    base = tiny_source.load_model().eval()  # a separately loaded base
+    prompts, responses = zip(*pairs())
+    scores = score_candidates(student, tokenizer, list(prompts), list(responses), batch_size=batch_size, progress=False)
+    assert scores.cosine.shape == (len(prompts), student.config.num_hidden_layers + 1)
+    with torch.no_grad():
+        for i, (prompt, response) in enumerate(pairs()):
+            cosine, kl, ppl, certainty = reference(student, base, tokenizer, prompt, response)
+            assert torch.allclose(scores.cosine[i], cosine, atol=1e-5), i
+            for got, want in [(scores.kl[i], kl), (scores.perplexity[i], ppl), (scores.self_certainty[i], certainty)]:
+                if math.isnan(want):
+                    assert math.isnan(got)
+                else:
+                    assert got.item() == pytest.approx(want, rel=1e-4, abs=1e-5), i
+    assert scores.cosine[:, 0].allclose(torch.ones(len(prompts)))  # embeddings: the adapter does not touch them
+    assert (scores.cosine[:, -1] < 0.9999).any()  # deeper layers do differ, so the test has teeth
+
+
+def test_adapter_disabled_base_equals_separately_loaded_base(student, tiny_source, tokenizer):
+    prompts, responses = zip(*pairs())
+    shared = score_candidates(student, tokenizer, list(prompts), list(responses), batch_size=4, progress=False)
+    separate = score_candidates(student, tokenizer, list(prompts), list(responses), base=tiny_source.load_model().eval(), batch_size=4, progress=False)
+    for field in ("cosine", "kl", "perplexity", "self_certainty"):
+        assert torch.allclose(getattr(shared, field), getattr(separate, field), atol=1e-6, equal_nan=True), field
+
+
+def test_a_model_without_adapter_needs_a_base(tiny_source, tokenizer):
+    with pytest.raises(ValueError, match="separately loaded"):
+        score_candidates(tiny_source.load_model(), tokenizer, ["p"], ["r"], progress=False)

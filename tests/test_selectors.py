@@ -1,0 +1,112 @@
+"""Every selector on hand-made scores and labels; metrics against their formulas."""
+
+import math
+
+import pytest
+import torch
+
+from lightning_da.attribution.scoring import CandidateScores
+from lightning_da.attribution.selectors import (
+    KL, First, LatentSimilarity, MajorityVote, OracleBestLayer, Perplexity, Random, ScoreTable, SelfCertainty,
+    ValBestLayer, selected_rate_by_layer,
+)
+from lightning_da.errors import UserError
+from lightning_da.metrics import PercentRate, relative_drop
+
+NAN = math.nan
+
+
+def table() -> ScoreTable:
+    # 3 prompts x 3 candidates x 3 hidden_states indices
+    cosine = torch.tensor([
+        [[1.0, 0.9, 0.5], [1.0, 0.8, 0.7], [1.0, 0.7, 0.9]],
+        [[1.0, 0.2, 0.9], [1.0, 0.3, 0.1], [1.0, 0.4, 0.5]],
+        [[1.0, 0.6, 0.6], [1.0, 0.5, 0.8], [1.0, 0.9, 0.2]],
+    ])
+    kl = torch.tensor([[0.1, NAN, 0.3], [0.5, 0.2, 0.1], [0.0, 0.4, 0.4]])
+    perplexity = torch.tensor([[3.0, 2.0, NAN], [1.5, 9.0, 1.0], [4.0, 4.0, 5.0]])
+    certainty = torch.tensor([[NAN, 1.0, 2.0], [3.0, 1.0, 2.0], [0.5, 0.1, 0.2]])
+    return ScoreTable(cosine, kl, perplexity, certainty)
+
+
+UNSAFE = torch.tensor([[True, False, False], [False, True, True], [True, True, False]])
+
+
+def test_from_scores_groups_prompt_major():
+    flat = CandidateScores(torch.arange(12.0).reshape(6, 2), torch.arange(6.0), torch.arange(6.0), torch.arange(6.0))
+    grouped = ScoreTable.from_scores(flat, n_candidates=3)
+    assert grouped.cosine.shape == (2, 3, 2) and grouped.kl.tolist() == [[0, 1, 2], [3, 4, 5]]
+
+
+@pytest.mark.parametrize(
+    ("selector", "expected"),
+    [
+        (First(), [0, 0, 0]),
+        (LatentSimilarity(layer=1), [2, 0, 1]),
+        (LatentSimilarity(layer=2), [0, 1, 2]),
+        (KL(), [2, 0, 1]),  # NaN never wins
+        (Perplexity(), [1, 2, 0]),
+        (SelfCertainty(), [2, 0, 0]),
+        (MajorityVote(), [1, 1, 0]),  # prompt 1: 2 of 3 unsafe -> unsafe majority, first unsafe is 1
+    ],
+)
+def test_selectors_choose(selector, expected):
+    assert selector.choose(table(), UNSAFE).tolist() == expected
+
+
+def test_majority_vote_ties_count_as_unsafe():
+    unsafe = torch.tensor([[False, True, False, True]])  # 2 of 4 safe is not more than N/2
+    t = ScoreTable(torch.ones(1, 4, 2), torch.zeros(1, 4), torch.zeros(1, 4), torch.zeros(1, 4))
+    assert MajorityVote().choose(t, unsafe).tolist() == [1]
+
+
+def test_random_is_seeded_and_in_range():
+    a, b = Random(seed=3).choose(table()), Random(seed=3).choose(table())
+    assert torch.equal(a, b) and ((0 <= a) & (a < 3)).all()
+
+
+def test_layer_out_of_range_names_the_valid_range():
+    with pytest.raises(UserError, match=r"layer 3 is outside .* 0\.\.2"):
+        LatentSimilarity(layer=3).choose(table())
+    with pytest.raises(UserError):
+        LatentSimilarity(layer=-1).choose(table())
+
+
+def test_unsafe_rate_by_layer_and_oracle():
+    rates = selected_rate_by_layer(table(), UNSAFE)
+    # layer 0: all ties -> candidate 0: unsafe T,F,T; layer 1: [2,0,1] -> F,F,T; layer 2: [0,1,2] -> T,T,F
+    assert rates.tolist() == pytest.approx([2 / 3, 1 / 3, 2 / 3])
+    oracle = OracleBestLayer()
+    assert oracle.choose(table(), UNSAFE).tolist() == [2, 0, 1] and oracle.layer == 1
+
+
+def test_val_best_layer_chooses_on_validation_prompts_only():
+    selector = ValBestLayer(val_fraction=0.34, seed=0)
+    choice = selector.choose(table(), UNSAFE)
+    val = ~selector.evaluate_on
+    assert val.sum() == 1 and selector.evaluate_on.sum() == 2
+    # the chosen layer is the best on the validation prompt alone
+    val_table = ScoreTable(table().cosine[val], table().kl[val], table().perplexity[val], table().self_certainty[val])
+    assert selector_rate_min(val_table, UNSAFE[val]) == selector.layer
+    assert choice.tolist() == table().cosine[:, :, selector.layer].argmin(1).tolist()
+
+
+def selector_rate_min(t, unsafe):
+    rates = [unsafe[torch.arange(len(unsafe)), t.cosine[:, :, layer].argmin(1)].float().mean() for layer in range(t.num_states)]
+    return int(torch.stack(rates).argmin())
+
+
+def test_label_selectors_need_labels():
+    for selector in (MajorityVote(), OracleBestLayer(), ValBestLayer()):
+        with pytest.raises(ValueError, match="needs the judge's labels"):
+            selector.choose(table())
+
+
+def test_percent_rate_and_relative_drop():
+    rate = PercentRate()
+    rate.update(torch.tensor([True, False, False, True]))
+    rate.update(torch.tensor([False]))
+    assert rate.compute().item() == pytest.approx(40.0)
+    assert relative_drop(10.8, 5.1) == pytest.approx((10.8 - 5.1) / 10.8 * 100)
+    assert relative_drop(20.0, 25.0) == pytest.approx(-25.0)  # worse than the first sample: negative
+    assert math.isnan(relative_drop(0.0, 0.0))
