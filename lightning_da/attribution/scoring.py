@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from lightning_da.data.sft import THINK, prompt_ids
+from lightning_da.generation.candidates import candidate_prefix
 
 
 @dataclass
@@ -37,7 +37,7 @@ def encode_candidate(tokenizer: PreTrainedTokenizerBase, prompt: str, response: 
 
     The three parts are tokenised apart so the response boundary is exact; both models see these ids.
     """
-    head = prompt_ids(tokenizer, prompt) + tokenizer(THINK, add_special_tokens=False)["input_ids"]
+    head = candidate_prefix(tokenizer, prompt)
     return head + tokenizer(response, add_special_tokens=False)["input_ids"], len(head)
 
 

@@ -1,0 +1,57 @@
+"""N candidates per prompt from the fine-tuned student, batched across prompts with left padding.
+
+Generation continues from exactly the ids the scoring pass will use for the prefix:
+chat_template(prompt) + `<think>`, so every candidate is scored on the tokens it was sampled from.
+"""
+
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from lightning_da.data.sft import THINK, prompt_ids
+from lightning_da.generation.sampling import SamplingConfig
+
+
+def candidate_prefix(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
+    """The prompt in the chat template with the assistant turn opened, then `<think>`."""
+    return prompt_ids(tokenizer, prompt) + tokenizer(THINK, add_special_tokens=False)["input_ids"]
+
+
+def _left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row):] = torch.tensor(row)
+        mask[i, width - len(row):] = 1
+    return ids, mask
+
+
+@torch.inference_mode()
+def sample_candidates(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    *,
+    n: int,
+    sampling: SamplingConfig,
+    batch_size: int = 8,
+    seed: int = 0,
+    progress: bool = True,
+) -> list[list[str]]:
+    """`n` responses (the text after `<think>`, special tokens removed) for each prompt."""
+    device = next(model.parameters()).device
+    out: list[list[str]] = []
+    for start in tqdm(range(0, len(prompts), batch_size), desc="sampling", unit="batch", disable=not progress, leave=False):
+        batch = prompts[start : start + batch_size]
+        ids, mask = _left_pad([candidate_prefix(tokenizer, p) for p in batch], tokenizer.pad_token_id)
+        torch.manual_seed(seed + start)  # a batch samples the same whatever ran before it
+        generated = model.generate(
+            input_ids=ids.to(device), attention_mask=mask.to(device), **sampling.generate_kwargs(),
+            num_return_sequences=n, pad_token_id=tokenizer.pad_token_id,
+        )
+        texts = tokenizer.batch_decode(generated[:, ids.size(1):], skip_special_tokens=True)
+        out.extend(texts[i : i + n] for i in range(0, len(texts), n))
+    return out
