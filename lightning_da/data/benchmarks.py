@@ -1,0 +1,175 @@
+"""Evaluation benchmarks: prompts (and, for utility, reference answers), each from the hub or a local file.
+
+`task` says how a selected response is graded:
+    safety        the judge's verdict; ASR = % unsafe
+    over_refusal  refusal on safe prompts (XSTest); the rate = % refused
+    number        correct iff the last number matches (GSM8K, arithmetic)
+    choice        correct iff the answer letter matches (MMLU)
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import datasets
+
+from lightning_da.data.prompts import read_local_table, strongreject_csv
+from lightning_da.errors import UserError
+
+TASKS = ("safety", "over_refusal", "number", "choice")
+
+
+def _subset(rows: list[dict], limit: int | None, seed: int) -> list[dict]:
+    if limit is not None and limit < len(rows):
+        rows = random.Random(seed).sample(rows, limit)
+    return rows
+
+
+def _hub_rows(name: str, subset: str | None, split: str, override: str) -> list[dict]:
+    try:
+        return datasets.load_dataset(name, subset, split=split).to_list()
+    except Exception as exc:
+        raise UserError(
+            f"benchmark {name} could not be loaded ({type(exc).__name__}); it is not cached here and the hub "
+            f"is unreachable: set {override}=/path/to/file.jsonl"
+        ) from exc
+
+
+@dataclass
+class HubBenchmark:
+    """A benchmark on the hub (`hub_id`, `subset`, `split`) or in a local file (`path`, which wins).
+
+    `where` keeps rows whose fields equal the given values (e.g. WildJailbreak's harmful ones);
+    `template` formats the prompt from the row's fields.
+    """
+
+    name: str
+    task: str
+    hub_id: str | None = None
+    subset: str | None = None
+    split: str = "test"
+    path: str | None = None
+    prompt_field: str = "prompt"
+    answer_field: str | None = None
+    where: Mapping[str, object] = field(default_factory=dict)
+    template: str | None = None
+    limit: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise UserError(f"benchmark {self.name}: task {self.task!r}; use one of {TASKS}")
+
+    def _records(self) -> tuple[list[dict], str]:
+        if self.path is not None:
+            return read_local_table(self.path, what=f"benchmark {self.name} file"), str(self.path)
+        if self.hub_id is None:
+            raise UserError(f"benchmark {self.name} has no hub id; set benchmark.path=/path/to/file.jsonl")
+        return _hub_rows(self.hub_id, self.subset, self.split, "benchmark.path"), f"{self.hub_id}[{self.split}]"
+
+    def _row(self, record: dict, where: str) -> dict:
+        if self.template is not None:
+            try:
+                prompt = self.template.format(**record)
+            except KeyError as exc:
+                raise UserError(f"{where}: no field {exc} for the benchmark's template") from exc
+        else:
+            prompt = record.get(self.prompt_field)
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise UserError(f"{where}: missing or empty {self.prompt_field!r} (set benchmark.prompt_field)")
+        answer = None
+        if self.answer_field is not None:
+            if record.get(self.answer_field) is None:
+                raise UserError(f"{where}: no {self.answer_field!r} answer (set benchmark.answer_field)")
+            answer = str(record[self.answer_field])
+        return {"prompt": prompt, "answer": answer}
+
+    def load(self) -> list[dict]:
+        records, source = self._records()
+        kept = [(i, r) for i, r in enumerate(records) if all(r.get(k) == v for k, v in self.where.items())]
+        rows = [self._row(r, f"{source} row {i}") for i, r in kept]
+        if not rows:
+            raise UserError(f"benchmark {self.name}: {source} has no rows{' matching ' + str(dict(self.where)) if self.where else ''}")
+        return _subset(rows, self.limit, self.seed)
+
+
+@dataclass
+class StrongRejectBenchmark:
+    """StrongREJECT from the installed package: `small` (60, the default) or `full` (313)."""
+
+    split: str = "small"
+    limit: int | None = None
+    seed: int = 0
+    name: str = "strongreject"
+    task: str = "safety"
+
+    def load(self) -> list[dict]:
+        if self.split not in ("small", "full"):
+            raise UserError(f"StrongREJECT split {self.split!r}; use small or full")
+        records = read_local_table(strongreject_csv(self.split))
+        return _subset([{"prompt": r["forbidden_prompt"], "answer": None} for r in records], self.limit, self.seed)
+
+
+LETTERS = "ABCD"
+
+
+@dataclass
+class MMLUBenchmark:
+    """MMLU (`cais/mmlu`) over a list of subjects, each question with lettered choices."""
+
+    subjects: Sequence[str] = ()
+    hub_id: str = "cais/mmlu"
+    split: str = "test"
+    path: str | None = None
+    limit: int | None = None
+    seed: int = 0
+    name: str = "mmlu"
+    task: str = "choice"
+
+    def load(self) -> list[dict]:
+        if self.path is not None:
+            records = read_local_table(self.path, what="benchmark mmlu file")
+        else:
+            records = [r for subject in self.subjects for r in _hub_rows(self.hub_id, subject, self.split, "benchmark.path")]
+        rows = []
+        for i, r in enumerate(records):
+            choices, answer = r.get("choices"), r.get("answer")
+            if not isinstance(choices, list) or len(choices) != 4 or answer not in (0, 1, 2, 3, *LETTERS):
+                raise UserError(f"MMLU row {i}: needs `question`, four `choices` and an `answer` index or letter")
+            lines = [r["question"].strip(), *(f"{LETTERS[k]}. {c}" for k, c in enumerate(choices))]
+            prompt = "\n".join(lines) + "\nAnswer with the letter of the correct choice."
+            rows.append({"prompt": prompt, "answer": answer if isinstance(answer, str) else LETTERS[answer]})
+        if not rows:
+            raise UserError("benchmark mmlu has no rows")
+        return _subset(rows, self.limit, self.seed)
+
+
+_ITEMS = ["apples", "pencils", "marbles", "stickers", "books", "coins", "cookies", "stamps"]
+_NAMES = ["Ada", "Ben", "Chloe", "Dev", "Emma", "Farid", "Grace", "Hugo"]
+
+
+@dataclass
+class ArithmeticBenchmark:
+    """Embedded offline utility set: generated two-step word problems with exact integer answers."""
+
+    n: int = 50
+    seed: int = 0
+    name: str = "arithmetic"
+    task: str = "number"
+
+    def load(self) -> list[dict]:
+        rng = random.Random(self.seed)
+        rows = []
+        for _ in range(self.n):
+            name, item = rng.choice(_NAMES), rng.choice(_ITEMS)
+            a, b, c = rng.randint(2, 40), rng.randint(2, 40), rng.randint(2, 9)
+            if rng.random() < 0.5:
+                text = f"{name} has {a} {item} and buys {b} more. Then {name} gives away {c}. How many {item} does {name} have now?"
+                answer = a + b - c
+            else:
+                text = f"{name} has {c} boxes with {a} {item} in each, and finds {b} more {item}. How many {item} does {name} have?"
+                answer = c * a + b
+            rows.append({"prompt": text + " Give the final answer as a number.", "answer": str(answer)})
+        return rows
