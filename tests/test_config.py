@@ -83,3 +83,12 @@ def test_sft_grid_experiment_is_the_papers_grid(compose_train):
     grid = OmegaConf.load(ROOT / "conf" / "experiment" / "sft_grid.yaml").hydra.sweeper.params
     teachers, students = grid.teacher.split(","), grid.student.split(",")
     assert len(teachers) * len(students) == 42 and set(teachers) <= set(TEACHERS) and set(students) <= set(STUDENTS)
+
+
+@pytest.mark.parametrize("judge", sorted(p.stem for p in (ROOT / "conf" / "judge").glob("*.yaml")))
+def test_judge_configs_instantiate_without_loading(compose_train, judge):
+    instance = instantiate(compose_train(f"judge={judge}").judge)
+    assert instance.identity()["judge"] in {"refusal_prefix", "llama_guard3", "wildguard"}
+    if judge != "refusal_prefix":
+        assert instance.model.config_key == "judge.model" and instance.model.trust_remote_code is False
+        assert instance._loaded is None

@@ -1,5 +1,9 @@
 from lightning_da.judges.base import Judge, Verdict, final_answer
 from lightning_da.judges.llama_guard import LlamaGuardJudge, parse_llama_guard
 from lightning_da.judges.refusal_prefix import RefusalPrefixJudge
+from lightning_da.judges.wildguard import WildGuardJudge, parse_wildguard
 
-__all__ = ["Judge", "LlamaGuardJudge", "RefusalPrefixJudge", "Verdict", "final_answer", "parse_llama_guard"]
+__all__ = [
+    "Judge", "LlamaGuardJudge", "RefusalPrefixJudge", "Verdict", "WildGuardJudge",
+    "final_answer", "parse_llama_guard", "parse_wildguard",
+]
