@@ -14,3 +14,18 @@ def find_user_error(exc: BaseException) -> UserError | None:
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
     return None
+
+
+def run_or_exit(task, cfg, *, name: str):
+    """Run an entry point's task; a UserError anywhere beneath becomes one logged line and exit code 2."""
+    import logging
+    import sys
+
+    try:
+        return task(cfg)
+    except Exception as exc:
+        user_error = find_user_error(exc)
+        if user_error is None:
+            raise
+        logging.getLogger(name).error("error: %s", user_error)
+        sys.exit(2)

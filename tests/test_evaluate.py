@@ -1,0 +1,88 @@
+"""evaluate.py on the tiny random student with a real (random) LoRA adapter."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import open_dict
+
+from lightning_da.errors import UserError
+from lightning_da.evaluation import run_evaluate
+from lightning_da.models import apply_lora
+from tests.conftest import CONF
+
+ROOT = Path(__file__).resolve().parents[1]
+SELECTORS = {"first", "latent_sim", "random", "kl", "perplexity", "self_certainty", "majority_vote", "val_best_layer", "oracle_best_layer"}
+
+
+@pytest.fixture(scope="module")
+def adapter(tmp_path_factory, tiny_source):
+    torch.manual_seed(0)
+    model = apply_lora(tiny_source.load_model(), r=4, alpha=8, dropout=0.0)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.requires_grad:
+                param.add_(torch.randn_like(param) * 0.1)
+    path = tmp_path_factory.mktemp("adapter")
+    model.save_pretrained(path)
+    return str(path)
+
+
+def evaluate_cfg(tmp_path, *overrides):
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose(config_name="evaluate", overrides=["student=tiny_random", "n_candidates=3", "max_new_tokens=6", "attribution.layer=1", *overrides])
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / "run")
+    return cfg
+
+
+def test_safety_results_schema(tmp_path, adapter):
+    cfg = evaluate_cfg(tmp_path, f"adapter={adapter}", "benchmark.limit=6")
+    results = run_evaluate(cfg)
+    run = tmp_path / "run"
+    assert json.loads((run / "results.json").read_text()) == json.loads(json.dumps(results))
+    assert {"benchmark", "judge", "n_prompts", "n_candidates", "layer", "asr", "asr_drop", "asr_by_layer"} <= set(results)
+    assert (results["benchmark"], results["judge"], results["n_prompts"], results["n_candidates"], results["layer"]) == ("strongreject", "refusal_prefix", 6, 3, 1)
+    assert set(results["asr"]) == SELECTORS and set(results["asr_drop"]) == SELECTORS
+    assert len(results["asr_by_layer"]) == 3  # embeddings + 2 blocks
+    assert all(0 <= v <= 100 for v in results["asr"].values())
+    records = [json.loads(line) for line in (run / "candidates.jsonl").read_text().splitlines()]
+    assert len(records) == 6
+    for record in records:
+        assert len(record["candidates"]) == 3 and len(record["cosine_by_layer"]) == 3 and len(record["cosine_by_layer"][0]) == 3
+        assert set(record["chosen"]) == SELECTORS and all(0 <= i < 3 for i in record["chosen"].values())
+        assert len(record["verdicts"]) == 3 and len(record["kl"]) == 3
+    assert list((run / "wandb").glob("offline-run-*"))
+
+
+def test_utility_results_schema(tmp_path, adapter):
+    results = run_evaluate(evaluate_cfg(tmp_path, f"adapter={adapter}", "benchmark=arithmetic", "benchmark.n=5"))
+    assert {"accuracy", "accuracy_drop", "accuracy_by_layer"} <= set(results) and "asr" not in results
+    assert results["judge"] == "last_number" and set(results["accuracy"]) == SELECTORS
+
+
+def test_errors(tmp_path, adapter):
+    with pytest.raises(UserError, match="set adapter="):
+        run_evaluate(evaluate_cfg(tmp_path))
+    with pytest.raises(UserError, match="not a peft adapter"):
+        run_evaluate(evaluate_cfg(tmp_path, f"adapter={tmp_path}"))
+    with pytest.raises(UserError, match=r"layer 7 is outside .* 0\.\.2"):
+        run_evaluate(evaluate_cfg(tmp_path, f"adapter={adapter}", "benchmark.limit=2", "attribution.layer=7"))
+    with pytest.raises(UserError, match="unknown selector"):
+        run_evaluate(evaluate_cfg(tmp_path, f"adapter={adapter}", "compare=[best_vibes]"))
+
+
+def test_cli_bad_layer_exits_with_one_line(tmp_path, adapter):
+    result = subprocess.run(
+        [sys.executable, "evaluate.py", "student=tiny_random", f"adapter={adapter}", "attribution.layer=99",
+         "n_candidates=2", "max_new_tokens=4", "benchmark.limit=2", f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=ROOT, capture_output=True, text=True,
+    )
+    assert result.returncode == 2
+    errors = [line for line in (result.stdout + result.stderr).splitlines() if "error:" in line]
+    assert len(errors) == 1 and "attribution.layer" in errors[0]
+    assert not (tmp_path / "run" / "results.json").exists()
