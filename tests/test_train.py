@@ -81,3 +81,22 @@ def test_cli_ddp_two_processes(tmp_path):
     assert metrics["data/traces_kept"] == 8
     shards = list((tmp_path / "cache" / "traces").glob("*/shard-*.jsonl"))
     assert len(shards) == 1  # generated once, by rank 0
+
+
+def test_bon_attribution_callback_logs_val_asr(compose_train):
+    cfg = compose_train(
+        *TINY, "callbacks=with_bon", "callbacks.bon_attribution.layer=2", "callbacks.bon_attribution.n_prompts=4",
+        "callbacks.bon_attribution.n_candidates=3", "callbacks.bon_attribution.sampling.max_new_tokens=6",
+    )
+    metrics = run_train(cfg)
+    for key in ("val/asr_first", "val/asr_bon"):
+        assert 0.0 <= metrics[key] <= 100.0
+    assert "val/asr_drop" in metrics
+
+
+def test_bon_attribution_callback_rejects_a_layer_outside_the_model(compose_train):
+    cfg = compose_train(*TINY, "callbacks=with_bon", "callbacks.bon_attribution.layer=12", "callbacks.bon_attribution.n_prompts=2")
+    with pytest.raises(Exception) as info:
+        run_train(cfg)
+    message = str(find_user_error(info.value))
+    assert "outside this model's hidden_states indices 0..2" in message and "callbacks.bon_attribution.layer" in message

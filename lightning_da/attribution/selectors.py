@@ -36,11 +36,11 @@ class ScoreTable:
         return self.cosine.size(-1)
 
 
-def check_layer(layer: int, num_states: int) -> int:
+def check_layer(layer: int, num_states: int, key: str = "attribution.layer") -> int:
     if not 0 <= layer < num_states:
         raise UserError(
             f"layer {layer} is outside this model's hidden_states indices 0..{num_states - 1} "
-            f"(0 = embeddings, i = decoder block i); set attribution.layer within that range"
+            f"(0 = embeddings, i = decoder block i); set {key} within that range"
         )
     return layer
 

@@ -1,0 +1,3 @@
+from lightning_da.callbacks.bon_attribution import BoNAttributionCallback
+
+__all__ = ["BoNAttributionCallback"]
