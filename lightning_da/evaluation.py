@@ -10,6 +10,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_da.atomic import write_text_atomic
@@ -24,6 +25,9 @@ from lightning_da.judges.answers import letter_correct, number_correct
 from lightning_da.models.lora import load_adapter
 
 log = logging.getLogger(__name__)
+
+# Who labels the candidates of a benchmark that the safety judge does not.
+GRADERS = {"number": "last_number", "choice": "answer_letter", "over_refusal": "refusal_prefix"}
 
 
 def load_student(cfg: DictConfig):
@@ -73,6 +77,26 @@ def _table(rate_name: str, report: dict) -> str:
     return "\n".join(lines)
 
 
+def log_results(logger, cfg: DictConfig, rate: str, report: dict, records: list[dict]) -> None:
+    """Summary metrics to any Lightning logger; on W&B also the per-layer plot and a table of candidates."""
+    logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    logger.log_metrics({f"eval/{rate}_{k}": v for k, v in report["rates"].items()})
+    logger.log_metrics({f"eval/{rate}_drop_{k}": v for k, v in report["drops"].items()})
+    if isinstance(logger, WandbLogger):
+        import wandb
+
+        by_layer = wandb.Table(columns=["layer", rate], data=[[i, v] for i, v in enumerate(report["by_layer"])])
+        logger.experiment.log({f"eval/{rate}_by_layer": wandb.plot.line(by_layer, "layer", rate, title=f"{rate} by layer")})
+        layer = cfg.attribution.get("layer") or 0
+        logger.log_table(key="eval/candidates", columns=["prompt", "candidate", "response", "flag", f"cosine@{layer}"], data=[
+            [r["prompt"], k, c, r["flags"][k], r["cosine_by_layer"][k][layer]]
+            for r in records[: cfg.log_samples] for k, c in enumerate(r["candidates"])
+        ])
+    logger.save()
+    if isinstance(logger, WandbLogger):
+        logger.experiment.finish()
+
+
 def run_evaluate(cfg: DictConfig) -> dict:
     L.seed_everything(cfg.seed)
     output_dir = Path(cfg.paths.output_dir)
@@ -103,7 +127,7 @@ def run_evaluate(cfg: DictConfig) -> dict:
     rate = RATE_NAMES[benchmark.task]
     results = {
         "benchmark": benchmark.name,
-        "judge": judge.identity()["judge"] if judge is not None else {"number": "last_number", "choice": "answer_letter", "over_refusal": "refusal_prefix"}[benchmark.task],
+        "judge": judge.identity()["judge"] if judge is not None else GRADERS[benchmark.task],
         "n_prompts": len(rows),
         "n_candidates": cfg.n_candidates,
         "layer": getattr(primary, "layer", None),
@@ -132,21 +156,7 @@ def run_evaluate(cfg: DictConfig) -> dict:
     write_text_atomic(output_dir / "candidates.jsonl", "".join(json.dumps(r) + "\n" for r in records))
     write_text_atomic(output_dir / "results.json", json.dumps(results, indent=2) + "\n")
 
-    logger = instantiate(cfg.logger) if cfg.get("logger") else None
-    if logger is not None:
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-        logger.log_metrics({f"eval/{rate}_{k}": v for k, v in report["rates"].items()})
-        logger.log_metrics({f"eval/{rate}_drop_{k}": v for k, v in report["drops"].items()})
-        if hasattr(logger, "log_table"):
-            import wandb
-
-            layer_rows = [[i, v] for i, v in enumerate(report["by_layer"])]
-            logger.experiment.log({f"eval/{rate}_by_layer": wandb.plot.line(
-                wandb.Table(columns=["layer", rate], data=layer_rows), "layer", rate, title=f"{rate} by layer (latent similarity)")})
-            logger.log_table(key="eval/candidates", columns=["prompt", "candidate", "response", "flag", "cosine@layer"], data=[
-                [r["prompt"], k, c, r["flags"][k], r["cosine_by_layer"][k][results["layer"] or 0]]
-                for r in records[: cfg.log_samples] for k, c in enumerate(r["candidates"])
-            ])
-            logger.experiment.finish()
+    if cfg.get("logger"):
+        log_results(instantiate(cfg.logger), cfg, rate, report, records)
     print(f"\n{benchmark.name}: {len(rows)} prompts x {cfg.n_candidates} candidates, judge {results['judge']}\n{_table(rate, report)}\n")
     return results
