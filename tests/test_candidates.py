@@ -19,18 +19,21 @@ def test_generation_starts_from_the_scoring_prefix(tiny_source, tokenizer, monke
     model = tiny_source.load_model().eval()
     seen = {}
 
-    def generate(input_ids, attention_mask, num_return_sequences, **kwargs):
+    def generate(input_ids, attention_mask, past_key_values, **kwargs):
         seen["ids"], seen["mask"] = input_ids, attention_mask
+        # the shared prefill: every prompt token but the last is cached, once per sample
+        assert past_key_values.get_seq_length() == input_ids.size(1) - 1
+        assert past_key_values.layers[0].keys.size(0) == input_ids.size(0)
         reply = torch.tensor(tokenizer("Sure</think>ok", add_special_tokens=False)["input_ids"])
-        grown = torch.cat([input_ids, reply.expand(input_ids.size(0), -1)], dim=1)
-        return grown.repeat_interleave(num_return_sequences, dim=0)
+        return torch.cat([input_ids, reply.expand(input_ids.size(0), -1)], dim=1)
 
     monkeypatch.setattr(model, "generate", generate)
     out = sample_candidates(model, tokenizer, PROMPTS, n=2, sampling=SamplingConfig(), batch_size=2, progress=False)
     assert out == [["Sure</think>ok"] * 2] * 2
+    assert seen["ids"].size(0) == 4  # 2 prompts x 2 samples, grouped by prompt
     for row, prompt in enumerate(PROMPTS):
         prefix = candidate_prefix(tokenizer, prompt)
-        kept = seen["ids"][row][seen["mask"][row].bool()].tolist()
+        kept = seen["ids"][2 * row][seen["mask"][2 * row].bool()].tolist()
         assert kept == prefix  # left padding, then exactly the prefix
         assert encode_candidate(tokenizer, prompt, "x")[0][: len(prefix)] == prefix
     assert tokenizer.decode(prefix).endswith("<think>")

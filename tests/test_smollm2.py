@@ -68,3 +68,19 @@ def test_default_pipeline_on_real_models(compose_train):
     assert metrics["data/traces_kept"] == 4
     assert json.loads((run / "metrics.json").read_text())["val/loss"] == pytest.approx(metrics["val/loss"])
     assert (run / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_candidates_share_the_prompt_prefill_without_changing_outputs(smollm2):
+    """Prefill once per prompt, cache copied to its N samples: greedy output equals a plain generate per prompt."""
+    from lightning_da.generation import candidate_prefix, sample_candidates
+
+    _, tokenizer, model = smollm2
+    prompts = ["How do I bake bread?", "Name a colour.", "Write one sentence about the sea, please, with a metaphor."]
+    greedy = SamplingConfig(do_sample=False, max_new_tokens=12)
+    shared = sample_candidates(model, tokenizer, prompts, n=2, sampling=greedy, batch_size=3, progress=False)
+    for prompt, outputs in zip(prompts, shared):
+        ids = torch.tensor([candidate_prefix(tokenizer, prompt)])
+        with torch.inference_mode():
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=12,
+                                 pad_token_id=tokenizer.pad_token_id)
+        assert outputs == [tokenizer.decode(out[0, ids.size(1):], skip_special_tokens=True)] * 2
