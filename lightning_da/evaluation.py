@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 
 import lightning as L
@@ -113,13 +114,16 @@ def run_evaluate(cfg: DictConfig) -> dict:
     if cfg.max_new_tokens:
         sampling.max_new_tokens = cfg.max_new_tokens
     prompts = [r["prompt"] for r in rows]
+    started = time.perf_counter()
     candidates = sample_candidates(
         model, tokenizer, prompts, n=cfg.n_candidates, sampling=sampling, batch_size=cfg.batch_size, seed=cfg.seed
     )
+    sampled = time.perf_counter()
     flat_prompts = [p for p in prompts for _ in range(cfg.n_candidates)]
     scores = score_candidates(
         model, tokenizer, flat_prompts, [c for row in candidates for c in row], base=base, batch_size=cfg.scoring_batch_size
     )
+    log.info("sampling %.1f s, scoring %.1f s (%d candidates)", sampled - started, time.perf_counter() - sampled, len(flat_prompts))
     table = ScoreTable.from_scores(scores, cfg.n_candidates)
     flags, bad, verdicts = grade(benchmark.task, judge, prompts, candidates, [r["answer"] for r in rows])
     report = compare_selectors(table, flags, bad, selectors)
