@@ -25,13 +25,13 @@ $(STAMP): pyproject.toml constraints.txt
 # attribution of the trained student on StrongREJECT's small set and on the arithmetic utility set.
 DEMO := outputs/demo
 DEMO_EVAL := adapter=$(DEMO)/train/adapter n_candidates=4 max_new_tokens=$(DEMO_NEW_TOKENS) batch_size=16
-DEMO_NEW_TOKENS ?= 64
+DEMO_NEW_TOKENS ?= 32
 
 demo: install
 	rm -rf $(DEMO)
 	$(BIN)/python train.py hydra.run.dir=$(DEMO)/train
 	$(BIN)/python evaluate.py $(DEMO_EVAL) hydra.run.dir=$(DEMO)/strongreject
-	$(BIN)/python evaluate.py $(DEMO_EVAL) benchmark=arithmetic hydra.run.dir=$(DEMO)/arithmetic
+	$(BIN)/python evaluate.py $(DEMO_EVAL) benchmark=arithmetic benchmark.n=30 hydra.run.dir=$(DEMO)/arithmetic
 
 test: install
 	$(BIN)/python -m pytest -q
