@@ -11,6 +11,9 @@ prompt; then each way scores the same candidates in its own fresh process, so pe
   reference  a deep copy of the model as base, right-padded batches of 4, hidden state at
              position -1 (a pad token for every shorter candidate), cosine at every layer
 
+Peak memory = the highest resident set while scoring (weights included, loading's transient
+buffers not) above the process's baseline before any weights were loaded.
+
 Targets: scoring at most 10% of generation time; peak memory at most 0.6x the reference way.
 """
 
@@ -20,10 +23,10 @@ import argparse
 import copy
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -36,12 +39,30 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def rss_mb() -> float:
+    """Anonymous resident memory: what the process allocated (weights, activations), not the
+    file-backed pages of the mmapped safetensors, which the kernel may drop at will."""
     with open("/proc/self/status") as handle:
-        return next(int(line.split()[1]) for line in handle if line.startswith("VmRSS")) / 1024
+        return next(int(line.split()[1]) for line in handle if line.startswith("RssAnon")) / 1024
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+class PeakRss:
+    """Highest resident set seen while the block runs (polled), so model loading's transient
+    double buffering does not count as scoring memory."""
+
+    def __enter__(self):
+        self.peak, self._stop = rss_mb(), threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def _poll(self):
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, rss_mb())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss_mb())
 
 
 def load(adapter: str, *, copy_base: bool = False):
@@ -85,14 +106,15 @@ def score_reference(model, base, tokenizer, prompts, responses, batch_size):
 
 
 def scoring_worker(way: str, adapter: str, candidates: str) -> None:
-    baseline = rss_mb()
+    baseline = rss_mb()  # the interpreter and libraries, before any weights
     model, tokenizer, base = load(adapter, copy_base=way == "reference")
     data = json.loads(Path(candidates).read_text())
-    start = time.perf_counter()
     fn, batch_size = (score_ours, 8) if way == "ours" else (score_reference, 4)
-    at_pad = fn(model, base, tokenizer, data["prompts"], data["responses"], batch_size)
-    elapsed = time.perf_counter() - start
-    print(json.dumps({"seconds": elapsed, "peak_mb": peak_rss_mb() - baseline, "at_pad": at_pad}))
+    with PeakRss() as peak:
+        start = time.perf_counter()
+        at_pad = fn(model, base, tokenizer, data["prompts"], data["responses"], batch_size)
+        elapsed = time.perf_counter() - start
+    print(json.dumps({"seconds": elapsed, "peak_mb": peak.peak - baseline, "at_pad": at_pad}))
 
 
 def main() -> None:
