@@ -24,8 +24,8 @@ $(STAMP): pyproject.toml constraints.txt
 # The embedded default end to end: train (python train.py, no overrides), then Best-of-N latent
 # attribution of the trained student on StrongREJECT's small set and on the arithmetic utility set.
 DEMO := outputs/demo
-DEMO_EVAL := adapter=$(DEMO)/train/adapter n_candidates=4 max_new_tokens=$(DEMO_NEW_TOKENS) batch_size=16
 DEMO_NEW_TOKENS ?= 32
+DEMO_EVAL = adapter=$(DEMO)/train/adapter n_candidates=4 max_new_tokens=$(DEMO_NEW_TOKENS) batch_size=16
 
 demo: install
 	rm -rf $(DEMO)
