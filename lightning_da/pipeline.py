@@ -93,6 +93,8 @@ def run_train(cfg: DictConfig) -> dict[str, float]:
     release_memory()
     counts = judge_counts(splits)
 
+    # Seed again: training must not depend on whether teacher sampling ran in this process or was cached.
+    L.seed_everything(cfg.seed, workers=True)
     # Built objects go in through partials: Hydra would turn a dataclass argument into a config node.
     datamodule = instantiate(cfg.algorithm.datamodule, _partial_=True)(traces=splits["kept"], tokenizer=tokenizer)
     module = instantiate(cfg.algorithm.module, _partial_=True)(student=student)
