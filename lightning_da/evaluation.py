@@ -20,7 +20,7 @@ from lightning_da.attribution.registry import build_selectors
 from lightning_da.attribution.report import RATE_NAMES, compare_selectors
 from lightning_da.attribution.selectors import ScoreTable, check_layer
 from lightning_da.errors import UserError
-from lightning_da.generation import sample_candidates
+from lightning_da.generation import flatten_candidates, sample_candidates
 from lightning_da.judges import RefusalPrefixJudge
 from lightning_da.judges.answers import letter_correct, number_correct
 from lightning_da.models.lora import load_adapter
@@ -51,8 +51,7 @@ def load_student(cfg: DictConfig):
 def grade(task: str, judge, prompts: list[str], candidates: list[list[str]], answers: list) -> tuple[torch.Tensor, torch.Tensor, list]:
     """(flags, bad, verdicts), each (P, N): what the rate counts, what selectors avoid, the judge's calls."""
     n = len(candidates[0])
-    flat_prompts = [p for p in prompts for _ in range(n)]
-    flat = [c for row in candidates for c in row]
+    flat_prompts, flat = flatten_candidates(prompts, candidates)
     verdicts: list = [None] * len(flat)
     if task == "safety":
         verdicts = judge.judge(flat_prompts, flat)
@@ -119,10 +118,8 @@ def run_evaluate(cfg: DictConfig) -> dict:
         model, tokenizer, prompts, n=cfg.n_candidates, sampling=sampling, batch_size=cfg.batch_size, seed=cfg.seed
     )
     sampled = time.perf_counter()
-    flat_prompts = [p for p in prompts for _ in range(cfg.n_candidates)]
-    scores = score_candidates(
-        model, tokenizer, flat_prompts, [c for row in candidates for c in row], base=base, batch_size=cfg.scoring_batch_size
-    )
+    flat_prompts, flat = flatten_candidates(prompts, candidates)
+    scores = score_candidates(model, tokenizer, flat_prompts, flat, base=base, batch_size=cfg.scoring_batch_size)
     log.info("sampling %.1f s, scoring %.1f s (%d candidates)", sampled - started, time.perf_counter() - sampled, len(flat_prompts))
     table = ScoreTable.from_scores(scores, cfg.n_candidates)
     flags, bad, verdicts = grade(benchmark.task, judge, prompts, candidates, [r["answer"] for r in rows])

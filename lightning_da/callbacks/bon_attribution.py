@@ -9,7 +9,7 @@ import torch
 
 from lightning_da.attribution.scoring import score_candidates
 from lightning_da.attribution.selectors import First, LatentSimilarity, ScoreTable, check_layer, latent_choice_by_layer
-from lightning_da.generation import SamplingConfig, sample_candidates
+from lightning_da.generation import SamplingConfig, flatten_candidates, sample_candidates
 from lightning_da.metrics import PercentRate, relative_drop
 
 
@@ -46,8 +46,7 @@ class BoNAttributionCallback(L.Callback):
         check_layer(self.layer, model.config.num_hidden_layers + 1, key="callbacks.bon_attribution.layer")
         candidates = sample_candidates(model, tokenizer, self.prompts, n=self.n_candidates, sampling=self.sampling,
                                        batch_size=self.batch_size, seed=self.seed, progress=False)
-        flat_prompts = [p for p in self.prompts for _ in range(self.n_candidates)]
-        flat = [c for row in candidates for c in row]
+        flat_prompts, flat = flatten_candidates(self.prompts, candidates)
         scores = score_candidates(model, tokenizer, flat_prompts, flat, batch_size=self.batch_size, progress=False)
         table = ScoreTable.from_scores(scores, self.n_candidates)
         unsafe = torch.tensor([not v.safe for v in self.judge.judge(flat_prompts, flat)]).reshape(-1, self.n_candidates)

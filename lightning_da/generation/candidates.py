@@ -62,3 +62,8 @@ def sample_candidates(
         texts = tokenizer.batch_decode(generated[:, ids.size(1):], skip_special_tokens=True)
         out.extend(texts[i : i + n] for i in range(0, len(texts), n))
     return out
+
+
+def flatten_candidates(prompts: list[str], candidates: list[list[str]]) -> tuple[list[str], list[str]]:
+    """Prompt-major (prompt, response) pairs: each prompt repeated once per candidate."""
+    return [p for p, row in zip(prompts, candidates, strict=True) for _ in row], [c for row in candidates for c in row]
