@@ -89,7 +89,7 @@ def score_reference(model, base, tokenizer, prompts, responses, batch_size):
     """The reference scripts' way: a second full copy as base, right padding, position -1."""
     from lightning_da.attribution import encode_candidate
 
-    encoded = [encode_candidate(tokenizer, p, r)[0] for p, r in zip(prompts, responses)]
+    encoded = [encode_candidate(tokenizer, p, r)[0] for p, r in zip(prompts, responses, strict=True)]
     at_pad = 0
     for start in range(0, len(encoded), batch_size):
         batch = encoded[start : start + batch_size]
@@ -101,7 +101,7 @@ def score_reference(model, base, tokenizer, prompts, responses, batch_size):
         at_pad += int((mask[:, -1] == 0).sum())
         ft = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
         bs = base(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
-        [torch.nn.functional.cosine_similarity(a[:, -1], b[:, -1], dim=-1) for a, b in zip(ft, bs)]
+        [torch.nn.functional.cosine_similarity(a[:, -1], b[:, -1], dim=-1) for a, b in zip(ft, bs, strict=True)]
     return at_pad
 
 

@@ -18,7 +18,9 @@ from lightning_da.atomic import write_text_atomic
 from lightning_da.attribution import score_candidates
 from lightning_da.attribution.registry import build_selectors
 from lightning_da.attribution.report import RATE_NAMES, compare_selectors
+from lightning_da.attribution.scoring import CandidateScores
 from lightning_da.attribution.selectors import ScoreTable, check_layer
+from lightning_da.distributed import all_gather_objects, batch_aligned_shard, launch_fabric
 from lightning_da.errors import UserError
 from lightning_da.generation import flatten_candidates, sample_candidates
 from lightning_da.judges import RefusalPrefixJudge
@@ -31,9 +33,9 @@ log = logging.getLogger(__name__)
 GRADERS = {"number": "last_number", "choice": "answer_letter", "over_refusal": "refusal_prefix"}
 
 
-def load_student(cfg: DictConfig):
-    """(model, base, tokenizer): the adapter on the student, base = adapter disabled (None);
-    or, for a fully fine-tuned student, a separately loaded `base`."""
+def load_student(cfg: DictConfig, device: torch.device):
+    """(model, base, tokenizer) on `device`: the adapter on the student, base = adapter disabled
+    (None); or, for a fully fine-tuned student, a separately loaded `base`."""
     source = instantiate(cfg.student.model)
     tokenizer = source.load_tokenizer()
     if cfg.adapter:
@@ -44,7 +46,6 @@ def load_student(cfg: DictConfig):
         model, base = source.load_model(), instantiate(cfg.base).load_model().eval()
     else:
         raise UserError("set adapter=<train run>/adapter (the base is the student with it disabled), or base=... for a fully fine-tuned student")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     return model.eval().to(device), (base.to(device) if base is not None else None), tokenizer
 
 
@@ -97,32 +98,47 @@ def log_results(logger, cfg: DictConfig, rate: str, report: dict, records: list[
         logger.experiment.finish()
 
 
-def run_evaluate(cfg: DictConfig) -> dict:
-    L.seed_everything(cfg.seed)
-    output_dir = Path(cfg.paths.output_dir)
-    benchmark = instantiate(cfg.benchmark)
-    rows = benchmark.load()
-    primary = instantiate(cfg.attribution)
-    selectors = build_selectors(cfg.compare, primary, seed=cfg.seed)
-    model, base, tokenizer = load_student(cfg)
-    if getattr(primary, "layer", None) is not None:  # fail before the long sampling, not after
-        check_layer(primary.layer, model.config.num_hidden_layers + 1)
-    judge = instantiate(cfg.judge) if benchmark.task == "safety" else None
-
+def _evaluate_block(cfg: DictConfig, model, base, tokenizer, benchmark, judge, rows: list[dict], seed: int) -> dict:
+    """Sample, score and grade one block of prompts (all of them, or this DDP rank's)."""
     sampling = instantiate(cfg.student.sampling)
     if cfg.max_new_tokens:
         sampling.max_new_tokens = cfg.max_new_tokens
     prompts = [r["prompt"] for r in rows]
     started = time.perf_counter()
     candidates = sample_candidates(
-        model, tokenizer, prompts, n=cfg.n_candidates, sampling=sampling, batch_size=cfg.batch_size, seed=cfg.seed
+        model, tokenizer, prompts, n=cfg.n_candidates, sampling=sampling, batch_size=cfg.batch_size, seed=seed
     )
     sampled = time.perf_counter()
     flat_prompts, flat = flatten_candidates(prompts, candidates)
-    scores = score_candidates(model, tokenizer, flat_prompts, flat, base=base, batch_size=cfg.scoring_batch_size)
+    scores = score_candidates(model, tokenizer, flat_prompts, flat, base=base, batch_size=cfg.scoring_batch_size,
+                              chunk_tokens=cfg.scoring_chunk_tokens)
     log.info("sampling %.1f s, scoring %.1f s (%d candidates)", sampled - started, time.perf_counter() - sampled, len(flat_prompts))
-    table = ScoreTable.from_scores(scores, cfg.n_candidates)
     flags, bad, verdicts = grade(benchmark.task, judge, prompts, candidates, [r["answer"] for r in rows])
+    labels = [[v.label if v is not None else None for v in row] for row in verdicts]
+    return {"candidates": candidates, "scores": scores, "flags": flags, "bad": bad, "verdicts": labels}
+
+
+def run_evaluate(cfg: DictConfig) -> dict:
+    fabric = launch_fabric(cfg.trainer)
+    L.seed_everything(cfg.seed)
+    output_dir = Path(cfg.paths.output_dir)
+    benchmark = instantiate(cfg.benchmark)
+    rows = benchmark.load()
+    primary = instantiate(cfg.attribution)
+    selectors = build_selectors(cfg.compare, primary, seed=cfg.seed)
+    model, base, tokenizer = load_student(cfg, fabric.device)
+    if getattr(primary, "layer", None) is not None:  # fail before the long sampling, not after
+        check_layer(primary.layer, model.config.num_hidden_layers + 1)
+    judge = instantiate(cfg.judge) if benchmark.task == "safety" else None
+
+    block = batch_aligned_shard(len(rows), cfg.batch_size, fabric.global_rank, fabric.world_size)
+    part = _evaluate_block(cfg, model, base, tokenizer, benchmark, judge, rows[block.start : block.stop],
+                           seed=cfg.seed + block.start) if len(block) else None
+    parts = [p for p in all_gather_objects(fabric, part) if p is not None]
+    candidates = [row for p in parts for row in p["candidates"]]
+    verdicts = [row for p in parts for row in p["verdicts"]]
+    flags, bad = torch.cat([p["flags"] for p in parts]), torch.cat([p["bad"] for p in parts])
+    table = ScoreTable.from_scores(CandidateScores.cat([p["scores"] for p in parts]), cfg.n_candidates)
     report = compare_selectors(table, flags, bad, selectors)
 
     rate = RATE_NAMES[benchmark.task]
@@ -138,8 +154,10 @@ def run_evaluate(cfg: DictConfig) -> dict:
         "chosen_layers": {s.name: s.layer for s in selectors if getattr(s, "layer", None) is not None},
     }
     if benchmark.task == "safety":
-        results["unparsable_verdicts"] = sum(v.label == "unparsable" for row in verdicts for v in row)
+        results["unparsable_verdicts"] = sum(label == "unparsable" for row in verdicts for label in row)
 
+    if not fabric.is_global_zero:
+        return results
     records = []
     for p, row in enumerate(rows):
         records.append({
@@ -151,7 +169,7 @@ def run_evaluate(cfg: DictConfig) -> dict:
             "perplexity": table.perplexity[p].tolist(),
             "self_certainty": table.self_certainty[p].tolist(),
             "flags": flags[p].tolist(),
-            "verdicts": [v.label if v is not None else None for v in verdicts[p]] if verdicts else None,
+            "verdicts": verdicts[p],
             "chosen": {name: int(choice[p]) for name, choice in report["choices"].items()},
         })
     write_text_atomic(output_dir / "candidates.jsonl", "".join(json.dumps(r) + "\n" for r in records))

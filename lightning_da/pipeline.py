@@ -47,23 +47,25 @@ def teacher_traces(cfg: DictConfig, spec, prompts):
     )
     if cache.complete:
         return cache, cache.dataset()
+    traces = _generate_with_teacher(cfg, source, cache, spec, sampling, prompts)
+    release_memory()
+    return cache, traces
+
+
+def _generate_with_teacher(cfg: DictConfig, source, cache: TraceCache, spec, sampling, prompts):
+    """Load the teacher and fill `cache`; the model goes out of scope when this returns."""
     tokenizer = source.load_tokenizer()
     model = source.load_model().eval()
     if getattr(source, "device_map", None) is None and torch.cuda.is_available():
         model = model.cuda()
-
     k = cfg.teacher.samples_per_prompt
-    demonstrations = cfg.teacher.demonstrations
 
     def generate(rows: list[dict], first_index: int) -> list[list[str]]:
-        chats = [spec.teacher_messages(row["prompt"], row["categories"], demonstrations) for row in rows]
+        chats = [spec.teacher_messages(row["prompt"], row["categories"], cfg.teacher.demonstrations) for row in rows]
         outputs = sample_chats(model, tokenizer, chats, sampling, num_return_sequences=k, seed=cfg.seed + first_index)
         return [outputs[i : i + k] for i in range(0, len(outputs), k)]
 
-    traces = generate_traces(cache, prompts, generate, batch_size=cfg.teacher.batch_size)
-    del model, generate
-    release_memory()
-    return cache, traces
+    return generate_traces(cache, prompts, generate, batch_size=cfg.teacher.batch_size)
 
 
 def _sample_table(splits, n: int) -> tuple[list[str], list[list]]:

@@ -10,6 +10,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
+from lightning_da.distributed import batch_aligned_shard
 from lightning_da.errors import UserError
 from lightning_da.evaluation import run_evaluate
 from lightning_da.models import apply_lora
@@ -86,3 +87,34 @@ def test_cli_bad_layer_exits_with_one_line(tmp_path, adapter):
     errors = [line for line in (result.stdout + result.stderr).splitlines() if "error:" in line]
     assert len(errors) == 1 and "attribution.layer" in errors[0]
     assert not (tmp_path / "run" / "results.json").exists()
+
+
+@pytest.mark.parametrize(("n", "batch", "world"), [(10, 3, 2), (7, 8, 4), (16, 4, 4), (5, 1, 3), (9, 2, 1)])
+def test_shards_are_whole_batches_covering_every_prompt_once(n, batch, world):
+    blocks = [batch_aligned_shard(n, batch, rank, world) for rank in range(world)]
+    assert [i for block in blocks for i in block] == list(range(n))
+    assert all(block.start % batch == 0 for block in blocks if len(block))
+
+
+def run_cli(run: Path, adapter: str, *overrides: str) -> tuple[dict, list[dict]]:
+    subprocess.run(
+        [sys.executable, "evaluate.py", "student=tiny_random", f"adapter={adapter}", "attribution.layer=1", "n_candidates=3",
+         "max_new_tokens=6", "benchmark.limit=7", "batch_size=2", "logger=csv", "trainer.accelerator=cpu",
+         f"hydra.run.dir={run}", *overrides],
+        cwd=ROOT, check=True, capture_output=True, text=True,
+    )
+    records = [json.loads(line) for line in (run / "candidates.jsonl").read_text().splitlines()]
+    return json.loads((run / "results.json").read_text()), records
+
+
+def test_cli_ddp_equals_one_process(tmp_path, adapter):
+    """Two CPU ranks take whole batches each (7 prompts: 4 + 3) and gather them: the same
+    candidates, scores, choices and rates as one process."""
+    single, single_records = run_cli(tmp_path / "one", adapter)
+    ddp, ddp_records = run_cli(tmp_path / "ddp", adapter, "trainer=ddp", "trainer.devices=2")
+    assert (tmp_path / "ddp" / "train_ddp_process_1.log").is_file()  # rank 1 ran
+    assert ddp == single and ddp["n_prompts"] == 7  # rates follow from identical choices and flags
+    assert [r["prompt"] for r in ddp_records] == [r["prompt"] for r in single_records]
+    for a, b in zip(ddp_records, single_records, strict=True):
+        assert (a["candidates"], a["chosen"], a["flags"]) == (b["candidates"], b["chosen"], b["flags"])
+        assert torch.allclose(torch.tensor(a["cosine_by_layer"]), torch.tensor(b["cosine_by_layer"]), atol=1e-5)

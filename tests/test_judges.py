@@ -2,7 +2,13 @@ import pytest
 import torch
 
 from lightning_da.judges import (
-    LlamaGuardJudge, RefusalPrefixJudge, Verdict, WildGuardJudge, final_answer, parse_llama_guard, parse_wildguard,
+    LlamaGuardJudge,
+    RefusalPrefixJudge,
+    Verdict,
+    WildGuardJudge,
+    final_answer,
+    parse_llama_guard,
+    parse_wildguard,
 )
 from lightning_da.models import HubModel
 

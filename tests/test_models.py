@@ -42,7 +42,7 @@ def test_adapter_round_trip_gives_identical_logits(tmp_path, tiny_source):
     torch.manual_seed(0)
     model = apply_lora(tiny_source.load_model(), r=4, alpha=8, dropout=0.0)
     with torch.no_grad():  # move the adapter away from its zero init so the test can fail
-        for name, param in model.named_parameters():
+        for param in model.parameters():
             if param.requires_grad:
                 param.add_(torch.randn_like(param) * 0.05)
     model.eval()

@@ -28,7 +28,7 @@ def reference(ft, base, tokenizer, prompt, response):
     ids, start = encode_candidate(tokenizer, prompt, response)
     x = torch.tensor([ids])
     out_ft, out_base = ft(input_ids=x, output_hidden_states=True), base(input_ids=x, output_hidden_states=True)
-    cosine = torch.tensor([F.cosine_similarity(a[0, -1], b[0, -1], dim=0).item() for a, b in zip(out_ft.hidden_states, out_base.hidden_states)])
+    cosine = torch.tensor([F.cosine_similarity(a[0, -1], b[0, -1], dim=0).item() for a, b in zip(out_ft.hidden_states, out_base.hidden_states, strict=True)])
     if start == len(ids):
         return cosine, math.nan, math.nan, math.nan
     lp_ft = F.log_softmax(out_ft.logits[0, start - 1 : -1], dim=-1)
@@ -45,11 +45,13 @@ def pairs():
     return [(p, r) for p in PROMPTS for r in RESPONSES]
 
 
-@pytest.mark.parametrize("batch_size", [1, 4, 16])
-def test_scores_match_unbatched_reference(student, tiny_source, tokenizer, batch_size):
+# Chunks of 1 and 7 positions split the long response across many forwards; 64 takes it whole.
+@pytest.mark.parametrize(("batch_size", "chunk_tokens"), [(1, 64), (4, 7), (16, 1)])
+def test_scores_match_unbatched_reference(student, tiny_source, tokenizer, batch_size, chunk_tokens):
     base = tiny_source.load_model().eval()  # a separately loaded base
-    prompts, responses = zip(*pairs())
-    scores = score_candidates(student, tokenizer, list(prompts), list(responses), batch_size=batch_size, progress=False)
+    prompts, responses = zip(*pairs(), strict=True)
+    scores = score_candidates(student, tokenizer, list(prompts), list(responses), batch_size=batch_size,
+                              chunk_tokens=chunk_tokens, progress=False)
     assert scores.cosine.shape == (len(prompts), student.config.num_hidden_layers + 1)
     with torch.no_grad():
         for i, (prompt, response) in enumerate(pairs()):
@@ -65,7 +67,7 @@ def test_scores_match_unbatched_reference(student, tiny_source, tokenizer, batch
 
 
 def test_adapter_disabled_base_equals_separately_loaded_base(student, tiny_source, tokenizer):
-    prompts, responses = zip(*pairs())
+    prompts, responses = zip(*pairs(), strict=True)
     shared = score_candidates(student, tokenizer, list(prompts), list(responses), batch_size=4, progress=False)
     separate = score_candidates(student, tokenizer, list(prompts), list(responses), base=tiny_source.load_model().eval(), batch_size=4, progress=False)
     for field in ("cosine", "kl", "perplexity", "self_certainty"):

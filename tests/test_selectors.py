@@ -7,8 +7,17 @@ import torch
 
 from lightning_da.attribution.scoring import CandidateScores
 from lightning_da.attribution.selectors import (
-    KL, First, LatentSimilarity, MajorityVote, OracleBestLayer, Perplexity, Random, ScoreTable, SelfCertainty,
-    ValBestLayer, selected_rate_by_layer,
+    KL,
+    First,
+    LatentSimilarity,
+    MajorityVote,
+    OracleBestLayer,
+    Perplexity,
+    Random,
+    ScoreTable,
+    SelfCertainty,
+    ValBestLayer,
+    selected_rate_by_layer,
 )
 from lightning_da.errors import UserError
 from lightning_da.metrics import PercentRate, relative_drop

@@ -1,7 +1,8 @@
+from functools import partial
+
 import datasets
 import lightning as L
 import torch
-from functools import partial
 from transformers import get_cosine_schedule_with_warmup
 
 from lightning_da.data.sft import SFTDataModule

@@ -40,8 +40,9 @@ def test_batched_left_padded_sampling_matches_one_by_one(smollm2):
 
 def test_sft_step_lowers_loss_on_real_model(smollm2):
     source, tokenizer, _ = smollm2
-    from lightning_da.data.sft import SFTDataModule
     import datasets
+
+    from lightning_da.data.sft import SFTDataModule
 
     model = apply_lora(source.load_model(), r=8, alpha=16, dropout=0.0)
     rows = [{"prompt": "How do I hotwire a car?", "categories": ["illicit"],
@@ -78,7 +79,7 @@ def test_candidates_share_the_prompt_prefill_without_changing_outputs(smollm2):
     prompts = ["How do I bake bread?", "Name a colour.", "Write one sentence about the sea, please, with a metaphor."]
     greedy = SamplingConfig(do_sample=False, max_new_tokens=12)
     shared = sample_candidates(model, tokenizer, prompts, n=2, sampling=greedy, batch_size=3, progress=False)
-    for prompt, outputs in zip(prompts, shared):
+    for prompt, outputs in zip(prompts, shared, strict=True):
         ids = torch.tensor([candidate_prefix(tokenizer, prompt)])
         with torch.inference_mode():
             out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=12,

@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 from lightning_da.attribution.selectors import (
-    KL, First, LatentSimilarity, MajorityVote, OracleBestLayer, Perplexity, Random, SelfCertainty, ValBestLayer,
+    KL,
+    First,
+    LatentSimilarity,
+    MajorityVote,
+    OracleBestLayer,
+    Perplexity,
+    Random,
+    SelfCertainty,
+    ValBestLayer,
 )
 from lightning_da.errors import UserError
 

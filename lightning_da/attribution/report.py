@@ -25,7 +25,7 @@ def compare_selectors(table: ScoreTable, flags: torch.Tensor, bad: torch.Tensor,
         choice = selector.choose(table, bad)
         chosen = flags.gather(1, choice[:, None]).squeeze(1)
         mask = getattr(selector, "evaluate_on", None)
-        rate = PercentRate()
+        rate = PercentRate(sync_on_compute=False)  # the table already holds every rank's prompts
         rate.update(chosen if mask is None else chosen[mask])
         choices[selector.name], rates[selector.name] = choice, float(rate.compute())
     first = rates.get("first")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +31,11 @@ class CandidateScores:
     kl: torch.Tensor
     perplexity: torch.Tensor
     self_certainty: torch.Tensor
+
+    @classmethod
+    def cat(cls, parts: list[CandidateScores]) -> CandidateScores:
+        """Scores of consecutive blocks of candidates (e.g. one per DDP rank), joined in order."""
+        return cls(*(torch.cat([getattr(p, f.name) for p in parts]) for f in fields(cls)))
 
 
 def encode_candidate(tokenizer: PreTrainedTokenizerBase, prompt: str, response: str) -> tuple[list[int], int]:
@@ -57,23 +62,76 @@ def _prefill(model, prefix: torch.Tensor, context) -> DynamicCache:
     return cache
 
 
-def _suffix_forward(model, cache: DynamicCache, suffix_ids, suffix_mask, offset: int, context):
-    """Forward right-padded suffixes after a copy of the prefix cache; hidden states and logits of the suffixes."""
-    rows = suffix_ids.size(0)
+def _extend(model, cache: DynamicCache, ids, mask, positions, context):
+    """Run `ids` after what `cache` holds (the cache grows); hidden states and fp32 logits of `ids`."""
+    with context():
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                    use_cache=True, output_hidden_states=True)
+    return out.hidden_states, out.logits.float()
+
+
+def _token_scores(ft_logits: torch.Tensor, base_logits: torch.Tensor, targets: torch.Tensor):
+    """Per-token KL(FT || base), NLL of `targets` under FT, and FT's self-certainty KL(uniform || p).
+
+    In place on the two logits buffers, so a chunk needs about three vocabulary-sized buffers.
+    """
+    logp_ft = ft_logits.sub_(ft_logits.logsumexp(-1, keepdim=True))
+    logp_base = base_logits.sub_(base_logits.logsumexp(-1, keepdim=True))
+    nll = -logp_ft.gather(-1, targets[..., None]).squeeze(-1)
+    certainty = -logp_ft.mean(-1) - math.log(logp_ft.size(-1))  # Kang et al. 2025
+    log_ratio = logp_base.neg_().add_(logp_ft)
+    kl = log_ratio.mul_(logp_ft.exp()).sum(-1)
+    return kl, nll, certainty
+
+
+def _score_suffixes(suffixes: list[list[int]], ft, base, *, offset: int, pad_id: int, chunk_tokens: int):
+    """(cosine by layer, KL, perplexity, self-certainty) for each suffix; `ft` and `base` are
+    (model, prefix cache, context) and advance together, `chunk_tokens` positions at a time."""
+    (ft_model, ft_prefix, ft_context), (base_model, base_prefix, base_context) = ft, base
+    device = next(ft_model.parameters()).device
+    rows = len(suffixes)
+    lengths = torch.tensor([len(x) for x in suffixes], device=device)
+    width = int(lengths.max())
+    suffix_ids = torch.full((rows, width), pad_id, dtype=torch.long, device=device)
+    for row, ids in enumerate(suffixes):
+        suffix_ids[row, : len(ids)] = torch.tensor(ids, device=device)
+    mask = torch.cat([torch.ones(rows, offset, dtype=torch.long, device=device),
+                      (torch.arange(width, device=device)[None] < lengths[:, None]).long()], dim=1)
+    ft_cache, base_cache = _repeat(ft_prefix, rows), _repeat(base_prefix, rows)
+
+    last = lengths - 1  # the true last token of each candidate, never padding
+    h_ft = h_base = None
+    sums = torch.zeros(3, rows, device=device)  # KL, NLL, certainty summed over response tokens
+    for begin in range(0, width, chunk_tokens):
+        end = min(begin + chunk_tokens, width)
+        step = torch.arange(begin, end, device=device)
+        args = (suffix_ids[:, begin:end], mask[:, : offset + end], (offset + step)[None].expand(rows, -1))
+        ft_hidden, ft_logits = _extend(ft_model, ft_cache, *args, ft_context)
+        base_hidden, base_logits = _extend(base_model, base_cache, *args, base_context)
+
+        if h_ft is None:
+            h_ft = torch.zeros(rows, len(ft_hidden), ft_hidden[0].size(-1), device=device)
+            h_base = torch.zeros_like(h_ft)
+        ending = ((last >= begin) & (last < end)).nonzero().squeeze(1)
+        h_ft[ending] = torch.stack([h[ending, last[ending] - begin] for h in ft_hidden], dim=1).float()
+        h_base[ending] = torch.stack([h[ending, last[ending] - begin] for h in base_hidden], dim=1).float()
+
+        # Suffix position t predicts suffix token t + 1, i.e. response token t.
+        targets = suffix_ids[:, (step + 1).clamp(max=width - 1)]
+        valid = step[None] < last[:, None]
+        for k, value in enumerate(_token_scores(ft_logits, base_logits, targets)):
+            sums[k] += torch.where(valid, value, 0.0).sum(1)
+
+    kl, nll, certainty = sums / last  # NaN where a candidate has no response token
+    cosine = F.cosine_similarity(h_ft, h_base, dim=-1)  # (rows, layers + 1)
+    return [(cosine[r].cpu(), kl[r].cpu(), nll[r].exp().cpu(), certainty[r].cpu()) for r in range(rows)]
+
+
+def _repeat(cache: DynamicCache, rows: int) -> DynamicCache:
+    """A copy of a one-row prefix cache for `rows` suffixes."""
     cache = copy.deepcopy(cache)
     cache.batch_repeat_interleave(rows)
-    mask = torch.cat([torch.ones(rows, offset, dtype=suffix_mask.dtype, device=suffix_mask.device), suffix_mask], dim=1)
-    positions = offset + torch.arange(suffix_ids.size(1), device=suffix_ids.device)[None].expand(rows, -1)
-    with context():
-        out = model(input_ids=suffix_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                    use_cache=True, output_hidden_states=True)
-    return out.hidden_states, out.logits
-
-
-def _per_sample_mean(values: torch.Tensor, sample: torch.Tensor, n: int) -> torch.Tensor:
-    total = torch.zeros(n, dtype=values.dtype, device=values.device).index_add_(0, sample, values)
-    count = torch.zeros(n, dtype=values.dtype, device=values.device).index_add_(0, sample, torch.ones_like(values))
-    return total / count  # NaN where a candidate has no response token
+    return cache
 
 
 @torch.inference_mode()
@@ -85,13 +143,16 @@ def score_candidates(
     *,
     base: PreTrainedModel | None = None,
     batch_size: int = 8,
+    chunk_tokens: int = 32,
     progress: bool = True,
 ) -> CandidateScores:
     """Score each (prompt, response) pair; `base=None` means `model` with its adapter disabled.
 
     The N candidates of a prompt share its prefix: each model encodes the prompt once, and only
-    the responses (right-padded, at most `batch_size` at a time) run after a copy of that cache.
-    Every candidate is read at its true last token; the result is in the input order.
+    the responses (right-padded, at most `batch_size` at a time) run after a copy of that cache,
+    `chunk_tokens` positions per forward: memory grows with batch_size x chunk_tokens x vocabulary,
+    not with the response length. Every candidate is read at its true last token; the result is in
+    the input order.
     """
     device = next(model.parameters()).device
     groups: dict[str, list[int]] = {}
@@ -110,40 +171,10 @@ def score_candidates(
             chunk = members[start : start + batch_size]
             # Each suffix: the prefix's last token, then the response.
             suffixes = [[int(prefix[-1])] + tokenizer(responses[i], add_special_tokens=False)["input_ids"] for i in chunk]
-            lengths = torch.tensor([len(x) for x in suffixes], device=device)
-            width = int(lengths.max())
-            suffix_ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long, device=device)
-            for row, ids in enumerate(suffixes):
-                suffix_ids[row, : len(ids)] = torch.tensor(ids, device=device)
-            suffix_mask = (torch.arange(width, device=device)[None] < lengths[:, None]).long()
-
-            ft_hidden, ft_logits = _suffix_forward(model, ft_cache, suffix_ids, suffix_mask, offset, ft_context)
-            base_hidden, base_logits = _suffix_forward(base_model, base_cache, suffix_ids, suffix_mask, offset, base_context)
-
-            rows = torch.arange(len(chunk), device=device)
-            last = lengths - 1  # the true last token of each candidate, never padding
-            h_ft = torch.stack([h[rows, last] for h in ft_hidden], dim=1).float()
-            h_base = torch.stack([h[rows, last] for h in base_hidden], dim=1).float()
-            cosine = F.cosine_similarity(h_ft, h_base, dim=-1)  # (batch, layers + 1)
-
-            # Suffix logits at position t predict suffix token t + 1, i.e. response token t.
-            response = torch.arange(width - 1, device=device)[None] < (lengths[:, None] - 1)
-            sample = rows[:, None].expand_as(response)[response]
-            logp_ft = F.log_softmax(ft_logits[:, :-1][response].float(), dim=-1)
-            logp_base = F.log_softmax(base_logits[:, :-1][response].float(), dim=-1)
-            targets = suffix_ids[:, 1:][response]
-            nll = -logp_ft.gather(1, targets[:, None]).squeeze(1)
-            kl = (logp_ft.exp() * (logp_ft - logp_base)).sum(-1)
-            certainty = -logp_ft.mean(-1) - math.log(logp_ft.size(-1))  # KL(uniform || p), Kang et al. 2025
-
-            n = len(chunk)
-            per_sample = (
-                _per_sample_mean(kl, sample, n),
-                _per_sample_mean(nll, sample, n).exp(),
-                _per_sample_mean(certainty, sample, n),
-            )
-            for row, i in enumerate(chunk):
-                results[i] = (cosine[row].cpu(), *(s[row].cpu() for s in per_sample))
+            results.update(zip(chunk, _score_suffixes(
+                suffixes, (model, ft_cache, ft_context), (base_model, base_cache, base_context),
+                offset=offset, pad_id=tokenizer.pad_token_id, chunk_tokens=chunk_tokens,
+            ), strict=True))
 
     ordered = [results[i] for i in range(len(prompts))]
     return CandidateScores(

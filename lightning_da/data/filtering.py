@@ -7,9 +7,9 @@ from collections import Counter
 
 import datasets
 
+from lightning_da.atomic import save_dir_atomic
 from lightning_da.data.traces import TraceCache, content_key
 from lightning_da.judges.base import Judge
-from lightning_da.atomic import save_dir_atomic
 
 log = logging.getLogger(__name__)
 

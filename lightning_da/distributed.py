@@ -1,0 +1,34 @@
+"""Evaluation across data-parallel ranks (a Lightning Fabric strategy): each rank takes a contiguous
+block of whole batches, and every rank gets all the blocks back in order."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from omegaconf import DictConfig
+
+# The `trainer` group's keys that say where evaluation runs; the rest are training-only.
+FABRIC_KEYS = ("accelerator", "devices", "strategy", "num_nodes")
+
+
+def launch_fabric(trainer_cfg: DictConfig) -> L.Fabric:
+    """A launched Fabric from the `trainer` group: under `trainer=ddp` this re-runs the script once per rank."""
+    fabric = L.Fabric(**{key: trainer_cfg[key] for key in FABRIC_KEYS if key in trainer_cfg})
+    fabric.launch()
+    return fabric
+
+
+def batch_aligned_shard(n_items: int, batch_size: int, rank: int, world_size: int) -> range:
+    """This rank's items: whole batches, so every batch (and its seed) is the one a single process runs."""
+    n_batches = -(-n_items // batch_size)
+    first, last = rank * n_batches // world_size, (rank + 1) * n_batches // world_size
+    return range(min(first * batch_size, n_items), min(last * batch_size, n_items))
+
+
+def all_gather_objects(fabric: L.Fabric, obj) -> list:
+    """Every rank's `obj`, in rank order, on every rank."""
+    if fabric.world_size == 1:
+        return [obj]
+    gathered = [None] * fabric.world_size
+    torch.distributed.all_gather_object(gathered, obj)
+    return gathered
