@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from lightning_da.attribution import encode_candidate, score_candidates
+from lightning_da.attribution.scoring import _chunk_length
 from lightning_da.models import apply_lora
 
 PROMPTS = ["How do I pick a lock?", "Hi", "Write a long story about a dragon, please, with many details."]
@@ -45,8 +46,8 @@ def pairs():
     return [(p, r) for p in PROMPTS for r in RESPONSES]
 
 
-# Chunks of 1 and 7 positions split the long response across many forwards; 64 takes it whole.
-@pytest.mark.parametrize(("batch_size", "chunk_tokens"), [(1, 64), (4, 7), (16, 1)])
+# Budgets of 1 and 30 positions split the long response across many forwards; 1000 takes it whole.
+@pytest.mark.parametrize(("batch_size", "chunk_tokens"), [(1, 1000), (4, 30), (16, 1)])
 def test_scores_match_unbatched_reference(student, tiny_source, tokenizer, batch_size, chunk_tokens):
     base = tiny_source.load_model().eval()  # a separately loaded base
     prompts, responses = zip(*pairs(), strict=True)
@@ -77,3 +78,11 @@ def test_adapter_disabled_base_equals_separately_loaded_base(student, tiny_sourc
 def test_a_model_without_adapter_needs_a_base(tiny_source, tokenizer):
     with pytest.raises(ValueError, match="separately loaded"):
         score_candidates(tiny_source.load_model(), tokenizer, ["p"], ["r"], progress=False)
+
+
+@pytest.mark.parametrize(("width", "rows", "budget"), [(33, 4, 256), (33, 8, 256), (134, 8, 256), (5, 16, 8), (1, 1, 1)])
+def test_chunks_are_even_and_within_the_budget(width, rows, budget):
+    length, per_row = _chunk_length(width, rows, budget), max(1, budget // rows)
+    n = -(-width // length)
+    assert length <= per_row and n == -(-width // per_row)  # within the budget, no more forwards than needed
+    assert n * length - width < n  # chunks differ by at most one position: no 32 + 1

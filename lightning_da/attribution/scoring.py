@@ -58,7 +58,7 @@ def _prefill(model, prefix: torch.Tensor, context) -> DynamicCache:
     """The KV cache of the shared prompt prefix, all but its last token (that one starts each suffix)."""
     cache = DynamicCache(config=model.config)
     with context():
-        model(input_ids=prefix[None, :-1], past_key_values=cache, use_cache=True)
+        model(input_ids=prefix[None, :-1], past_key_values=cache, use_cache=True, logits_to_keep=1)  # no vocab-wide logits
     return cache
 
 
@@ -84,9 +84,15 @@ def _token_scores(ft_logits: torch.Tensor, base_logits: torch.Tensor, targets: t
     return kl, nll, certainty
 
 
+def _chunk_length(width: int, rows: int, chunk_tokens: int) -> int:
+    """Positions per row in each forward: at most chunk_tokens in all, in equal chunks (not 32 + 1)."""
+    n_chunks = -(-width // max(1, chunk_tokens // rows))
+    return -(-width // n_chunks)
+
+
 def _score_suffixes(suffixes: list[list[int]], ft, base, *, offset: int, pad_id: int, chunk_tokens: int):
     """(cosine by layer, KL, perplexity, self-certainty) for each suffix; `ft` and `base` are
-    (model, prefix cache, context) and advance together, `chunk_tokens` positions at a time."""
+    (model, prefix cache, context) and advance together, about `chunk_tokens` positions at a time."""
     (ft_model, ft_prefix, ft_context), (base_model, base_prefix, base_context) = ft, base
     device = next(ft_model.parameters()).device
     rows = len(suffixes)
@@ -102,8 +108,9 @@ def _score_suffixes(suffixes: list[list[int]], ft, base, *, offset: int, pad_id:
     last = lengths - 1  # the true last token of each candidate, never padding
     h_ft = h_base = None
     sums = torch.zeros(3, rows, device=device)  # KL, NLL, certainty summed over response tokens
-    for begin in range(0, width, chunk_tokens):
-        end = min(begin + chunk_tokens, width)
+    length = _chunk_length(width, rows, chunk_tokens)
+    for begin in range(0, width, length):
+        end = min(begin + length, width)
         step = torch.arange(begin, end, device=device)
         args = (suffix_ids[:, begin:end], mask[:, : offset + end], (offset + step)[None].expand(rows, -1))
         ft_hidden, ft_logits = _extend(ft_model, ft_cache, *args, ft_context)
@@ -143,15 +150,15 @@ def score_candidates(
     *,
     base: PreTrainedModel | None = None,
     batch_size: int = 8,
-    chunk_tokens: int = 32,
+    chunk_tokens: int = 256,
     progress: bool = True,
 ) -> CandidateScores:
     """Score each (prompt, response) pair; `base=None` means `model` with its adapter disabled.
 
     The N candidates of a prompt share its prefix: each model encodes the prompt once, and only
     the responses (right-padded, at most `batch_size` at a time) run after a copy of that cache,
-    `chunk_tokens` positions per forward: memory grows with batch_size x chunk_tokens x vocabulary,
-    not with the response length. Every candidate is read at its true last token; the result is in
+    about `chunk_tokens` positions (all rows together) per forward: memory grows with
+    chunk_tokens x vocabulary, not with the batch size or the response length. Every candidate is read at its true last token; the result is in
     the input order.
     """
     device = next(model.parameters()).device

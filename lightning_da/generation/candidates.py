@@ -52,7 +52,8 @@ def sample_candidates(
         # cache stops one token short: generate feeds the last prompt token itself.
         cache = DynamicCache(config=model.config)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # as generate numbers left-padded rows
-        model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1], past_key_values=cache, use_cache=True)
+        model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1], past_key_values=cache,
+              use_cache=True, logits_to_keep=1)
         cache.batch_repeat_interleave(n)
         torch.manual_seed(seed + start)  # a batch samples the same whatever ran before it
         generated = model.generate(
