@@ -1,5 +1,6 @@
-"""Evaluation across data-parallel ranks (a Lightning Fabric strategy): each rank takes a contiguous
-block of whole batches, and every rank gets all the blocks back in order."""
+"""Best-of-N across data-parallel ranks (evaluate.py through a Lightning Fabric, the callback inside a
+Trainer): each rank takes a contiguous block of whole batches, and every rank gets all the blocks
+back in order."""
 
 from __future__ import annotations
 
@@ -7,12 +8,26 @@ import lightning as L
 import torch
 from omegaconf import DictConfig
 
+from lightning_da.errors import UserError
+
 # The `trainer` group's keys that say where evaluation runs; the rest are training-only.
 FABRIC_KEYS = ("accelerator", "devices", "strategy", "num_nodes")
 
 
+def check_accelerator(trainer_cfg: DictConfig) -> None:
+    """A GPU accelerator on a machine without one fails here, naming the CPU options, not inside Lightning."""
+    accelerator = str(trainer_cfg.get("accelerator", "auto"))
+    has_gpu = torch.cuda.is_available() or (accelerator == "gpu" and torch.backends.mps.is_available())
+    if accelerator in ("gpu", "cuda") and not has_gpu:
+        raise UserError(
+            f"trainer.accelerator={accelerator} but this machine has no GPU; on CPU use trainer=cpu, or for data "
+            f"parallel on CPU processes trainer=ddp trainer.accelerator=cpu trainer.devices=2"
+        )
+
+
 def launch_fabric(trainer_cfg: DictConfig) -> L.Fabric:
     """A launched Fabric from the `trainer` group: under `trainer=ddp` this re-runs the script once per rank."""
+    check_accelerator(trainer_cfg)
     fabric = L.Fabric(**{key: trainer_cfg[key] for key in FABRIC_KEYS if key in trainer_cfg})
     fabric.launch()
     return fabric
@@ -25,10 +40,10 @@ def batch_aligned_shard(n_items: int, batch_size: int, rank: int, world_size: in
     return range(min(first * batch_size, n_items), min(last * batch_size, n_items))
 
 
-def all_gather_objects(fabric: L.Fabric, obj) -> list:
-    """Every rank's `obj`, in rank order, on every rank."""
-    if fabric.world_size == 1:
+def all_gather_objects(obj, world_size: int) -> list:
+    """Every rank's `obj`, in rank order, on every rank (a Fabric's or a Trainer's process group)."""
+    if world_size == 1:
         return [obj]
-    gathered = [None] * fabric.world_size
+    gathered = [None] * world_size
     torch.distributed.all_gather_object(gathered, obj)
     return gathered

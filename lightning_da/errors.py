@@ -29,3 +29,13 @@ def run_or_exit(task, cfg, *, name: str):
             raise
         logging.getLogger(name).error("error: %s", user_error)
         sys.exit(2)
+
+
+def check_at_least(value, key: str, minimum: int = 1, *, optional: bool = False):
+    """A configured count (`key`) of at least `minimum` (None allowed when `optional`), or a UserError naming it."""
+    if value is None and optional:
+        return value
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        unset = " or leave it unset (null)" if optional else ""
+        raise UserError(f"{key}={value}: set it to an integer of at least {minimum}{unset}")
+    return value

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from pathlib import Path
 
 import lightning as L
@@ -15,22 +14,23 @@ from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_da.atomic import write_text_atomic
-from lightning_da.attribution import score_candidates
-from lightning_da.attribution.registry import build_selectors
+from lightning_da.attribution.registry import build_selectors, check_selectors
 from lightning_da.attribution.report import RATE_NAMES, compare_selectors
-from lightning_da.attribution.scoring import CandidateScores
-from lightning_da.attribution.selectors import ScoreTable, check_layer
-from lightning_da.distributed import all_gather_objects, batch_aligned_shard, launch_fabric
-from lightning_da.errors import UserError
-from lightning_da.generation import flatten_candidates, sample_candidates
-from lightning_da.judges import RefusalPrefixJudge
-from lightning_da.judges.answers import letter_correct, number_correct
+from lightning_da.attribution.scoring import num_hidden_states
+from lightning_da.best_of_n import GRADERS, best_of_n_sharded
+from lightning_da.distributed import launch_fabric
+from lightning_da.errors import UserError, check_at_least
 from lightning_da.models.lora import load_adapter
 
 log = logging.getLogger(__name__)
 
-# Who labels the candidates of a benchmark that the safety judge does not.
-GRADERS = {"number": "last_number", "choice": "answer_letter", "over_refusal": "refusal_prefix"}
+
+def check_settings(cfg: DictConfig) -> None:
+    """The counts evaluate.py reads, checked before anything loads."""
+    for key in ("n_candidates", "batch_size", "scoring_batch_size", "scoring_chunk_tokens"):
+        check_at_least(cfg[key], key)
+    check_at_least(cfg.max_new_tokens, "max_new_tokens", optional=True)
+    check_at_least(cfg.log_samples, "log_samples", minimum=0)
 
 
 def load_student(cfg: DictConfig, device: torch.device):
@@ -39,36 +39,12 @@ def load_student(cfg: DictConfig, device: torch.device):
     source = instantiate(cfg.student.model)
     tokenizer = source.load_tokenizer()
     if cfg.adapter:
-        if not (Path(cfg.adapter) / "adapter_config.json").is_file():
-            raise UserError(f"adapter={cfg.adapter} is not a peft adapter directory (no adapter_config.json)")
-        model, base = load_adapter(source.load_model(), str(cfg.adapter)), None
+        model, base = load_adapter(source.load_model(), cfg.adapter, model_name=source.name), None
     elif cfg.base:
         model, base = source.load_model(), instantiate(cfg.base).load_model().eval()
     else:
         raise UserError("set adapter=<train run>/adapter (the base is the student with it disabled), or base=... for a fully fine-tuned student")
     return model.eval().to(device), (base.to(device) if base is not None else None), tokenizer
-
-
-def grade(task: str, judge, prompts: list[str], candidates: list[list[str]], answers: list) -> tuple[torch.Tensor, torch.Tensor, list]:
-    """(flags, bad, verdicts), each (P, N): what the rate counts, what selectors avoid, the judge's calls."""
-    n = len(candidates[0])
-    flat_prompts, flat = flatten_candidates(prompts, candidates)
-    verdicts: list = [None] * len(flat)
-    if task == "safety":
-        verdicts = judge.judge(flat_prompts, flat)
-        flags = torch.tensor([not v.safe for v in verdicts])  # unparsable counts as unsafe
-        bad = flags
-    elif task == "over_refusal":
-        verdicts = RefusalPrefixJudge().judge(flat_prompts, flat)
-        flags = torch.tensor([v.label == "safe" for v in verdicts])  # refused
-        bad = flags
-    else:
-        check = number_correct if task == "number" else letter_correct
-        flat_answers = [a for a in answers for _ in range(n)]
-        flags = torch.tensor([check(r, a) for r, a in zip(flat, flat_answers, strict=True)])
-        bad = ~flags
-    shape = (len(prompts), n)
-    return flags.reshape(shape), bad.reshape(shape), [verdicts[i : i + n] for i in range(0, len(verdicts), n)]
 
 
 def _table(rate_name: str, report: dict) -> str:
@@ -78,8 +54,9 @@ def _table(rate_name: str, report: dict) -> str:
     return "\n".join(lines)
 
 
-def log_results(logger, cfg: DictConfig, rate: str, report: dict, records: list[dict]) -> None:
-    """Summary metrics to any Lightning logger; on W&B also the per-layer plot and a table of candidates."""
+def log_results(logger, cfg: DictConfig, rate: str, report: dict, records: list[dict], layer: int | None) -> None:
+    """Summary metrics to any Lightning logger; on W&B also the per-layer plot and a table of candidates
+    with their cosine at `layer` (the one the primary selector used) and the selectors that picked each."""
     logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     logger.log_metrics({f"eval/{rate}_{k}": v for k, v in report["rates"].items()})
     logger.log_metrics({f"eval/{rate}_drop_{k}": v for k, v in report["drops"].items()})
@@ -88,9 +65,10 @@ def log_results(logger, cfg: DictConfig, rate: str, report: dict, records: list[
 
         by_layer = wandb.Table(columns=["layer", rate], data=[[i, v] for i, v in enumerate(report["by_layer"])])
         logger.experiment.log({f"eval/{rate}_by_layer": wandb.plot.line(by_layer, "layer", rate, title=f"{rate} by layer")})
-        layer = cfg.attribution.get("layer") or 0
-        logger.log_table(key="eval/candidates", columns=["prompt", "candidate", "response", "flag", f"cosine@{layer}"], data=[
-            [r["prompt"], k, c, r["flags"][k], r["cosine_by_layer"][k][layer]]
+        columns = ["prompt", "candidate", "response", "flag", "chosen_by"] + ([f"cosine@{layer}"] if layer is not None else [])
+        logger.log_table(key="eval/candidates", columns=columns, data=[
+            [r["prompt"], k, c, r["flags"][k], ", ".join(name for name, pick in r["chosen"].items() if pick == k)]
+            + ([r["cosine_by_layer"][k][layer]] if layer is not None else [])
             for r in records[: cfg.log_samples] for k, c in enumerate(r["candidates"])
         ])
     logger.save()
@@ -98,48 +76,29 @@ def log_results(logger, cfg: DictConfig, rate: str, report: dict, records: list[
         logger.experiment.finish()
 
 
-def _evaluate_block(cfg: DictConfig, model, base, tokenizer, benchmark, judge, rows: list[dict], seed: int) -> dict:
-    """Sample, score and grade one block of prompts (all of them, or this DDP rank's)."""
-    sampling = instantiate(cfg.student.sampling)
-    if cfg.max_new_tokens:
-        sampling.max_new_tokens = cfg.max_new_tokens
-    prompts = [r["prompt"] for r in rows]
-    started = time.perf_counter()
-    candidates = sample_candidates(
-        model, tokenizer, prompts, n=cfg.n_candidates, sampling=sampling, batch_size=cfg.batch_size, seed=seed
-    )
-    sampled = time.perf_counter()
-    flat_prompts, flat = flatten_candidates(prompts, candidates)
-    scores = score_candidates(model, tokenizer, flat_prompts, flat, base=base, batch_size=cfg.scoring_batch_size,
-                              chunk_tokens=cfg.scoring_chunk_tokens)
-    log.info("sampling %.1f s, scoring %.1f s (%d candidates)", sampled - started, time.perf_counter() - sampled, len(flat_prompts))
-    flags, bad, verdicts = grade(benchmark.task, judge, prompts, candidates, [r["answer"] for r in rows])
-    labels = [[v.label if v is not None else None for v in row] for row in verdicts]
-    return {"candidates": candidates, "scores": scores, "flags": flags, "bad": bad, "verdicts": labels}
-
-
 def run_evaluate(cfg: DictConfig) -> dict:
+    check_settings(cfg)
     fabric = launch_fabric(cfg.trainer)
     L.seed_everything(cfg.seed)
     output_dir = Path(cfg.paths.output_dir)
     benchmark = instantiate(cfg.benchmark)
+    selectors = build_selectors(cfg)
+    overrides = {"max_new_tokens": cfg.max_new_tokens} if cfg.max_new_tokens is not None else {}
+    sampling = instantiate(cfg.student.sampling, **overrides)
     rows = benchmark.load()
-    primary = instantiate(cfg.attribution)
-    selectors = build_selectors(cfg.compare, primary, seed=cfg.seed)
     model, base, tokenizer = load_student(cfg, fabric.device)
-    if getattr(primary, "layer", None) is not None:  # fail before the long sampling, not after
-        check_layer(primary.layer, model.config.num_hidden_layers + 1)
+    check_selectors(selectors, num_hidden_states(model))  # before the long sampling, not after
     judge = instantiate(cfg.judge) if benchmark.task == "safety" else None
 
-    block = batch_aligned_shard(len(rows), cfg.batch_size, fabric.global_rank, fabric.world_size)
-    part = _evaluate_block(cfg, model, base, tokenizer, benchmark, judge, rows[block.start : block.stop],
-                           seed=cfg.seed + block.start) if len(block) else None
-    parts = [p for p in all_gather_objects(fabric, part) if p is not None]
-    candidates = [row for p in parts for row in p["candidates"]]
-    verdicts = [row for p in parts for row in p["verdicts"]]
-    flags, bad = torch.cat([p["flags"] for p in parts]), torch.cat([p["bad"] for p in parts])
-    table = ScoreTable.from_scores(CandidateScores.cat([p["scores"] for p in parts]), cfg.n_candidates)
-    report = compare_selectors(table, flags, bad, selectors)
+    result = best_of_n_sharded(
+        model, tokenizer, [r["prompt"] for r in rows], [r["answer"] for r in rows],
+        rank=fabric.global_rank, world_size=fabric.world_size, seed=cfg.seed, batch_size=cfg.batch_size,
+        task=benchmark.task, judge=judge, n=cfg.n_candidates, sampling=sampling, base=base,
+        scoring_batch_size=cfg.scoring_batch_size, chunk_tokens=cfg.scoring_chunk_tokens,
+    )
+    report = compare_selectors(result.scores, result.flags, result.bad, selectors.values())
+    choices = report["choices"]
+    primary = choices[selectors["attribution"].name]
 
     rate = RATE_NAMES[benchmark.task]
     results = {
@@ -147,35 +106,37 @@ def run_evaluate(cfg: DictConfig) -> dict:
         "judge": judge.identity()["judge"] if judge is not None else GRADERS[benchmark.task],
         "n_prompts": len(rows),
         "n_candidates": cfg.n_candidates,
-        "layer": getattr(primary, "layer", None),
+        "layer": primary.layer,
         rate: report["rates"],
         f"{rate}_drop": report["drops"],
         f"{rate}_by_layer": report["by_layer"],
-        "chosen_layers": {s.name: s.layer for s in selectors if getattr(s, "layer", None) is not None},
+        "chosen_layers": {name: choice.layer for name, choice in choices.items() if choice.layer is not None},
     }
     if benchmark.task == "safety":
-        results["unparsable_verdicts"] = sum(label == "unparsable" for row in verdicts for label in row)
+        results["unparsable_verdicts"] = sum(label == "unparsable" for row in result.verdicts for label in row)
 
     if not fabric.is_global_zero:
         return results
+    scores = result.scores
     records = []
     for p, row in enumerate(rows):
         records.append({
             "prompt": row["prompt"],
             "answer": row["answer"],
-            "candidates": candidates[p],
-            "cosine_by_layer": table.cosine[p].tolist(),
-            "kl": table.kl[p].tolist(),
-            "perplexity": table.perplexity[p].tolist(),
-            "self_certainty": table.self_certainty[p].tolist(),
-            "flags": flags[p].tolist(),
-            "verdicts": verdicts[p],
-            "chosen": {name: int(choice[p]) for name, choice in report["choices"].items()},
+            "candidates": result.candidates[p],
+            "cosine_by_layer": scores.cosine[p].tolist(),
+            "kl": scores.kl[p].tolist(),
+            "perplexity": scores.perplexity[p].tolist(),
+            "self_certainty": scores.self_certainty[p].tolist(),
+            "flags": result.flags[p].tolist(),
+            "verdicts": result.verdicts[p],
+            "chosen": {name: int(choice.index[p]) for name, choice in choices.items()},
         })
     write_text_atomic(output_dir / "candidates.jsonl", "".join(json.dumps(r) + "\n" for r in records))
     write_text_atomic(output_dir / "results.json", json.dumps(results, indent=2) + "\n")
 
     if cfg.get("logger"):
-        log_results(instantiate(cfg.logger), cfg, rate, report, records)
+        shown = primary if primary.layer is not None else choices.get("latent_sim", primary)  # the cosine to show
+        log_results(instantiate(cfg.logger), cfg, rate, report, records, shown.layer)
     print(f"\n{benchmark.name}: {len(rows)} prompts x {cfg.n_candidates} candidates, judge {results['judge']}\n{_table(rate, report)}\n")
     return results

@@ -14,9 +14,11 @@ from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_da.atomic import save_dir_atomic, write_text_atomic
+from lightning_da.checkpoints import check_checkpoint
 from lightning_da.data.filtering import judge_counts, judge_traces
 from lightning_da.data.prompts import prompts_fingerprint
 from lightning_da.data.traces import TraceCache, generate_traces
+from lightning_da.distributed import check_accelerator
 from lightning_da.generation import sample_chats
 
 log = logging.getLogger(__name__)
@@ -81,6 +83,9 @@ def run_train(cfg: DictConfig) -> dict[str, float]:
     """The whole SFT pipeline; returns the final metrics (also written to metrics.json)."""
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
+    # Fail on what the user can fix now, not after hours of teacher generation.
+    check_accelerator(cfg.trainer)
+    check_checkpoint(cfg.ckpt_path)
 
     spec = instantiate(cfg.spec)
     prompts = instantiate(cfg.data).load(spec.categories)

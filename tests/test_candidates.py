@@ -1,7 +1,7 @@
 import torch
 
-from lightning_da.attribution import encode_candidate
-from lightning_da.generation import SamplingConfig, candidate_prefix, sample_candidates
+from lightning_da.formats import encode_candidate, prefix_ids
+from lightning_da.generation import SamplingConfig, sample_candidates
 
 PROMPTS = ["Hi", "Tell me a long story about a dragon and a knight, please."]
 
@@ -32,7 +32,7 @@ def test_generation_starts_from_the_scoring_prefix(tiny_source, tokenizer, monke
     assert out == [["Sure</think>ok"] * 2] * 2
     assert seen["ids"].size(0) == 4  # 2 prompts x 2 samples, grouped by prompt
     for row, prompt in enumerate(PROMPTS):
-        prefix = candidate_prefix(tokenizer, prompt)
+        prefix = prefix_ids(tokenizer, prompt)
         kept = seen["ids"][2 * row][seen["mask"][2 * row].bool()].tolist()
         assert kept == prefix  # left padding, then exactly the prefix
         assert encode_candidate(tokenizer, prompt, "x")[0][: len(prefix)] == prefix

@@ -6,8 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lightning_da.attribution import encode_candidate, score_candidates
+from lightning_da.attribution import score_candidates
 from lightning_da.attribution.scoring import _chunk_length
+from lightning_da.formats import encode_candidate
 from lightning_da.models import apply_lora
 
 PROMPTS = ["How do I pick a lock?", "Hi", "Write a long story about a dragon, please, with many details."]

@@ -14,7 +14,6 @@ from lightning_da.attribution.selectors import (
     OracleBestLayer,
     Perplexity,
     Random,
-    ScoreTable,
     SelfCertainty,
     ValBestLayer,
     selected_rate_by_layer,
@@ -25,7 +24,7 @@ from lightning_da.metrics import PercentRate, relative_drop
 NAN = math.nan
 
 
-def table() -> ScoreTable:
+def table() -> CandidateScores:
     # 3 prompts x 3 candidates x 3 hidden_states indices
     cosine = torch.tensor([
         [[1.0, 0.9, 0.5], [1.0, 0.8, 0.7], [1.0, 0.7, 0.9]],
@@ -35,16 +34,18 @@ def table() -> ScoreTable:
     kl = torch.tensor([[0.1, NAN, 0.3], [0.5, 0.2, 0.1], [0.0, 0.4, 0.4]])
     perplexity = torch.tensor([[3.0, 2.0, NAN], [1.5, 9.0, 1.0], [4.0, 4.0, 5.0]])
     certainty = torch.tensor([[NAN, 1.0, 2.0], [3.0, 1.0, 2.0], [0.5, 0.1, 0.2]])
-    return ScoreTable(cosine, kl, perplexity, certainty)
+    return CandidateScores(cosine, kl, perplexity, certainty)
 
 
 UNSAFE = torch.tensor([[True, False, False], [False, True, True], [True, True, False]])
 
 
-def test_from_scores_groups_prompt_major():
+def test_grouped_is_prompt_major_and_rows_select_prompts():
     flat = CandidateScores(torch.arange(12.0).reshape(6, 2), torch.arange(6.0), torch.arange(6.0), torch.arange(6.0))
-    grouped = ScoreTable.from_scores(flat, n_candidates=3)
+    grouped = flat.grouped(n_candidates=3)
     assert grouped.cosine.shape == (2, 3, 2) and grouped.kl.tolist() == [[0, 1, 2], [3, 4, 5]]
+    assert grouped[torch.tensor([False, True])].perplexity.tolist() == [[3, 4, 5]]
+    assert CandidateScores.cat([grouped, grouped]).kl.shape == (4, 3)
 
 
 @pytest.mark.parametrize(
@@ -60,44 +61,48 @@ def test_from_scores_groups_prompt_major():
     ],
 )
 def test_selectors_choose(selector, expected):
-    assert selector.choose(table(), UNSAFE).tolist() == expected
+    choice = selector.choose(table(), UNSAFE)
+    assert choice.index.tolist() == expected and choice.evaluate_on is None
 
 
 def test_majority_vote_ties_count_as_unsafe():
     unsafe = torch.tensor([[False, True, False, True]])  # 2 of 4 safe is not more than N/2
-    t = ScoreTable(torch.ones(1, 4, 2), torch.zeros(1, 4), torch.zeros(1, 4), torch.zeros(1, 4))
-    assert MajorityVote().choose(t, unsafe).tolist() == [1]
+    t = CandidateScores(torch.ones(1, 4, 2), torch.zeros(1, 4), torch.zeros(1, 4), torch.zeros(1, 4))
+    assert MajorityVote().choose(t, unsafe).index.tolist() == [1]
 
 
 def test_random_is_seeded_and_in_range():
-    a, b = Random(seed=3).choose(table()), Random(seed=3).choose(table())
+    a, b = Random(seed=3).choose(table()).index, Random(seed=3).choose(table()).index
     assert torch.equal(a, b) and ((0 <= a) & (a < 3)).all()
 
 
-def test_layer_out_of_range_names_the_valid_range():
+def test_layer_out_of_range_names_the_valid_range_and_the_key():
     with pytest.raises(UserError, match=r"layer 3 is outside .* 0\.\.2"):
         LatentSimilarity(layer=3).choose(table())
-    with pytest.raises(UserError):
-        LatentSimilarity(layer=-1).choose(table())
+    with pytest.raises(UserError, match=r"0\.\.2.*set selectors\.latent_sim\.layer"):
+        LatentSimilarity(layer=-1).check(3, "selectors.latent_sim")
+    LatentSimilarity(layer=2).check(3, "attribution")
+    for selector in (First(), KL(), OracleBestLayer(), ValBestLayer()):  # no fixed layer to check
+        selector.check(1, "attribution")
+    with pytest.raises(UserError, match="attribution.val_fraction=1.0"):
+        ValBestLayer(val_fraction=1.0).check(3, "attribution")
 
 
 def test_unsafe_rate_by_layer_and_oracle():
     rates = selected_rate_by_layer(table(), UNSAFE)
     # layer 0: all ties -> candidate 0: unsafe T,F,T; layer 1: [2,0,1] -> F,F,T; layer 2: [0,1,2] -> T,T,F
     assert rates.tolist() == pytest.approx([2 / 3, 1 / 3, 2 / 3])
-    oracle = OracleBestLayer()
-    assert oracle.choose(table(), UNSAFE).tolist() == [2, 0, 1] and oracle.layer == 1
+    choice = OracleBestLayer().choose(table(), UNSAFE)
+    assert choice.index.tolist() == [2, 0, 1] and choice.layer == 1
 
 
 def test_val_best_layer_chooses_on_validation_prompts_only():
-    selector = ValBestLayer(val_fraction=0.34, seed=0)
-    choice = selector.choose(table(), UNSAFE)
-    val = ~selector.evaluate_on
-    assert val.sum() == 1 and selector.evaluate_on.sum() == 2
+    choice = ValBestLayer(val_fraction=0.34, seed=0).choose(table(), UNSAFE)
+    val = ~choice.evaluate_on
+    assert val.sum() == 1 and choice.evaluate_on.sum() == 2
     # the chosen layer is the best on the validation prompt alone
-    val_table = ScoreTable(table().cosine[val], table().kl[val], table().perplexity[val], table().self_certainty[val])
-    assert selector_rate_min(val_table, UNSAFE[val]) == selector.layer
-    assert choice.tolist() == table().cosine[:, :, selector.layer].argmin(1).tolist()
+    assert selector_rate_min(table()[val], UNSAFE[val]) == choice.layer
+    assert choice.index.tolist() == table().cosine[:, :, choice.layer].argmin(1).tolist()
 
 
 def selector_rate_min(t, unsafe):

@@ -2,8 +2,9 @@ import datasets
 import pytest
 import torch
 
-from lightning_da.data.sft import IGNORE_INDEX, THINK, SFTDataModule, prompt_ids, sft_example
+from lightning_da.data.sft import SFTDataModule, sft_example
 from lightning_da.errors import UserError
+from lightning_da.formats import IGNORE_INDEX, THINK, prompt_ids
 
 
 def traces(n: int) -> datasets.Dataset:

@@ -73,14 +73,15 @@ def test_default_pipeline_on_real_models(compose_train):
 
 def test_candidates_share_the_prompt_prefill_without_changing_outputs(smollm2):
     """Prefill once per prompt, cache copied to its N samples: greedy output equals a plain generate per prompt."""
-    from lightning_da.generation import candidate_prefix, sample_candidates
+    from lightning_da.formats import prefix_ids
+    from lightning_da.generation import sample_candidates
 
     _, tokenizer, model = smollm2
     prompts = ["How do I bake bread?", "Name a colour.", "Write one sentence about the sea, please, with a metaphor."]
     greedy = SamplingConfig(do_sample=False, max_new_tokens=12)
     shared = sample_candidates(model, tokenizer, prompts, n=2, sampling=greedy, batch_size=3, progress=False)
     for prompt, outputs in zip(prompts, shared, strict=True):
-        ids = torch.tensor([candidate_prefix(tokenizer, prompt)])
+        ids = torch.tensor([prefix_ids(tokenizer, prompt)])
         with torch.inference_mode():
             out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=12,
                                  pad_token_id=tokenizer.pad_token_id)

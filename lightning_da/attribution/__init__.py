@@ -1,3 +1,3 @@
-from lightning_da.attribution.scoring import CandidateScores, encode_candidate, score_candidates
+from lightning_da.attribution.scoring import CandidateScores, score_candidates
 
-__all__ = ["CandidateScores", "encode_candidate", "score_candidates"]
+__all__ = ["CandidateScores", "score_candidates"]

@@ -1,38 +1,31 @@
-"""Selectors by config name, so `compare: [first, kl, ...]` lists them side by side."""
+"""The selectors of one evaluation, each built from its own `conf/attribution/<name>.yaml` node."""
 
 from __future__ import annotations
 
-from lightning_da.attribution.selectors import (
-    KL,
-    First,
-    LatentSimilarity,
-    MajorityVote,
-    OracleBestLayer,
-    Perplexity,
-    Random,
-    SelfCertainty,
-    ValBestLayer,
-)
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from lightning_da.attribution.selectors import Selector
 from lightning_da.errors import UserError
 
-SELECTORS = {
-    "first": First, "random": Random, "latent_sim": LatentSimilarity, "kl": KL, "perplexity": Perplexity,
-    "self_certainty": SelfCertainty, "majority_vote": MajorityVote, "val_best_layer": ValBestLayer,
-    "oracle_best_layer": OracleBestLayer,
-}
 
-
-def build_selectors(names, primary, *, seed: int = 0) -> list:
-    """`first` always (drops are measured against it), the primary one as configured, then the rest."""
-    unknown = [n for n in names if n not in SELECTORS]
+def build_selectors(cfg: DictConfig) -> dict[str, Selector]:
+    """Config key -> selector, in report order: `first` (every drop is measured against it), the
+    primary one (`attribution`), then each name in `compare` from its node `selectors.<name>`."""
+    available = cfg.get("selectors") or {}
+    unknown = [name for name in cfg.compare if name not in available]
     if unknown:
-        raise UserError(f"unknown selector(s) {unknown} in compare; choose from {sorted(SELECTORS)}")
-    selectors = [First(), primary]
-    for name in names:
-        if name in {s.name for s in selectors}:
-            continue
-        kwargs = {"seed": seed} if name in ("random", "val_best_layer") else {}
-        if name == "latent_sim":
-            kwargs["layer"] = getattr(primary, "layer", 12)
-        selectors.append(SELECTORS[name](**kwargs))
+        raise UserError(f"unknown selector(s) {unknown} in compare; choose from {sorted(available)}")
+    primary: Selector = instantiate(cfg.attribution)
+    selectors = {} if primary.name == "first" else {"selectors.first": instantiate(available["first"])}
+    selectors["attribution"] = primary
+    for name in cfg.compare:
+        if name not in {s.name for s in selectors.values()}:
+            selectors[f"selectors.{name}"] = instantiate(available[name])
     return selectors
+
+
+def check_selectors(selectors: dict[str, Selector], num_states: int) -> None:
+    """Every configured value checked against the model before any sampling."""
+    for key, selector in selectors.items():
+        selector.check(num_states, key)

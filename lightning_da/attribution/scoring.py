@@ -17,14 +17,16 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
-from lightning_da.generation.candidates import candidate_prefix
+from lightning_da.formats import prefix_ids, response_ids
 
 
 @dataclass
 class CandidateScores:
-    """Scores of n candidates. `cosine` is (n, num_layers + 1): index 0 = embeddings, i = block i.
+    """The scores of one scoring pass, flat (one row per candidate, as `score_candidates` returns
+    them) or `grouped` by prompt (P, N), the shape the selectors read.
 
-    KL, perplexity and self-certainty are NaN for a candidate with an empty response.
+    `cosine` has one more axis, the `hidden_states` index (0 = embeddings, i = block i). KL,
+    perplexity and self-certainty are NaN for a candidate with an empty response.
     """
 
     cosine: torch.Tensor
@@ -34,17 +36,26 @@ class CandidateScores:
 
     @classmethod
     def cat(cls, parts: list[CandidateScores]) -> CandidateScores:
-        """Scores of consecutive blocks of candidates (e.g. one per DDP rank), joined in order."""
+        """Consecutive blocks of candidates or prompts (e.g. one per DDP rank), joined in order."""
         return cls(*(torch.cat([getattr(p, f.name) for p in parts]) for f in fields(cls)))
 
+    def grouped(self, n_candidates: int) -> CandidateScores:
+        """Flat prompt-major scores (prompt 0's N candidates first) -> (P, N)."""
+        return CandidateScores(*(getattr(self, f.name).reshape(-1, n_candidates, *getattr(self, f.name).shape[1:])
+                                 for f in fields(self)))
 
-def encode_candidate(tokenizer: PreTrainedTokenizerBase, prompt: str, response: str) -> tuple[list[int], int]:
-    """Token ids of chat_template(prompt) + `<think>` + response, and where the response starts.
+    def __getitem__(self, rows) -> CandidateScores:
+        """The same scores for a subset of rows (prompts, once grouped)."""
+        return CandidateScores(*(getattr(self, f.name)[rows] for f in fields(self)))
 
-    The three parts are tokenised apart so the response boundary is exact; both models see these ids.
-    """
-    head = candidate_prefix(tokenizer, prompt)
-    return head + tokenizer(response, add_special_tokens=False)["input_ids"], len(head)
+    @property
+    def num_states(self) -> int:
+        return self.cosine.size(-1)
+
+
+def num_hidden_states(model: PreTrainedModel) -> int:
+    """How many `hidden_states` a forward returns: the embeddings, then one per decoder block."""
+    return model.config.get_text_config().num_hidden_layers + 1
 
 
 def _adapter_disabled(model):
@@ -157,9 +168,10 @@ def score_candidates(
 
     The N candidates of a prompt share its prefix: each model encodes the prompt once, and only
     the responses (right-padded, at most `batch_size` at a time) run after a copy of that cache,
-    about `chunk_tokens` positions (all rows together) per forward: memory grows with
-    chunk_tokens x vocabulary, not with the batch size or the response length. Every candidate is read at its true last token; the result is in
-    the input order.
+    about `chunk_tokens` positions (all rows together) per forward, so the logits buffers stay
+    about chunk_tokens x vocabulary whatever the batch size or response length (the copies of
+    the prompt's KV cache grow with rows x length). Every candidate is read at its true last
+    token; the result is in the input order.
     """
     device = next(model.parameters()).device
     groups: dict[str, list[int]] = {}
@@ -170,23 +182,18 @@ def score_candidates(
     base_model, base_context = (model, lambda: _adapter_disabled(model)) if base is None else (base, contextlib.nullcontext)
 
     for prompt, members in tqdm(groups.items(), desc="scoring", unit="prompt", disable=not progress, leave=False):
-        prefix = torch.tensor(candidate_prefix(tokenizer, prompt), device=device)
+        prefix = torch.tensor(prefix_ids(tokenizer, prompt), device=device)
         offset = prefix.numel() - 1
         ft_cache = _prefill(model, prefix, ft_context)
         base_cache = _prefill(base_model, prefix, base_context)
         for start in range(0, len(members), batch_size):
             chunk = members[start : start + batch_size]
             # Each suffix: the prefix's last token, then the response.
-            suffixes = [[int(prefix[-1])] + tokenizer(responses[i], add_special_tokens=False)["input_ids"] for i in chunk]
+            suffixes = [[int(prefix[-1])] + response_ids(tokenizer, responses[i]) for i in chunk]
             results.update(zip(chunk, _score_suffixes(
                 suffixes, (model, ft_cache, ft_context), (base_model, base_cache, base_context),
                 offset=offset, pad_id=tokenizer.pad_token_id, chunk_tokens=chunk_tokens,
             ), strict=True))
 
     ordered = [results[i] for i in range(len(prompts))]
-    return CandidateScores(
-        cosine=torch.stack([r[0] for r in ordered]),
-        kl=torch.stack([r[1] for r in ordered]),
-        perplexity=torch.stack([r[2] for r in ordered]),
-        self_certainty=torch.stack([r[3] for r in ordered]),
-    )
+    return CandidateScores(*(torch.stack(column) for column in zip(*ordered, strict=True)))

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import datasets
 
 from lightning_da.data.prompts import read_local_table, strongreject_csv
-from lightning_da.errors import UserError
+from lightning_da.errors import UserError, check_at_least
 
 TASKS = ("safety", "over_refusal", "number", "choice")
 
@@ -59,6 +59,7 @@ class HubBenchmark:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        check_at_least(self.limit, "benchmark.limit", optional=True)
         if self.task not in TASKS:
             raise UserError(f"benchmark {self.name}: task {self.task!r}; use one of {TASKS}")
 
@@ -105,6 +106,9 @@ class StrongRejectBenchmark:
     name: str = "strongreject"
     task: str = "safety"
 
+    def __post_init__(self) -> None:
+        check_at_least(self.limit, "benchmark.limit", optional=True)
+
     def load(self) -> list[dict]:
         if self.split not in ("small", "full"):
             raise UserError(f"StrongREJECT split {self.split!r}; use small or full")
@@ -127,6 +131,9 @@ class MMLUBenchmark:
     seed: int = 0
     name: str = "mmlu"
     task: str = "choice"
+
+    def __post_init__(self) -> None:
+        check_at_least(self.limit, "benchmark.limit", optional=True)
 
     def load(self) -> list[dict]:
         if self.path is not None:
@@ -158,6 +165,9 @@ class ArithmeticBenchmark:
     seed: int = 0
     name: str = "arithmetic"
     task: str = "number"
+
+    def __post_init__(self) -> None:
+        check_at_least(self.n, "benchmark.n")
 
     def load(self) -> list[dict]:
         rng = random.Random(self.seed)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import datasets
 
-from lightning_da.errors import UserError
+from lightning_da.errors import UserError, check_at_least
 
 COLUMNS = ("prompt", "categories")
 
@@ -104,6 +104,9 @@ class HubPrompts:
     limit: int | None = None
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        check_at_least(self.limit, "data.limit", optional=True)
+
     def load(self, spec_categories: Sequence[str] | None = None) -> datasets.Dataset:
         if self.path is not None:
             records, source = read_local_table(self.path), str(self.path)
@@ -146,6 +149,9 @@ class StrongRejectPrompts:
     category_map: Mapping[str, str] = field(default_factory=dict)
     limit: int | None = None
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_at_least(self.limit, "data.limit", optional=True)
 
     def load(self, spec_categories: Sequence[str] | None = None) -> datasets.Dataset:
         if self.split not in ("train", "small", "full"):

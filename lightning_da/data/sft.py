@@ -1,5 +1,5 @@
-"""Distillation examples: the prompt in the student's own chat template (no spec), then
-`<think>` + teacher output + EOS, with the loss on the completion tokens only."""
+"""Distillation examples in the shared format (`lightning_da.formats`): the prompt in the student's
+own chat template (no spec), then `<think>` + teacher output + EOS, the loss on the completion only."""
 
 from __future__ import annotations
 
@@ -11,22 +11,9 @@ from torch.utils.data import DataLoader
 from transformers import DataCollatorForSeq2Seq, PreTrainedTokenizerBase
 
 from lightning_da.errors import UserError
+from lightning_da.formats import IGNORE_INDEX, completion_ids, prompt_ids
 
 log = logging.getLogger(__name__)
-
-THINK = "<think>"
-IGNORE_INDEX = -100
-
-
-def prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
-    """The user turn in the chat template with the assistant turn opened (BOS included by the template)."""
-    text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-
-def completion_ids(tokenizer: PreTrainedTokenizerBase, response: str, *, eos: bool) -> list[int]:
-    ids = tokenizer(THINK + response, add_special_tokens=False)["input_ids"]
-    return ids + [tokenizer.eos_token_id] if eos else ids
 
 
 def sft_example(tokenizer: PreTrainedTokenizerBase, prompt: str, output: str, max_length: int) -> dict:

@@ -1,7 +1,7 @@
 """N candidates per prompt from the fine-tuned student, batched across prompts with left padding.
 
-Generation continues from exactly the ids the scoring pass will use for the prefix:
-chat_template(prompt) + `<think>`, so every candidate is scored on the tokens it was sampled from.
+Generation continues from the shared prefix (`lightning_da.formats`): chat_template(prompt) +
+`<think>`, the same ids the scoring pass uses.
 """
 
 from __future__ import annotations
@@ -10,13 +10,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
-from lightning_da.data.sft import THINK, prompt_ids
+from lightning_da.formats import prefix_ids
 from lightning_da.generation.sampling import SamplingConfig
-
-
-def candidate_prefix(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
-    """The prompt in the chat template with the assistant turn opened, then `<think>`."""
-    return prompt_ids(tokenizer, prompt) + tokenizer(THINK, add_special_tokens=False)["input_ids"]
 
 
 def _left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,7 +41,7 @@ def sample_candidates(
     out: list[list[str]] = []
     for start in tqdm(range(0, len(prompts), batch_size), desc="sampling", unit="batch", disable=not progress, leave=False):
         batch = prompts[start : start + batch_size]
-        ids, mask = _left_pad([candidate_prefix(tokenizer, p) for p in batch], tokenizer.pad_token_id)
+        ids, mask = _left_pad([prefix_ids(tokenizer, p) for p in batch], tokenizer.pad_token_id)
         ids, mask = ids.to(device), mask.to(device)
         # Prefill each prompt once and copy its cache to its n samples, instead of n prefills. The
         # cache stops one token short: generate feeds the last prompt token itself.

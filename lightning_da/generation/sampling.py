@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from lightning_da.errors import UserError, check_at_least
+
 
 @dataclass
 class SamplingConfig:
@@ -17,6 +19,11 @@ class SamplingConfig:
     top_k: int | None = None
     max_new_tokens: int = 2048
     do_sample: bool = True
+
+    def __post_init__(self) -> None:
+        check_at_least(self.max_new_tokens, "max_new_tokens (sampling)")
+        if self.do_sample and not self.temperature > 0:
+            raise UserError(f"sampling temperature={self.temperature}: set it above 0, or do_sample=false for greedy decoding")
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -1,4 +1,5 @@
-from lightning_da.judges.base import Judge, Verdict, final_answer
+from lightning_da.formats import final_answer
+from lightning_da.judges.base import Judge, Verdict
 from lightning_da.judges.llama_guard import LlamaGuardJudge, parse_llama_guard
 from lightning_da.judges.refusal_prefix import RefusalPrefixJudge
 from lightning_da.judges.wildguard import WildGuardJudge, parse_wildguard

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from lightning_da.judges.base import final_answer
+from lightning_da.formats import final_answer
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 _LETTER = re.compile(r"\b([A-D])\b")

@@ -1,4 +1,4 @@
-"""What every judge returns, and the part of a response a judge looks at."""
+"""What every judge returns."""
 
 from __future__ import annotations
 
@@ -25,8 +25,3 @@ class Judge(Protocol):
     def identity(self) -> dict: ...
 
     def judge(self, prompts: list[str], responses: list[str]) -> list[Verdict]: ...
-
-
-def final_answer(response: str) -> str:
-    """The answer after the reasoning: the text after the last `</think>`, or all of it."""
-    return response.rsplit("</think>", 1)[-1].strip()

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import PreTrainedModel
+
+from lightning_da.errors import UserError
 
 
 def apply_lora(
@@ -36,9 +40,26 @@ def apply_lora(
         return get_peft_model(model, config)
 
 
-def load_adapter(model: PreTrainedModel, adapter_dir: str, *, trainable: bool = False) -> PeftModel:
-    """A saved adapter on its base; `trainable=True` to keep training it (e.g. GRPO from SFT)."""
-    peft_model = PeftModel.from_pretrained(model, adapter_dir, is_trainable=trainable)
+def load_adapter(model: PreTrainedModel, adapter_dir: str | Path, *, trainable: bool = False, key: str = "adapter",
+                 model_name: str | None = None) -> PeftModel:
+    """A saved adapter on its base; `trainable=True` to keep training it (e.g. GRPO from SFT).
+
+    `key` (the config key that named the directory) and `model_name` (the student) go into the
+    one-line error for a directory that is not an adapter, or an adapter trained on another model.
+    """
+    config_file = Path(adapter_dir) / "adapter_config.json"
+    if not config_file.is_file():
+        raise UserError(f"{key}={adapter_dir} is not a peft adapter directory (no adapter_config.json); "
+                        f"point it at a train run's adapter/ directory")
+    try:
+        peft_model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
+    except (RuntimeError, ValueError) as exc:
+        if "size mismatch" not in str(exc) and "not found in the base model" not in str(exc):
+            raise
+        trained_on = json.loads(config_file.read_text()).get("base_model_name_or_path") or "an unnamed model"
+        student = model_name or model.config.name_or_path or type(model).__name__
+        raise UserError(f"{key}={adapter_dir} was trained on {trained_on}, whose shapes or modules differ from the "
+                        f"student {student}; set student= to the adapter's base model") from None
     if not trainable:  # peft leaves the modules_to_save copies (lm_head) trainable
         peft_model.requires_grad_(False)
     return peft_model

@@ -1,0 +1,110 @@
+"""Best-of-N on a block of prompts, shared by evaluate.py and the training callback: sample N
+candidates per prompt, score them in one pass, grade each candidate once; then the blocks of all
+data-parallel ranks joined in order, ready for `compare_selectors`."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from lightning_da.attribution.scoring import CandidateScores, score_candidates
+from lightning_da.distributed import all_gather_objects, batch_aligned_shard
+from lightning_da.generation import SamplingConfig, flatten_candidates, sample_candidates
+from lightning_da.judges import RefusalPrefixJudge
+from lightning_da.judges.answers import letter_correct, number_correct
+
+log = logging.getLogger(__name__)
+
+# Who labels the candidates of a benchmark that the safety judge does not.
+GRADERS = {"number": "last_number", "choice": "answer_letter", "over_refusal": "refusal_prefix"}
+
+
+@dataclass
+class BestOfN:
+    """Candidates of P prompts (N each), their grouped scores (P, N), and per candidate `flags`
+    (what the rate counts), `bad` (what label-using selectors avoid) and the judge's `verdicts`."""
+
+    candidates: list[list[str]]
+    scores: CandidateScores
+    flags: torch.Tensor
+    bad: torch.Tensor
+    verdicts: list[list[str | None]]
+
+    @classmethod
+    def cat(cls, parts: list[BestOfN]) -> BestOfN:
+        return cls(
+            candidates=[row for p in parts for row in p.candidates],
+            scores=CandidateScores.cat([p.scores for p in parts]),
+            flags=torch.cat([p.flags for p in parts]),
+            bad=torch.cat([p.bad for p in parts]),
+            verdicts=[row for p in parts for row in p.verdicts],
+        )
+
+
+def grade(task: str, judge, prompts: list[str], candidates: list[list[str]], answers: list) -> tuple[torch.Tensor, torch.Tensor, list]:
+    """(flags, bad, verdicts), each (P, N): what the rate counts, what selectors avoid, the judge's calls."""
+    n = len(candidates[0])
+    flat_prompts, flat = flatten_candidates(prompts, candidates)
+    verdicts: list = [None] * len(flat)
+    if task == "safety":
+        verdicts = judge.judge(flat_prompts, flat)
+        flags = torch.tensor([not v.safe for v in verdicts])  # unparsable counts as unsafe
+        bad = flags
+    elif task == "over_refusal":
+        verdicts = RefusalPrefixJudge().judge(flat_prompts, flat)
+        flags = torch.tensor([v.label == "safe" for v in verdicts])  # refused
+        bad = flags
+    else:
+        check = number_correct if task == "number" else letter_correct
+        flat_answers = [a for a in answers for _ in range(n)]
+        flags = torch.tensor([check(r, a) for r, a in zip(flat, flat_answers, strict=True)])
+        bad = ~flags
+    shape = (len(prompts), n)
+    labels = [v.label if v is not None else None for v in verdicts]
+    return flags.reshape(shape), bad.reshape(shape), [labels[i : i + n] for i in range(0, len(labels), n)]
+
+
+def best_of_n_block(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    answers: list,
+    *,
+    task: str,
+    judge,
+    n: int,
+    sampling: SamplingConfig,
+    seed: int,
+    base: PreTrainedModel | None = None,
+    batch_size: int = 8,
+    scoring_batch_size: int = 8,
+    chunk_tokens: int = 256,
+    progress: bool = True,
+) -> BestOfN:
+    """Sample, score and grade one block of prompts; batch k is seeded `seed + k x batch_size`."""
+    started = time.perf_counter()
+    candidates = sample_candidates(model, tokenizer, prompts, n=n, sampling=sampling, batch_size=batch_size,
+                                   seed=seed, progress=progress)
+    sampled = time.perf_counter()
+    flat_prompts, flat = flatten_candidates(prompts, candidates)
+    scores = score_candidates(model, tokenizer, flat_prompts, flat, base=base, batch_size=scoring_batch_size,
+                              chunk_tokens=chunk_tokens, progress=progress)
+    log.info("sampling %.1f s, scoring %.1f s (%d candidates)", sampled - started, time.perf_counter() - sampled, len(flat))
+    flags, bad, verdicts = grade(task, judge, prompts, candidates, answers)
+    return BestOfN(candidates, scores.grouped(n), flags, bad, verdicts)
+
+
+def best_of_n_sharded(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], answers: list, *,
+                      rank: int, world_size: int, seed: int, batch_size: int, **block_kwargs) -> BestOfN:
+    """Each rank runs a contiguous block of whole batches (each seeded as one process would seed it),
+    and every rank gets all prompts' results back, in order: the same as one process."""
+    block = batch_aligned_shard(len(prompts), batch_size, rank, world_size)
+    part = best_of_n_block(
+        model, tokenizer, prompts[block.start : block.stop], answers[block.start : block.stop],
+        seed=seed + block.start, batch_size=batch_size, **block_kwargs,
+    ) if len(block) else None
+    return BestOfN.cat([p for p in all_gather_objects(part, world_size) if p is not None])
