@@ -19,6 +19,7 @@ from lightning_da.data.filtering import judge_counts, judge_traces
 from lightning_da.data.prompts import prompts_fingerprint
 from lightning_da.data.traces import TraceCache, generate_traces
 from lightning_da.distributed import check_accelerator
+from lightning_da.errors import UserError
 from lightning_da.generation import sample_chats
 
 log = logging.getLogger(__name__)
@@ -80,54 +81,78 @@ def _sample_table(splits, n: int) -> tuple[list[str], list[list]]:
 
 
 def run_train(cfg: DictConfig) -> dict[str, float]:
-    """The whole SFT pipeline; returns the final metrics (also written to metrics.json)."""
+    """`algorithm=sft` (the default): the distillation pipeline; `algorithm=grpo`: the RL stage.
+    Returns the final metrics (also written to metrics.json)."""
     L.seed_everything(cfg.seed, workers=True)
-    output_dir = Path(cfg.paths.output_dir)
-    # Fail on what the user can fix now, not after hours of teacher generation.
+    # Fail on what the user can fix now, not after hours of teacher generation or rollouts.
     check_accelerator(cfg.trainer)
     check_checkpoint(cfg.ckpt_path)
+    student = instantiate(cfg.student.model)
+    tokenizer = student.load_tokenizer()
+    prepare = {"sft": _prepare_sft, "grpo": _prepare_grpo}.get(cfg.algorithm.name)
+    if prepare is None:
+        raise UserError(f"algorithm.name={cfg.algorithm.name}; use algorithm=sft or algorithm=grpo")
+    module, datamodule, data_metrics, log_data = prepare(cfg, student, tokenizer)
+    # Seed again: training must not depend on whether teacher sampling ran in this process or was cached.
+    L.seed_everything(cfg.seed, workers=True)
+    return _fit(cfg, module, datamodule, tokenizer, data_metrics, log_data)
 
+
+def _prepare_sft(cfg: DictConfig, student, tokenizer):
+    """Prompts -> teacher traces -> judge -> the SFT module and datamodule."""
     spec = instantiate(cfg.spec)
     prompts = instantiate(cfg.data).load(spec.categories)
-    student = instantiate(cfg.student.model)
-    tokenizer = student.load_tokenizer()  # fail early, before hours of teacher generation
     log.info("%d prompts; spec %s", len(prompts), spec.name)
-
     cache, traces = teacher_traces(cfg, spec, prompts)
     judge = instantiate(cfg.judge)
     splits = judge_traces(cache, traces, judge)
     del judge
     release_memory()
-    counts = judge_counts(splits)
+    counts = {f"data/{k}": v for k, v in judge_counts(splits).items()}
 
-    # Seed again: training must not depend on whether teacher sampling ran in this process or was cached.
-    L.seed_everything(cfg.seed, workers=True)
-    # Built objects go in through partials: Hydra would turn a dataclass argument into a config node.
-    datamodule = instantiate(cfg.algorithm.datamodule, _partial_=True)(traces=splits["kept"], tokenizer=tokenizer)
-    module = instantiate(cfg.algorithm.module, _partial_=True)(student=student)
-    logger = instantiate(cfg.logger) if cfg.get("logger") else False
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
-    trainer: L.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks)
-
-    if trainer.is_global_zero and logger:
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-        logger.log_metrics({f"data/{k}": v for k, v in counts.items()}, step=0)
+    def log_data(logger) -> None:
         if isinstance(logger, WandbLogger):
             columns, rows = _sample_table(splits, cfg.log_samples)
             logger.log_table(key="data/teacher_traces", columns=columns, data=rows)
 
+    # Built objects go in through partials: Hydra would turn a dataclass argument into a config node.
+    datamodule = instantiate(cfg.algorithm.datamodule, _partial_=True)(traces=splits["kept"], tokenizer=tokenizer)
+    module = instantiate(cfg.algorithm.module, _partial_=True)(student=student)
+    return module, datamodule, counts, log_data
+
+
+def _prepare_grpo(cfg: DictConfig, student, tokenizer):
+    """The prompt mixture -> the GRPO module (policy = student + init_adapter, trainable) and datamodule."""
+    rows = instantiate(cfg.data).load()
+    log.info("%d RL prompts (%d harmful)", len(rows), sum(r["task"] == "safety" for r in rows))
+    datamodule = instantiate(cfg.algorithm.datamodule, _partial_=True)(rows=rows, tokenizer=tokenizer)
+    module = instantiate(cfg.algorithm.module, _partial_=True)(
+        student=student, tokenizer=tokenizer, init_adapter=cfg.init_adapter,
+        completions_file=str(Path(cfg.paths.output_dir) / "completions.jsonl"),
+    )
+    return module, datamodule, {"data/rl_prompts": len(rows)}, lambda logger: None
+
+
+def _fit(cfg: DictConfig, module, datamodule, tokenizer, data_metrics: dict, log_data) -> dict[str, float]:
+    """The Lightning Trainer from the config; then the adapter and metrics.json on rank 0."""
+    output_dir = Path(cfg.paths.output_dir)
+    logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks)
+    if trainer.is_global_zero and logger:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        logger.log_metrics(data_metrics, step=0)
+        log_data(logger)
+
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-    metrics.update({f"data/{k}": v for k, v in counts.items()})
+    metrics.update(data_metrics)
     if trainer.is_global_zero:
         save_dir_atomic(output_dir / "adapter", lambda d: module.save_adapter(d, tokenizer))
         write_text_atomic(output_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-        log.info(
-            "done: %d traces kept, %d rejected; train/loss %.4f, val/loss %.4f; adapter in %s",
-            counts["traces_kept"], counts["traces_rejected"], metrics.get("train/loss", float("nan")),
-            metrics.get("val/loss", float("nan")), output_dir / "adapter",
-        )
+        summary = ", ".join(f"{k} {metrics[k]:.4f}" for k in ("train/loss", "val/loss", "train/reward") if k in metrics)
+        log.info("done: %s; adapter in %s", summary, output_dir / "adapter")
     if isinstance(logger, WandbLogger):
         logger.experiment.finish()
     return metrics

@@ -92,3 +92,13 @@ def test_judge_configs_instantiate_without_loading(compose_train, judge):
     if judge != "refusal_prefix":
         assert instance.model.config_key == "judge.model" and instance.model.trust_remote_code is False
         assert instance._loaded is None
+
+
+def test_trainer_keys_users_reach_for_need_no_plus(compose_train):
+    cfg = compose_train("trainer.max_steps=10", "trainer.max_time=00:00:10:00", "trainer.val_check_interval=0.5",
+                        "trainer.limit_train_batches=3", "trainer.limit_val_batches=1", "trainer.accelerator=cpu")
+    trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
+    assert (trainer.max_steps, trainer.val_check_interval, trainer.limit_train_batches, trainer.limit_val_batches) == (10, 0.5, 3, 1)
+    assert trainer.fit_loop.max_steps == 10
+    defaults = instantiate(compose_train("trainer.accelerator=cpu").trainer, logger=False, enable_checkpointing=False)
+    assert (defaults.max_steps, defaults.limit_train_batches, defaults.max_epochs) == (-1, 1.0, 3)  # Lightning's own defaults

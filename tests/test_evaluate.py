@@ -13,7 +13,7 @@ from omegaconf import open_dict
 from lightning_da.distributed import batch_aligned_shard
 from lightning_da.errors import UserError
 from lightning_da.evaluation import run_evaluate
-from lightning_da.models import apply_lora
+from lightning_da.models import TinyRandomLlama, apply_lora
 from tests.conftest import CONF
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,6 +29,19 @@ def adapter(tmp_path_factory, tiny_source):
             if param.requires_grad:
                 param.add_(torch.randn_like(param) * 0.1)
     path = tmp_path_factory.mktemp("adapter")
+    model.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def deep_adapter(tmp_path_factory):
+    """An adapter on a 13-layer tiny student, so every selector's default layer (12) exists."""
+    model = apply_lora(TinyRandomLlama(num_hidden_layers=13, seed=1).load_model(), r=2, alpha=4, dropout=0.0)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.requires_grad:
+                param.add_(torch.randn_like(param) * 0.1)
+    path = tmp_path_factory.mktemp("deep_adapter")
     model.save_pretrained(path)
     return str(path)
 
@@ -118,3 +131,32 @@ def test_cli_ddp_equals_one_process(tmp_path, adapter):
     for a, b in zip(ddp_records, single_records, strict=True):
         assert (a["candidates"], a["chosen"], a["flags"]) == (b["candidates"], b["chosen"], b["flags"])
         assert torch.allclose(torch.tensor(a["cosine_by_layer"]), torch.tensor(b["cosine_by_layer"]), atol=1e-5)
+
+
+def test_cli_runs_every_attribution_option(tmp_path, deep_adapter):
+    """The real CLI, one multirun job per `attribution=` option with the configs' own defaults: each
+    finishes, reports every selector, and shows the cosine at the layer its primary actually used."""
+    options = sorted(p.stem for p in (ROOT / "conf" / "attribution").glob("*.yaml"))
+    subprocess.run(
+        [sys.executable, "evaluate.py", "-m", f"attribution={','.join(options)}", "student=tiny_random",
+         "+student.model.num_hidden_layers=13", f"adapter={deep_adapter}", "n_candidates=3", "max_new_tokens=5",
+         "benchmark.limit=4", "batch_size=2", "trainer.accelerator=cpu", f"hydra.sweep.dir={tmp_path}",
+         "hydra.sweep.subdir=${hydra.runtime.choices.attribution}"],
+        cwd=ROOT, check=True, capture_output=True, text=True,
+    )
+    for option in options:
+        job = tmp_path / option
+        results = json.loads((job / "results.json").read_text())
+        assert set(results["asr"]) == SELECTORS and results["n_prompts"] == 4, option
+        assert results["chosen_layers"]["latent_sim"] == 12  # selectors.latent_sim's own node
+        layer = results["layer"]
+        if option == "latent_sim":
+            assert layer == 12
+        elif option in ("val_best_layer", "oracle_best_layer"):
+            assert 0 <= layer <= 13 and results["chosen_layers"][option] == layer
+        else:
+            assert layer is None
+        table = json.loads(next(job.glob("wandb/offline-run-*/files/media/table/eval/candidates_*.table.json")).read_text())
+        assert table["columns"][-1] == f"cosine@{12 if layer is None else layer}"
+        assert all(0 <= row[1] < 3 for row in table["data"]) and len(table["data"]) == 4 * 3
+

@@ -6,6 +6,8 @@ Generation continues from the shared prefix (`lightning_da.formats`): chat_templ
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from tqdm.auto import tqdm
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
@@ -24,8 +26,23 @@ def _left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tens
     return ids, mask
 
 
+@dataclass
+class Completion:
+    """A sampled continuation: its token ids up to and including the first EOS, and whether
+    `max_new_tokens` cut it before any EOS."""
+
+    ids: list[int]
+    truncated: bool
+
+
+def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[int]:
+    configured = model.generation_config.eos_token_id
+    ids = set(configured if isinstance(configured, list) else [configured] if configured is not None else [])
+    return ids | {tokenizer.eos_token_id}
+
+
 @torch.inference_mode()
-def sample_candidates(
+def sample_completions(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     prompts: list[str],
@@ -35,10 +52,13 @@ def sample_candidates(
     batch_size: int = 8,
     seed: int = 0,
     progress: bool = True,
-) -> list[list[str]]:
-    """`n` responses (the text after `<think>`, special tokens removed) for each prompt."""
+) -> list[list[Completion]]:
+    """`n` completions after each prompt's shared prefix (chat template + `<think>`), as sampled
+    token ids. Batch k of `batch_size` prompts is seeded `seed + k x batch_size`, so it samples the
+    same whatever ran before it (or on another rank)."""
     device = next(model.parameters()).device
-    out: list[list[str]] = []
+    eos = _eos_ids(model, tokenizer)
+    out: list[list[Completion]] = []
     for start in tqdm(range(0, len(prompts), batch_size), desc="sampling", unit="batch", disable=not progress, leave=False):
         batch = prompts[start : start + batch_size]
         ids, mask = _left_pad([prefix_ids(tokenizer, p) for p in batch], tokenizer.pad_token_id)
@@ -50,14 +70,24 @@ def sample_candidates(
         model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1], past_key_values=cache,
               use_cache=True, logits_to_keep=1)
         cache.batch_repeat_interleave(n)
-        torch.manual_seed(seed + start)  # a batch samples the same whatever ran before it
+        torch.manual_seed(seed + start)
         generated = model.generate(
             input_ids=ids.repeat_interleave(n, dim=0), attention_mask=mask.repeat_interleave(n, dim=0),
             past_key_values=cache, **sampling.generate_kwargs(), pad_token_id=tokenizer.pad_token_id,
         )
-        texts = tokenizer.batch_decode(generated[:, ids.size(1):], skip_special_tokens=True)
-        out.extend(texts[i : i + n] for i in range(0, len(texts), n))
+        rows = []
+        for row in generated[:, ids.size(1):].tolist():
+            end = next((i for i, token in enumerate(row) if token in eos), None)
+            rows.append(Completion(row[: end + 1], False) if end is not None else Completion(row, True))
+        out.extend(rows[i : i + n] for i in range(0, len(rows), n))
     return out
+
+
+def sample_candidates(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], **kwargs) -> list[list[str]]:
+    """`n` responses (the text after `<think>`, special tokens removed) for each prompt; the
+    keywords are `sample_completions`'."""
+    completions = sample_completions(model, tokenizer, prompts, **kwargs)
+    return [tokenizer.batch_decode([c.ids for c in row], skip_special_tokens=True) for row in completions]
 
 
 def flatten_candidates(prompts: list[str], candidates: list[list[str]]) -> tuple[list[str], list[str]]:

@@ -223,7 +223,6 @@ class TinyRandomLlama:
             pad_token_id=tokenizer.pad_token_id,
             tie_word_embeddings=False,
         )
-        config._name_or_path = self.name  # so a saved adapter names its base
         with torch.random.fork_rng():
             torch.manual_seed(self.seed)
             model = LlamaForCausalLM(config)

@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
-from pathlib import Path
 
-import lightning as L
 import torch
 
 from lightning_da.models.lora import apply_lora
+from lightning_da.modules.adapter import AdapterModule
 
 
-class SFTModule(L.LightningModule):
-    """Distillation SFT.
-
-    `student` is a model source (see `lightning_da.models`); the model is built in
-    `configure_model` so every rank (and a resumed run) builds its own. Checkpoints hold only
-    the trainable parameters (adapter and lm_head), not the frozen base.
-    """
+class SFTModule(AdapterModule):
+    """Distillation SFT: the loss on the completion tokens of `<think>` + teacher trace + EOS."""
 
     def __init__(
         self,
@@ -31,24 +24,15 @@ class SFTModule(L.LightningModule):
         warmup_ratio: float = 0.03,
         gradient_checkpointing: bool = False,
     ):
-        super().__init__()
-        self.student = student
+        super().__init__(student, optimizer=optimizer, scheduler=scheduler, warmup_ratio=warmup_ratio,
+                         gradient_checkpointing=gradient_checkpointing)
         self.lora = dict(lora) if lora else None
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
-        self.warmup_ratio = warmup_ratio
-        self.gradient_checkpointing = gradient_checkpointing
-        self.strict_loading = False  # checkpoints omit the frozen base weights
-        self.model = None
         self._batch_started = 0.0
 
     def configure_model(self) -> None:
         if self.model is not None:
             return
-        model = self.student.load_model()
-        if self.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
-            model.enable_input_require_grads()
+        model = self.load_student()
         model = apply_lora(model, **self.lora) if self.lora else model
         self.model = model.train()  # from_pretrained returns eval mode; LoRA dropout must be live
 
@@ -73,24 +57,3 @@ class SFTModule(L.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self.log("val/loss", self(batch), prog_bar=True, sync_dist=True, batch_size=batch["input_ids"].size(0))
-
-    def configure_optimizers(self):
-        params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = self.optimizer_factory(params)
-        if self.scheduler_factory is None:
-            return optimizer
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        scheduler = self.scheduler_factory(
-            optimizer, num_warmup_steps=math.ceil(self.warmup_ratio * total), num_training_steps=total
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "train/lr"}}
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        trainable = {name for name, p in self.named_parameters() if p.requires_grad}
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
-
-    def save_adapter(self, directory: str | Path, tokenizer=None) -> None:
-        """The adapter in peft format (plus the tokenizer, so the directory is self-contained)."""
-        self.model.save_pretrained(directory)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(directory)

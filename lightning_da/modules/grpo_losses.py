@@ -1,0 +1,167 @@
+"""GRPO as plain functions: rewards -> advantages -> one loss per normalisation.
+
+Shapes: B rollouts (prompts x G generations, grouped: a prompt's G rollouts are consecutive),
+T completion positions. `mask` (B, T) is 1 on completion tokens that count; `logp`, `old_logp`,
+`ref_logp` (B, T) are per-token log-probabilities of the sampled tokens under the policy being
+trained, the policy that sampled them, and the reference; `advantages` (B,).
+
+Every loss starts from the per-token clipped surrogate (PPO's, as in DeepSeekMath):
+
+    r_t = exp(logp_t - old_logp_t)
+    l_t = -min(min(r_t, delta) A, clip(r_t, 1 - epsilon, 1 + epsilon_high) A)   (+ beta k3_t)
+
+with `delta` (None = off) the two-sided cap of the unclipped ratio, and the KL penalty, when
+`beta` > 0, the k3 estimator k3_t = exp(ref_t - logp_t) - (ref_t - logp_t) - 1. The variants
+differ in how the l_t of a batch are reduced to one number:
+
+    grpo     mean over sequences of each sequence's token mean           (DeepSeekMath)
+    bnpo     sum over the local batch's tokens / its token count
+    dr_grpo  sum over tokens / (sequences x max_completion_length)      (Dr. GRPO: no length bias)
+    dapo     sum over tokens / tokens of the *whole generation batch*, all ranks and all
+             accumulation steps (`num_items`), times the number of ranks, which DDP's gradient
+             average divides back out                                   (DAPO)
+    gspo     one ratio per sequence, s = exp(mean_t(logp_t - old_logp_t)), clipped like r_t;
+             mean over sequences                                        (GSPO)
+    cispo    REINFORCE with a clipped, gradient-free weight:
+             l_t = -sg(min(r_t, epsilon_high)) A logp_t, reduced like dapo   (MiniMax-M1); as in
+             TRL, `epsilon_high` is here the cap of the weight itself (e.g. 5), not 1 + epsilon
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "gspo", "cispo")
+SCALES = ("group", "batch", "none")
+AGGREGATIONS = ("sum_then_normalize", "normalize_then_sum")
+STD_EPS = 1e-4  # as TRL: a group whose rewards all agree gets advantage 0, not 0 / 0
+
+
+def _normalise(rewards: torch.Tensor, num_generations: int, scale: str) -> torch.Tensor:
+    """(B,) -> reward minus its group's mean, divided by the group's (`group`), the batch's (`batch`)
+    or no (`none`) standard deviation (unbiased, + 1e-4). A group whose reward does not apply (NaN)
+    stays NaN; the batch's deviation is over the rows it applies to."""
+    grouped = rewards.view(-1, num_generations)
+    centred = (grouped - grouped.mean(1, keepdim=True)).flatten()
+    if scale == "group":
+        return centred / (grouped.std(1).repeat_interleave(num_generations) + STD_EPS)
+    if scale == "batch":
+        finite = rewards[~rewards.isnan()]
+        return centred / ((finite.std() if finite.numel() > 1 else 0.0) + STD_EPS)
+    return centred
+
+
+def combine_rewards(per_function: torch.Tensor, weights: Sequence[float]) -> torch.Tensor:
+    """(B, F) rewards, NaN where a function does not apply to a row -> (B,) weighted sum of the
+    ones that do (a row no function applies to gets 0)."""
+    weighted = per_function * torch.as_tensor(weights, dtype=per_function.dtype, device=per_function.device)
+    return torch.nansum(weighted, dim=1)
+
+
+def group_advantages(per_function: torch.Tensor, weights: Sequence[float], num_generations: int, *,
+                     scale: str = "group", aggregation: str = "sum_then_normalize") -> torch.Tensor:
+    """Advantages (B,) from (B, F) rewards of rollouts grouped by prompt.
+
+    `sum_then_normalize`: the weighted sum of the rewards, normalised within its group (GRPO).
+    `normalize_then_sum`: each function's reward normalised within its group first, then the
+    weighted sum, so a reward with a large range does not drown the others (GDPO).
+    """
+    if scale not in SCALES:
+        raise ValueError(f"scale_rewards={scale!r}; use one of {SCALES}")
+    if aggregation == "sum_then_normalize":
+        return _normalise(combine_rewards(per_function, weights), num_generations, scale)
+    if aggregation == "normalize_then_sum":
+        columns = [_normalise(per_function[:, k], num_generations, scale) for k in range(per_function.size(1))]
+        return combine_rewards(torch.stack(columns, dim=1), weights)  # NaN columns (not applicable) drop out
+    raise ValueError(f"multi_objective_aggregation={aggregation!r}; use one of {AGGREGATIONS}")
+
+
+def k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token KL(policy || reference), the k3 estimator: unbiased and never negative."""
+    delta = ref_logp - logp
+    return torch.exp(delta) - delta - 1
+
+
+@dataclass(frozen=True)
+class LossTerms:
+    """The reduced loss and what the trainer logs about it (all detached but `loss`)."""
+
+    loss: torch.Tensor
+    clip_low: torch.Tensor  # fraction of tokens whose ratio fell below 1 - epsilon with A < 0
+    clip_high: torch.Tensor  # fraction above 1 + epsilon_high with A > 0
+    kl: torch.Tensor | None  # mean per-token k3, when beta > 0
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (values * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def grpo_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    loss_type: str = "grpo",
+    epsilon: float = 0.2,
+    epsilon_high: float | None = None,
+    delta: float | None = None,
+    beta: float = 0.0,
+    ref_logp: torch.Tensor | None = None,
+    max_completion_length: int | None = None,
+    num_items: float | None = None,
+    world_size: int = 1,
+) -> LossTerms:
+    """The loss of one micro-batch, normalised as `loss_type` says (module docstring).
+
+    `max_completion_length` is needed by dr_grpo; `num_items` (completion tokens of the whole
+    generation batch, all ranks and accumulation steps) and `world_size` by dapo and cispo.
+    The loss of the other types is the micro-batch's own; divide by the number of micro-batches
+    to accumulate.
+    """
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"loss_type={loss_type!r}; use one of {LOSS_TYPES}")
+    epsilon_high = epsilon if epsilon_high is None else epsilon_high
+    mask = mask.to(logp.dtype)
+    adv = advantages[:, None]
+    log_ratio = logp - old_logp
+    if loss_type == "gspo":
+        log_ratio = ((log_ratio * mask).sum(1) / mask.sum(1).clamp(min=1.0))[:, None]
+    ratio = torch.exp(log_ratio)
+
+    if loss_type == "cispo":
+        per_token = -torch.clamp(ratio, max=epsilon_high).detach() * adv * logp
+    else:
+        clipped = torch.clamp(ratio, 1 - epsilon, 1 + epsilon_high)
+        unclipped = ratio if delta is None else torch.clamp(ratio, max=delta)
+        per_token = -torch.min(unclipped * adv, clipped * adv)
+    kl = None
+    if beta != 0.0:
+        if ref_logp is None:
+            raise ValueError("beta > 0 needs the reference's log-probabilities")
+        per_token_kl = k3(logp, ref_logp)
+        per_token = per_token + beta * per_token_kl
+        kl = _masked_mean(per_token_kl.detach(), mask)
+
+    if loss_type in ("grpo", "gspo"):
+        loss = ((per_token * mask).sum(1) / mask.sum(1).clamp(min=1.0)).mean()
+    elif loss_type == "bnpo":
+        loss = _masked_mean(per_token, mask)
+    elif loss_type == "dr_grpo":
+        if max_completion_length is None:
+            raise ValueError("dr_grpo needs max_completion_length")
+        loss = (per_token * mask).sum() / (per_token.size(0) * max_completion_length)
+    else:  # dapo, cispo
+        if num_items is None:
+            raise ValueError(f"{loss_type} needs num_items, the generation batch's completion tokens")
+        loss = (per_token * mask).sum() / (num_items / world_size)
+
+    with torch.no_grad():
+        ratio_t = ratio.expand_as(mask)
+        low = (ratio_t < 1 - epsilon) & (adv < 0)
+        high = (ratio_t > 1 + epsilon_high) & (adv > 0)
+        clip_low, clip_high = _masked_mean(low.to(mask.dtype), mask), _masked_mean(high.to(mask.dtype), mask)
+    return LossTerms(loss, clip_low, clip_high, kl)

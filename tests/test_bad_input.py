@@ -1,0 +1,71 @@
+"""Bad input through the real CLIs: one line naming the fix, exit code 2, and nothing written."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lightning_da.models import EmbeddedSmolLM2, TinyRandomLlama, apply_lora
+from tests.test_train import TINY
+
+ROOT = Path(__file__).resolve().parents[1]
+EVALUATE = ["evaluate.py", "student=tiny_random", "n_candidates=2", "max_new_tokens=4", "benchmark.limit=2", "trainer.accelerator=cpu"]
+TRAIN = ["train.py", *TINY]
+GPU_DEFAULT = [a for a in EVALUATE if a != "trainer.accelerator=cpu"], [a for a in TRAIN if a != "trainer.accelerator=cpu"]
+OUTPUTS = ("results.json", "candidates.jsonl", "wandb", "adapter", "checkpoints", "metrics.json")
+
+
+def _save_adapter(model, path: Path) -> str:
+    apply_lora(model, r=2, alpha=4, dropout=0.0).save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def adapters(tmp_path_factory):
+    root = tmp_path_factory.mktemp("adapters")
+    return {"tiny": lambda: _save_adapter(TinyRandomLlama().load_model(), root / "tiny"),
+            "smollm2": lambda: _save_adapter(EmbeddedSmolLM2().load_model(), root / "smollm2")}
+
+
+def corrupt_checkpoint(tmp_path: Path) -> str:
+    path = tmp_path / "last.ckpt"
+    path.write_bytes(b"PK\x03\x04 not really a zip archive")
+    return str(path)
+
+
+NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+
+CASES = [
+    # (id, command, adapter to pass, what the one error line must say)
+    pytest.param([*EVALUATE, "n_candidates=0"], "tiny", "n_candidates=0: set it to an integer of at least 1", id="n_candidates=0"),
+    pytest.param([*EVALUATE, "max_new_tokens=-5"], "tiny", "max_new_tokens=-5: set it to an integer of at least 1", id="max_new_tokens=-5"),
+    pytest.param([*EVALUATE, "scoring_chunk_tokens=0"], "tiny", "scoring_chunk_tokens=0: set it", id="scoring_chunk_tokens=0"),
+    pytest.param([*EVALUATE, "benchmark.limit=0"], "tiny", "benchmark.limit=0: set it", id="benchmark.limit=0"),
+    pytest.param(EVALUATE, "smollm2", "smollm2-135m-instruct, whose shapes or modules differ from the student tiny-random-llama; set student=",
+                 id="adapter-of-another-model", marks=pytest.mark.slow),
+    pytest.param([*GPU_DEFAULT[0], "trainer=ddp"], "tiny", "no GPU; on CPU use trainer=cpu", id="evaluate-ddp-without-gpu", marks=NO_GPU),
+    pytest.param([*GPU_DEFAULT[1], "trainer=ddp"], None, "no GPU; on CPU use trainer=cpu", id="train-ddp-without-gpu", marks=NO_GPU),
+    pytest.param([*TRAIN, "ckpt_path={tmp}/missing.ckpt"], None, "missing.ckpt does not exist; point ckpt_path at", id="ckpt_path-missing"),
+    pytest.param([*TRAIN, "ckpt_path={corrupt}"], None, "is not a readable checkpoint", id="ckpt_path-corrupt"),
+    pytest.param([*TRAIN, "data.limit=0"], None, "data.limit=0: set it", id="data.limit=0"),
+]
+
+
+@pytest.mark.parametrize(("command", "adapter", "message"), CASES)
+def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, adapters, command, adapter, message):
+    run, cache = tmp_path / "run", tmp_path / "cache"
+    args = [a.format(tmp=tmp_path, corrupt=corrupt_checkpoint(tmp_path) if "{corrupt}" in a else "") for a in command]
+    if adapter:
+        args.append(f"adapter={adapters[adapter]()}")
+    result = subprocess.run(
+        [sys.executable, *args, f"hydra.run.dir={run}", f"paths.cache_dir={cache}"], cwd=ROOT, capture_output=True, text=True,
+    )
+    output = result.stdout + result.stderr
+    errors = [line for line in output.splitlines() if "error:" in line]
+    assert result.returncode == 2, output[-3000:]
+    assert len(errors) == 1 and message in errors[0], errors
+    assert "Traceback" not in output
+    assert not any((run / name).exists() for name in OUTPUTS)
+    assert not (cache / "traces").exists()  # failed before any teacher generation

@@ -1,0 +1,188 @@
+"""GRPO advantages and every loss_type against an independent computation (plain Python loops in
+float64, written from the formulas), on random tensors with masks, values and gradients at 1e-6."""
+
+import math
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from lightning_da.modules.grpo_losses import LOSS_TYPES, combine_rewards, group_advantages, grpo_loss, k3
+
+G = 4
+
+
+def reference_advantages(rewards, weights, scale, aggregation):
+    """Loops over groups, from the definitions."""
+    rows, functions = len(rewards), len(weights)
+
+    def normalise(column):
+        out = [0.0] * rows
+        finite = [v for v in column if not math.isnan(v)]
+        mean_all = sum(finite) / len(finite) if finite else 0.0
+        std_all = math.sqrt(sum((v - mean_all) ** 2 for v in finite) / (len(finite) - 1)) if len(finite) > 1 else 0.0
+        for start in range(0, rows, G):
+            group = column[start : start + G]
+            mean = sum(group) / G
+            std = math.sqrt(sum((v - mean) ** 2 for v in group) / (G - 1))
+            for i in range(G):
+                centred = group[i] - mean
+                out[start + i] = centred / (std + 1e-4) if scale == "group" else centred / (std_all + 1e-4) if scale == "batch" else centred
+        return out
+
+    if aggregation == "sum_then_normalize":
+        summed = [sum(weights[f] * rewards[r][f] for f in range(functions) if not math.isnan(rewards[r][f])) for r in range(rows)]
+        return normalise(summed)
+    columns = [normalise([rewards[r][f] for r in range(rows)]) for f in range(functions)]
+    return [sum(weights[f] * columns[f][r] for f in range(functions) if not math.isnan(columns[f][r])) for r in range(rows)]
+
+
+@pytest.mark.parametrize("scale", ["group", "batch", "none"])
+@pytest.mark.parametrize("aggregation", ["sum_then_normalize", "normalize_then_sum"])
+def test_advantages_against_the_definition(scale, aggregation):
+    torch.manual_seed(0)
+    rewards = torch.rand(3 * G, 2, dtype=torch.float64)
+    rewards[G : 2 * G, 1] = math.nan  # the second reward does not apply to the second prompt
+    rewards[2 * G :, 0] = 0.5  # the first reward agrees within the third group
+    weights = [1.0, 0.5]
+    got = group_advantages(rewards, weights, G, scale=scale, aggregation=aggregation)
+    want = reference_advantages(rewards.tolist(), weights, scale, aggregation)
+    assert got.tolist() == pytest.approx(want, abs=1e-9)
+
+
+def test_all_agreeing_group_gets_zero_advantage_and_combine_skips_nan():
+    rewards = torch.tensor([[1.0], [1.0], [1.0], [1.0], [0.0], [1.0], [0.0], [1.0]])
+    adv = group_advantages(rewards, [1.0], G)
+    assert adv[:G].abs().max() == 0 and adv[G:].abs().max() > 0
+    assert combine_rewards(torch.tensor([[1.0, math.nan], [math.nan, math.nan]]), [2.0, 3.0]).tolist() == [2.0, 0.0]
+
+
+def test_k3_is_the_estimator():
+    logp, ref = torch.tensor([-1.0, -2.0, -0.5]), torch.tensor([-1.5, -2.0, -0.1])
+    want = [math.exp(r - p) - (r - p) - 1 for p, r in zip(logp.tolist(), ref.tolist(), strict=True)]
+    assert k3(logp, ref).tolist() == pytest.approx(want)
+    assert (k3(torch.randn(100), torch.randn(100)) >= 0).all()
+
+
+def reference_loss(logp, old, adv, mask, loss_type, *, eps=0.2, eps_high=0.28, delta=None, beta=0.0, ref=None,
+                   max_len=None, num_items=None, world=1):
+    """One sequence and one token at a time, from the formulas in grpo_losses' docstring."""
+    rows, width = logp.shape
+    per_seq, total, count = [], 0.0, 0.0
+    for i in range(rows):
+        n_i = float(sum(mask[i][t] for t in range(width)))
+        seq_ratio = None
+        if loss_type == "gspo":
+            seq_ratio = torch.exp(sum((logp[i, t] - old[i, t]) * mask[i][t] for t in range(width)) / max(n_i, 1.0))
+        terms = []
+        for t in range(width):
+            if not mask[i][t]:
+                continue
+            r = seq_ratio if seq_ratio is not None else torch.exp(logp[i, t] - old[i, t])
+            if loss_type == "cispo":
+                term = -torch.clamp(r, max=eps_high).detach() * adv[i] * logp[i, t]
+            else:
+                unclipped = r if delta is None else torch.clamp(r, max=delta)
+                term = -torch.minimum(unclipped * adv[i], torch.clamp(r, 1 - eps, 1 + eps_high) * adv[i])
+            if beta:
+                d = ref[i, t] - logp[i, t]
+                term = term + beta * (torch.exp(d) - d - 1)
+            terms.append(term)
+        seq_sum = sum(terms) if terms else torch.zeros((), dtype=logp.dtype)
+        per_seq.append(seq_sum / max(n_i, 1.0))
+        total, count = total + seq_sum, count + n_i
+    if loss_type in ("grpo", "gspo"):
+        return sum(per_seq) / rows
+    if loss_type == "bnpo":
+        return total / max(count, 1.0)
+    if loss_type == "dr_grpo":
+        return total / (rows * max_len)
+    return total / (num_items / world)
+
+
+def random_batch(seed=0, rows=6, width=5):
+    g = torch.Generator().manual_seed(seed)
+    logp = (-torch.rand(rows, width, generator=g, dtype=torch.float64) * 3).requires_grad_()
+    old = logp.detach() + torch.randn(rows, width, generator=g, dtype=torch.float64) * 0.3  # ratios both sides of the clip
+    ref = logp.detach() + torch.randn(rows, width, generator=g, dtype=torch.float64) * 0.5
+    adv = torch.randn(rows, generator=g, dtype=torch.float64)
+    lengths = torch.tensor([5, 3, 1, 4, 0, 2])[:rows]
+    mask = (torch.arange(width)[None] < lengths[:, None]).double()
+    return logp, old, ref, adv, mask
+
+
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+@pytest.mark.parametrize(("beta", "delta"), [(0.0, None), (0.04, 1.5)])
+def test_each_loss_type_against_the_formula(loss_type, beta, delta):
+    logp, old, ref, adv, mask = random_batch()
+    eps_high = 5.0 if loss_type == "cispo" else 0.28
+    kwargs = {"epsilon": 0.2, "epsilon_high": eps_high, "delta": delta, "beta": beta, "ref_logp": ref,
+              "max_completion_length": 7, "num_items": 30.0}
+    got = grpo_loss(logp, old, adv, mask, loss_type=loss_type, **kwargs).loss
+    (grad_got,) = torch.autograd.grad(got, logp)
+    want = reference_loss(logp, old, adv, mask.tolist(), loss_type, eps_high=eps_high, delta=delta, beta=beta, ref=ref,
+                          max_len=7, num_items=30.0)
+    (grad_want,) = torch.autograd.grad(want, logp)
+    assert float(got.detach()) == pytest.approx(float(want.detach()), abs=1e-6)
+    assert torch.allclose(grad_got, grad_want, atol=1e-6)
+    assert grad_got[mask == 0].abs().max() == 0  # padding gets no gradient
+
+
+@pytest.mark.parametrize("loss_type", ["dapo", "cispo", "grpo", "dr_grpo"])
+def test_gradient_accumulation_over_micro_batches_equals_the_whole_batch(loss_type):
+    """dapo/cispo: each micro-batch normalised by the whole batch's tokens, summed; grpo and dr_grpo:
+    equal-size micro-batches averaged. Either way the whole batch's loss and gradient."""
+    logp, old, ref, adv, mask = random_batch(seed=1)
+    kwargs = {"loss_type": loss_type, "epsilon_high": 5.0 if loss_type == "cispo" else None, "max_completion_length": 5,
+              "num_items": float(mask.sum())}
+    whole = grpo_loss(logp, old, adv, mask, **kwargs).loss
+    (grad_whole,) = torch.autograd.grad(whole, logp)
+    parts = [slice(0, 2), slice(2, 4), slice(4, 6)]
+    scale = 1.0 if loss_type in ("dapo", "cispo") else 1 / len(parts)
+    accumulated = sum(grpo_loss(logp[p], old[p], adv[p], mask[p], **kwargs).loss * scale for p in parts)
+    (grad_acc,) = torch.autograd.grad(accumulated, logp)
+    assert float(accumulated.detach()) == pytest.approx(float(whole.detach()), abs=1e-9)
+    assert torch.allclose(grad_acc, grad_whole, atol=1e-9)
+
+
+def test_clip_ratios_count_the_clipped_tokens():
+    logp = torch.log(torch.tensor([[1.5, 1.0, 0.5]]))
+    terms = grpo_loss(logp, torch.zeros(1, 3), torch.tensor([1.0]), torch.ones(1, 3), epsilon=0.2)
+    assert float(terms.clip_high) == pytest.approx(1 / 3) and float(terms.clip_low) == 0  # 0.5 < 0.8 but A > 0
+    terms = grpo_loss(logp, torch.zeros(1, 3), torch.tensor([-1.0]), torch.ones(1, 3), epsilon=0.2)
+    assert float(terms.clip_low) == pytest.approx(1 / 3) and float(terms.clip_high) == 0
+
+
+def _dapo_rank(rank: int, world: int, port: int, queue) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    logp, old, ref, adv, mask = random_batch(seed=2)
+    part = slice(rank * 3, (rank + 1) * 3)
+    num_items = mask[part].sum().clone()
+    dist.all_reduce(num_items)  # the whole generation batch's tokens, as GRPOModule reduces them
+    loss = grpo_loss(logp[part], old[part], adv[part], mask[part], loss_type="dapo", num_items=float(num_items), world_size=world).loss
+    (grad,) = torch.autograd.grad(loss, logp)
+    dist.all_reduce(grad)
+    grad /= world  # what DDP does to gradients
+    if rank == 0:
+        queue.put(grad)
+    dist.destroy_process_group()
+
+
+def test_dapo_on_two_ranks_equals_one_process():
+    logp, old, ref, adv, mask = random_batch(seed=2)
+    loss = grpo_loss(logp, old, adv, mask, loss_type="dapo", num_items=float(mask.sum())).loss
+    (want,) = torch.autograd.grad(loss, logp)
+    context = mp.get_context("spawn")
+    queue = context.Queue()
+    port = 29500 + os.getpid() % 1000
+    processes = [context.Process(target=_dapo_rank, args=(rank, 2, port, queue)) for rank in range(2)]
+    for p in processes:
+        p.start()
+    got = queue.get(timeout=120)
+    for p in processes:
+        p.join(timeout=60)
+    assert all(p.exitcode == 0 for p in processes)
+    assert torch.allclose(got, want, atol=1e-12)
