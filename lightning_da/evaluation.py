@@ -86,9 +86,11 @@ def run_evaluate(cfg: DictConfig) -> dict:
     overrides = {"max_new_tokens": cfg.max_new_tokens} if cfg.max_new_tokens is not None else {}
     sampling = instantiate(cfg.student.sampling, **overrides)
     rows = benchmark.load()
+    judge = instantiate(cfg.judge) if benchmark.task == "safety" else None
+    if judge is not None:
+        judge.check()  # its weights load only when it first judges, after sampling
     model, base, tokenizer = load_student(cfg, fabric.device)
     check_selectors(selectors, num_hidden_states(model))  # before the long sampling, not after
-    judge = instantiate(cfg.judge) if benchmark.task == "safety" else None
 
     result = best_of_n_sharded(
         model, tokenizer, [r["prompt"] for r in rows], [r["answer"] for r in rows],

@@ -87,6 +87,7 @@ def run_train(cfg: DictConfig) -> dict[str, float]:
     # Fail on what the user can fix now, not after hours of teacher generation or rollouts.
     check_accelerator(cfg.trainer)
     check_checkpoint(cfg.ckpt_path)
+    instantiate(cfg.judge).check()  # its weights load only when it first judges
     student = instantiate(cfg.student.model)
     tokenizer = student.load_tokenizer()
     prepare = {"sft": _prepare_sft, "grpo": _prepare_grpo}.get(cfg.algorithm.name)

@@ -50,6 +50,8 @@ CASES = [
     pytest.param([*TRAIN, "ckpt_path={tmp}/missing.ckpt"], None, "missing.ckpt does not exist; point ckpt_path at", id="ckpt_path-missing"),
     pytest.param([*TRAIN, "ckpt_path={corrupt}"], None, "is not a readable checkpoint", id="ckpt_path-corrupt"),
     pytest.param([*TRAIN, "data.limit=0"], None, "data.limit=0: set it", id="data.limit=0"),
+    pytest.param([*(a for a in TRAIN if "refusals" not in a), "judge=llama_guard3"], None, "set judge.model.path=", id="train-judge-not-cached"),
+    pytest.param([*EVALUATE, "judge=wildguard"], "tiny", "set judge.model.path=", id="evaluate-judge-not-cached"),
 ]
 
 

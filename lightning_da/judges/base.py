@@ -24,4 +24,7 @@ class Verdict:
 class Judge(Protocol):
     def identity(self) -> dict: ...
 
+    def check(self) -> None:
+        """Raise a UserError now if the judge could not run later (e.g. its model is not available)."""
+
     def judge(self, prompts: list[str], responses: list[str]) -> list[Verdict]: ...

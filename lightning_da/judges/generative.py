@@ -25,6 +25,10 @@ class GenerativeJudge(ABC):
     def identity(self) -> dict:
         return {"judge": self.name, "model": self.model.identity()}
 
+    def check(self) -> None:
+        """The judge's weights are reachable (a local copy, or the hub allowed), before any long work."""
+        self.model._location()
+
     @abstractmethod
     def format(self, tokenizer, prompt: str, response: str) -> str:
         """The judge's input text for one exchange, special tokens included."""

@@ -32,6 +32,9 @@ class RefusalPrefixJudge:
     def identity(self) -> dict:
         return {"judge": "refusal_prefix", "refusals": sorted(self.refusals), "window": self.window}
 
+    def check(self) -> None:
+        """Nothing to load."""
+
     def judge(self, prompts: list[str], responses: list[str]) -> list[Verdict]:
         needles = [r.lower().replace("’", "'") for r in self.refusals]
         verdicts = []
