@@ -139,7 +139,8 @@ def exactness(adapter: str, tokenizer, work: Path, g: int, max_new_tokens: int) 
         trl_grads = grads(model)
         grad_diff = max(float((ours_grads[n] - trl_grads[n]).abs().max()) for n in ours_grads)
         scale = max(float(v.abs().max()) for v in ours_grads.values())
-        print(f"{ours:<10}{float(loss):>12.6f}{abs(float(loss) - float(trl_loss)):>14.2e}{grad_diff:>18.2e}{scale:>14.2e}")
+        loss, trl_loss = float(loss.detach()), float(trl_loss.detach())
+        print(f"{ours:<10}{loss:>12.6f}{abs(loss - trl_loss):>14.2e}{grad_diff:>18.2e}{scale:>14.2e}")
     model.zero_grad(set_to_none=True)
 
 

@@ -263,3 +263,25 @@ def test_a_resumed_run_equals_an_uninterrupted_one(tokenizer, init_adapter, tmp_
     trainer, resumed = run(tmp_path / "second", ckpt_path=tmp_path / "first" / "last.ckpt")
     assert trainer.global_step == 6
     assert max(float((uninterrupted[n] - resumed[n]).abs().max()) for n in uninterrupted) < 1e-6
+
+
+@pytest.mark.slow
+def test_grpo_under_ddp_on_two_cpu_ranks(tmp_path):
+    """The real CLI with 2 gloo ranks: prompts sharded, advantages and dapo's token count reduced
+    across ranks, a reward's mean over every rank's rows."""
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    subprocess.run(
+        [sys.executable, "train.py", "algorithm=grpo", "student=tiny_random", "trainer=ddp", "trainer.accelerator=cpu",
+         "trainer.devices=2", "trainer.max_steps=2", "algorithm.module.num_generations=4", "algorithm.module.sampling.max_new_tokens=6",
+         "algorithm.datamodule.prompts_per_step=2", "algorithm.module.loss_type=dapo", "algorithm.module.scale_rewards=batch",
+         "data.harmful.limit=8", "data.benign.n=8", "logger=csv", '+judge.refusals=[""]', f"hydra.run.dir={run}"],
+        cwd=Path(__file__).resolve().parents[1], check=True, capture_output=True, text=True,
+    )
+    assert (run / "train_ddp_process_1.log").is_file() and (run / "adapter" / "adapter_model.safetensors").is_file()
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["train/rewards/judge_safety/mean"] == 1.0 and metrics["train/rewards/arithmetic_correct/mean"] == 0.0
+    # Every rollout's reward is 1 (harmful, judged safe) or 0 (arithmetic, wrong): the mean is the harmful share.
+    assert metrics["train/reward"] in (0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)

@@ -346,12 +346,15 @@ class GRPOModule(AdapterModule):
         }
         if self.loss_settings["beta"] > 0:
             metrics["train/kl"] = stats["kl"]
-        for k, name in enumerate(self.reward_fns):
-            column = rewards[:, k]
-            if (~column.isnan()).any():
-                metrics[f"train/rewards/{name}/mean"] = float(column.nanmean())
         self.log("train/reward", metrics.pop("train/reward"), prog_bar=True, sync_dist=True, batch_size=len(truncated))
         self.log_dict(metrics, sync_dist=True, batch_size=len(truncated))
+        # A reward may apply to no row of a rank: its mean is over every rank's rows it applies to.
+        applies = ~rewards.isnan()
+        totals = torch.stack([torch.nansum(rewards, dim=0), applies.sum(0).to(rewards.dtype)])
+        totals = self.trainer.strategy.reduce(totals, reduce_op="sum")
+        for k, name in enumerate(self.reward_fns):
+            if totals[1, k] > 0:
+                self.log(f"train/rewards/{name}/mean", float(totals[0, k] / totals[1, k]), batch_size=len(truncated))
         if self.log_completions_steps and (self.global_step // self.num_iterations - 1) % self.log_completions_steps == 0:
             self._log_completions(groups, rewards, advantages)
 
