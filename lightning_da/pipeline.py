@@ -21,6 +21,7 @@ from lightning_da.data.traces import TraceCache, generate_traces
 from lightning_da.distributed import check_accelerator
 from lightning_da.errors import UserError
 from lightning_da.generation import sample_chats
+from lightning_da.models.lora import check_adapter_dir
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,8 @@ def _prepare_sft(cfg: DictConfig, student, tokenizer):
 
 def _prepare_grpo(cfg: DictConfig, student, tokenizer):
     """The prompt mixture -> the GRPO module (policy = student + init_adapter, trainable) and datamodule."""
+    if cfg.init_adapter:
+        check_adapter_dir(cfg.init_adapter, "init_adapter")
     rows = instantiate(cfg.data).load()
     log.info("%d RL prompts (%d harmful)", len(rows), sum(r["task"] == "safety" for r in rows))
     datamodule = instantiate(cfg.algorithm.datamodule, _partial_=True)(rows=rows, tokenizer=tokenizer)

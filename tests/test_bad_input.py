@@ -13,8 +13,9 @@ from tests.test_train import TINY
 ROOT = Path(__file__).resolve().parents[1]
 EVALUATE = ["evaluate.py", "student=tiny_random", "n_candidates=2", "max_new_tokens=4", "benchmark.limit=2", "trainer.accelerator=cpu"]
 TRAIN = ["train.py", *TINY]
+GRPO = ["train.py", "algorithm=grpo", "student=tiny_random", "trainer.accelerator=cpu", "data.harmful.limit=4", "data.benign.n=4"]
 GPU_DEFAULT = [a for a in EVALUATE if a != "trainer.accelerator=cpu"], [a for a in TRAIN if a != "trainer.accelerator=cpu"]
-OUTPUTS = ("results.json", "candidates.jsonl", "wandb", "adapter", "checkpoints", "metrics.json")
+OUTPUTS = ("results.json", "candidates.jsonl", "wandb", "csv", "adapter", "checkpoints", "metrics.json", "completions.jsonl")
 
 
 def _save_adapter(model, path: Path) -> str:
@@ -50,6 +51,9 @@ CASES = [
     pytest.param([*TRAIN, "ckpt_path={tmp}/missing.ckpt"], None, "missing.ckpt does not exist; point ckpt_path at", id="ckpt_path-missing"),
     pytest.param([*TRAIN, "ckpt_path={corrupt}"], None, "is not a readable checkpoint", id="ckpt_path-corrupt"),
     pytest.param([*TRAIN, "data.limit=0"], None, "data.limit=0: set it", id="data.limit=0"),
+    pytest.param([*GRPO, "init_adapter={tmp}"], None, "is not a peft adapter directory", id="grpo-init_adapter-not-an-adapter"),
+    pytest.param([*GRPO, "algorithm.module.num_generations=1"], None,
+                 "algorithm.module.num_generations=1: set it to an integer of at least 2", id="grpo-one-generation"),
     pytest.param([*(a for a in TRAIN if "refusals" not in a), "judge=llama_guard3"], None, "set judge.model.path=", id="train-judge-not-cached"),
     pytest.param([*EVALUATE, "judge=wildguard"], "tiny", "set judge.model.path=", id="evaluate-judge-not-cached"),
 ]

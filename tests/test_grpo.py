@@ -285,3 +285,17 @@ def test_grpo_under_ddp_on_two_cpu_ranks(tmp_path):
     assert metrics["train/rewards/judge_safety/mean"] == 1.0 and metrics["train/rewards/arithmetic_correct/mean"] == 0.0
     # Every rollout's reward is 1 (harmful, judged safe) or 0 (arithmetic, wrong): the mean is the harmful share.
     assert metrics["train/reward"] in (0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
+
+
+def test_optional_rewards_and_settings_compose(compose_train):
+    from hydra.utils import instantiate
+
+    cfg = compose_train("algorithm=grpo", "+reward@algorithm.module.rewards.overlong=overlong", "algorithm.module.sampling.max_new_tokens=64")
+    rewards = instantiate(cfg.algorithm.module.rewards, _convert_="all")
+    assert set(rewards) == {"judge_safety", "arithmetic_correct", "format", "overlong"}
+    assert (rewards["overlong"]["fn"].max_length, rewards["overlong"]["fn"].cache) == (64, 16)
+    module = cfg.algorithm.module
+    assert (module.num_generations, module.sampling.temperature, module.epsilon, module.beta, module.optimizer.lr) == (8, 0.9, 0.2, 0.0, 1.41e-5)
+    assert not (module.dynamic_sampling or module.mask_truncated_completions)  # beyond-TRL options are off by default
+    assert cfg.trainer.max_epochs == 1 and cfg.trainer.gradient_clip_val is None and cfg.callbacks.model_checkpoint.monitor is None
+    assert cfg.data._target_.endswith("PromptMixture")

@@ -40,6 +40,15 @@ def apply_lora(
         return get_peft_model(model, config)
 
 
+def check_adapter_dir(adapter_dir: str | Path, key: str = "adapter") -> Path:
+    """The adapter's config file, or a UserError naming `key` when `adapter_dir` holds no peft adapter."""
+    config_file = Path(adapter_dir) / "adapter_config.json"
+    if not config_file.is_file():
+        raise UserError(f"{key}={adapter_dir} is not a peft adapter directory (no adapter_config.json); "
+                        f"point it at a train run's adapter/ directory")
+    return config_file
+
+
 def load_adapter(model: PreTrainedModel, adapter_dir: str | Path, *, trainable: bool = False, key: str = "adapter",
                  model_name: str | None = None) -> PeftModel:
     """A saved adapter on its base; `trainable=True` to keep training it (e.g. GRPO from SFT).
@@ -47,10 +56,7 @@ def load_adapter(model: PreTrainedModel, adapter_dir: str | Path, *, trainable: 
     `key` (the config key that named the directory) and `model_name` (the student) go into the
     one-line error for a directory that is not an adapter, or an adapter trained on another model.
     """
-    config_file = Path(adapter_dir) / "adapter_config.json"
-    if not config_file.is_file():
-        raise UserError(f"{key}={adapter_dir} is not a peft adapter directory (no adapter_config.json); "
-                        f"point it at a train run's adapter/ directory")
+    config_file = check_adapter_dir(adapter_dir, key)
     try:
         peft_model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
     except (RuntimeError, ValueError) as exc:
