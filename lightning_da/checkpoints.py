@@ -23,7 +23,7 @@ def check_checkpoint(path: str | Path | None, key: str = "ckpt_path") -> None:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{key}={path} is not a readable checkpoint ({reason[:120]}); {fix}") from None
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0]  # the first sentence
+        raise UserError(f"{key}={path} is not a readable checkpoint ({reason}); {fix}") from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise UserError(f"{key}={path} is not a Lightning checkpoint (no state_dict); {fix}")

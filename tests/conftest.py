@@ -8,10 +8,11 @@ os.environ.setdefault("WANDB_SILENT", "true")
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import open_dict  # noqa: E402
 
-from lightning_da.models import TinyRandomLlama  # noqa: E402
+from lightning_da.models import TinyRandomLlama, apply_lora  # noqa: E402
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 
@@ -39,3 +40,15 @@ def compose_train(tmp_path):
         return cfg
 
     return _compose
+
+
+def random_adapter(path: Path, model, *, r: int = 4, alpha: int = 8, scale: float = 0.1, seed: int = 0) -> str:
+    """`model` with a LoRA adapter of random nonzero weights (a fresh one is the identity), saved to `path`."""
+    torch.manual_seed(seed)
+    peft_model = apply_lora(model, r=r, alpha=alpha, dropout=0.0)
+    with torch.no_grad():
+        for param in peft_model.parameters():
+            if param.requires_grad:
+                param.add_(torch.randn_like(param) * scale)
+    peft_model.save_pretrained(path)
+    return str(path)

@@ -13,8 +13,8 @@ from omegaconf import open_dict
 from lightning_da.distributed import batch_aligned_shard
 from lightning_da.errors import UserError
 from lightning_da.evaluation import run_evaluate
-from lightning_da.models import TinyRandomLlama, apply_lora
-from tests.conftest import CONF
+from lightning_da.models import TinyRandomLlama
+from tests.conftest import CONF, random_adapter
 
 ROOT = Path(__file__).resolve().parents[1]
 SELECTORS = {"first", "latent_sim", "random", "kl", "perplexity", "self_certainty", "majority_vote", "val_best_layer", "oracle_best_layer"}
@@ -22,28 +22,13 @@ SELECTORS = {"first", "latent_sim", "random", "kl", "perplexity", "self_certaint
 
 @pytest.fixture(scope="module")
 def adapter(tmp_path_factory, tiny_source):
-    torch.manual_seed(0)
-    model = apply_lora(tiny_source.load_model(), r=4, alpha=8, dropout=0.0)
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.requires_grad:
-                param.add_(torch.randn_like(param) * 0.1)
-    path = tmp_path_factory.mktemp("adapter")
-    model.save_pretrained(path)
-    return str(path)
+    return random_adapter(tmp_path_factory.mktemp("adapter"), tiny_source.load_model())
 
 
 @pytest.fixture(scope="module")
 def deep_adapter(tmp_path_factory):
     """An adapter on a 13-layer tiny student, so every selector's default layer (12) exists."""
-    model = apply_lora(TinyRandomLlama(num_hidden_layers=13, seed=1).load_model(), r=2, alpha=4, dropout=0.0)
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.requires_grad:
-                param.add_(torch.randn_like(param) * 0.1)
-    path = tmp_path_factory.mktemp("deep_adapter")
-    model.save_pretrained(path)
-    return str(path)
+    return random_adapter(tmp_path_factory.mktemp("deep_adapter"), TinyRandomLlama(num_hidden_layers=13, seed=1).load_model(), r=2, alpha=4)
 
 
 def evaluate_cfg(tmp_path, *overrides):

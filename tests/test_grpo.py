@@ -14,12 +14,13 @@ from lightning_da.data.rl import RLPromptDataModule
 from lightning_da.formats import prefix_ids
 from lightning_da.generation import SamplingConfig
 from lightning_da.judges import RefusalPrefixJudge, Verdict
-from lightning_da.models import TinyRandomLlama, apply_lora
+from lightning_da.models import TinyRandomLlama
 from lightning_da.models.lora import load_adapter
 from lightning_da.modules import GRPOModule
 from lightning_da.modules.grpo import _pad
 from lightning_da.pipeline import run_train
 from lightning_da.rewards import JudgeSafety, SoftOverlongPenalty, arithmetic_correct, format_reward
+from tests.conftest import random_adapter
 
 ROWS = [{"prompt": f"Question {i}: what is {i} + {i}?", "task": "number", "answer": str(2 * i)} for i in range(8)]
 
@@ -36,15 +37,7 @@ def first_token_parity(prompts, completions, completion_ids, task, **row):
 
 @pytest.fixture(scope="module")
 def init_adapter(tmp_path_factory):
-    torch.manual_seed(0)
-    model = apply_lora(TinyRandomLlama(seed=1).load_model(), r=4, alpha=8, dropout=0.0)
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.requires_grad:
-                param.add_(torch.randn_like(param) * 0.05)
-    path = tmp_path_factory.mktemp("sft_adapter")
-    model.save_pretrained(path)
-    return str(path)
+    return random_adapter(tmp_path_factory.mktemp("sft_adapter"), TinyRandomLlama(seed=1).load_model(), scale=0.05)
 
 
 def make_module(tokenizer, init_adapter, *, reward=low_token_reward, lr=1e-3, **overrides):
