@@ -1,11 +1,14 @@
-"""Checks on a checkpoint to resume from, done before any long work (teacher generation, judging)."""
+"""A checkpoint to resume from: found (`ckpt_path=last` or a run directory) and checked before any
+long work (teacher generation, judging); and the W&B run a resumed run continues."""
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 
 import torch
 
+from lightning_da.atomic import write_text_atomic
 from lightning_da.errors import UserError
 
 
@@ -27,3 +30,40 @@ def check_checkpoint(path: str | Path | None, key: str = "ckpt_path") -> None:
         raise UserError(f"{key}={path} is not a readable checkpoint ({reason}); {fix}") from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise UserError(f"{key}={path} is not a Lightning checkpoint (no state_dict); {fix}")
+
+
+WANDB_ID_FILE = "wandb_run_id"
+
+
+def resolve_checkpoint(ckpt_path, output_dir: str | Path, key: str = "ckpt_path") -> Path | None:
+    """`last`: this run directory's `checkpoints/last.ckpt` (resume in place with
+    `hydra.run.dir=<run>`); a run directory: its `checkpoints/last.ckpt`; a file: itself. Checked."""
+    if ckpt_path is None:
+        return None
+    if str(ckpt_path) == "last":
+        path = Path(output_dir) / "checkpoints" / "last.ckpt"
+        if not path.is_file():
+            raise UserError(f"{key}=last: {path} does not exist; resume in place with hydra.run.dir=<the run's directory> "
+                            f"{key}=last, or set {key}=<a run directory or a .ckpt>")
+    else:
+        path = Path(ckpt_path)
+        if path.is_dir():
+            path = path / "checkpoints" / "last.ckpt"
+    check_checkpoint(path, key)
+    return path
+
+
+def wandb_run_id(output_dir: str | Path, checkpoint: Path | None) -> str:
+    """The W&B run this run logs to: the resumed run's (kept beside its checkpoints), else this run
+    directory's (a resume in place, or DDP's other ranks), else a new one, written into this run
+    directory so a later resume finds it."""
+    target = Path(output_dir) / WANDB_ID_FILE
+    for source in ([checkpoint.parent.parent / WANDB_ID_FILE] if checkpoint is not None else []) + [target]:
+        if source.is_file():
+            run_id = source.read_text().strip()
+            break
+    else:
+        run_id = secrets.token_hex(4)  # W&B takes any [a-z0-9] id
+    if not target.is_file() or target.read_text().strip() != run_id:
+        write_text_atomic(target, run_id + "\n")
+    return run_id

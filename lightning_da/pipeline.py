@@ -14,7 +14,7 @@ from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_da.atomic import save_dir_atomic, write_text_atomic
-from lightning_da.checkpoints import check_checkpoint
+from lightning_da.checkpoints import resolve_checkpoint, wandb_run_id
 from lightning_da.data.filtering import judge_counts, judge_traces
 from lightning_da.data.prompts import prompts_fingerprint
 from lightning_da.data.traces import TraceCache, generate_traces
@@ -87,7 +87,7 @@ def run_train(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
     # Fail on what the user can fix now, not after hours of teacher generation or rollouts.
     check_accelerator(cfg.trainer)
-    check_checkpoint(cfg.ckpt_path)
+    checkpoint = resolve_checkpoint(cfg.ckpt_path, cfg.paths.output_dir)
     instantiate(cfg.judge).check()  # its weights load only when it first judges
     student = instantiate(cfg.student.model)
     tokenizer = student.load_tokenizer()
@@ -97,7 +97,7 @@ def run_train(cfg: DictConfig) -> dict[str, float]:
     module, datamodule, data_metrics, log_data = prepare(cfg, student, tokenizer)
     # Seed again: training must not depend on whether teacher sampling ran in this process or was cached.
     L.seed_everything(cfg.seed, workers=True)
-    return _fit(cfg, module, datamodule, tokenizer, data_metrics, log_data)
+    return _fit(cfg, module, datamodule, tokenizer, data_metrics, log_data, checkpoint)
 
 
 def _prepare_sft(cfg: DictConfig, student, tokenizer):
@@ -137,10 +137,14 @@ def _prepare_grpo(cfg: DictConfig, student, tokenizer):
     return module, datamodule, {"data/rl_prompts": len(rows)}, lambda logger: None
 
 
-def _fit(cfg: DictConfig, module, datamodule, tokenizer, data_metrics: dict, log_data) -> dict[str, float]:
-    """The Lightning Trainer from the config; then the adapter and metrics.json on rank 0."""
+def _fit(cfg: DictConfig, module, datamodule, tokenizer, data_metrics: dict, log_data, checkpoint: Path | None) -> dict[str, float]:
+    """The Lightning Trainer from the config (resuming `checkpoint`, and its W&B run); then the
+    adapter and metrics.json on rank 0."""
     output_dir = Path(cfg.paths.output_dir)
-    logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    logger = False
+    if cfg.get("logger"):
+        is_wandb = cfg.logger.get("_target_", "").endswith("WandbLogger")
+        logger = instantiate(cfg.logger, **({"id": wandb_run_id(output_dir, checkpoint), "resume": "allow"} if is_wandb else {}))
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     trainer: L.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks)
     if trainer.is_global_zero and logger:
@@ -148,7 +152,7 @@ def _fit(cfg: DictConfig, module, datamodule, tokenizer, data_metrics: dict, log
         logger.log_metrics(data_metrics, step=0)
         log_data(logger)
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint, weights_only=True)
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     metrics.update(data_metrics)

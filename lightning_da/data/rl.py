@@ -7,9 +7,9 @@ import random
 from dataclasses import dataclass
 
 import lightning as L
-import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 
+from lightning_da.data.loaders import EpochShuffle, ResumableDataLoader, ResumesMidEpoch
 from lightning_da.errors import UserError, check_at_least
 
 
@@ -35,46 +35,7 @@ class PromptMixture:
         return rows
 
 
-class EpochShuffle(Sampler):
-    """A fresh seeded permutation each epoch, a function of (seed, epoch) alone, so a resumed run
-    sees the order the interrupted one would have (Lightning calls `set_epoch`)."""
-
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed, self.epoch = n, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self):
-        return iter(torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist())
-
-    def __len__(self) -> int:
-        return self.n
-
-
-class ResumableDataLoader(DataLoader):
-    """A DataLoader whose place in the epoch is in the checkpoint: Lightning saves `state_dict`,
-    and a resumed run skips the batches the interrupted one had consumed."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._consumed, self._skip = 0, 0
-
-    def __iter__(self):
-        skip, self._skip, self._consumed = self._skip, 0, 0
-        for index, batch in enumerate(super().__iter__()):
-            if index >= skip:
-                self._consumed = index + 1
-                yield batch
-
-    def state_dict(self) -> dict:
-        return {"consumed": self._consumed}
-
-    def load_state_dict(self, state: dict) -> None:
-        self._skip = state["consumed"]
-
-
-class RLPromptDataModule(L.LightningDataModule):
+class RLPromptDataModule(ResumesMidEpoch, L.LightningDataModule):
     """Batches of `prompts_per_step` prompt rows per rank, reshuffled each epoch (seeded), and
     `val_prompts` held-out rows for validation (0: no validation)."""
 
@@ -93,7 +54,7 @@ class RLPromptDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         # Rows stay rows (collate_fn=list): generation tokenises them itself.
         return ResumableDataLoader(self.train_rows, batch_size=self.prompts_per_step, sampler=EpochShuffle(len(self.train_rows), self.seed),
-                                   collate_fn=list, drop_last=True)
+                                   collate_fn=list, drop_last=True, resume_at=self.resume_at)
 
     def val_dataloader(self) -> DataLoader | list:
         if not self.val_rows:

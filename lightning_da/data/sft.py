@@ -10,6 +10,7 @@ import lightning as L
 from torch.utils.data import DataLoader
 from transformers import DataCollatorForSeq2Seq, PreTrainedTokenizerBase
 
+from lightning_da.data.loaders import EpochShuffle, ResumableDataLoader, ResumesMidEpoch
 from lightning_da.errors import UserError
 from lightning_da.formats import IGNORE_INDEX, completion_ids, prompt_ids
 
@@ -27,7 +28,7 @@ def sft_example(tokenizer: PreTrainedTokenizerBase, prompt: str, output: str, ma
     }
 
 
-class SFTDataModule(L.LightningDataModule):
+class SFTDataModule(ResumesMidEpoch, L.LightningDataModule):
     """Kept teacher traces -> tokenised (cached by `datasets`) train/val splits, right-padded batches."""
 
     def __init__(
@@ -75,7 +76,8 @@ class SFTDataModule(L.LightningDataModule):
         self.train_set, self.val_set = split["train"], split["test"]
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, collate_fn=self.collate, num_workers=self.num_workers)
+        return ResumableDataLoader(self.train_set, batch_size=self.batch_size, sampler=EpochShuffle(len(self.train_set), self.seed),
+                                   collate_fn=self.collate, num_workers=self.num_workers, resume_at=self.resume_at)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_set, batch_size=self.batch_size, collate_fn=self.collate, num_workers=self.num_workers)

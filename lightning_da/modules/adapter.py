@@ -4,6 +4,7 @@ warm-up schedule, checkpoints that hold only the trainable weights, and the peft
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Callable
 from pathlib import Path
 
@@ -51,6 +52,43 @@ class AdapterModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         trainable = {name for name, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+        self._settle_pending_scheduler_step(checkpoint)
+        # Dropout masks after a resume are the ones the uninterrupted run would have drawn.
+        checkpoint["rng"] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+        if torch.cuda.is_available():
+            checkpoint["rng"]["cuda"] = torch.cuda.get_rng_state_all()
+
+    def _settle_pending_scheduler_step(self, checkpoint: dict) -> None:
+        """A checkpoint taken in `on_train_batch_end` (every_n_train_steps) comes before Lightning steps
+        the LR schedulers for that batch: store the states after that step, or a resumed run would
+        train one step behind the schedule."""
+        trainer = self._trainer
+        if trainer is None or not self.automatic_optimization or "lr_schedulers" not in checkpoint:
+            return
+        for config, saved in zip(trainer.lr_scheduler_configs, checkpoint["lr_schedulers"], strict=True):
+            scheduler = config.scheduler
+            if config.interval != "step" or config.frequency != 1 or saved.get("last_epoch") != trainer.global_step - 1:
+                continue
+            groups = scheduler.optimizer.param_groups
+            before_lrs = [g["lr"] for g in groups]
+            scheduler.step()
+            saved.update(scheduler.state_dict())
+            after_lrs = [g["lr"] for g in groups]
+            scheduler.load_state_dict({**saved, "last_epoch": saved["last_epoch"] - 1, "_step_count": saved["_step_count"] - 1})
+            for group, lr in zip(groups, before_lrs, strict=True):
+                group["lr"] = lr
+            index = trainer.optimizers.index(scheduler.optimizer)
+            for group, lr in zip(checkpoint["optimizer_states"][index]["param_groups"], after_lrs, strict=True):
+                group["lr"] = lr
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        rng = checkpoint.get("rng")
+        if rng is None:
+            return
+        torch.set_rng_state(rng["torch"])
+        random.setstate(rng["python"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
 
     def save_adapter(self, directory: str | Path, tokenizer=None) -> None:
         """The adapter in peft format (plus the tokenizer, so the directory is self-contained)."""
