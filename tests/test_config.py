@@ -102,3 +102,17 @@ def test_trainer_keys_users_reach_for_need_no_plus(compose_train):
     assert trainer.fit_loop.max_steps == 10
     defaults = instantiate(compose_train("trainer.accelerator=cpu").trainer, logger=False, enable_checkpointing=False)
     assert (defaults.max_steps, defaults.limit_train_batches, defaults.max_epochs) == (-1, 1.0, 3)  # Lightning's own defaults
+
+
+def test_grpo_grid_experiment_is_the_papers_grid_and_starts_from_the_sft_grid(compose_train):
+    cfg = compose_train("experiment=grpo_grid")
+    assert cfg.algorithm.name == "grpo" and cfg.data.harmful.name == "UCSC-VLAA/STAR-41K"
+    assert cfg.judge.model.name == "meta-llama/Llama-Guard-3-8B" and cfg.trainer.precision == "bf16-mixed"
+    grid = OmegaConf.load(ROOT / "conf" / "experiment" / "grpo_grid.yaml").hydra.sweeper.params
+    teachers, students = grid.teacher.split(","), grid.student.split(",")
+    assert len(teachers) * len(students) == 12 and set(teachers) <= set(TEACHERS) and set(students) <= set(STUDENTS)
+    out = subprocess.run([sys.executable, "train.py", "experiment=grpo_grid", "teacher=r1_llama_8b", "student=gemma3_1b", "--cfg", "job",
+                          "--resolve"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert "init_adapter: outputs/sft_grid/r1_llama_8b__gemma3_1b/adapter" in out
+    sft = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "experiment" / "sft_grid.yaml").hydra.sweep)
+    assert (sft["dir"], sft["subdir"]) == ("outputs/sft_grid", "${hydra:runtime.choices.teacher}__${hydra:runtime.choices.student}")
