@@ -16,7 +16,8 @@ How GRPO maps onto Lightning's loop (manual optimization):
   micro-batches of `micro_batch_size` rollouts whose gradients accumulate (accumulation lives
   here, not in `trainer.accumulate_grad_batches`), so one training step makes mu optimizer steps
   and `trainer.max_steps` counts optimizer steps. With mu = 1 the old log-probabilities are the
-  current ones detached (ratio 1); with mu > 1 they are computed once, before the first pass.
+  current ones detached (ratio 1); with mu > 1 they are computed once, before the first pass, in
+  eval mode like the sampling.
 - The reference forward runs once per rollout batch, only when `beta` > 0.
 - Log-probabilities are of logits / sampling temperature, the distribution the rollouts came from.
 """
@@ -308,7 +309,7 @@ class GRPOModule(AdapterModule):
                 stats["loss"] += float(terms.loss.detach()) * scale / self.num_iterations
                 stats["clip_low"] += float(terms.clip_low) * per_micro / self.num_iterations
                 stats["clip_high"] += float(terms.clip_high) * per_micro / self.num_iterations
-                stats["kl"] += float(terms.kl or 0.0) * per_micro / self.num_iterations
+                stats["kl"] += (float(terms.kl) if terms.kl is not None else 0.0) * per_micro / self.num_iterations
                 stats["entropy"] += float((entropy * l_mask).sum() / l_mask.sum().clamp(min=1)) * per_micro / self.num_iterations
             if self.max_grad_norm:
                 self.clip_gradients(optimizer, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm")
