@@ -38,7 +38,7 @@ from lightning_da.formats import prefix_ids
 from lightning_da.generation import SamplingConfig, sample_completions
 from lightning_da.models.lora import apply_lora, load_adapter
 from lightning_da.modules.adapter import AdapterModule
-from lightning_da.modules.grpo_losses import LOSS_TYPES, group_advantages, grpo_loss
+from lightning_da.modules.grpo_losses import LOSS_TYPES, combine_rewards, group_advantages, grpo_loss
 
 REFERENCES = ("base", "init_adapter")
 
@@ -229,8 +229,7 @@ class GRPOModule(AdapterModule):
             group.rewards = rewards[k * self.num_generations : (k + 1) * self.num_generations]
 
     def _combined_std(self, group: Group) -> float:
-        weights = torch.tensor(self.reward_weights)
-        return float(torch.nansum(group.rewards * weights, dim=1).std())
+        return float(combine_rewards(group.rewards, self.reward_weights).std())
 
     # -- the training step ---------------------------------------------------------------------
 
@@ -332,8 +331,7 @@ class GRPOModule(AdapterModule):
     # -- logging ----------------------------------------------------------------------------------
 
     def _log_step(self, groups, rewards, advantages, truncated, completion_mask, stats) -> None:
-        weights = torch.tensor(self.reward_weights, device=rewards.device)
-        combined = torch.nansum(rewards * weights, dim=1)
+        combined = combine_rewards(rewards, self.reward_weights)
         metrics = {
             "train/loss": stats["loss"],
             "train/reward": float(combined.mean()),
@@ -392,5 +390,5 @@ class GRPOModule(AdapterModule):
     def validation_step(self, batch: list[dict], batch_idx: int) -> None:
         groups = self.generate_groups(batch, seed=self.seed + batch_idx)
         rewards = torch.cat([g.rewards for g in groups])
-        combined = torch.nansum(rewards * torch.tensor(self.reward_weights), dim=1)
+        combined = combine_rewards(rewards, self.reward_weights)
         self.log("val/reward", float(combined.mean()), prog_bar=True, sync_dist=True, batch_size=len(combined))
