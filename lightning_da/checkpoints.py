@@ -12,8 +12,16 @@ from lightning_da.atomic import write_text_atomic
 from lightning_da.errors import UserError
 
 
-def check_checkpoint(path: str | Path | None, key: str = "ckpt_path") -> None:
+SHARDED_METADATA = "meta.pt"  # what Lightning writes beside the shards of an FSDP checkpoint
+
+
+def is_sharded(path: Path) -> bool:
+    return path.is_dir() and (path / SHARDED_METADATA).is_file()
+
+
+def check_checkpoint(path: str | Path | None, key: str = "ckpt_path", *, sharded: bool = False) -> None:
     """A readable Lightning checkpoint at `path` (None: nothing to resume), or a one-line UserError.
+    `sharded`: the run shards its model (trainer=fsdp), so a sharded checkpoint directory is one too.
 
     Loaded memory-mapped with `weights_only=True`: cheap, and nothing in it can run code.
     """
@@ -21,35 +29,40 @@ def check_checkpoint(path: str | Path | None, key: str = "ckpt_path") -> None:
         return
     path = Path(path)
     fix = f"point {key} at a .ckpt this framework wrote (a run's checkpoints/last.ckpt), or drop it to start fresh"
-    if not path.is_file():
+    if is_sharded(path):
+        if not sharded:
+            raise UserError(f"{key}={path} is a sharded (FSDP) checkpoint; resume it with trainer=fsdp")
+        path = path / SHARDED_METADATA  # the shards themselves are read by every rank inside fit
+    elif not path.is_file():
         raise UserError(f"{key}={path} does not exist; {fix}")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0]  # the first sentence
         raise UserError(f"{key}={path} is not a readable checkpoint ({reason}); {fix}") from None
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+    if not isinstance(checkpoint, dict) or not ("state_dict" in checkpoint or path.name == SHARDED_METADATA):
         raise UserError(f"{key}={path} is not a Lightning checkpoint (no state_dict); {fix}")
 
 
 WANDB_ID_FILE = "wandb_run_id"
 
 
-def resolve_checkpoint(ckpt_path, output_dir: str | Path, key: str = "ckpt_path") -> Path | None:
+def resolve_checkpoint(ckpt_path, output_dir: str | Path, key: str = "ckpt_path", *, sharded: bool = False) -> Path | None:
     """`last`: this run directory's `checkpoints/last.ckpt` (resume in place with
-    `hydra.run.dir=<run>`); a run directory: its `checkpoints/last.ckpt`; a file: itself. Checked."""
+    `hydra.run.dir=<run>`); a run directory: its `checkpoints/last.ckpt`; a file (or, `sharded`, a
+    sharded checkpoint directory): itself. Checked."""
     if ckpt_path is None:
         return None
     if str(ckpt_path) == "last":
         path = Path(output_dir) / "checkpoints" / "last.ckpt"
-        if not path.is_file():
+        if not path.exists():
             raise UserError(f"{key}=last: {path} does not exist; resume in place with hydra.run.dir=<the run's directory> "
                             f"{key}=last, or set {key}=<a run directory or a .ckpt>")
     else:
         path = Path(ckpt_path)
-        if path.is_dir():
+        if path.is_dir() and not is_sharded(path):
             path = path / "checkpoints" / "last.ckpt"
-    check_checkpoint(path, key)
+    check_checkpoint(path, key, sharded=sharded)
     return path
 
 

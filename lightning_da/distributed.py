@@ -9,6 +9,7 @@ import torch
 from omegaconf import DictConfig
 
 from lightning_da.errors import UserError
+from lightning_da.fsdp import uses_fsdp
 
 # The `trainer` group's keys that say where evaluation runs; the rest are training-only.
 FABRIC_KEYS = ("accelerator", "devices", "strategy", "num_nodes")
@@ -28,6 +29,9 @@ def check_accelerator(trainer_cfg: DictConfig) -> None:
 def launch_fabric(trainer_cfg: DictConfig) -> L.Fabric:
     """A launched Fabric from the `trainer` group: under `trainer=ddp` this re-runs the script once per rank."""
     check_accelerator(trainer_cfg)
+    if uses_fsdp(trainer_cfg):
+        raise UserError("evaluate.py runs data parallel (each rank a whole model); use trainer=ddp, or for a student "
+                        "too big for one GPU trainer=gpu student.model.device_map=auto")
     fabric = L.Fabric(**{key: trainer_cfg[key] for key in FABRIC_KEYS if key in trainer_cfg})
     fabric.launch()
     return fabric

@@ -20,6 +20,7 @@ from lightning_da.data.prompts import prompts_fingerprint
 from lightning_da.data.traces import TraceCache, generate_traces
 from lightning_da.distributed import check_accelerator
 from lightning_da.errors import UserError
+from lightning_da.fsdp import uses_fsdp
 from lightning_da.generation import sample_chats
 from lightning_da.models.lora import check_adapter_dir
 
@@ -87,7 +88,7 @@ def run_train(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
     # Fail on what the user can fix now, not after hours of teacher generation or rollouts.
     check_accelerator(cfg.trainer)
-    checkpoint = resolve_checkpoint(cfg.ckpt_path, cfg.paths.output_dir)
+    checkpoint = resolve_checkpoint(cfg.ckpt_path, cfg.paths.output_dir, sharded=uses_fsdp(cfg.trainer))
     instantiate(cfg.judge).check()  # its weights load only when it first judges
     student = instantiate(cfg.student.model)
     tokenizer = student.load_tokenizer()
@@ -156,8 +157,9 @@ def _fit(cfg: DictConfig, module, datamodule, tokenizer, data_metrics: dict, log
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     metrics.update(data_metrics)
+    adapter = module.gather_adapter()  # a collective under FSDP: before the rank-0 branch
     if trainer.is_global_zero:
-        save_dir_atomic(output_dir / "adapter", lambda d: module.save_adapter(d, tokenizer))
+        save_dir_atomic(output_dir / "adapter", lambda d: module.save_adapter(d, tokenizer, adapter))
         write_text_atomic(output_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
         summary = ", ".join(f"{k} {metrics[k]:.4f}" for k in ("train/loss", "val/loss", "train/reward") if k in metrics)
         log.info("done: %s; adapter in %s", summary, output_dir / "adapter")

@@ -152,7 +152,8 @@ def _repeat(cache: DynamicCache, rows: int) -> DynamicCache:
     return cache
 
 
-@torch.inference_mode()
+# no_grad, not inference_mode: the training callback scores with a model FSDP may shard.
+@torch.no_grad()
 def score_candidates(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,

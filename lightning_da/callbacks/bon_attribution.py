@@ -41,7 +41,7 @@ class BoNAttributionCallback(L.Callback):
         if self.prompts is None:
             self.prompts = [r["prompt"] for r in self.benchmark.load()[: self.n_prompts]]
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: FSDP reuses what it gathers here in training
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not self.prompts:
             return

@@ -41,7 +41,8 @@ def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[
     return ids | {tokenizer.eos_token_id}
 
 
-@torch.inference_mode()
+# no_grad, not inference_mode: under FSDP the layers gathered here are reused by training.
+@torch.no_grad()
 def sample_completions(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -52,10 +53,12 @@ def sample_completions(
     batch_size: int = 8,
     seed: int = 0,
     progress: bool = True,
+    synced_gpus: bool = False,
 ) -> list[list[Completion]]:
     """`n` completions after each prompt's shared prefix (chat template + `<think>`), as sampled
     token ids. Batch k of `batch_size` prompts is seeded `seed + k x batch_size`, so it samples the
-    same whatever ran before it (or on another rank)."""
+    same whatever ran before it (or on another rank). `synced_gpus`: every rank keeps stepping until
+    all are done, as a sharded model needs (each step gathers its layers from every rank)."""
     device = next(model.parameters()).device
     eos = _eos_ids(model, tokenizer)
     out: list[list[Completion]] = []
@@ -74,6 +77,7 @@ def sample_completions(
         generated = model.generate(
             input_ids=ids.repeat_interleave(n, dim=0), attention_mask=mask.repeat_interleave(n, dim=0),
             past_key_values=cache, **sampling.generate_kwargs(), pad_token_id=tokenizer.pad_token_id,
+            synced_gpus=synced_gpus,
         )
         rows = []
         for row in generated[:, ids.size(1):].tolist():

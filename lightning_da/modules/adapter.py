@@ -11,6 +11,8 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from lightning_da.distributed import all_gather_objects
+
 
 class AdapterModule(L.LightningModule):
     """`student` is a model source (see `lightning_da.models`); subclasses build `self.model` in
@@ -31,7 +33,7 @@ class AdapterModule(L.LightningModule):
     def load_student(self):
         model = self.student.load_model()
         if self.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
+            model.activation_checkpointing_enable()
             model.enable_input_require_grads()
         return model
 
@@ -53,10 +55,12 @@ class AdapterModule(L.LightningModule):
         trainable = {name for name, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
         self._settle_pending_scheduler_step(checkpoint)
-        # Dropout masks after a resume are the ones the uninterrupted run would have drawn.
-        checkpoint["rng"] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+        # Dropout masks after a resume are the ones the uninterrupted run would have drawn, on every
+        # rank: ranks draw different amounts (their batches differ in length), so each keeps its own.
+        rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
         if torch.cuda.is_available():
-            checkpoint["rng"]["cuda"] = torch.cuda.get_rng_state_all()
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        checkpoint["rng"] = all_gather_objects(rng, self.trainer.world_size)
 
     def _settle_pending_scheduler_step(self, checkpoint: dict) -> None:
         """A checkpoint taken in `on_train_batch_end` (every_n_train_steps) comes before Lightning steps
@@ -82,16 +86,31 @@ class AdapterModule(L.LightningModule):
                 group["lr"] = lr
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        rng = checkpoint.get("rng")
-        if rng is None:
+        if not checkpoint.get("rng"):
             return
+        rng = checkpoint["rng"][self.global_rank % len(checkpoint["rng"])]  # rank 0's on more ranks than saved
         torch.set_rng_state(rng["torch"])
         random.setstate(rng["python"])
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
 
-    def save_adapter(self, directory: str | Path, tokenizer=None) -> None:
-        """The adapter in peft format (plus the tokenizer, so the directory is self-contained)."""
-        self.model.save_pretrained(directory)
+    def gather_adapter(self) -> dict[str, torch.Tensor] | None:
+        """Under FSDP, the trainable weights whole, in peft's names (every rank must call it; the
+        frozen base is never gathered). On GPU they go to rank 0's CPU ({} elsewhere); CPU processes
+        each keep them. Otherwise None: `save_adapter` reads the model itself."""
+        from lightning.pytorch.strategies import ModelParallelStrategy
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        strategy = self._trainer.strategy if self._trainer else None
+        if not isinstance(strategy, ModelParallelStrategy):
+            return None
+        offload = strategy.root_device.type == "cuda"
+        options = StateDictOptions(full_state_dict=True, cpu_offload=offload, ignore_frozen_params=True)
+        return get_model_state_dict(self.model, options=options)
+
+    def save_adapter(self, directory: str | Path, tokenizer=None, state_dict: dict | None = None) -> None:
+        """The adapter in peft format (plus the tokenizer, so the directory is self-contained);
+        `state_dict` from `gather_adapter` under FSDP."""
+        self.model.save_pretrained(directory, **({"state_dict": state_dict} if state_dict is not None else {}))
         if tokenizer is not None:
             tokenizer.save_pretrained(directory)

@@ -156,6 +156,17 @@ class GRPOModule(AdapterModule):
             # The frozen initial adapter: a copy of the trainable weights, swapped in for the reference forward.
             self._reference_weights = {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
 
+    def _sharded(self) -> bool:
+        from lightning.pytorch.strategies import ModelParallelStrategy
+
+        return isinstance(self.trainer.strategy, ModelParallelStrategy) and self.trainer.world_size > 1
+
+    def on_fit_start(self) -> None:
+        if self._reference_weights is not None and self._sharded():
+            # FSDP gathers each layer from its own copy of the shards, not from the parameters swapped here.
+            raise UserError("algorithm.module.reference=init_adapter cannot run under trainer=fsdp; use "
+                            "algorithm.module.reference=base, or trainer=ddp")
+
     @contextlib.contextmanager
     def reference_policy(self):
         """The reference model in place of the policy: the base (adapter disabled) or the initial adapter."""
@@ -181,7 +192,8 @@ class GRPOModule(AdapterModule):
         mask = torch.cat([prompt_mask, completion_mask], dim=1)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         width = completion_ids.size(1)
-        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=width + 1).logits
+        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=width + 1,
+                            use_cache=False).logits
         logits = logits[:, :-1].float() / self.sampling.temperature
         normaliser = logits.logsumexp(-1)
         logp = logits.gather(-1, completion_ids[..., None]).squeeze(-1) - normaliser
@@ -201,7 +213,7 @@ class GRPOModule(AdapterModule):
         try:
             sampled = sample_completions(self.model, self.tokenizer, [r["prompt"] for r in rows], n=self.num_generations,
                                          sampling=self.sampling, batch_size=self.generation_batch_size, seed=seed,
-                                         progress=False)
+                                         progress=False, synced_gpus=self._sharded())
         finally:
             self.model.train(was_training)
         groups = []

@@ -37,7 +37,9 @@ class SFTModule(AdapterModule):
         self.model = model.train()  # from_pretrained returns eval mode; LoRA dropout must be live
 
     def forward(self, batch: dict) -> torch.Tensor:
-        return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+        # No KV cache: nothing reads it, and a checkpointed layer would append to it again when recomputed.
+        return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
+                          use_cache=False).loss
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         self._batch_started = time.perf_counter()
