@@ -11,7 +11,6 @@ import torch
 from lightning_da.atomic import write_text_atomic
 from lightning_da.errors import UserError
 
-
 SHARDED_METADATA = "meta.pt"  # what Lightning writes beside the shards of an FSDP checkpoint
 
 

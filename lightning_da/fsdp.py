@@ -101,7 +101,10 @@ class AdapterFSDPStrategy(ModelParallelStrategy):
         if not _is_sharded_checkpoint(path):
             return super().load_checkpoint(path, weights_only=weights_only)
         from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions, get_model_state_dict, get_optimizer_state_dict, set_optimizer_state_dict,
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+            set_optimizer_state_dict,
         )
 
         # Only the trainable weights were saved (AdapterModule.on_save_checkpoint): read back just those.
