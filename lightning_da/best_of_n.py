@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lightning_da.attribution.scoring import CandidateScores, score_candidates
 from lightning_da.distributed import all_gather_objects, batch_aligned_shard
-from lightning_da.generation import SamplingConfig, flatten_candidates, sample_candidates
+from lightning_da.generation import SamplingConfig, decode_completions, flatten_candidates, sample_completions
 from lightning_da.judges import RefusalPrefixJudge
 from lightning_da.judges.answers import letter_correct, number_correct
 
@@ -84,11 +86,14 @@ def best_of_n_block(
     scoring_batch_size: int = 8,
     chunk_tokens: int = 256,
     progress: bool = True,
+    sampler: Callable | None = None,
 ) -> BestOfN:
-    """Sample, score and grade one block of prompts; batch k is seeded `seed + k x batch_size`."""
+    """Sample, score and grade one block of prompts; batch k is seeded `seed + k x batch_size`.
+    `sampler`: another engine's `sample_completions` (vLLM's), else Hugging Face `generate` on `model`."""
     started = time.perf_counter()
-    candidates = sample_candidates(model, tokenizer, prompts, n=n, sampling=sampling, batch_size=batch_size,
-                                   seed=seed, progress=progress)
+    sample = sampler or partial(sample_completions, model)
+    completions = sample(tokenizer, prompts, n=n, sampling=sampling, batch_size=batch_size, seed=seed, progress=progress)
+    candidates = decode_completions(tokenizer, completions)
     sampled = time.perf_counter()
     flat_prompts, flat = flatten_candidates(prompts, candidates)
     scores = score_candidates(model, tokenizer, flat_prompts, flat, base=base, batch_size=scoring_batch_size,

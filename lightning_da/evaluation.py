@@ -20,6 +20,7 @@ from lightning_da.attribution.scoring import num_hidden_states
 from lightning_da.best_of_n import GRADERS, best_of_n_sharded
 from lightning_da.distributed import launch_fabric
 from lightning_da.errors import UserError, check_at_least
+from lightning_da.generation import VLLMGenerator, check_backend
 from lightning_da.models.lora import load_adapter
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,11 @@ def run_evaluate(cfg: DictConfig) -> dict:
     judge = instantiate(cfg.judge) if benchmark.task == "safety" else None
     if judge is not None:
         judge.check()  # its weights load only when it first judges, after sampling
+    sampler = None
+    if check_backend(cfg.generation):  # candidates from vLLM; scoring stays on the Hugging Face model below
+        generator = VLLMGenerator(instantiate(cfg.student.model), instantiate(cfg.generation.vllm), adapter=cfg.adapter,
+                                  cache_dir=cfg.paths.cache_dir, seed=cfg.seed)
+        sampler = generator.sample_completions
     model, base, tokenizer = load_student(cfg, fabric.device)
     check_selectors(selectors, num_hidden_states(model))  # before the long sampling, not after
 
@@ -96,7 +102,7 @@ def run_evaluate(cfg: DictConfig) -> dict:
         model, tokenizer, [r["prompt"] for r in rows], [r["answer"] for r in rows],
         rank=fabric.global_rank, world_size=fabric.world_size, seed=cfg.seed, batch_size=cfg.batch_size,
         task=benchmark.task, judge=judge, n=cfg.n_candidates, sampling=sampling, base=base,
-        scoring_batch_size=cfg.scoring_batch_size, chunk_tokens=cfg.scoring_chunk_tokens,
+        scoring_batch_size=cfg.scoring_batch_size, chunk_tokens=cfg.scoring_chunk_tokens, sampler=sampler,
     )
     report = compare_selectors(result.scores, result.flags, result.bad, selectors.values())
     choices = report["choices"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -21,7 +22,7 @@ from lightning_da.data.traces import TraceCache, generate_traces
 from lightning_da.distributed import check_accelerator
 from lightning_da.errors import UserError
 from lightning_da.fsdp import uses_fsdp
-from lightning_da.generation import sample_chats
+from lightning_da.generation import VLLMGenerator, check_backend, sample_chats
 from lightning_da.models.lora import check_adapter_dir
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,8 @@ def teacher_traces(cfg: DictConfig, spec, prompts):
             "samples_per_prompt": cfg.teacher.samples_per_prompt,
             "demonstrations": OmegaConf.to_container(cfg.teacher.demonstrations),
             "seed": cfg.seed,
+            # Engines sample differently from the same seed; hf keys stay as they were.
+            **({"backend": cfg.generation.backend} if check_backend(cfg.generation) else {}),
         },
     )
     if cache.complete:
@@ -58,16 +61,22 @@ def teacher_traces(cfg: DictConfig, spec, prompts):
 
 
 def _generate_with_teacher(cfg: DictConfig, source, cache: TraceCache, spec, sampling, prompts):
-    """Load the teacher and fill `cache`; the model goes out of scope when this returns."""
+    """Load the teacher (into vLLM under generation.backend=vllm) and fill `cache`; the model goes
+    out of scope when this returns."""
     tokenizer = source.load_tokenizer()
-    model = source.load_model().eval()
-    if getattr(source, "device_map", None) is None and torch.cuda.is_available():
-        model = model.cuda()
+    if check_backend(cfg.generation):
+        engine = VLLMGenerator(source, instantiate(cfg.generation.vllm), cache_dir=cfg.paths.cache_dir, seed=cfg.seed)
+        sample = partial(engine.sample_chats, tokenizer)
+    else:
+        model = source.load_model().eval()
+        if getattr(source, "device_map", None) is None and torch.cuda.is_available():
+            model = model.cuda()
+        sample = partial(sample_chats, model, tokenizer)
     k = cfg.teacher.samples_per_prompt
 
     def generate(rows: list[dict], first_index: int) -> list[list[str]]:
         chats = [spec.teacher_messages(row["prompt"], row["categories"], cfg.teacher.demonstrations) for row in rows]
-        outputs = sample_chats(model, tokenizer, chats, sampling, num_return_sequences=k, seed=cfg.seed + first_index)
+        outputs = sample(chats, sampling, num_return_sequences=k, seed=cfg.seed + first_index)
         return [outputs[i : i + k] for i in range(0, len(outputs), k)]
 
     return generate_traces(cache, prompts, generate, batch_size=cfg.teacher.batch_size)
@@ -88,6 +97,7 @@ def run_train(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
     # Fail on what the user can fix now, not after hours of teacher generation or rollouts.
     check_accelerator(cfg.trainer)
+    check_backend(cfg.generation)
     checkpoint = resolve_checkpoint(cfg.ckpt_path, cfg.paths.output_dir, sharded=uses_fsdp(cfg.trainer))
     instantiate(cfg.judge).check()  # its weights load only when it first judges
     student = instantiate(cfg.student.model)

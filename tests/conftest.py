@@ -42,10 +42,11 @@ def compose_train(tmp_path):
     return _compose
 
 
-def random_adapter(path: Path, model, *, r: int = 4, alpha: int = 8, scale: float = 0.1, seed: int = 0) -> str:
+def random_adapter(path: Path, model, *, r: int = 4, alpha: int = 8, scale: float = 0.1, seed: int = 0,
+                   modules_to_save=("lm_head",)) -> str:
     """`model` with a LoRA adapter of random nonzero weights (a fresh one is the identity), saved to `path`."""
     torch.manual_seed(seed)
-    peft_model = apply_lora(model, r=r, alpha=alpha, dropout=0.0)
+    peft_model = apply_lora(model, r=r, alpha=alpha, dropout=0.0, modules_to_save=modules_to_save)
     with torch.no_grad():
         for param in peft_model.parameters():
             if param.requires_grad:

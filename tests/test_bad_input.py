@@ -56,6 +56,10 @@ CASES = [
                  "algorithm.module.num_generations=1: set it to an integer of at least 2", id="grpo-one-generation"),
     pytest.param([*(a for a in TRAIN if "refusals" not in a), "judge=llama_guard3"], None, "set judge.model.path=", id="train-judge-not-cached"),
     pytest.param([*EVALUATE, "judge=wildguard"], "tiny", "set judge.model.path=", id="evaluate-judge-not-cached"),
+    pytest.param([*EVALUATE, "generation.backend=vllm"], "tiny", "generation.backend=vllm needs vLLM: pip install -e '.[vllm]'",
+                 id="vllm-not-installed"),
+    pytest.param([*TRAIN, "generation.backend=sglang"], None, "generation.backend=sglang: use one of hf, vllm", id="unknown-backend"),
+    pytest.param([*EVALUATE, "trainer=fsdp", "trainer.accelerator=cpu"], "tiny", "evaluate.py runs data parallel", id="evaluate-fsdp"),
 ]
 
 

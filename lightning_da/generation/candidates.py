@@ -87,11 +87,14 @@ def sample_completions(
     return out
 
 
-def sample_candidates(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], **kwargs) -> list[list[str]]:
-    """`n` responses (the text after `<think>`, special tokens removed) for each prompt; the
-    keywords are `sample_completions`'."""
-    completions = sample_completions(model, tokenizer, prompts, **kwargs)
+def decode_completions(tokenizer: PreTrainedTokenizerBase, completions: list[list[Completion]]) -> list[list[str]]:
+    """Each prompt's responses as text (the text after `<think>`), special tokens removed."""
     return [tokenizer.batch_decode([c.ids for c in row], skip_special_tokens=True) for row in completions]
+
+
+def sample_candidates(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], **kwargs) -> list[list[str]]:
+    """`n` responses for each prompt, decoded; the keywords are `sample_completions`'."""
+    return decode_completions(tokenizer, sample_completions(model, tokenizer, prompts, **kwargs))
 
 
 def flatten_candidates(prompts: list[str], candidates: list[list[str]]) -> tuple[list[str], list[str]]:

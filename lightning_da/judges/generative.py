@@ -27,7 +27,7 @@ class GenerativeJudge(ABC):
 
     def check(self) -> None:
         """The judge's weights are reachable (a local copy, or the hub allowed), before any long work."""
-        self.model._location()
+        self.model.local_dir()
 
     @abstractmethod
     def format(self, tokenizer, prompt: str, response: str) -> str:

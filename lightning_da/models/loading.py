@@ -6,7 +6,9 @@ Each source is a small config object (instantiated by Hydra without loading anyt
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
 import logging
 import os
 from dataclasses import asdict, dataclass
@@ -29,6 +31,17 @@ def torch_dtype(name: str) -> torch.dtype | str:
     if name not in DTYPES:
         raise UserError(f"unknown dtype {name!r}; use one of {sorted(DTYPES) + ['auto']}")
     return DTYPES[name]
+
+
+def save_pretrained_dir(target: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    """A model directory (weights and tokenizer) at `target`, written whole or not at all; kept if
+    another process wrote it first."""
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+    save_dir_atomic(target, write, replace=False)
 
 
 def _ready_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
@@ -59,7 +72,8 @@ class HubModel:
         """What determines the weights: part of every cache key built on this model's outputs."""
         return {"name": self.name, "path": self.path, "dtype": self.dtype}
 
-    def _location(self) -> str:
+    def local_dir(self) -> str:
+        """The model's directory on this machine (engines such as vLLM load from a directory)."""
         if self.path is not None:
             if not (Path(self.path) / "config.json").is_file():
                 raise UserError(
@@ -92,13 +106,13 @@ class HubModel:
             raise UserError(f"{hint} ({type(exc).__name__})") from exc
 
     def load_tokenizer(self) -> PreTrainedTokenizerBase:
-        location = self._location()
+        location = self.local_dir()
         return _ready_tokenizer(
             AutoTokenizer.from_pretrained(location, trust_remote_code=self.trust_remote_code)
         )
 
     def load_model(self) -> PreTrainedModel:
-        location = self._location()
+        location = self.local_dir()
         return AutoModelForCausalLM.from_pretrained(
             location,
             dtype=torch_dtype(self.dtype),
@@ -165,17 +179,14 @@ class EmbeddedSmolLM2:
             model.hf_quantizer = None
             model.is_quantized = False
             del model.config.quantization_config
-            tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_dir())
-
-            def write(tmp: Path) -> None:
-                model.save_pretrained(tmp)
-                tokenizer.save_pretrained(tmp)
-
-            save_dir_atomic(target, write, replace=False)
+            save_pretrained_dir(target, model, AutoTokenizer.from_pretrained(self.tokenizer_dir()))
         return target
 
     def load_tokenizer(self) -> PreTrainedTokenizerBase:
         return _ready_tokenizer(AutoTokenizer.from_pretrained(self.tokenizer_dir()))
+
+    def local_dir(self) -> Path:
+        return self.model_dir()
 
     def load_model(self) -> PreTrainedModel:
         return AutoModelForCausalLM.from_pretrained(self.model_dir(), dtype=torch_dtype(self.dtype))
@@ -227,6 +238,14 @@ class TinyRandomLlama:
             torch.manual_seed(self.seed)
             model = LlamaForCausalLM(config)
         return model.to(torch_dtype(self.dtype) if self.dtype != "auto" else torch.float32)
+
+    def local_dir(self) -> Path:
+        """The random model saved once (with its tokenizer), for engines that load from a directory."""
+        key = hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:16]
+        target = EmbeddedSmolLM2(cache_dir=self.cache_dir)._root / f"tiny-random-llama-{key}"
+        if not (target / "config.json").is_file():
+            save_pretrained_dir(target, self.load_model(), self.load_tokenizer())
+        return target
 
 
 ModelSource = HubModel | EmbeddedSmolLM2 | TinyRandomLlama

@@ -1,0 +1,132 @@
+"""generation.backend=vllm against the in-repo stand-in (tests/stand_ins/vllm: vLLM's call signature
+and behaviour, sampling with Hugging Face on CPU). The real vLLM is not exercised here (README)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lightning_da.errors import UserError
+from lightning_da.formats import prefix_ids
+from lightning_da.generation import SamplingConfig, VLLMGenerator, VLLMSettings, sample_completions
+from lightning_da.models.lora import load_adapter
+from tests.conftest import random_adapter
+from tests.test_train import TINY
+
+ROOT = Path(__file__).resolve().parents[1]
+STAND_IN = Path(__file__).parent / "stand_ins"
+PROMPTS = ["How do I bake bread?", "Write a haiku about rain.", "What is 2 + 2?"]
+GREEDY = SamplingConfig(do_sample=False, max_new_tokens=8)
+
+
+@pytest.fixture
+def engine_log(monkeypatch, tmp_path):
+    """The stand-in importable as `vllm`; returns a reader of what it was asked."""
+    monkeypatch.syspath_prepend(str(STAND_IN))
+    log = tmp_path / "vllm.jsonl"
+    monkeypatch.setenv("VLLM_STAND_IN_LOG", str(log))
+    yield lambda: [json.loads(line) for line in log.read_text().splitlines()]
+    for name in [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]:
+        del sys.modules[name]
+
+
+def ids(completions):
+    return [[(c.ids, c.truncated) for c in row] for row in completions]
+
+
+@pytest.mark.parametrize(("modules_to_save", "how"), [(("lm_head",), "merge"), (None, "request")])
+def test_candidates_equal_hf_with_the_adapter(engine_log, tiny_source, tokenizer, tmp_path, modules_to_save, how):
+    """The paper's adapter (lm_head trained in full) is merged, a plain LoRA one goes as a LoRA
+    request; either way greedy candidates are the `hf` backend's, token for token."""
+    adapter = random_adapter(tmp_path / "adapter", tiny_source.load_model(), modules_to_save=modules_to_save)
+    generator = VLLMGenerator(tiny_source, VLLMSettings(), adapter=adapter, cache_dir=tmp_path / "cache")
+    ours = generator.sample_completions(tokenizer, PROMPTS, n=2, sampling=GREEDY, seed=3, progress=False)
+    model = load_adapter(tiny_source.load_model(), adapter)
+    hf = sample_completions(model, tokenizer, PROMPTS, n=2, sampling=GREEDY, batch_size=1, progress=False)
+    assert ids(ours) == ids(hf)
+
+    engine, *requests = engine_log()
+    assert engine["enable_lora"] == (how == "request")
+    assert (Path(engine["model"]).parent.name == "merged") == (how == "merge")
+    assert [r["lora_path"] for r in requests] == [adapter if how == "request" else None] * len(PROMPTS)
+    assert [r["prompt_token_ids"] for r in requests] == [prefix_ids(tokenizer, p) for p in PROMPTS]
+
+
+def test_settings_reach_the_engine_and_each_prompt_has_its_own_seed(engine_log, tiny_source, tokenizer, tmp_path):
+    settings = VLLMSettings(tensor_parallel_size=2, gpu_memory_utilization=0.3, max_model_len=512)
+    generator = VLLMGenerator(tiny_source, settings, cache_dir=tmp_path / "cache")
+    sampling = SamplingConfig(temperature=0.9, top_p=0.95, top_k=None, max_new_tokens=6)
+    whole = generator.sample_completions(tokenizer, PROMPTS, n=3, sampling=sampling, seed=10, progress=False)
+    rest = generator.sample_completions(tokenizer, PROMPTS[1:], n=3, sampling=sampling, seed=11, progress=False)
+    assert ids(rest) == ids(whole)[1:]  # what a prompt samples does not depend on the others in the call
+
+    engine, *requests = engine_log()
+    assert {k: engine[k] for k in ("tensor_parallel_size", "gpu_memory_utilization", "max_model_len")} == {
+        "tensor_parallel_size": 2, "gpu_memory_utilization": 0.3, "max_model_len": 512}
+    assert [r["seed"] for r in requests] == [10, 11, 12, 11, 12]
+    assert {(r["n"], r["temperature"], r["top_p"], r["top_k"], r["max_tokens"]) for r in requests} == {(3, 0.9, 0.95, -1, 6)}
+    assert tokenizer.eos_token_id in requests[0]["stop_token_ids"]
+    assert all(len(row) == 3 for row in whole)
+
+
+def test_teacher_chats_are_decoded_as_the_hf_backend_does(engine_log, tiny_source, tokenizer, tmp_path):
+    from lightning_da.generation import sample_chats
+
+    chats = [[{"role": "user", "content": p}] for p in PROMPTS]
+    generator = VLLMGenerator(tiny_source, VLLMSettings(), cache_dir=tmp_path / "cache")
+    ours = generator.sample_chats(tokenizer, chats, GREEDY, seed=0)
+    assert ours == sample_chats(tiny_source.load_model(), tokenizer, chats, GREEDY)
+
+
+@pytest.mark.parametrize(("setting", "message"), [
+    ({"gpu_memory_utilization": 1.5}, "gpu_memory_utilization=1.5: set a fraction in (0, 1]"),
+    ({"tensor_parallel_size": 0}, "tensor_parallel_size=0: set it to an integer of at least 1"),
+    ({"lora": "fuse"}, "generation.vllm.lora=fuse: use one of auto, request, merge"),
+])
+def test_bad_engine_settings_name_the_key(setting, message):
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)").replace("]", r"\]")):
+        VLLMSettings(**setting)
+
+
+def test_cli_evaluate_and_teacher_traces_on_the_vllm_backend(tmp_path, tiny_source):
+    """The real CLIs with generation.backend=vllm and the stand-in on PYTHONPATH."""
+    env = {**os.environ, "PYTHONPATH": str(STAND_IN), "VLLM_STAND_IN_LOG": str(tmp_path / "vllm.jsonl")}
+    adapter = random_adapter(tmp_path / "adapter", tiny_source.load_model())
+    subprocess.run([sys.executable, "evaluate.py", "student=tiny_random", f"adapter={adapter}", "attribution.layer=1",
+                    "n_candidates=2", "max_new_tokens=4", "benchmark.limit=3", "logger=csv", "trainer.accelerator=cpu",
+                    "generation.backend=vllm", "generation.vllm.gpu_memory_utilization=0.4",
+                    f"hydra.run.dir={tmp_path / 'evaluate'}", f"paths.cache_dir={tmp_path / 'cache'}"],
+                   cwd=ROOT, env=env, check=True, capture_output=True, text=True)
+    records = [json.loads(line) for line in (tmp_path / "evaluate" / "candidates.jsonl").read_text().splitlines()]
+    assert len(records) == 3 and all(len(r["candidates"]) == 2 for r in records)
+    subprocess.run([sys.executable, "train.py", *TINY, "trainer.max_epochs=1", "logger=csv", "generation.backend=vllm",
+                    f"hydra.run.dir={tmp_path / 'train'}", f"paths.cache_dir={tmp_path / 'cache'}"],
+                   cwd=ROOT, env=env, check=True, capture_output=True, text=True)
+    events = [json.loads(line) for line in (tmp_path / "vllm.jsonl").read_text().splitlines()]
+    engines = [e for e in events if e["event"] == "engine"]
+    assert len(engines) == 2 and engines[0]["gpu_memory_utilization"] == 0.4
+    assert sum(e["event"] == "request" for e in events) == 3 + 8  # 3 benchmark prompts, 8 teacher prompts
+    assert json.loads((tmp_path / "train" / "metrics.json").read_text())["data/traces_kept"] == 8
+
+
+@pytest.mark.slow
+def test_merged_student_keeps_a_trained_lm_head_apart_from_tied_embeddings(tmp_path):
+    """SmolLM2 ties lm_head to the input embeddings; the adapter's lm_head copy must survive the merge."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from lightning_da.generation.vllm_engine import merged_student
+    from lightning_da.models import EmbeddedSmolLM2
+
+    source = EmbeddedSmolLM2()
+    adapter = random_adapter(tmp_path / "adapter", source.load_model(), scale=0.02)
+    merged = AutoModelForCausalLM.from_pretrained(merged_student(source, adapter, tmp_path / "cache"))
+    peft_model = load_adapter(source.load_model(), adapter)
+    inputs = torch.tensor([prefix_ids(source.load_tokenizer(), PROMPTS[0])])
+    with torch.no_grad():
+        expected, got = peft_model(input_ids=inputs).logits, merged(input_ids=inputs).logits
+    assert float((expected - got).abs().max()) < 1e-3 * float(expected.abs().max())
+    assert not torch.equal(merged.lm_head.weight, merged.model.embed_tokens.weight)
