@@ -7,15 +7,11 @@ import secrets
 from pathlib import Path
 
 import torch
+from lightning.fabric.strategies.fsdp import _is_sharded_checkpoint
+from lightning.fabric.utilities.load import _METADATA_FILENAME  # beside the shards of a sharded checkpoint
 
 from lightning_da.atomic import write_text_atomic
 from lightning_da.errors import UserError
-
-SHARDED_METADATA = "meta.pt"  # what Lightning writes beside the shards of an FSDP checkpoint
-
-
-def is_sharded(path: Path) -> bool:
-    return path.is_dir() and (path / SHARDED_METADATA).is_file()
 
 
 def check_checkpoint(path: str | Path | None, key: str = "ckpt_path", *, sharded: bool = False) -> None:
@@ -28,10 +24,10 @@ def check_checkpoint(path: str | Path | None, key: str = "ckpt_path", *, sharded
         return
     path = Path(path)
     fix = f"point {key} at a .ckpt this framework wrote (a run's checkpoints/last.ckpt), or drop it to start fresh"
-    if is_sharded(path):
+    if _is_sharded_checkpoint(path):
         if not sharded:
             raise UserError(f"{key}={path} is a sharded (FSDP) checkpoint; resume it with trainer=fsdp")
-        path = path / SHARDED_METADATA  # the shards themselves are read by every rank inside fit
+        path = path / _METADATA_FILENAME  # the shards themselves are read by every rank inside fit
     elif not path.is_file():
         raise UserError(f"{key}={path} does not exist; {fix}")
     try:
@@ -39,7 +35,7 @@ def check_checkpoint(path: str | Path | None, key: str = "ckpt_path", *, sharded
     except Exception as exc:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0]  # the first sentence
         raise UserError(f"{key}={path} is not a readable checkpoint ({reason}); {fix}") from None
-    if not isinstance(checkpoint, dict) or not ("state_dict" in checkpoint or path.name == SHARDED_METADATA):
+    if not isinstance(checkpoint, dict) or not ("state_dict" in checkpoint or path.name == _METADATA_FILENAME):
         raise UserError(f"{key}={path} is not a Lightning checkpoint (no state_dict); {fix}")
 
 
@@ -59,7 +55,7 @@ def resolve_checkpoint(ckpt_path, output_dir: str | Path, key: str = "ckpt_path"
                             f"{key}=last, or set {key}=<a run directory or a .ckpt>")
     else:
         path = Path(ckpt_path)
-        if path.is_dir() and not is_sharded(path):
+        if path.is_dir() and not _is_sharded_checkpoint(path):
             path = path / "checkpoints" / "last.ckpt"
     check_checkpoint(path, key, sharded=sharded)
     return path
