@@ -103,13 +103,28 @@ def best_of_n_block(
     return BestOfN(candidates, scores.grouped(n), flags, bad, verdicts)
 
 
-def best_of_n_sharded(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], answers: list, *,
-                      rank: int, world_size: int, seed: int, batch_size: int, **block_kwargs) -> BestOfN:
-    """Each rank runs a contiguous block of whole batches (each seeded as one process would seed it),
-    and every rank gets all prompts' results back, in order: the same as one process."""
-    block = batch_aligned_shard(len(prompts), batch_size, rank, world_size)
-    part = best_of_n_block(
-        model, tokenizer, prompts[block.start : block.stop], answers[block.start : block.stop],
-        seed=seed + block.start, batch_size=batch_size, **block_kwargs,
-    ) if len(block) else None
-    return BestOfN.cat([p for p in all_gather_objects(part, world_size) if p is not None])
+def first_sample_block(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], answers: list, *,
+                       task: str, judge, sampling: SamplingConfig, seed: int, batch_size: int = 8,
+                       progress: bool = True) -> torch.Tensor:
+    """One sample per prompt from `model`, graded: the per-prompt flags (P,) of its `first`."""
+    completions = sample_completions(model, tokenizer, prompts, n=1, sampling=sampling, batch_size=batch_size, seed=seed,
+                                     progress=progress)
+    flags, _, _ = grade(task, judge, prompts, decode_completions(tokenizer, completions), answers)
+    return flags[:, 0]
+
+
+def run_sharded(block: Callable, prompts: list[str], answers: list, *, rank: int, world_size: int, seed: int,
+                batch_size: int, **kwargs) -> list:
+    """`block(prompts, answers, seed=, batch_size=, **kwargs)` on this rank's contiguous run of whole
+    batches (each seeded as one process would seed it); every rank gets all the blocks' results back,
+    in order: the same as one process."""
+    shard = batch_aligned_shard(len(prompts), batch_size, rank, world_size)
+    part = block(prompts[shard.start : shard.stop], answers[shard.start : shard.stop], seed=seed + shard.start,
+                 batch_size=batch_size, **kwargs) if len(shard) else None
+    return [p for p in all_gather_objects(part, world_size) if p is not None]
+
+
+def best_of_n_sharded(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], answers: list,
+                      **kwargs) -> BestOfN:
+    """`best_of_n_block` over all ranks' shards (`run_sharded`'s keywords, then the block's)."""
+    return BestOfN.cat(run_sharded(partial(best_of_n_block, model, tokenizer), prompts, answers, **kwargs))

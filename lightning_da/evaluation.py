@@ -3,8 +3,10 @@ once, and compare every selector on the same candidates and labels."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -15,13 +17,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from lightning_da.atomic import write_text_atomic
 from lightning_da.attribution.registry import build_selectors, check_selectors
-from lightning_da.attribution.report import RATE_NAMES, compare_selectors
+from lightning_da.attribution.report import RATE_NAMES, compare_selectors, rounded
 from lightning_da.attribution.scoring import num_hidden_states
-from lightning_da.best_of_n import GRADERS, best_of_n_sharded
+from lightning_da.best_of_n import GRADERS, best_of_n_sharded, first_sample_block, run_sharded
 from lightning_da.distributed import launch_fabric
 from lightning_da.errors import UserError, check_at_least
 from lightning_da.generation import VLLMGenerator, check_backend
 from lightning_da.models.lora import load_adapter
+from lightning_da.stats import RESAMPLES, paired_bootstrap
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +51,29 @@ def load_student(cfg: DictConfig, device: torch.device):
     return model.eval().to(device), (base.to(device) if base is not None else None), tokenizer
 
 
-def _table(rate_name: str, report: dict) -> str:
-    lines = [f"{'selector':<20}{rate_name:>14}{'drop vs first':>16}"]
-    for name, rate in report["rates"].items():
-        lines.append(f"{name:<20}{rate:>13.1f}%{report['drops'].get(name, float('nan')):>15.1f}%")
+def _number(value: float | None, suffix: str = "%") -> str:
+    return "n/a" if value is None else f"{value:.1f}{suffix}"
+
+
+def _interval(bounds: list | None) -> str:
+    return "n/a" if bounds is None else f"[{bounds[0]:.1f}, {bounds[1]:.1f}]"
+
+
+def format_table(rate_name: str, rates: dict, drops: dict, intervals: dict) -> str:
+    """Each selector's rate, its drop vs `first` with the 95% interval, the rate difference with its
+    interval, and the McNemar p-value; a footnote where a drop is undefined."""
+    header = f"{'selector':<20}{rate_name:>10}{'drop vs first':>15}{'95% CI':>17}{'diff (points)':>15}{'95% CI':>17}{'McNemar p':>11}"
+    lines = [header]
+    for name, rate in rates.items():
+        row = f"{name:<20}{_number(rate):>10}{_number(drops.get(name)):>15}"
+        if name in intervals:
+            ci = intervals[name]
+            row += (f"{_interval(ci['drop_ci']):>17}{_number(ci['difference'], ''):>15}{_interval(ci['difference_ci']):>17}"
+                    f"{ci['mcnemar_p']:>11.3g}")
+        lines.append(row)
+    lines.append(f"95% CI: paired bootstrap over prompts ({RESAMPLES} resamples); McNemar: exact, two-sided.")
+    if any(drops.get(name) is None for name in rates) and drops:
+        lines.append(f"n/a: first's {rate_name} is 0 on these prompts, so no relative drop is defined.")
     return "\n".join(lines)
 
 
@@ -60,7 +82,11 @@ def log_results(logger, cfg: DictConfig, rate: str, report: dict, records: list[
     with their cosine at `layer` (the one the primary selector used) and the selectors that picked each."""
     logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     logger.log_metrics({f"eval/{rate}_{k}": v for k, v in report["rates"].items()})
-    logger.log_metrics({f"eval/{rate}_drop_{k}": v for k, v in report["drops"].items()})
+    logger.log_metrics({f"eval/{rate}_drop_{k}": v for k, v in report["drops"].items() if v is not None})
+    for name, ci in report["intervals"].items():
+        bounds = {"drop_low": (ci["drop_ci"] or [None])[0], "drop_high": (ci["drop_ci"] or [None, None])[1],
+                  "difference_low": ci["difference_ci"][0], "difference_high": ci["difference_ci"][1], "mcnemar_p": ci["mcnemar_p"]}
+        logger.log_metrics({f"eval/{rate}_{key}_{name}": v for key, v in bounds.items() if v is not None})
     if isinstance(logger, WandbLogger):
         import wandb
 
@@ -75,6 +101,28 @@ def log_results(logger, cfg: DictConfig, rate: str, report: dict, records: list[
     logger.save()
     if isinstance(logger, WandbLogger):
         logger.experiment.finish()
+
+
+def base_first(cfg: DictConfig, model, base, tokenizer, rows: list[dict], student_first: list[int], fabric, *, task: str,
+               judge, sampling) -> dict:
+    """What fine-tuning did: `first` of the base (the adapter disabled, or `base=`) on the same prompts
+    and seeds, with the student's `first` against it (difference = student - base)."""
+    with model.disable_adapter() if base is None else contextlib.nullcontext():
+        flags = run_sharded(partial(first_sample_block, base if base is not None else model, tokenizer),
+                            [r["prompt"] for r in rows], [r["answer"] for r in rows], rank=fabric.global_rank,
+                            world_size=fabric.world_size, seed=cfg.seed, batch_size=cfg.batch_size, task=task, judge=judge,
+                            sampling=sampling)
+    base_flags = torch.cat(flags)
+    student = paired_bootstrap(base_flags, torch.tensor(student_first), seed=cfg.seed)
+    return {"first": rounded(float(base_flags.float().mean()) * 100), "student_vs_base": rounded(student.as_dict()),
+            "outcomes": base_flags.int().tolist()}
+
+
+def format_base(rate_name: str, base: dict) -> str:
+    change = base["student_vs_base"]
+    return (f"base student (adapter disabled), first: {_number(base['first'])} {rate_name}; the fine-tuned student's first "
+            f"differs by {_number(change['difference'], ' points')} {_interval(change['difference_ci'])}, "
+            f"McNemar p {change['mcnemar_p']:.3g}")
 
 
 def run_evaluate(cfg: DictConfig) -> dict:
@@ -104,7 +152,7 @@ def run_evaluate(cfg: DictConfig) -> dict:
         task=benchmark.task, judge=judge, n=cfg.n_candidates, sampling=sampling, base=base,
         scoring_batch_size=cfg.scoring_batch_size, chunk_tokens=cfg.scoring_chunk_tokens, sampler=sampler,
     )
-    report = compare_selectors(result.scores, result.flags, result.bad, selectors.values())
+    report = compare_selectors(result.scores, result.flags, result.bad, selectors.values(), seed=cfg.seed)
     choices = report["choices"]
     primary = choices[selectors["attribution"].name]
 
@@ -119,7 +167,12 @@ def run_evaluate(cfg: DictConfig) -> dict:
         f"{rate}_drop": report["drops"],
         f"{rate}_by_layer": report["by_layer"],
         "chosen_layers": {name: choice.layer for name, choice in choices.items() if choice.layer is not None},
+        f"{rate}_intervals": report["intervals"],
+        "outcomes": report["outcomes"],
     }
+    if cfg.compare_base:
+        results["base"] = base_first(cfg, model, base, tokenizer, rows, report["outcomes"]["first"], fabric,
+                                     task=benchmark.task, judge=judge, sampling=sampling)
     if benchmark.task == "safety":
         results["unparsable_verdicts"] = sum(label == "unparsable" for row in result.verdicts for label in row)
 
@@ -146,5 +199,9 @@ def run_evaluate(cfg: DictConfig) -> dict:
     if cfg.get("logger"):
         shown = primary if primary.layer is not None else choices.get("latent_sim", primary)  # the cosine to show
         log_results(instantiate(cfg.logger), cfg, rate, report, records, shown.layer)
-    print(f"\n{benchmark.name}: {len(rows)} prompts x {cfg.n_candidates} candidates, judge {results['judge']}\n{_table(rate, report)}\n")
+    table = format_table(rate, report["rates"], report["drops"], report["intervals"])
+    print(f"\n{benchmark.name}: {len(rows)} prompts x {cfg.n_candidates} candidates, judge {results['judge']}\n{table}")
+    if "base" in results:
+        print(format_base(rate, results["base"]))
+    print()
     return results

@@ -1,4 +1,4 @@
-import math
+import json
 
 import pytest
 import torch
@@ -6,6 +6,7 @@ import torch
 from lightning_da.attribution.report import compare_selectors
 from lightning_da.attribution.scoring import CandidateScores
 from lightning_da.attribution.selectors import First, LatentSimilarity, OracleBestLayer, ValBestLayer
+from lightning_da.stats import paired_bootstrap
 
 
 def test_rates_drops_and_layers_against_hand_computation():
@@ -41,11 +42,29 @@ def test_utility_flags_count_correct_answers():
     assert report["rates"]["first"] == pytest.approx(50.0)
 
 
-def test_no_first_means_no_drops_and_zero_first_gives_nan():
+def test_no_first_means_no_drops_and_zero_first_an_undefined_one():
     table = CandidateScores(torch.ones(1, 2, 2), torch.zeros(1, 2), torch.ones(1, 2), torch.zeros(1, 2))
     flags = torch.tensor([[False, False]])
     assert compare_selectors(table, flags, flags, [LatentSimilarity(layer=1)])["drops"] == {}
-    assert math.isnan(compare_selectors(table, flags, flags, [First(), LatentSimilarity(layer=1)])["drops"]["latent_sim"])
+    report = compare_selectors(table, flags, flags, [First(), LatentSimilarity(layer=1)])
+    assert report["drops"]["latent_sim"] is None and report["intervals"]["latent_sim"]["drop"] is None
+    json.dumps(report["drops"], allow_nan=False)  # valid JSON: no NaN
+
+
+def test_intervals_and_outcomes_pair_each_selector_with_first():
+    cosine = torch.tensor([[[1.0, 0.9], [1.0, 0.1]]] * 4)
+    table = CandidateScores(cosine, torch.zeros(4, 2), torch.ones(4, 2), torch.zeros(4, 2))
+    unsafe = torch.tensor([[True, False], [True, False], [True, False], [False, True]])
+    report = compare_selectors(table, unsafe, unsafe, [First(), LatentSimilarity(layer=1), ValBestLayer(val_fraction=0.5, seed=0)],
+                               seed=7)
+    assert report["outcomes"]["first"] == [1, 1, 1, 0] and report["outcomes"]["latent_sim"] == [0, 0, 0, 1]
+    expected = paired_bootstrap([1, 1, 1, 0], [0, 0, 0, 1], seed=7)
+    interval = report["intervals"]["latent_sim"]
+    assert interval["mcnemar_p"] == pytest.approx(expected.mcnemar_p) == pytest.approx(2 * 5 / 16)
+    assert interval["difference_ci"] == pytest.approx(list(expected.difference_ci), abs=1e-4)
+    assert "first" not in report["intervals"]
+    held_out = report["choices"]["val_best_layer"].evaluate_on.tolist()
+    assert [o is not None for o in report["outcomes"]["val_best_layer"]] == held_out
 
 
 def test_rates_are_rounded_python_floats():

@@ -1,0 +1,124 @@
+"""report.py: evaluate.py runs -> the paper's table, per-configuration table, figure, W&B artifacts."""
+
+import csv
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lightning_da.aggregate import find_configurations, paper_table, write_report
+from lightning_da.errors import UserError
+from lightning_da.stats import paired_bootstrap_many
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def choices(run: Path, **chosen) -> None:
+    (run / ".hydra").mkdir(parents=True, exist_ok=True)
+    (run / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"runtime": {"choices": chosen}}}))
+
+
+def evaluation(root: Path, name: str, *, benchmark: str, rate: str, outcomes: dict, teacher="qwq", student="llama3_8b",
+               stage="sft") -> Path:
+    """An evaluate.py run directory as evaluate.py writes it, and the train run its adapter came from."""
+    train = root / f"train-{name}"
+    choices(train, teacher=teacher, student=student, algorithm=stage)
+    run = root / "evaluate" / name
+    choices(run, student=student, benchmark=benchmark)
+    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"adapter": str(train / "adapter")}))
+    rates = {s: 100 * sum(o for o in v if o is not None) / sum(o is not None for o in v) for s, v in outcomes.items()}
+    first = rates["first"]
+    drops = {s: (first - r) / first * 100 if first else None for s, r in rates.items()}
+    results = {"benchmark": benchmark, rate: rates, f"{rate}_drop": drops, f"{rate}_intervals": {}, "outcomes": outcomes,
+               f"{rate}_by_layer": [first, first / 2, first / 3] if rate == "asr" else []}
+    (run / "results.json").write_text(json.dumps(results))
+    return run
+
+
+@pytest.fixture
+def runs(tmp_path):
+    evaluation(tmp_path, "a", benchmark="strongreject", rate="asr",
+               outcomes={"first": [1, 1, 1, 0], "latent_sim": [0, 1, 0, 0]})
+    evaluation(tmp_path, "b", benchmark="strongreject", rate="asr", student="qwen2_5_0_5b",
+               outcomes={"first": [0, 0, 0], "latent_sim": [0, 1, 0]})  # first is 0: no drop
+    evaluation(tmp_path, "c", benchmark="gsm8k", rate="accuracy",
+               outcomes={"first": [1, 1, 0, 1, 0], "latent_sim": [1, 0, 0, 1, None]})  # None: not rated
+    return tmp_path
+
+
+def read_csv(path: Path) -> list[dict]:
+    return list(csv.DictReader(io.StringIO(path.read_text())))
+
+
+def test_configurations_are_read_from_the_runs_and_their_train_runs(runs):
+    configurations = find_configurations([runs / "evaluate"])
+    assert [(c.teacher, c.student, c.stage, c.benchmark, c.kind) for c in configurations] == [
+        ("qwq", "llama3_8b", "sft", "strongreject", "safety"), ("qwq", "qwen2_5_0_5b", "sft", "strongreject", "safety"),
+        ("qwq", "llama3_8b", "sft", "gsm8k", "utility")]
+
+
+def test_paper_table_against_hand_computation(runs):
+    table = paper_table(find_configurations([runs / "evaluate"]), seed=1, resamples=500)
+    safety = table[("safety", "strongreject")]["latent_sim"]
+    assert safety.drop == pytest.approx((75 - 25) / 75 * 100, abs=1e-4)  # configuration b has no drop
+    assert safety.n == 1 and safety.undefined == 1
+    assert safety.difference == pytest.approx(((25 - 75) + (100 / 3 - 0)) / 2, abs=1e-4)
+    expected = paired_bootstrap_many([[1, 1, 1, 0], [0, 0, 0]], [[0, 1, 0, 0], [0, 1, 0]], seed=1, resamples=500)
+    assert safety.difference_ci == pytest.approx(list(expected.difference_ci), abs=1e-4)
+    utility = table[("utility", "gsm8k")]["latent_sim"]
+    assert utility.drop == pytest.approx((75 - 50) / 75 * 100, abs=1e-4)  # the unrated prompt left out of both
+
+
+def test_report_files_have_no_nan_and_footnote_the_undefined_drop(runs):
+    files = write_report(find_configurations([runs / "evaluate"]), runs / "report", resamples=200)
+    markdown = files["report"].read_text()
+    assert "nan" not in markdown.lower() and "strongreject: 1 configuration(s) had a `first` rate of 0" in markdown
+    table = read_csv(files["table"])
+    assert [row["selector"] for row in table] == ["latent_sim"]
+    assert float(table[0]["strongreject_drop"]) == pytest.approx(66.6667) and table[0]["strongreject_n"] == "1"
+    assert len(read_csv(files["configurations"])) == 6  # 3 configurations x 2 selectors
+    assert files["figure"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_writes_the_report_and_a_wandb_artifact(runs):
+    done = subprocess.run([sys.executable, "report.py", str(runs / "evaluate"), "--out", str(runs / "out"),
+                           "--resamples", "200", "--wandb-project", "lightning_da_test"],
+                          cwd=ROOT, capture_output=True, text=True, check=True)
+    assert "| latent_sim |" in done.stdout
+    assert {p.name for p in (runs / "out").iterdir()} >= {"report.md", "table.csv", "configurations.csv", "asr_by_layer.png"}
+    assert list((runs / "out" / "wandb").glob("offline-run-*/*.wandb"))
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda root: root.mkdir(), "no results.json under"),
+    (lambda root: (root / "x").mkdir(parents=True) or (root / "x" / "results.json").write_text("{"), "is not valid JSON"),
+    (lambda root: (root / "x").mkdir(parents=True) or (root / "x" / "results.json").write_text("{}"), "no per-prompt outcomes"),
+])
+def test_bad_directories_are_one_line_and_exit_2(tmp_path, make, message):
+    make(tmp_path / "runs")
+    done = subprocess.run([sys.executable, "report.py", str(tmp_path / "runs")], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    with pytest.raises(UserError):
+        find_configurations([tmp_path / "runs"])
+
+
+def test_report_of_a_real_evaluate_run(tmp_path, tiny_source):
+    """What evaluate.py writes is what report.py reads (base student included)."""
+    from tests.conftest import random_adapter
+
+    adapter = random_adapter(tmp_path / "adapter", tiny_source.load_model())
+    run = tmp_path / "evaluate"
+    subprocess.run([sys.executable, "evaluate.py", "student=tiny_random", f"adapter={adapter}", "attribution.layer=1",
+                    "n_candidates=3", "max_new_tokens=4", "benchmark.limit=4", "logger=csv", "trainer.accelerator=cpu",
+                    f"hydra.run.dir={run}"], cwd=ROOT, check=True, capture_output=True, text=True)
+    results = json.loads((run / "results.json").read_text())
+    assert set(results["asr_intervals"]) == set(results["asr"]) - {"first"}
+    assert len(results["base"]["outcomes"]) == 4 and 0 <= results["base"]["first"] <= 100
+    [configuration] = find_configurations([run])
+    assert (configuration.student, configuration.benchmark, configuration.teacher) == ("tiny_random", "strongreject", "?")
+    files = write_report([configuration], tmp_path / "report", resamples=100)
+    assert "latent_sim" in files["report"].read_text()
