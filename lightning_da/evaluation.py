@@ -74,6 +74,9 @@ def format_table(rate_name: str, rates: dict, drops: dict, intervals: dict) -> s
     lines.append(f"95% CI: paired bootstrap over prompts ({RESAMPLES} resamples); McNemar: exact, two-sided.")
     if any(drops.get(name) is None for name in rates) and drops:
         lines.append(f"n/a: first's {rate_name} is 0 on these prompts, so no relative drop is defined.")
+    left_out = max((ci["undefined_resamples"] for ci in intervals.values()), default=0)
+    if left_out:
+        lines.append(f"Drop intervals leave out the resamples that drew no prompt flagged for first (up to {left_out}).")
     return "\n".join(lines)
 
 

@@ -121,4 +121,4 @@ def test_report_of_a_real_evaluate_run(tmp_path, tiny_source):
     [configuration] = find_configurations([run])
     assert (configuration.student, configuration.benchmark, configuration.teacher) == ("tiny_random", "strongreject", "?")
     files = write_report([configuration], tmp_path / "report", resamples=100)
-    assert "latent_sim" in files["report"].read_text()
+    assert "latent_sim" in files["report"].read_text() and "base student: first" in files["report"].read_text()

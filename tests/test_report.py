@@ -73,3 +73,9 @@ def test_rates_are_rounded_python_floats():
     report = compare_selectors(table, flags, flags, [First()])
     assert type(report["rates"]["first"]) is float and report["rates"]["first"] == 33.3333
     assert report["by_layer"] == [33.3333, 33.3333]
+
+
+def test_a_tiny_p_value_is_kept_in_significant_digits():
+    from lightning_da.attribution.report import rounded
+
+    assert rounded({"mcnemar_p": 1.8626451e-09, "difference": 12.345678}) == {"mcnemar_p": 1.863e-09, "difference": 12.3457}

@@ -17,13 +17,16 @@ RATE_NAMES = {"safety": "asr", "over_refusal": "refusal_rate", "number": "accura
 DECIMALS = 4  # reported percentages: float32 noise (98.33333587) is not a result
 
 
-def rounded(value):
+def rounded(value, key: str | None = None):
+    """Percentages to DECIMALS places, p-values to 4 significant digits (a tiny p is not 0), NaN to None."""
     if isinstance(value, float):
-        return None if math.isnan(value) else round(value, DECIMALS)
+        if math.isnan(value):
+            return None
+        return float(f"{value:.4g}") if key == "mcnemar_p" else round(value, DECIMALS)
     if isinstance(value, (list, tuple)):
-        return [rounded(v) for v in value]
+        return [rounded(v, key) for v in value]
     if isinstance(value, dict):
-        return {k: rounded(v) for k, v in value.items()}
+        return {k: rounded(v, k) for k, v in value.items()}
     return value
 
 

@@ -159,15 +159,19 @@ _NAMES = ["Ada", "Ben", "Chloe", "Dev", "Emma", "Farid", "Grace", "Hugo"]
 
 @dataclass
 class ArithmeticBenchmark:
-    """Embedded offline utility set: generated two-step word problems with exact integer answers."""
+    """Embedded offline utility set: generated word problems with exact integer answers, two-step
+    (`steps: 2`, the default) or a single addition (`steps: 1`, within reach of a 135M model)."""
 
     n: int = 50
     seed: int = 0
+    steps: int = 2
     name: str = "arithmetic"
     task: str = "number"
 
     def __post_init__(self) -> None:
         check_at_least(self.n, "benchmark.n")
+        if self.steps not in (1, 2):
+            raise UserError(f"benchmark.steps={self.steps}: use 1 or 2")
 
     def load(self) -> list[dict]:
         rng = random.Random(self.seed)
@@ -175,7 +179,10 @@ class ArithmeticBenchmark:
         for _ in range(self.n):
             name, item = rng.choice(_NAMES), rng.choice(_ITEMS)
             a, b, c = rng.randint(2, 40), rng.randint(2, 40), rng.randint(2, 9)
-            if rng.random() < 0.5:
+            if self.steps == 1:
+                text = f"{name} has {a} {item} and buys {b} more. How many {item} does {name} have now?"
+                answer = a + b
+            elif rng.random() < 0.5:
                 text = f"{name} has {a} {item} and buys {b} more. Then {name} gives away {c}. How many {item} does {name} have now?"
                 answer = a + b - c
             else:
