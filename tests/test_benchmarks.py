@@ -101,3 +101,19 @@ def test_arithmetic_answers_are_exact():
             c, a, b = numbers
             expected = c * a + b
         assert int(row["answer"]) == expected
+
+
+def test_single_step_arithmetic_is_one_addition():
+    rows = ArithmeticBenchmark(n=20, seed=2, steps=1).load()
+    for row in rows:
+        a, b = (int(x) for x in re.findall(r"\d+", row["prompt"]))
+        assert int(row["answer"]) == a + b and "gives away" not in row["prompt"]
+    with pytest.raises(UserError, match="benchmark.steps=3: use 1 or 2"):
+        ArithmeticBenchmark(steps=3)
+
+
+def test_demo_preset_moves_the_student_and_keeps_the_pipeline(compose_train):
+    cfg = compose_train("experiment=demo")
+    assert cfg.data.limit == 60 and cfg.trainer.accumulate_grad_batches == 1
+    assert cfg.algorithm.module.optimizer.lr == 2.0e-4 and cfg.algorithm.name == "sft"
+    assert cfg.teacher.model._target_.endswith("EmbeddedSmolLM2") and cfg.judge._target_.endswith("RefusalPrefixJudge")
