@@ -130,3 +130,9 @@ def test_merged_student_keeps_a_trained_lm_head_apart_from_tied_embeddings(tmp_p
         expected, got = peft_model(input_ids=inputs).logits, merged(input_ids=inputs).logits
     assert float((expected - got).abs().max()) < 1e-3 * float(expected.abs().max())
     assert not torch.equal(merged.lm_head.weight, merged.model.embed_tokens.weight)
+
+
+def test_an_adapter_rank_above_max_lora_rank_names_the_setting(engine_log, tiny_source, tmp_path):
+    adapter = random_adapter(tmp_path / "adapter", tiny_source.load_model(), r=16, modules_to_save=None)
+    with pytest.raises(UserError, match="rank 16 exceeds generation.vllm.max_lora_rank=8; raise it"):
+        VLLMGenerator(tiny_source, VLLMSettings(max_lora_rank=8), adapter=adapter, cache_dir=tmp_path / "cache")

@@ -75,11 +75,14 @@ def import_vllm():
     return vllm
 
 
-def _adapter_mode(adapter_dir: Path, mode: str) -> str:
-    if mode != "auto":
-        return mode
+def _adapter_mode(adapter_dir: Path, settings: VLLMSettings) -> str:
+    """`merge` or `request`; a request needs vLLM's `max_lora_rank` to cover the adapter's rank."""
     config = json.loads((adapter_dir / "adapter_config.json").read_text())
-    return "merge" if config.get("modules_to_save") else "request"
+    mode = settings.lora if settings.lora != "auto" else "merge" if config.get("modules_to_save") else "request"
+    if mode == "request" and config.get("r", 0) > settings.max_lora_rank:
+        raise UserError(f"the adapter's LoRA rank {config['r']} exceeds generation.vllm.max_lora_rank="
+                        f"{settings.max_lora_rank}; raise it, or set generation.vllm.lora=merge")
+    return mode
 
 
 def merged_student(source, adapter_dir: str | Path, cache_dir: str | Path) -> Path:
@@ -107,7 +110,7 @@ class VLLMGenerator:
         model_dir, self.lora_request = source.local_dir(), None
         if adapter is not None:
             check_adapter_dir(adapter)
-            if _adapter_mode(Path(adapter), settings.lora) == "merge":
+            if _adapter_mode(Path(adapter), settings) == "merge":
                 model_dir = merged_student(source, adapter, cache_dir)
             else:
                 from vllm.lora.request import LoRARequest
