@@ -20,7 +20,7 @@ import torch
 import yaml
 
 from lightning_da.atomic import write_text_atomic
-from lightning_da.attribution.report import RATE_NAMES, rounded
+from lightning_da.attribution.report import RATE_NAMES, format_interval, format_number, rounded
 from lightning_da.errors import UserError
 from lightning_da.stats import RESAMPLES, paired_bootstrap_many
 
@@ -141,14 +141,6 @@ def paper_table(configurations: list[Configuration], *, seed: int = 0, resamples
     return table
 
 
-def _fmt(value, suffix: str = "%") -> str:
-    return "n/a" if value is None else f"{value:.1f}{suffix}"
-
-
-def _fmt_ci(bounds) -> str:
-    return "n/a" if bounds is None else f"[{bounds[0]:.1f}, {bounds[1]:.1f}]"
-
-
 def _markdown(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -173,7 +165,7 @@ def render_paper_table(table: dict) -> tuple[str, str, list[str]]:
         row, csv_row = [s], [s]
         for column in columns:
             c = table[column].get(s)
-            row.append("-" if c is None else f"{_fmt(c.drop)} {_fmt_ci(c.drop_ci)} ({c.n})")
+            row.append("-" if c is None else f"{format_number(c.drop)} {format_interval(c.drop_ci)} ({c.n})")
             csv_row += [None, None, None, None] if c is None else [c.drop, *(c.drop_ci or [None, None]), c.n]
         rows.append(row)
         csv_rows.append(csv_row)
@@ -201,16 +193,16 @@ def render_configurations(configurations: list[Configuration]) -> tuple[str, str
         if "base" in c.results:  # the base student's first, and the fine-tuned first against it
             base, change = c.results["base"]["first"], c.results["base"]["student_vs_base"]
             key = [c.teacher, c.student, c.stage, c.benchmark, BASE_ROW]
-            rows.append(key + [f"{_fmt(base)} {c.rate_name}", "", "", _fmt(-change["difference"], ""),
-                               _fmt_ci([-change["difference_ci"][1], -change["difference_ci"][0]]), f"{change['mcnemar_p']:.3g}"])
+            rows.append(key + [f"{format_number(base)} {c.rate_name}", "", "", format_number(-change["difference"], ""),
+                               format_interval([-change["difference_ci"][1], -change["difference_ci"][0]]), f"{change['mcnemar_p']:.3g}"])
             csv_rows.append(key + [c.rate_name, base, None, None, None, -change["difference"], -change["difference_ci"][1],
                                    -change["difference_ci"][0], change["mcnemar_p"]])
         for s, value in rate.items():
             ci = intervals.get(s)
             key = [c.teacher, c.student, c.stage, c.benchmark, s]
-            compared = [] if ci is None else [_fmt_ci(ci["drop_ci"]), _fmt(ci["difference"], ""), _fmt_ci(ci["difference_ci"]),
+            compared = [] if ci is None else [format_interval(ci["drop_ci"]), format_number(ci["difference"], ""), format_interval(ci["difference_ci"]),
                                               f"{ci['mcnemar_p']:.3g}"]
-            rows.append(key + [f"{_fmt(value)} {c.rate_name}", _fmt(drops.get(s))] + (compared or ["", "", "", ""]))
+            rows.append(key + [f"{format_number(value)} {c.rate_name}", format_number(drops.get(s))] + (compared or ["", "", "", ""]))
             csv_rows.append(key + [c.rate_name, value, drops.get(s), *((ci and ci["drop_ci"]) or [None, None]),
                                    ci and ci["difference"], *((ci and ci["difference_ci"]) or [None, None]), ci and ci["mcnemar_p"]])
     csv_header = ["teacher", "student", "stage", "benchmark", "selector", "rate_name", "rate", "drop", "drop_low", "drop_high",

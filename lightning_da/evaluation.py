@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lightning_da.atomic import write_text_atomic
 from lightning_da.attribution.registry import build_selectors, check_selectors
-from lightning_da.attribution.report import RATE_NAMES, compare_selectors, rounded
+from lightning_da.attribution.report import RATE_NAMES, compare_selectors, format_interval, format_number, rounded
 from lightning_da.attribution.scoring import num_hidden_states
 from lightning_da.best_of_n import GRADERS, best_of_n_sharded, first_sample_block, run_sharded
 from lightning_da.distributed import launch_fabric
@@ -51,24 +51,16 @@ def load_student(cfg: DictConfig, device: torch.device):
     return model.eval().to(device), (base.to(device) if base is not None else None), tokenizer
 
 
-def _number(value: float | None, suffix: str = "%") -> str:
-    return "n/a" if value is None else f"{value:.1f}{suffix}"
-
-
-def _interval(bounds: list | None) -> str:
-    return "n/a" if bounds is None else f"[{bounds[0]:.1f}, {bounds[1]:.1f}]"
-
-
 def format_table(rate_name: str, rates: dict, drops: dict, intervals: dict) -> str:
     """Each selector's rate, its drop vs `first` with the 95% interval, the rate difference with its
     interval, and the McNemar p-value; a footnote where a drop is undefined."""
     header = f"{'selector':<20}{rate_name:>10}{'drop vs first':>15}{'95% CI':>17}{'diff (points)':>15}{'95% CI':>17}{'McNemar p':>11}"
     lines = [header]
     for name, rate in rates.items():
-        row = f"{name:<20}{_number(rate):>10}{_number(drops.get(name)):>15}"
+        row = f"{name:<20}{format_number(rate):>10}{format_number(drops.get(name)):>15}"
         if name in intervals:
             ci = intervals[name]
-            row += (f"{_interval(ci['drop_ci']):>17}{_number(ci['difference'], ''):>15}{_interval(ci['difference_ci']):>17}"
+            row += (f"{format_interval(ci['drop_ci']):>17}{format_number(ci['difference'], ''):>15}{format_interval(ci['difference_ci']):>17}"
                     f"{ci['mcnemar_p']:>11.3g}")
         lines.append(row)
     lines.append(f"95% CI: paired bootstrap over prompts ({RESAMPLES} resamples); McNemar: exact, two-sided.")
@@ -87,8 +79,9 @@ def log_results(logger, cfg: DictConfig, rate: str, report: dict, records: list[
     logger.log_metrics({f"eval/{rate}_{k}": v for k, v in report["rates"].items()})
     logger.log_metrics({f"eval/{rate}_drop_{k}": v for k, v in report["drops"].items() if v is not None})
     for name, ci in report["intervals"].items():
-        bounds = {"drop_low": (ci["drop_ci"] or [None])[0], "drop_high": (ci["drop_ci"] or [None, None])[1],
-                  "difference_low": ci["difference_ci"][0], "difference_high": ci["difference_ci"][1], "mcnemar_p": ci["mcnemar_p"]}
+        drop_low, drop_high = ci["drop_ci"] or (None, None)
+        bounds = {"drop_low": drop_low, "drop_high": drop_high, "difference_low": ci["difference_ci"][0],
+                  "difference_high": ci["difference_ci"][1], "mcnemar_p": ci["mcnemar_p"]}
         logger.log_metrics({f"eval/{rate}_{key}_{name}": v for key, v in bounds.items() if v is not None})
     if isinstance(logger, WandbLogger):
         import wandb
@@ -123,8 +116,8 @@ def base_first(cfg: DictConfig, model, base, tokenizer, rows: list[dict], studen
 
 def format_base(rate_name: str, base: dict) -> str:
     change = base["student_vs_base"]
-    return (f"base student (adapter disabled), first: {_number(base['first'])} {rate_name}; the fine-tuned student's first "
-            f"differs by {_number(change['difference'], ' points')} {_interval(change['difference_ci'])}, "
+    return (f"base student (adapter disabled), first: {format_number(base['first'])} {rate_name}; the fine-tuned student's first "
+            f"differs by {format_number(change['difference'], ' points')} {format_interval(change['difference_ci'])}, "
             f"McNemar p {change['mcnemar_p']:.3g}")
 
 

@@ -36,6 +36,11 @@ def uses_fsdp(trainer_cfg) -> bool:
     return str(strategy).startswith("fsdp")
 
 
+def shards_model(trainer) -> bool:
+    """Whether `trainer` (or None) runs under this module's FSDP (a `ModelParallelStrategy`)."""
+    return trainer is not None and isinstance(trainer.strategy, ModelParallelStrategy)
+
+
 def decoder_layer_classes(model: nn.Module, names: Sequence[str] | None = None) -> tuple[type[nn.Module], ...]:
     """The classes of `model`'s submodules named in `names`, or by default in the `_no_split_modules` of
     every Hugging Face model inside it (the blocks that must stay whole: the decoder layers)."""

@@ -30,6 +30,15 @@ def rounded(value, key: str | None = None):
     return value
 
 
+def format_number(value: float | None, suffix: str = "%") -> str:
+    """A rounded percentage (or another number with `suffix`) for tables; `n/a` when undefined."""
+    return "n/a" if value is None else f"{value:.1f}{suffix}"
+
+
+def format_interval(bounds: list | None) -> str:
+    return "n/a" if bounds is None else f"[{bounds[0]:.1f}, {bounds[1]:.1f}]"
+
+
 def compare_selectors(scores: CandidateScores, flags: torch.Tensor, bad: torch.Tensor, selectors: Iterable[Selector],
                       *, seed: int = 0) -> dict:
     """Each selector's `Choice`, rate (% of prompts whose chosen candidate is flagged), drop, and its

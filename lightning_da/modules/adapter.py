@@ -12,6 +12,7 @@ import lightning as L
 import torch
 
 from lightning_da.distributed import all_gather_objects
+from lightning_da.fsdp import shards_model
 
 
 class AdapterModule(L.LightningModule):
@@ -98,13 +99,11 @@ class AdapterModule(L.LightningModule):
         """Under FSDP, the trainable weights whole, in peft's names (every rank must call it; the
         frozen base is never gathered). On GPU they go to rank 0's CPU ({} elsewhere); CPU processes
         each keep them. Otherwise None: `save_adapter` reads the model itself."""
-        from lightning.pytorch.strategies import ModelParallelStrategy
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-        strategy = self._trainer.strategy if self._trainer else None
-        if not isinstance(strategy, ModelParallelStrategy):
+        if not shards_model(self._trainer):
             return None
-        offload = strategy.root_device.type == "cuda"
+        offload = self._trainer.strategy.root_device.type == "cuda"
         options = StateDictOptions(full_state_dict=True, cpu_offload=offload, ignore_frozen_params=True)
         return get_model_state_dict(self.model, options=options)
 

@@ -35,6 +35,7 @@ import torch
 
 from lightning_da.errors import UserError, check_at_least
 from lightning_da.formats import prefix_ids
+from lightning_da.fsdp import shards_model
 from lightning_da.generation import SamplingConfig, sample_completions
 from lightning_da.models.lora import apply_lora, load_adapter
 from lightning_da.modules.adapter import AdapterModule
@@ -157,9 +158,7 @@ class GRPOModule(AdapterModule):
             self._reference_weights = {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
 
     def _sharded(self) -> bool:
-        from lightning.pytorch.strategies import ModelParallelStrategy
-
-        return isinstance(self.trainer.strategy, ModelParallelStrategy) and self.trainer.world_size > 1
+        return shards_model(self.trainer) and self.trainer.world_size > 1
 
     def on_fit_start(self) -> None:
         if self._reference_weights is not None and self._sharded():
