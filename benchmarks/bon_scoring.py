@@ -92,11 +92,11 @@ def score_ours(model, base, tokenizer, prompts, responses, batch_size):
 @torch.inference_mode()
 def cosine_truth(model, tokenizer, prompts, responses) -> torch.Tensor:
     """(candidates, layers + 1): each candidate alone through the student and its base, last token."""
-    from lightning_da.formats import encode_candidate
+    from lightning_da.formats import prefix_ids
 
     rows = []
     for prompt, response in zip(prompts, responses, strict=True):
-        ids = torch.tensor([encode_candidate(tokenizer, prompt, response)[0]])
+        ids = torch.tensor([prefix_ids(tokenizer, prompt) + response])
         ft = model(input_ids=ids, output_hidden_states=True).hidden_states
         with model.disable_adapter():
             base = model(input_ids=ids, output_hidden_states=True).hidden_states
@@ -107,9 +107,9 @@ def cosine_truth(model, tokenizer, prompts, responses) -> torch.Tensor:
 @torch.inference_mode()
 def score_reference(model, base, tokenizer, prompts, responses, batch_size):
     """The reference scripts' way: a second full copy as base, right padding, position -1."""
-    from lightning_da.formats import encode_candidate
+    from lightning_da.formats import prefix_ids
 
-    encoded = [encode_candidate(tokenizer, p, r)[0] for p, r in zip(prompts, responses, strict=True)]
+    encoded = [prefix_ids(tokenizer, p) + r for p, r in zip(prompts, responses, strict=True)]
     cosines = []
     for start in range(0, len(encoded), batch_size):
         batch = encoded[start : start + batch_size]
@@ -151,7 +151,7 @@ def main() -> None:
         return scoring_worker(args.worker, args.adapter, args.candidates)
 
     from lightning_da.data.benchmarks import StrongRejectBenchmark
-    from lightning_da.generation import SamplingConfig, flatten_candidates, sample_candidates
+    from lightning_da.generation import SamplingConfig, flatten_candidates, sample_completions
     from lightning_da.models import EmbeddedSmolLM2, apply_lora
 
     work = Path(tempfile.mkdtemp(prefix="bon_scoring_"))
@@ -167,11 +167,12 @@ def main() -> None:
     prompts = [r["prompt"] for r in StrongRejectBenchmark(split="small").load()[: args.prompts]]
     sampling = SamplingConfig(temperature=0.7, top_p=1.0, max_new_tokens=args.max_new_tokens)
     start = time.perf_counter()
-    candidates = sample_candidates(model, tokenizer, prompts, n=args.n, sampling=sampling, batch_size=args.generation_batch)
+    completions = sample_completions(model, tokenizer, prompts, n=args.n, sampling=sampling, batch_size=args.generation_batch)
     generation = time.perf_counter() - start
-    flat_prompts, flat = flatten_candidates(prompts, candidates)
+    flat_prompts, flat = flatten_candidates(prompts, completions)
+    flat = [c.response_ids for c in flat]  # token ids as sampled, the same for both ways
     (work / "candidates.json").write_text(json.dumps({"prompts": flat_prompts, "responses": flat}))
-    lengths = [len(tokenizer(r)["input_ids"]) for r in flat]
+    lengths = [len(r) for r in flat]
 
     runs = {}
     for way in ("ours", "reference"):

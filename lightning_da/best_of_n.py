@@ -95,9 +95,9 @@ def best_of_n_block(
     completions = sample(tokenizer, prompts, n=n, sampling=sampling, batch_size=batch_size, seed=seed, progress=progress)
     candidates = decode_completions(tokenizer, completions)
     sampled = time.perf_counter()
-    flat_prompts, flat = flatten_candidates(prompts, candidates)
-    scores = score_candidates(model, tokenizer, flat_prompts, flat, base=base, batch_size=scoring_batch_size,
-                              chunk_tokens=chunk_tokens, progress=progress)
+    flat_prompts, flat = flatten_candidates(prompts, completions)
+    scores = score_candidates(model, tokenizer, flat_prompts, [c.response_ids for c in flat], base=base,
+                              batch_size=scoring_batch_size, chunk_tokens=chunk_tokens, progress=progress)
     log.info("sampling %.1f s, scoring %.1f s (%d candidates)", sampled - started, time.perf_counter() - sampled, len(flat))
     flags, bad, verdicts = grade(task, judge, prompts, candidates, answers)
     return BestOfN(candidates, scores.grouped(n), flags, bad, verdicts)

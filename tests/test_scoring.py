@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from lightning_da.attribution import score_candidates
 from lightning_da.attribution.scoring import _chunk_length
-from lightning_da.formats import encode_candidate
+from lightning_da.formats import encode_candidate, response_ids
 from lightning_da.models import apply_lora
 
 PROMPTS = ["How do I pick a lock?", "Hi", "Write a long story about a dragon, please, with many details."]
@@ -47,13 +47,17 @@ def pairs():
     return [(p, r) for p in PROMPTS for r in RESPONSES]
 
 
+def score(student, tokenizer, prompts, responses, **kwargs):
+    return score_candidates(student, tokenizer, list(prompts), [response_ids(tokenizer, r) for r in responses], progress=False,
+                            **kwargs)
+
+
 # Budgets of 1 and 30 positions split the long response across many forwards; 1000 takes it whole.
 @pytest.mark.parametrize(("batch_size", "chunk_tokens"), [(1, 1000), (4, 30), (16, 1)])
 def test_scores_match_unbatched_reference(student, tiny_source, tokenizer, batch_size, chunk_tokens):
     base = tiny_source.load_model().eval()  # a separately loaded base
     prompts, responses = zip(*pairs(), strict=True)
-    scores = score_candidates(student, tokenizer, list(prompts), list(responses), batch_size=batch_size,
-                              chunk_tokens=chunk_tokens, progress=False)
+    scores = score(student, tokenizer, prompts, responses, batch_size=batch_size, chunk_tokens=chunk_tokens)
     assert scores.cosine.shape == (len(prompts), student.config.num_hidden_layers + 1)
     with torch.no_grad():
         for i, (prompt, response) in enumerate(pairs()):
@@ -70,15 +74,15 @@ def test_scores_match_unbatched_reference(student, tiny_source, tokenizer, batch
 
 def test_adapter_disabled_base_equals_separately_loaded_base(student, tiny_source, tokenizer):
     prompts, responses = zip(*pairs(), strict=True)
-    shared = score_candidates(student, tokenizer, list(prompts), list(responses), batch_size=4, progress=False)
-    separate = score_candidates(student, tokenizer, list(prompts), list(responses), base=tiny_source.load_model().eval(), batch_size=4, progress=False)
+    shared = score(student, tokenizer, prompts, responses, batch_size=4)
+    separate = score(student, tokenizer, prompts, responses, base=tiny_source.load_model().eval(), batch_size=4)
     for field in ("cosine", "kl", "perplexity", "self_certainty"):
         assert torch.allclose(getattr(shared, field), getattr(separate, field), atol=1e-6, equal_nan=True), field
 
 
 def test_a_model_without_adapter_needs_a_base(tiny_source, tokenizer):
     with pytest.raises(ValueError, match="separately loaded"):
-        score_candidates(tiny_source.load_model(), tokenizer, ["p"], ["r"], progress=False)
+        score(tiny_source.load_model(), tokenizer, ["p"], ["r"])
 
 
 @pytest.mark.parametrize(("width", "rows", "budget"), [(33, 4, 256), (33, 8, 256), (134, 8, 256), (5, 16, 8), (1, 1, 1)])

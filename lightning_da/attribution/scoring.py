@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
-from lightning_da.formats import prefix_ids, response_ids
+from lightning_da.formats import prefix_ids
 
 
 @dataclass
@@ -58,7 +58,7 @@ def num_hidden_states(model: PreTrainedModel) -> int:
     return model.config.get_text_config().num_hidden_layers + 1
 
 
-def _adapter_disabled(model):
+def adapter_disabled(model):
     """The base model is the student with its LoRA adapter off: no second copy of the weights."""
     if not hasattr(model, "disable_adapter"):
         raise ValueError("the student has no adapter to disable; pass a separately loaded `base`")
@@ -73,11 +73,10 @@ def _prefill(model, prefix: torch.Tensor, context) -> DynamicCache:
     return cache
 
 
-def _extend(model, cache: DynamicCache, ids, mask, positions, context):
-    """Run `ids` after what `cache` holds (the cache grows); hidden states and fp32 logits of `ids`."""
+def _extend(model, cache: DynamicCache, inputs: dict, context):
+    """Run `inputs` after what `cache` holds (the cache grows); hidden states and fp32 logits of its ids."""
     with context():
-        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                    use_cache=True, output_hidden_states=True)
+        out = model(**inputs, past_key_values=cache, use_cache=True, output_hidden_states=True)
     return out.hidden_states, out.logits.float()
 
 
@@ -101,36 +100,58 @@ def _chunk_length(width: int, rows: int, chunk_tokens: int) -> int:
     return -(-width // n_chunks)
 
 
+def suffix_batch(suffixes: list[list[int]], *, offset: int, pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded suffix ids (rows, width) after a prefix of `offset` cached positions, the attention
+    mask over prefix + suffix, and each suffix's length."""
+    rows = len(suffixes)
+    lengths = torch.tensor([len(x) for x in suffixes], device=device)
+    width = int(lengths.max())
+    ids = torch.full((rows, width), pad_id, dtype=torch.long, device=device)
+    for row, row_ids in enumerate(suffixes):
+        ids[row, : len(row_ids)] = torch.tensor(row_ids, device=device)
+    mask = torch.cat([torch.ones(rows, offset, dtype=torch.long, device=device),
+                      (torch.arange(width, device=device)[None] < lengths[:, None]).long()], dim=1)
+    return ids, mask, lengths
+
+
+def suffix_chunks(ids: torch.Tensor, mask: torch.Tensor, *, offset: int, chunk_tokens: int):
+    """(begin, end, model inputs) for each chunk of about `chunk_tokens` positions (all rows together);
+    each chunk extends the cache the previous ones grew."""
+    rows, width = ids.shape
+    length = _chunk_length(width, rows, chunk_tokens)
+    for begin in range(0, width, length):
+        end = min(begin + length, width)
+        positions = torch.arange(offset + begin, offset + end, device=ids.device)[None].expand(rows, -1)
+        yield begin, end, {"input_ids": ids[:, begin:end], "attention_mask": mask[:, : offset + end], "position_ids": positions}
+
+
+def ending_in(last: torch.Tensor, begin: int, end: int) -> torch.Tensor:
+    """The rows whose final token (suffix index `last`) lies in positions begin..end-1 of the suffixes."""
+    return ((last >= begin) & (last < end)).nonzero().squeeze(1)
+
+
 def _score_suffixes(suffixes: list[list[int]], ft, base, *, offset: int, pad_id: int, chunk_tokens: int):
     """(cosine by layer, KL, perplexity, self-certainty) for each suffix; `ft` and `base` are
     (model, prefix cache, context) and advance together, about `chunk_tokens` positions at a time."""
     (ft_model, ft_prefix, ft_context), (base_model, base_prefix, base_context) = ft, base
     device = next(ft_model.parameters()).device
     rows = len(suffixes)
-    lengths = torch.tensor([len(x) for x in suffixes], device=device)
-    width = int(lengths.max())
-    suffix_ids = torch.full((rows, width), pad_id, dtype=torch.long, device=device)
-    for row, ids in enumerate(suffixes):
-        suffix_ids[row, : len(ids)] = torch.tensor(ids, device=device)
-    mask = torch.cat([torch.ones(rows, offset, dtype=torch.long, device=device),
-                      (torch.arange(width, device=device)[None] < lengths[:, None]).long()], dim=1)
-    ft_cache, base_cache = _repeat(ft_prefix, rows), _repeat(base_prefix, rows)
+    suffix_ids, mask, lengths = suffix_batch(suffixes, offset=offset, pad_id=pad_id, device=device)
+    width = suffix_ids.size(1)
+    ft_cache, base_cache = repeat_cache(ft_prefix, rows), repeat_cache(base_prefix, rows)
 
     last = lengths - 1  # the true last token of each candidate, never padding
     h_ft = h_base = None
     sums = torch.zeros(3, rows, device=device)  # KL, NLL, certainty summed over response tokens
-    length = _chunk_length(width, rows, chunk_tokens)
-    for begin in range(0, width, length):
-        end = min(begin + length, width)
+    for begin, end, inputs in suffix_chunks(suffix_ids, mask, offset=offset, chunk_tokens=chunk_tokens):
         step = torch.arange(begin, end, device=device)
-        args = (suffix_ids[:, begin:end], mask[:, : offset + end], (offset + step)[None].expand(rows, -1))
-        ft_hidden, ft_logits = _extend(ft_model, ft_cache, *args, ft_context)
-        base_hidden, base_logits = _extend(base_model, base_cache, *args, base_context)
+        ft_hidden, ft_logits = _extend(ft_model, ft_cache, inputs, ft_context)
+        base_hidden, base_logits = _extend(base_model, base_cache, inputs, base_context)
 
         if h_ft is None:
             h_ft = torch.zeros(rows, len(ft_hidden), ft_hidden[0].size(-1), device=device)
             h_base = torch.zeros_like(h_ft)
-        ending = ((last >= begin) & (last < end)).nonzero().squeeze(1)
+        ending = ending_in(last, begin, end)
         h_ft[ending] = torch.stack([h[ending, last[ending] - begin] for h in ft_hidden], dim=1).float()
         h_base[ending] = torch.stack([h[ending, last[ending] - begin] for h in base_hidden], dim=1).float()
 
@@ -145,11 +166,25 @@ def _score_suffixes(suffixes: list[list[int]], ft, base, *, offset: int, pad_id:
     return [(cosine[r].cpu(), kl[r].cpu(), nll[r].exp().cpu(), certainty[r].cpu()) for r in range(rows)]
 
 
-def _repeat(cache: DynamicCache, rows: int) -> DynamicCache:
+def repeat_cache(cache: DynamicCache, rows: int) -> DynamicCache:
     """A copy of a one-row prefix cache for `rows` suffixes."""
     cache = copy.deepcopy(cache)
     cache.batch_repeat_interleave(rows)
     return cache
+
+
+def by_prompt(tokenizer: PreTrainedTokenizerBase, prompts: list[str], responses: list[list[int]], *, batch_size: int,
+              device, progress: bool, desc: str):
+    """For each distinct prompt: its prefix ids (on `device`) and its candidates in batches of
+    `batch_size`, each as (indices into `prompts`, suffixes). A suffix is the prefix's last token,
+    then the response's ids, so a prefix cache of all but that token serves every suffix."""
+    groups: dict[str, list[int]] = {}
+    for i, prompt in enumerate(prompts):
+        groups.setdefault(prompt, []).append(i)
+    for prompt, members in tqdm(groups.items(), desc=desc, unit="prompt", disable=not progress, leave=False):
+        prefix = torch.tensor(prefix_ids(tokenizer, prompt), device=device)
+        yield prefix, [(chunk, [[int(prefix[-1]), *responses[i]] for i in chunk])
+                       for chunk in (members[s : s + batch_size] for s in range(0, len(members), batch_size))]
 
 
 # no_grad, not inference_mode: the training callback scores with a model FSDP may shard.
@@ -158,39 +193,34 @@ def score_candidates(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     prompts: list[str],
-    responses: list[str],
+    responses: list[list[int]],
     *,
     base: PreTrainedModel | None = None,
     batch_size: int = 8,
     chunk_tokens: int = 256,
     progress: bool = True,
 ) -> CandidateScores:
-    """Score each (prompt, response) pair; `base=None` means `model` with its adapter disabled.
+    """Score each (prompt, response ids) pair; `base=None` means `model` with its adapter disabled.
 
-    The N candidates of a prompt share its prefix: each model encodes the prompt once, and only
-    the responses (right-padded, at most `batch_size` at a time) run after a copy of that cache,
-    about `chunk_tokens` positions (all rows together) per forward, so the logits buffers stay
-    about chunk_tokens x vocabulary whatever the batch size or response length (the copies of
-    the prompt's KV cache grow with rows x length). Every candidate is read at its true last
-    token; the result is in the input order.
+    The responses are token ids as sampled (`Completion.response_ids`, no EOS): decoded text need not
+    tokenise back to the same ids. The N candidates of a prompt share its prefix: each model encodes
+    the prompt once, and only the responses (right-padded, at most `batch_size` at a time) run after
+    a copy of that cache, about `chunk_tokens` positions (all rows together) per forward, so the
+    logits buffers stay about chunk_tokens x vocabulary whatever the batch size or response length
+    (the copies of the prompt's KV cache grow with rows x length). Every candidate is read at its
+    true last token; the result is in the input order.
     """
     device = next(model.parameters()).device
-    groups: dict[str, list[int]] = {}
-    for i, prompt in enumerate(prompts):
-        groups.setdefault(prompt, []).append(i)
     results: dict[int, tuple] = {}
     ft_context = contextlib.nullcontext
-    base_model, base_context = (model, lambda: _adapter_disabled(model)) if base is None else (base, contextlib.nullcontext)
+    base_model, base_context = (model, lambda: adapter_disabled(model)) if base is None else (base, contextlib.nullcontext)
 
-    for prompt, members in tqdm(groups.items(), desc="scoring", unit="prompt", disable=not progress, leave=False):
-        prefix = torch.tensor(prefix_ids(tokenizer, prompt), device=device)
+    for prefix, batches in by_prompt(tokenizer, prompts, responses, batch_size=batch_size, device=device,
+                                     progress=progress, desc="scoring"):
         offset = prefix.numel() - 1
         ft_cache = _prefill(model, prefix, ft_context)
         base_cache = _prefill(base_model, prefix, base_context)
-        for start in range(0, len(members), batch_size):
-            chunk = members[start : start + batch_size]
-            # Each suffix: the prefix's last token, then the response.
-            suffixes = [[int(prefix[-1])] + response_ids(tokenizer, responses[i]) for i in chunk]
+        for chunk, suffixes in batches:
             results.update(zip(chunk, _score_suffixes(
                 suffixes, (model, ft_cache, ft_context), (base_model, base_cache, base_context),
                 offset=offset, pad_id=tokenizer.pad_token_id, chunk_tokens=chunk_tokens,

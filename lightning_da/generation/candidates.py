@@ -6,6 +6,7 @@ Generation continues from the shared prefix (`lightning_da.formats`): chat_templ
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -14,6 +15,7 @@ from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from lightning_da.formats import prefix_ids
 from lightning_da.generation.sampling import SamplingConfig
+from lightning_da.models.hidden_states import FinalTokenStates
 
 
 def _left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -29,10 +31,17 @@ def _left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tens
 @dataclass
 class Completion:
     """A sampled continuation: its token ids up to and including the first EOS, and whether
-    `max_new_tokens` cut it before any EOS."""
+    `max_new_tokens` cut it before any EOS. `state`: the sampling model's `hidden_states[layer]` of
+    its final token (the last prompt token when the response is empty), when sampling was asked for it."""
 
     ids: list[int]
     truncated: bool
+    state: torch.Tensor | None = None
+
+    @property
+    def response_ids(self) -> list[int]:
+        """The response as sampled, without its EOS: the ids every scorer reads."""
+        return self.ids if self.truncated else self.ids[:-1]
 
 
 def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[int]:
@@ -54,13 +63,19 @@ def sample_completions(
     seed: int = 0,
     progress: bool = True,
     synced_gpus: bool = False,
+    states_at: int | None = None,
 ) -> list[list[Completion]]:
     """`n` completions after each prompt's shared prefix (chat template + `<think>`), as sampled
     token ids. Batch k of `batch_size` prompts is seeded `seed + k x batch_size`, so it samples the
     same whatever ran before it (or on another rank). `synced_gpus`: every rank keeps stepping until
-    all are done, as a sharded model needs (each step gathers its layers from every rank)."""
+    all are done, as a sharded model needs (each step gathers its layers from every rank).
+
+    `states_at`: also keep each completion's final-token `hidden_states[states_at]` (`Completion.state`,
+    float32, on the model's device). Generation then runs one step past `max_new_tokens`, whose token is
+    dropped, for the cut completions' last token; the completions are the same as without it."""
     device = next(model.parameters()).device
     eos = _eos_ids(model, tokenizer)
+    budget = sampling.max_new_tokens
     out: list[list[Completion]] = []
     for start in tqdm(range(0, len(prompts), batch_size), desc="sampling", unit="batch", disable=not progress, leave=False):
         batch = prompts[start : start + batch_size]
@@ -74,15 +89,19 @@ def sample_completions(
               use_cache=True, logits_to_keep=1)
         cache.batch_repeat_interleave(n)
         torch.manual_seed(seed + start)
-        generated = model.generate(
-            input_ids=ids.repeat_interleave(n, dim=0), attention_mask=mask.repeat_interleave(n, dim=0),
-            past_key_values=cache, **sampling.generate_kwargs(), pad_token_id=tokenizer.pad_token_id,
-            synced_gpus=synced_gpus,
-        )
+        states = FinalTokenStates(model, states_at, eos) if states_at is not None else None
+        with states.capturing() if states else contextlib.nullcontext():
+            generated = model.generate(
+                input_ids=ids.repeat_interleave(n, dim=0), attention_mask=mask.repeat_interleave(n, dim=0),
+                past_key_values=cache, **{**sampling.generate_kwargs(), "max_new_tokens": budget + bool(states)},
+                pad_token_id=tokenizer.pad_token_id, synced_gpus=synced_gpus,
+            )
         rows = []
-        for row in generated[:, ids.size(1):].tolist():
+        for r, row in enumerate(generated[:, ids.size(1) : ids.size(1) + budget].tolist()):
             end = next((i for i, token in enumerate(row) if token in eos), None)
             rows.append(Completion(row[: end + 1], False) if end is not None else Completion(row, True))
+            if states:
+                rows[-1].state = states.states[r]
         out.extend(rows[i : i + n] for i in range(0, len(rows), n))
     return out
 
@@ -97,6 +116,6 @@ def sample_candidates(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
     return decode_completions(tokenizer, sample_completions(model, tokenizer, prompts, **kwargs))
 
 
-def flatten_candidates(prompts: list[str], candidates: list[list[str]]) -> tuple[list[str], list[str]]:
-    """Prompt-major (prompt, response) pairs: each prompt repeated once per candidate."""
+def flatten_candidates(prompts: list[str], candidates: list[list]) -> tuple[list[str], list]:
+    """Prompt-major (prompt, candidate) pairs: each prompt repeated once per candidate (text or `Completion`)."""
     return [p for p, row in zip(prompts, candidates, strict=True) for _ in row], [c for row in candidates for c in row]
