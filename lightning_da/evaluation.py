@@ -21,9 +21,8 @@ from lightning_da.attribution.report import RATE_NAMES, compare_selectors, forma
 from lightning_da.attribution.scoring import num_hidden_states
 from lightning_da.best_of_n import GRADERS, best_of_n_sharded, first_sample_block, run_sharded
 from lightning_da.distributed import launch_fabric
-from lightning_da.errors import UserError, check_at_least
-from lightning_da.generation import VLLMGenerator, check_backend
-from lightning_da.models.lora import load_adapter
+from lightning_da.errors import check_at_least
+from lightning_da.models.student import candidate_sampler, load_student
 from lightning_da.stats import RESAMPLES, paired_bootstrap
 
 log = logging.getLogger(__name__)
@@ -35,20 +34,6 @@ def check_settings(cfg: DictConfig) -> None:
         check_at_least(cfg[key], key)
     check_at_least(cfg.max_new_tokens, "max_new_tokens", optional=True)
     check_at_least(cfg.log_samples, "log_samples", minimum=0)
-
-
-def load_student(cfg: DictConfig, device: torch.device):
-    """(model, base, tokenizer) on `device`: the adapter on the student, base = adapter disabled
-    (None); or, for a fully fine-tuned student, a separately loaded `base`."""
-    source = instantiate(cfg.student.model)
-    tokenizer = source.load_tokenizer()
-    if cfg.adapter:
-        model, base = load_adapter(source.load_model(), cfg.adapter, model_name=source.name), None
-    elif cfg.base:
-        model, base = source.load_model(), instantiate(cfg.base).load_model().eval()
-    else:
-        raise UserError("set adapter=<train run>/adapter (the base is the student with it disabled), or base=... for a fully fine-tuned student")
-    return model.eval().to(device), (base.to(device) if base is not None else None), tokenizer
 
 
 def format_table(rate_name: str, rates: dict, drops: dict, intervals: dict) -> str:
@@ -134,11 +119,7 @@ def run_evaluate(cfg: DictConfig) -> dict:
     judge = instantiate(cfg.judge) if benchmark.task == "safety" else None
     if judge is not None:
         judge.check()  # its weights load only when it first judges, after sampling
-    sampler = None
-    if check_backend(cfg.generation):  # candidates from vLLM; scoring stays on the Hugging Face model below
-        generator = VLLMGenerator(instantiate(cfg.student.model), instantiate(cfg.generation.vllm), adapter=cfg.adapter,
-                                  cache_dir=cfg.paths.cache_dir, seed=cfg.seed)
-        sampler = generator.sample_completions
+    sampler = candidate_sampler(cfg)  # vLLM's candidates, if asked; scoring stays on the Hugging Face model below
     model, base, tokenizer = load_student(cfg, fabric.device)
     check_selectors(selectors, num_hidden_states(model))  # before the long sampling, not after
 

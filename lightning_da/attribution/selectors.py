@@ -59,9 +59,14 @@ def _argmax(values: torch.Tensor) -> torch.Tensor:
     return torch.nan_to_num(values, nan=float("-inf")).argmax(dim=-1)
 
 
+def least_similar(cosine: torch.Tensor) -> torch.Tensor:
+    """The method's pick along the last axis (the N candidates): the lowest cosine, NaN never chosen."""
+    return _argmin(cosine)
+
+
 def latent_choice_by_layer(scores: CandidateScores) -> torch.Tensor:
     """(P, layers + 1): the argmin-cosine candidate at every layer."""
-    return _argmin(scores.cosine.transpose(1, 2))
+    return least_similar(scores.cosine.transpose(1, 2))
 
 
 def selected_rate_by_layer(scores: CandidateScores, flags: torch.Tensor) -> torch.Tensor:
@@ -108,7 +113,7 @@ class LatentSimilarity(Selector):
 
     def choose(self, scores: CandidateScores, bad: torch.Tensor | None = None) -> Choice:
         check_layer(self.layer, scores.num_states)
-        return Choice(_argmin(scores.cosine[:, :, self.layer]), layer=self.layer)
+        return Choice(least_similar(scores.cosine[:, :, self.layer]), layer=self.layer)
 
 
 @dataclass

@@ -1,0 +1,168 @@
+"""Deployable latent Best-of-N: sample N candidates and return the one least attributable to the base
+model, at about the cost of sampling them.
+
+    bon = LatentBestOfN.from_pretrained("outputs/train/runs/<run>/adapter")
+    picks = bon.generate(["How do I pick a lock?"], n=8, layer=12)
+
+The fine-tuned side's state is read while each candidate is sampled; the base runs only up to the
+layer, with no logits (`lightning_da.attribution.latent`). The choice is evaluate.py's `latent_sim`
+on the same candidates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.errors import MissingConfigException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from lightning_da.atomic import write_text_atomic
+from lightning_da.attribution.latent import CHUNK_TOKENS, latent_cosines
+from lightning_da.attribution.scoring import num_hidden_states
+from lightning_da.attribution.selectors import check_layer, least_similar
+from lightning_da.errors import UserError, check_at_least
+from lightning_da.generation import Completion, SamplingConfig, decode_completions, flatten_candidates, sample_completions
+from lightning_da.models.lora import check_adapter_dir
+from lightning_da.models.student import candidate_sampler, load_student
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+@dataclass
+class LatentPick:
+    """One prompt's Best-of-N: the chosen `response` (candidate `index`), every candidate as text and
+    as sampled (`completions`: token ids, whether `max_new_tokens` cut it), and each one's cosine to
+    the base at `layer` (lowest chosen)."""
+
+    prompt: str
+    response: str
+    index: int
+    candidates: list[str]
+    cosines: list[float]
+    layer: int
+    completions: list[Completion]
+
+    def as_dict(self) -> dict:
+        return {"prompt": self.prompt, "response": self.response, "index": self.index, "layer": self.layer,
+                "candidates": self.candidates, "cosines": self.cosines,
+                "truncated": [c.truncated for c in self.completions]}
+
+
+def _sampling(default: SamplingConfig, overrides: dict) -> SamplingConfig:
+    known = {f.name for f in dataclasses.fields(SamplingConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise UserError(f"unknown sampling setting(s) {unknown}; use any of {sorted(known)}")
+    return dataclasses.replace(default, **overrides)
+
+
+class LatentBestOfN:
+    """A fine-tuned student (with its adapter; or `base=` a separately loaded base for a fully
+    fine-tuned one) that generates by latent Best-of-N.
+
+    `sampling` is the default for `generate` (any of its fields can be overridden per call);
+    `batch_size` prompts (x N candidates) are sampled together; `sampler`, another engine's
+    `sample_completions` (vLLM's), samples instead of Hugging Face `generate`, and the fine-tuned
+    states then come from a forward through the first `layer` blocks. `layer_key` is the setting an
+    out-of-range layer's error names."""
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, base: PreTrainedModel | None = None,
+                 layer: int = 12, n: int = 8, sampling: SamplingConfig | None = None, batch_size: int = 8,
+                 chunk_tokens: int = CHUNK_TOKENS, sampler: Callable | None = None, layer_key: str = "layer"):
+        if base is None and not hasattr(model, "disable_adapter"):
+            raise UserError("the student has no adapter, so there is no base to disable it to: load it with its adapter, "
+                            "or pass base= (the model before fine-tuning)")
+        self.model, self.tokenizer, self.base, self.sampler = model, tokenizer, base, sampler
+        self.num_states = num_hidden_states(model)
+        self.layer_key = layer_key
+        self.layer = check_layer(layer, self.num_states, layer_key)
+        self.n = check_at_least(n, "n")
+        self.sampling = sampling or SamplingConfig()
+        self.batch_size = check_at_least(batch_size, "batch_size")
+        self.chunk_tokens = check_at_least(chunk_tokens, "chunk_tokens")
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig, device: torch.device | str | None = None) -> LatentBestOfN:
+        """From a composed generate.py or evaluate.py config: `student`, `adapter` (or `base`),
+        `attribution.layer`, `n_candidates`, `student.sampling` with `max_new_tokens`, `batch_size`,
+        `generation` (the backend)."""
+        if "layer" not in cfg.attribution:
+            raise UserError(f"attribution ({cfg.attribution._target_}) has no layer; latent Best-of-N needs attribution=latent_sim")
+        sampler = candidate_sampler(cfg)
+        model, base, tokenizer = load_student(cfg, device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        overrides = {"max_new_tokens": cfg.max_new_tokens} if cfg.get("max_new_tokens") is not None else {}
+        return cls(model, tokenizer, base=base, layer=cfg.attribution.layer, n=cfg.n_candidates, sampler=sampler,
+                   sampling=instantiate(cfg.student.sampling, **overrides), batch_size=cfg.batch_size, layer_key="attribution.layer")
+
+    @classmethod
+    def from_pretrained(cls, adapter: str | Path, *, student: str | None = None, device: torch.device | str | None = None,
+                        overrides: list[str] = ()) -> LatentBestOfN:
+        """The adapter a train run saved (`<run>/adapter`) on its student: the one that run trained
+        (its `.hydra/config.yaml`), or `student=` a `conf/student` name. `overrides` are generate.py's
+        (e.g. `["attribution.layer=16", "n_candidates=4"]`)."""
+        check_adapter_dir(adapter)
+        trained = Path(adapter).parent / ".hydra" / "config.yaml"
+        recorded = OmegaConf.load(trained).get("student") if student is None and trained.is_file() else None
+        if student is None and recorded is None:
+            raise UserError(f"{adapter} is not in a train run (no {trained}); name its student, e.g. student='smollm2_135m'")
+        choice = [f"student={student}"] if student is not None else []
+        try:
+            with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+                cfg = compose(config_name="generate", overrides=[*choice, f"adapter={adapter}", *overrides])
+        except MissingConfigException as exc:  # an unknown student= (or group in `overrides`)
+            raise UserError(f"{str(exc).splitlines()[0]}; use one of {exc.options}") from None
+        if recorded is not None:
+            with open_dict(cfg):
+                cfg.student = recorded
+        return cls.from_config(cfg, device)
+
+    def generate(self, prompts: list[str], n: int | None = None, layer: int | None = None, *, seed: int = 0,
+                 progress: bool = True, **sampling) -> list[LatentPick]:
+        """N candidates per prompt (`n`, else the default), each scored by its cosine to the base at
+        `hidden_states[layer]` (0 = embeddings, i = block i; else the default), the lowest chosen.
+        `sampling`: SamplingConfig fields for this call (temperature, top_p, top_k, max_new_tokens,
+        do_sample). Batch k of prompts is seeded `seed + k x batch_size`, as evaluate.py seeds it."""
+        if not prompts:
+            return []
+        n = check_at_least(self.n if n is None else n, "n")
+        layer = check_layer(self.layer, self.num_states, self.layer_key) if layer is None else check_layer(layer, self.num_states, "layer")
+        config = _sampling(self.sampling, sampling)
+        kwargs = {"n": n, "sampling": config, "batch_size": self.batch_size, "seed": seed, "progress": progress}
+        if self.sampler is None:
+            completions = sample_completions(self.model, self.tokenizer, prompts, states_at=layer, **kwargs)
+        else:
+            completions = self.sampler(self.tokenizer, prompts, **kwargs)
+        flat_prompts, flat = flatten_candidates(prompts, completions)
+        cosines = latent_cosines(self.model, self.tokenizer, flat_prompts, flat, layer, base=self.base,
+                                 batch_size=self.batch_size, chunk_tokens=self.chunk_tokens, progress=progress).view(len(prompts), n)
+        chosen = least_similar(cosines)
+        texts = decode_completions(self.tokenizer, completions)
+        for c in flat:
+            c.state = None  # kept only until scored
+        return [LatentPick(prompt, texts[p][int(chosen[p])], int(chosen[p]), texts[p], cosines[p].tolist(), layer, completions[p])
+                for p, prompt in enumerate(prompts)]
+
+
+def run_generate(cfg: DictConfig) -> list[dict]:
+    """generate.py: latent Best-of-N on the benchmark's prompts (or a file of yours: benchmark=file
+    benchmark.path=...), written to <run>/generations.jsonl, one line per prompt."""
+    for key in ("n_candidates", "batch_size"):
+        check_at_least(cfg[key], key)
+    check_at_least(cfg.max_new_tokens, "max_new_tokens", optional=True)
+    prompts = [row["prompt"] for row in instantiate(cfg.benchmark).load()]
+    bon = LatentBestOfN.from_config(cfg)
+    picks = [pick.as_dict() for pick in bon.generate(prompts, seed=cfg.seed)]
+    out = Path(cfg.paths.output_dir) / "generations.jsonl"
+    write_text_atomic(out, "".join(json.dumps(p) + "\n" for p in picks))
+    truncated = sum(p["truncated"][p["index"]] for p in picks)
+    print(f"{len(picks)} prompts x {bon.n} candidates, chosen by latent similarity at layer {bon.layer} "
+          f"({truncated} chosen responses cut by max_new_tokens): {out}")
+    return picks
