@@ -113,6 +113,18 @@ def first_sample_block(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
     return flags[:, 0]
 
 
+def latent_block(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], answers: list, *,
+                 task: str, judge, n: int, sampling: SamplingConfig, seed: int, layer: int, batch_size: int = 8,
+                 progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """The cheap path of one block (`LatentBestOfN`): (flags (P, N), latent_sim's pick (P,)), no scoring pass."""
+    from lightning_da.latent_best_of_n import LatentBestOfN  # it loads students from configs; this module need not
+
+    picks = LatentBestOfN(model, tokenizer, layer=layer, n=n, sampling=sampling, batch_size=batch_size).generate(
+        prompts, seed=seed, progress=progress)
+    flags, _, _ = grade(task, judge, prompts, [p.candidates for p in picks], answers)
+    return flags, torch.tensor([p.index for p in picks])
+
+
 def run_sharded(block: Callable, prompts: list[str], answers: list, *, rank: int, world_size: int, seed: int,
                 batch_size: int, **kwargs) -> list:
     """`block(prompts, answers, seed=, batch_size=, **kwargs)` on this rank's contiguous run of whole
