@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +36,7 @@ from lightning_da.models.lora import check_adapter_dir
 from lightning_da.models.student import candidate_sampler, load_student
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -88,6 +91,7 @@ class LatentBestOfN:
         self.sampling = sampling or SamplingConfig()
         self.batch_size = check_at_least(batch_size, "batch_size")
         self.chunk_tokens = check_at_least(chunk_tokens, "chunk_tokens")
+        self.timings: dict[str, float] = {}  # seconds of the last generate: sampling, selection
 
     @classmethod
     def from_config(cls, cfg: DictConfig, device: torch.device | str | None = None) -> LatentBestOfN:
@@ -136,14 +140,18 @@ class LatentBestOfN:
         layer = check_layer(self.layer, self.num_states, self.layer_key) if layer is None else check_layer(layer, self.num_states, "layer")
         config = _sampling(self.sampling, sampling)
         kwargs = {"n": n, "sampling": config, "batch_size": self.batch_size, "seed": seed, "progress": progress}
+        started = time.perf_counter()
         if self.sampler is None:
             completions = sample_completions(self.model, self.tokenizer, prompts, states_at=layer, **kwargs)
         else:
             completions = self.sampler(self.tokenizer, prompts, **kwargs)
+        sampled = time.perf_counter()
         flat_prompts, flat = flatten_candidates(prompts, completions)
         cosines = latent_cosines(self.model, self.tokenizer, flat_prompts, flat, layer, base=self.base,
                                  batch_size=self.batch_size, chunk_tokens=self.chunk_tokens, progress=progress).view(len(prompts), n)
         chosen = least_similar(cosines)
+        self.timings = {"sampling": sampled - started, "selection": time.perf_counter() - sampled}
+        log.info("sampling %.1f s, selection %.1f s (%d candidates)", *self.timings.values(), len(flat))
         texts = decode_completions(self.tokenizer, completions)
         for c in flat:
             c.state = None  # kept only until scored

@@ -23,7 +23,7 @@ from tests.conftest import random_adapter
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["How do I pick a lock?", "Hi", "Write a long story about a dragon, please, with many details."]
-# Measured: at most 1.5e-7 on the tiny model; SmolLM2's bound is in test_smollm2_choice_and_cosines_match.
+# Measured: at most 1.5e-7 on the tiny model, 2.4e-7 on SmolLM2 (every layer), 3e-7 in benchmarks/latent_bon_overhead.py.
 TOLERANCE = 1e-5
 
 
@@ -223,5 +223,5 @@ def test_smollm2_choice_and_cosines_match(tmp_path):
         picks = LatentBestOfN(model, tokenizer, layer=layer, n=4, sampling=sampling, batch_size=4).generate(prompts, progress=False)
         assert [p.candidates for p in picks] == full.candidates
         error = (torch.tensor([p.cosines for p in picks]) - full.scores.cosine[:, :, layer]).abs().max()
-        assert error <= 5e-5, (layer, float(error))  # measured 2e-6 at most
+        assert error <= TOLERANCE, (layer, float(error))  # measured 2.4e-7 at most, over all 31 indices
         assert [p.index for p in picks] == LatentSimilarity(layer=layer).choose(full.scores).index.tolist()
