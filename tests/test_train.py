@@ -83,15 +83,32 @@ def test_cli_ddp_two_processes(tmp_path):
     assert len(shards) == 1  # generated once, by rank 0
 
 
-def test_bon_attribution_callback_logs_val_asr(compose_train):
+# by_layer=false: the cheap path (LatentBestOfN); true: the full scoring pass, every layer.
+@pytest.mark.parametrize("by_layer", [False, True])
+def test_bon_attribution_callback_logs_val_asr(compose_train, by_layer):
     cfg = compose_train(
         *TINY, "callbacks=with_bon", "callbacks.bon_attribution.layer=2", "callbacks.bon_attribution.n_prompts=4",
         "callbacks.bon_attribution.n_candidates=3", "callbacks.bon_attribution.sampling.max_new_tokens=6",
+        f"callbacks.bon_attribution.by_layer={str(by_layer).lower()}",
     )
     metrics = run_train(cfg)
     for key in ("val/asr_first", "val/asr_bon"):
         assert 0.0 <= metrics[key] <= 100.0
     assert "val/asr_drop" in metrics
+
+
+def test_bon_attribution_callback_refuses_fsdp(tiny_source):
+    import lightning as L
+
+    from lightning_da.callbacks import BoNAttributionCallback
+    from lightning_da.data.benchmarks import StrongRejectBenchmark
+    from lightning_da.errors import UserError
+    from lightning_da.fsdp import AdapterFSDPStrategy
+
+    trainer = L.Trainer(accelerator="cpu", devices=1, strategy=AdapterFSDPStrategy(), logger=False)
+    callback = BoNAttributionCallback(StrongRejectBenchmark(), judge=None, layer=1)
+    with pytest.raises(UserError, match="trainer=ddp"):
+        callback.on_fit_start(trainer, None)
 
 
 def test_bon_attribution_callback_rejects_a_layer_outside_the_model(compose_train):
