@@ -24,8 +24,9 @@ $(STAMP): pyproject.toml constraints.txt
 # The embedded default end to end: SFT (experiment=demo: the default pipeline with enough steps to
 # move the student on CPU), a few GRPO steps from its adapter, then Best-of-N latent attribution of
 # both students on 30 prompts of StrongREJECT's small set and of the SFT student on single-step
-# arithmetic, each beside the base student; last, report.py across the three evaluations. 32 new
-# tokens hold the refusal (or not) the refusal-prefix judge reads; an arithmetic answer needs 64.
+# arithmetic, each beside the base student; then report.py across the three evaluations; last,
+# generate.py: the deployable latent Best-of-N on 8 prompts. 32 new tokens hold the refusal (or
+# not) the refusal-prefix judge reads; an arithmetic answer needs 64.
 DEMO := outputs/demo
 DEMO_EVAL = n_candidates=4 batch_size=16
 
@@ -37,6 +38,7 @@ demo: install
 	$(BIN)/python evaluate.py $(DEMO_EVAL) max_new_tokens=32 adapter=$(DEMO)/grpo/adapter benchmark.limit=30 hydra.run.dir=$(DEMO)/strongreject_grpo
 	$(BIN)/python evaluate.py $(DEMO_EVAL) max_new_tokens=64 adapter=$(DEMO)/train/adapter benchmark=arithmetic benchmark.steps=1 benchmark.n=20 hydra.run.dir=$(DEMO)/arithmetic
 	$(BIN)/python report.py $(DEMO)/strongreject $(DEMO)/strongreject_grpo $(DEMO)/arithmetic --out $(DEMO)/report
+	$(BIN)/python generate.py adapter=$(DEMO)/train/adapter benchmark.limit=8 n_candidates=4 max_new_tokens=32 hydra.run.dir=$(DEMO)/generate
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -173,4 +173,7 @@ def run_generate(cfg: DictConfig) -> list[dict]:
     truncated = sum(p["truncated"][p["index"]] for p in picks)
     print(f"{len(picks)} prompts x {bon.n} candidates, chosen by latent similarity at layer {bon.layer} "
           f"({truncated} chosen responses cut by max_new_tokens): {out}")
+    first = picks[0]
+    print(f"e.g. {first['prompt'][:100]!r}\n  cosines {[round(c, 4) for c in first['cosines']]}, "
+          f"chose {first['index']}: {first['response'][:200]!r}")
     return picks

@@ -225,3 +225,15 @@ def test_smollm2_choice_and_cosines_match(tmp_path):
         error = (torch.tensor([p.cosines for p in picks]) - full.scores.cosine[:, :, layer]).abs().max()
         assert error <= TOLERANCE, (layer, float(error))  # measured 2.4e-7 at most, over all 31 indices
         assert [p.index for p in picks] == LatentSimilarity(layer=layer).choose(full.scores).index.tolist()
+
+
+def test_from_an_evaluate_config(adapter_dir, tmp_path):
+    """evaluate.py's config builds the same generator: one set of keys for both entry points."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="evaluate", overrides=["student=tiny_random", f"adapter={adapter_dir}", "attribution.layer=1",
+                                                          "n_candidates=2", "max_new_tokens=3", f"paths.cache_dir={tmp_path}"])
+    bon = LatentBestOfN.from_config(cfg, device="cpu")
+    assert (bon.layer, bon.n, bon.sampling.max_new_tokens, bon.layer_key) == (1, 2, 3, "attribution.layer")
+    assert len(bon.generate(["Hi"], progress=False)[0].candidates) == 2
