@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
-from lightning_da.attribution.scoring import repeat_cache, adapter_disabled, by_prompt, ending_in, suffix_batch, suffix_chunks
+from lightning_da.attribution.scoring import adapter_disabled, by_prompt, ending_in, repeat_cache, suffix_batch, suffix_chunks
 from lightning_da.generation import Completion
 from lightning_da.models.hidden_states import run_until
 
