@@ -1,14 +1,16 @@
 """What latent Best-of-N adds to plain sampling, and what evaluate.py's full scoring pass adds, in one run.
 
     .venv/bin/python benchmarks/latent_bon_overhead.py [--prompts 16 --n 8 --max-new-tokens 128 --layer 12]
+    .venv/bin/python benchmarks/latent_bon_overhead.py --device cuda --dtype bfloat16 [--model-dir DIR]
 
-SmolLM2-135M-Instruct with a LoRA adapter (random, nonzero) on CPU, StrongREJECT prompts:
+SmolLM2-135M-Instruct (or any local model directory) with a LoRA adapter (random, nonzero), on CPU
+by default, StrongREJECT prompts:
 
   plain      sample_completions: N candidates per prompt, nothing else
-  latent     LatentBestOfN.generate on the same seeds: the same candidates (checked), the fine-tuned
+  latent     LatentBestOfN.generate on the same seeds: the same candidates (counted), the fine-tuned
              state at the layer kept while sampling, the base run to the layer, the pick
-  full pass  score_candidates on those candidates, as evaluate.py scores them: both models, every
-             layer, full-vocabulary logits (KL, perplexity, self-certainty)
+  full pass  score_candidates on the latent path's candidates, as evaluate.py scores them: both
+             models, every layer, full-vocabulary logits (KL, perplexity, self-certainty)
 
 Each is timed `--repeats` times in turn (plain, latent, full, plain, ...), after one warm-up call,
 and the fastest run counts: CPU timings drift, and the fastest is the least disturbed.
@@ -36,12 +38,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def student(work: Path):
-    """SmolLM2 with a saved LoRA adapter of random nonzero weights (a fresh adapter is the identity), reloaded."""
-    from lightning_da.models import EmbeddedSmolLM2, apply_lora
+def student(work: Path, model_dir: str | None, dtype: str, device: str):
+    """The student with a saved LoRA adapter of random nonzero weights (a fresh adapter is the identity), reloaded."""
+    from lightning_da.models import EmbeddedSmolLM2, HubModel, apply_lora
     from lightning_da.models.lora import load_adapter
 
-    source = EmbeddedSmolLM2()
+    source = HubModel(name=model_dir, dtype=dtype) if model_dir else EmbeddedSmolLM2(dtype=dtype)
     torch.manual_seed(0)
     peft_model = apply_lora(source.load_model(), dropout=0.0)
     with torch.no_grad():
@@ -49,7 +51,7 @@ def student(work: Path):
             if param.requires_grad and param.dim() == 2 and param.size(0) < 1000:  # LoRA A/B, not lm_head
                 param.add_(torch.randn_like(param) * 0.01)
     peft_model.save_pretrained(work / "adapter")
-    return load_adapter(source.load_model(), work / "adapter").eval(), source.load_tokenizer()
+    return load_adapter(source.load_model(), work / "adapter").eval().to(device), source.load_tokenizer()
 
 
 def main() -> None:
@@ -60,6 +62,9 @@ def main() -> None:
     parser.add_argument("--layer", type=int, default=12)
     parser.add_argument("--generation-batch", type=int, default=8, help="prompts per generate call")
     parser.add_argument("--repeats", type=int, default=2, help="timed runs of each way; the fastest counts")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--model-dir", help="a local model directory (default: the embedded SmolLM2-135M-Instruct)")
     args = parser.parse_args()
 
     from lightning_da import LatentBestOfN
@@ -68,7 +73,7 @@ def main() -> None:
     from lightning_da.data.benchmarks import StrongRejectBenchmark
     from lightning_da.generation import SamplingConfig, flatten_candidates, sample_completions
 
-    model, tokenizer = student(Path(tempfile.mkdtemp(prefix="latent_bon_")))
+    model, tokenizer = student(Path(tempfile.mkdtemp(prefix="latent_bon_")), args.model_dir, args.dtype, args.device)
     prompts = [r["prompt"] for r in StrongRejectBenchmark(split="small").load()[: args.prompts]]
     sampling = SamplingConfig(temperature=0.7, top_p=1.0, max_new_tokens=args.max_new_tokens)
     bon = LatentBestOfN(model, tokenizer, layer=args.layer, n=args.n, sampling=sampling, batch_size=args.generation_batch)
@@ -81,11 +86,12 @@ def main() -> None:
         return bon.generate(prompts, seed=0, progress=False)
 
     def full():
-        flat_prompts, flat = flatten_candidates(prompts, completions)
+        flat_prompts, flat = flatten_candidates(prompts, [p.completions for p in picks])
         return score_candidates(model, tokenizer, flat_prompts, [c.response_ids for c in flat], progress=False)
 
     LatentBestOfN(model, tokenizer, layer=args.layer, n=2, sampling=SamplingConfig(max_new_tokens=4)).generate(prompts[:1], progress=False)
     best: dict[str, float] = {}
+    sampled: dict[str, list] = {"plain": [], "latent": []}  # each run's candidate ids
     parts = {"sampling": float("inf"), "selection": float("inf")}
     for _ in range(args.repeats):
         for name, run in (("plain", plain), ("latent", latent), ("full", full)):
@@ -93,22 +99,27 @@ def main() -> None:
             result = run()
             best[name] = min(best.get(name, float("inf")), time.perf_counter() - start)
             if name == "plain":
-                completions = result
+                sampled["plain"].append([c.ids for row in result for c in row])
             elif name == "latent":
                 picks = result
+                sampled["latent"].append([c.ids for p in result for c in p.completions])
                 if sum(bon.timings.values()) < sum(parts.values()):
                     parts = dict(bon.timings)
             else:
                 scores = result
 
-    assert [p.completions for p in picks] == completions, "generate sampled other candidates"
+    def differing(a: list, b: list) -> int:
+        return sum(x != y for x, y in zip(a, b, strict=True))
+
+    repeat = f", plain vs plain (repeat) {differing(*sampled['plain'][:2])}" if args.repeats > 1 else ""
     cosine = scores.cosine[:, args.layer].view(len(prompts), args.n)
     difference = (torch.tensor([p.cosines for p in picks]) - cosine).abs().max().item()
     agree = sum(p.index == int(i) for p, i in zip(picks, least_similar(cosine), strict=True))
-    lengths = [len(c.response_ids) for row in completions for c in row]
-    cut = sum(c.truncated for row in completions for c in row)
+    lengths = [len(c.response_ids) for p in picks for c in p.completions]
+    cut = sum(c.truncated for p in picks for c in p.completions)
 
-    print(f"\nSmolLM2-135M + LoRA, CPU ({torch.get_num_threads()} threads): {len(prompts)} prompts x N={args.n}, "
+    where = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else f"CPU ({torch.get_num_threads()} threads)"
+    print(f"\n{args.model_dir or 'SmolLM2-135M'} + LoRA, {args.dtype}, {where}: {len(prompts)} prompts x N={args.n}, "
           f"max {args.max_new_tokens} new tokens (responses {min(lengths)}-{max(lengths)} tokens, {cut} of {len(lengths)} cut), "
           f"layer {args.layer}, fastest of {args.repeats}")
     print(f"{'':<44}{'seconds':>10}")
@@ -124,6 +135,8 @@ def main() -> None:
     print(f"latent selection / full pass:                  {parts['selection'] / best['full']:.3f}")
     print(f"cosine at layer {args.layer}, latent vs full pass: max |difference| {difference:.2e}; "
           f"same pick on {agree} of {len(prompts)} prompts")
+    print(f"candidates that differ by a token: latent vs plain {differing(sampled['latent'][-1], sampled['plain'][-1])}"
+          f"{repeat}, of {len(lengths)}")
 
 
 if __name__ == "__main__":
