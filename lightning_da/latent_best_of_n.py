@@ -24,6 +24,7 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import MissingConfigException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
+from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lightning_da.atomic import write_text_atomic
@@ -91,7 +92,7 @@ class LatentBestOfN:
         self.sampling = sampling or SamplingConfig()
         self.batch_size = check_at_least(batch_size, "batch_size")
         self.chunk_tokens = check_at_least(chunk_tokens, "chunk_tokens")
-        self.timings: dict[str, float] = {}  # seconds of the last generate: sampling, selection
+        self.timings: dict[str, float] = {}  # seconds of the last generate: sampling, selection (summed over blocks)
 
     @classmethod
     def from_config(cls, cfg: DictConfig, device: torch.device | str | None = None) -> LatentBestOfN:
@@ -139,8 +140,19 @@ class LatentBestOfN:
         n = check_at_least(self.n if n is None else n, "n")
         layer = check_layer(self.layer, self.num_states, self.layer_key) if layer is None else check_layer(layer, self.num_states, "layer")
         config = _sampling(self.sampling, sampling)
-        kwargs = {"n": n, "sampling": config, "batch_size": self.batch_size, "seed": seed, "progress": progress}
+        picks: list[LatentPick] = []
+        self.timings = {"sampling": 0.0, "selection": 0.0}
+        # A block of batch_size prompts at a time: sampled, scored and decoded before the next, so the
+        # kept states never outgrow one batch; each block seeded as one sample_completions call seeds it.
+        for start in tqdm(range(0, len(prompts), self.batch_size), desc="latent best-of-n", unit="batch",
+                          disable=not progress, leave=False):
+            picks += self._block(prompts[start : start + self.batch_size], n, layer, config, seed + start)
+        log.info("sampling %.1f s, selection %.1f s (%d candidates)", *self.timings.values(), len(prompts) * n)
+        return picks
+
+    def _block(self, prompts: list[str], n: int, layer: int, sampling: SamplingConfig, seed: int) -> list[LatentPick]:
         started = time.perf_counter()
+        kwargs = {"n": n, "sampling": sampling, "batch_size": self.batch_size, "seed": seed, "progress": False}
         if self.sampler is None:
             completions = sample_completions(self.model, self.tokenizer, prompts, states_at=layer, **kwargs)
         else:
@@ -148,10 +160,10 @@ class LatentBestOfN:
         sampled = time.perf_counter()
         flat_prompts, flat = flatten_candidates(prompts, completions)
         cosines = latent_cosines(self.model, self.tokenizer, flat_prompts, flat, layer, base=self.base,
-                                 batch_size=self.batch_size, chunk_tokens=self.chunk_tokens, progress=progress).view(len(prompts), n)
+                                 batch_size=self.batch_size, chunk_tokens=self.chunk_tokens).view(len(prompts), n)
         chosen = least_similar(cosines)
-        self.timings = {"sampling": sampled - started, "selection": time.perf_counter() - sampled}
-        log.info("sampling %.1f s, selection %.1f s (%d candidates)", *self.timings.values(), len(flat))
+        self.timings["sampling"] += sampled - started
+        self.timings["selection"] += time.perf_counter() - sampled
         texts = decode_completions(self.tokenizer, completions)
         for c in flat:
             c.state = None  # kept only until scored
