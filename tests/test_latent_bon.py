@@ -237,3 +237,55 @@ def test_from_an_evaluate_config(adapter_dir, tmp_path):
     bon = LatentBestOfN.from_config(cfg, device="cpu")
     assert (bon.layer, bon.n, bon.sampling.max_new_tokens, bon.layer_key) == (1, 2, 3, "attribution.layer")
     assert len(bon.generate(["Hi"], progress=False)[0].candidates) == 2
+
+
+def test_generate_resumes_after_a_crash(adapter_dir, tmp_path, monkeypatch):
+    """A run killed after its first batch keeps that batch; run again in the same directory, it samples
+    only the rest, and writes what one uninterrupted run writes."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict
+
+    from lightning_da.latent_best_of_n import run_generate
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+
+    def config(run, *extra):
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            cfg = compose(config_name="generate", overrides=[
+                "student=tiny_random", f"adapter={adapter_dir}", "benchmark=file", f"benchmark.path={prompts}",
+                "attribution.layer=2", "n_candidates=3", "max_new_tokens=5", "batch_size=2", *extra])
+        with open_dict(cfg):
+            cfg.paths.output_dir, cfg.paths.cache_dir = str(tmp_path / run), str(tmp_path / "cache")
+        return cfg
+
+    whole = run_generate(config("whole"))
+    calls = []
+    generate = LatentBestOfN.generate
+
+    def crash_on_second_batch(self, prompts, **kwargs):
+        calls.append(prompts)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return generate(self, prompts, **kwargs)
+
+    monkeypatch.setattr(LatentBestOfN, "generate", crash_on_second_batch)
+    with pytest.raises(KeyboardInterrupt):
+        run_generate(config("resumed"))
+    parts = tmp_path / "resumed" / "generations.parts"
+    assert sorted(p.name for p in parts.iterdir()) == ["block-000000.jsonl", "key.json"]
+    assert not (tmp_path / "resumed" / "generations.jsonl").exists()
+
+    calls.clear()
+    resumed = run_generate(config("resumed"))
+    assert calls == [PROMPTS[2:]]  # only the batch that was lost
+    assert resumed == whole and not parts.exists()
+    assert (tmp_path / "resumed" / "generations.jsonl").read_text() == (tmp_path / "whole" / "generations.jsonl").read_text()
+
+    # Batches of other settings are never mixed in.
+    monkeypatch.setattr(LatentBestOfN, "generate", crash_on_second_batch)
+    calls.clear()
+    with pytest.raises(KeyboardInterrupt):
+        run_generate(config("mixed"))
+    with pytest.raises(UserError, match="another generation"):
+        run_generate(config("mixed", "n_candidates=2"))
