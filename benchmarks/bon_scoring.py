@@ -150,18 +150,13 @@ def main() -> None:
     if args.worker:
         return scoring_worker(args.worker, args.adapter, args.candidates)
 
+    from benchmarks.common import save_random_adapter
     from lightning_da.data.benchmarks import StrongRejectBenchmark
     from lightning_da.generation import SamplingConfig, flatten_candidates, sample_completions
-    from lightning_da.models import EmbeddedSmolLM2, apply_lora
+    from lightning_da.models import EmbeddedSmolLM2
 
     work = Path(tempfile.mkdtemp(prefix="bon_scoring_"))
-    torch.manual_seed(0)
-    student = apply_lora(EmbeddedSmolLM2().load_model(), dropout=0.0)
-    with torch.no_grad():
-        for param in student.parameters():
-            if param.requires_grad and param.dim() == 2 and param.size(0) < 1000:  # LoRA A/B, not lm_head
-                param.add_(torch.randn_like(param) * 0.01)
-    student.save_pretrained(work / "adapter")
+    save_random_adapter(EmbeddedSmolLM2().load_model(), work / "adapter")
     model, tokenizer, _ = load(str(work / "adapter"))
 
     prompts = [r["prompt"] for r in StrongRejectBenchmark(split="small").load()[: args.prompts]]

@@ -40,17 +40,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 def student(work: Path, model_dir: str | None, dtype: str, device: str):
     """The student with a saved LoRA adapter of random nonzero weights (a fresh adapter is the identity), reloaded."""
-    from lightning_da.models import EmbeddedSmolLM2, HubModel, apply_lora
+    from benchmarks.common import save_random_adapter
+    from lightning_da.models import EmbeddedSmolLM2, HubModel
     from lightning_da.models.lora import load_adapter
 
     source = HubModel(name=model_dir, dtype=dtype) if model_dir else EmbeddedSmolLM2(dtype=dtype)
-    torch.manual_seed(0)
-    peft_model = apply_lora(source.load_model(), dropout=0.0)
-    with torch.no_grad():
-        for param in peft_model.parameters():
-            if param.requires_grad and param.dim() == 2 and param.size(0) < 1000:  # LoRA A/B, not lm_head
-                param.add_(torch.randn_like(param) * 0.01)
-    peft_model.save_pretrained(work / "adapter")
+    save_random_adapter(source.load_model(), work / "adapter")
     return load_adapter(source.load_model(), work / "adapter").eval().to(device), source.load_tokenizer()
 
 

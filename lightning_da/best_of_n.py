@@ -18,6 +18,7 @@ from lightning_da.distributed import all_gather_objects, batch_aligned_shard
 from lightning_da.generation import SamplingConfig, decode_completions, flatten_candidates, sample_completions
 from lightning_da.judges import RefusalPrefixJudge
 from lightning_da.judges.answers import letter_correct, number_correct
+from lightning_da.latent_best_of_n import LatentBestOfN
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +118,6 @@ def latent_block(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pro
                  task: str, judge, n: int, sampling: SamplingConfig, seed: int, layer: int, batch_size: int = 8,
                  progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """The cheap path of one block (`LatentBestOfN`): (flags (P, N), latent_sim's pick (P,)), no scoring pass."""
-    from lightning_da.latent_best_of_n import LatentBestOfN  # it loads students from configs; this module need not
-
     picks = LatentBestOfN(model, tokenizer, layer=layer, n=n, sampling=sampling, batch_size=batch_size).generate(
         prompts, seed=seed, progress=progress)
     flags, _, _ = grade(task, judge, prompts, [p.candidates for p in picks], answers)

@@ -140,7 +140,7 @@ class LatentBestOfN:
         if not prompts:
             return []
         n = check_at_least(self.n if n is None else n, "n")
-        layer = check_layer(self.layer, self.num_states, self.layer_key) if layer is None else check_layer(layer, self.num_states, "layer")
+        layer = self.layer if layer is None else check_layer(layer, self.num_states, "layer")
         config = _sampling(self.sampling, sampling)
         picks: list[LatentPick] = []
         self.timings = {"sampling": 0.0, "selection": 0.0}

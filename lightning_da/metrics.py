@@ -19,6 +19,13 @@ class PercentRate(MeanMetric):
         return super().compute() * 100
 
 
+def gathered_rate(flags: torch.Tensor) -> float:
+    """PercentRate of flags that already hold every rank's prompts (no further sync)."""
+    rate = PercentRate(sync_on_compute=False)
+    rate.update(flags)
+    return float(rate.compute())
+
+
 def relative_drop(first: float, method: float) -> float:
     """The paper's table metric: (first - method) / first x 100. Positive = the method lowered it.
 

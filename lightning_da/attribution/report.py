@@ -9,7 +9,7 @@ import torch
 
 from lightning_da.attribution.scoring import CandidateScores
 from lightning_da.attribution.selectors import Selector, selected_rate_by_layer
-from lightning_da.metrics import PercentRate, relative_drop
+from lightning_da.metrics import gathered_rate, relative_drop
 from lightning_da.stats import paired_bootstrap
 
 # What a benchmark's per-candidate flag means, and the name of the rate it yields.
@@ -55,9 +55,7 @@ def compare_selectors(scores: CandidateScores, flags: torch.Tensor, bad: torch.T
         choice = selector.choose(scores, bad)
         chosen = flags.gather(1, choice.index[:, None]).squeeze(1)
         on = torch.ones_like(chosen, dtype=torch.bool) if choice.evaluate_on is None else choice.evaluate_on
-        rate = PercentRate(sync_on_compute=False)  # the scores already hold every rank's prompts
-        rate.update(chosen[on])
-        choices[selector.name], rates[selector.name] = choice, float(rate.compute())
+        choices[selector.name], rates[selector.name] = choice, gathered_rate(chosen[on])
         outcomes[selector.name] = [int(f) if r else None for f, r in zip(chosen.tolist(), on.tolist(), strict=True)]
         rated[selector.name] = (chosen, on)
     drops, intervals = {}, {}

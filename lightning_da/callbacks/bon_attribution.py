@@ -18,7 +18,7 @@ from lightning_da.best_of_n import best_of_n_sharded, latent_block, run_sharded
 from lightning_da.errors import UserError
 from lightning_da.fsdp import shards_model
 from lightning_da.generation import SamplingConfig
-from lightning_da.metrics import PercentRate, relative_drop
+from lightning_da.metrics import gathered_rate, relative_drop
 
 
 class BoNAttributionCallback(L.Callback):
@@ -67,15 +67,9 @@ class BoNAttributionCallback(L.Callback):
             parts = run_sharded(partial(latent_block, pl_module.model, tokenizer), prompts, [None] * len(prompts),
                                 layer=self.selectors[1].layer, **common)
             flags, chosen = (torch.cat(part) for part in zip(*parts, strict=True))
-            first, bon = _rate(flags[:, 0]), _rate(flags.gather(1, chosen[:, None]))
+            first, bon = gathered_rate(flags[:, 0]), gathered_rate(flags.gather(1, chosen[:, None]))
         pl_module.log_dict({"val/asr_first": first, "val/asr_bon": bon, "val/asr_drop": relative_drop(first, bon)},
                            rank_zero_only=True)
         logger = trainer.logger
         if self.by_layer and trainer.is_global_zero and hasattr(logger, "log_table"):
             logger.log_table(key="val/asr_by_layer", columns=["layer", "asr"], data=[[i, v] for i, v in enumerate(report["by_layer"])])
-
-
-def _rate(flags: torch.Tensor) -> float:
-    rate = PercentRate(sync_on_compute=False)  # the flags already hold every rank's prompts
-    rate.update(flags)
-    return float(rate.compute())
