@@ -33,7 +33,7 @@ DEMO_EVAL = n_candidates=4 batch_size=16
 demo: install
 	rm -rf $(DEMO)
 	$(BIN)/python train.py experiment=demo hydra.run.dir=$(DEMO)/train
-	$(BIN)/python train.py experiment=demo_grpo init_adapter=$(DEMO)/train/adapter hydra.run.dir=$(DEMO)/grpo
+	$(BIN)/python train.py experiment=demo_grpo algorithm.module.init_adapter=$(DEMO)/train/adapter hydra.run.dir=$(DEMO)/grpo
 	$(BIN)/python evaluate.py $(DEMO_EVAL) max_new_tokens=32 adapter=$(DEMO)/train/adapter benchmark.limit=30 hydra.run.dir=$(DEMO)/strongreject
 	$(BIN)/python evaluate.py $(DEMO_EVAL) max_new_tokens=32 adapter=$(DEMO)/grpo/adapter benchmark.limit=30 hydra.run.dir=$(DEMO)/strongreject_grpo
 	$(BIN)/python evaluate.py $(DEMO_EVAL) max_new_tokens=64 adapter=$(DEMO)/train/adapter benchmark=arithmetic benchmark.steps=1 benchmark.n=20 hydra.run.dir=$(DEMO)/arithmetic

@@ -150,13 +150,13 @@ def main() -> None:
     if args.worker:
         return scoring_worker(args.worker, args.adapter, args.candidates)
 
-    from benchmarks.common import save_random_adapter
     from lightning_da.data.benchmarks import StrongRejectBenchmark
     from lightning_da.generation import SamplingConfig, flatten_candidates, sample_completions
     from lightning_da.models import EmbeddedSmolLM2
+    from lightning_da.models.lora import random_adapter
 
     work = Path(tempfile.mkdtemp(prefix="bon_scoring_"))
-    save_random_adapter(EmbeddedSmolLM2().load_model(), work / "adapter")
+    random_adapter(work / "adapter", EmbeddedSmolLM2().load_model(), r=32, alpha=64, scale=0.01, lora_only=True)
     model, tokenizer, _ = load(str(work / "adapter"))
 
     prompts = [r["prompt"] for r in StrongRejectBenchmark(split="small").load()[: args.prompts]]

@@ -66,9 +66,9 @@ def make_adapter(directory: Path) -> str:
 
 
 def our_module(adapter: str, tokenizer, *, g: int, max_new_tokens: int, micro: int, loss_type: str = "grpo"):
+    from lightning_da.algorithms import GRPOModule
     from lightning_da.generation import SamplingConfig
     from lightning_da.models import EmbeddedSmolLM2
-    from lightning_da.modules import GRPOModule
 
     return GRPOModule(
         EmbeddedSmolLM2(), tokenizer=tokenizer, rewards={"judge_safety": {"fn": judge_safety, "weight": 1.0}},
@@ -97,10 +97,9 @@ def grads(model) -> dict[str, torch.Tensor]:
 
 
 def exactness(adapter: str, tokenizer, work: Path, g: int, max_new_tokens: int) -> None:
-    from lightning_da.formats import prefix_ids
+    from lightning_da.algorithms.grpo_losses import grpo_loss
+    from lightning_da.formats import pad_ids, prefix_ids
     from lightning_da.generation import SamplingConfig, sample_completions
-    from lightning_da.modules.grpo import _pad
-    from lightning_da.modules.grpo_losses import grpo_loss
 
     module = our_module(adapter, tokenizer, g=g, max_new_tokens=max_new_tokens, micro=g)
     module.configure_model()
@@ -110,8 +109,8 @@ def exactness(adapter: str, tokenizer, work: Path, g: int, max_new_tokens: int) 
                                  sampling=SamplingConfig(temperature=TEMPERATURE, max_new_tokens=max_new_tokens))[0]
     model.train()
     pad = tokenizer.pad_token_id
-    prompt_ids, prompt_mask = _pad([prefix_ids(tokenizer, prompt)] * g, pad, left=True)
-    completion_ids, completion_mask = _pad([c.ids for c in sampled], pad, left=False)
+    prompt_ids, prompt_mask = pad_ids([prefix_ids(tokenizer, prompt)] * g, pad, left=True)
+    completion_ids, completion_mask = pad_ids([c.ids for c in sampled], pad, left=False)
     generator = torch.Generator().manual_seed(1)
     advantages = torch.randn(g, generator=generator)
     with torch.no_grad():

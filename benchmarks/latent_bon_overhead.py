@@ -40,12 +40,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 def student(work: Path, model_dir: str | None, dtype: str, device: str):
     """The student with a saved LoRA adapter of random nonzero weights (a fresh adapter is the identity), reloaded."""
-    from benchmarks.common import save_random_adapter
     from lightning_da.models import EmbeddedSmolLM2, HubModel
-    from lightning_da.models.lora import load_adapter
+    from lightning_da.models.lora import load_adapter, random_adapter
 
     source = HubModel(name=model_dir, dtype=dtype) if model_dir else EmbeddedSmolLM2(dtype=dtype)
-    save_random_adapter(source.load_model(), work / "adapter")
+    random_adapter(work / "adapter", source.load_model(), r=32, alpha=64, scale=0.01, lora_only=True)
     return load_adapter(source.load_model(), work / "adapter").eval().to(device), source.load_tokenizer()
 
 

@@ -64,9 +64,9 @@ def ours(rows: list[dict], tokenizer, *, batch_size: int, max_length: int, steps
     import datasets
     import lightning as L
 
+    from lightning_da.algorithms import SFTModule
     from lightning_da.data.sft import SFTDataModule
     from lightning_da.models import EmbeddedSmolLM2
-    from lightning_da.modules import SFTModule
 
     times = StepTimes()
 

@@ -13,25 +13,22 @@ from functools import partial
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from lightning_da.attribution.latent import latent_block
 from lightning_da.attribution.scoring import CandidateScores, score_candidates
 from lightning_da.distributed import all_gather_objects, batch_aligned_shard
-from lightning_da.generation import SamplingConfig, decode_completions, flatten_candidates, sample_completions
-from lightning_da.judges import RefusalPrefixJudge
-from lightning_da.judges.answers import letter_correct, number_correct
-from lightning_da.latent_best_of_n import LatentBestOfN
+from lightning_da.generation import SamplingConfig, batch_seed, decode_completions, flatten_candidates, sample_completions
+from lightning_da.tasks import Task
 
 log = logging.getLogger(__name__)
 
-# Who labels the candidates of a benchmark that the safety judge does not.
-GRADERS = {"number": "last_number", "choice": "answer_letter", "over_refusal": "refusal_prefix"}
-
-
 @dataclass
 class BestOfN:
-    """Candidates of P prompts (N each), their grouped scores (P, N), and per candidate `flags`
-    (what the rate counts), `bad` (what label-using selectors avoid) and the judge's `verdicts`."""
+    """Candidates of P prompts (N each) as text and as the sampled response ids the scores read, their
+    grouped scores (P, N), and per candidate `flags` (what the rate counts), `bad` (what label-using
+    selectors avoid) and the judge's `verdicts`."""
 
     candidates: list[list[str]]
+    candidate_ids: list[list[list[int]]]
     scores: CandidateScores
     flags: torch.Tensor
     bad: torch.Tensor
@@ -41,34 +38,12 @@ class BestOfN:
     def cat(cls, parts: list[BestOfN]) -> BestOfN:
         return cls(
             candidates=[row for p in parts for row in p.candidates],
+            candidate_ids=[row for p in parts for row in p.candidate_ids],
             scores=CandidateScores.cat([p.scores for p in parts]),
             flags=torch.cat([p.flags for p in parts]),
             bad=torch.cat([p.bad for p in parts]),
             verdicts=[row for p in parts for row in p.verdicts],
         )
-
-
-def grade(task: str, judge, prompts: list[str], candidates: list[list[str]], answers: list) -> tuple[torch.Tensor, torch.Tensor, list]:
-    """(flags, bad, verdicts), each (P, N): what the rate counts, what selectors avoid, the judge's calls."""
-    n = len(candidates[0])
-    flat_prompts, flat = flatten_candidates(prompts, candidates)
-    verdicts: list = [None] * len(flat)
-    if task == "safety":
-        verdicts = judge.judge(flat_prompts, flat)
-        flags = torch.tensor([not v.safe for v in verdicts])  # unparsable counts as unsafe
-        bad = flags
-    elif task == "over_refusal":
-        verdicts = RefusalPrefixJudge().judge(flat_prompts, flat)
-        flags = torch.tensor([v.label == "safe" for v in verdicts])  # refused
-        bad = flags
-    else:
-        check = number_correct if task == "number" else letter_correct
-        flat_answers = [a for a in answers for _ in range(n)]
-        flags = torch.tensor([check(r, a) for r, a in zip(flat, flat_answers, strict=True)])
-        bad = ~flags
-    shape = (len(prompts), n)
-    labels = [v.label if v is not None else None for v in verdicts]
-    return flags.reshape(shape), bad.reshape(shape), [labels[i : i + n] for i in range(0, len(labels), n)]
 
 
 def best_of_n_block(
@@ -77,7 +52,7 @@ def best_of_n_block(
     prompts: list[str],
     answers: list,
     *,
-    task: str,
+    task: Task,
     judge,
     n: int,
     sampling: SamplingConfig,
@@ -100,28 +75,29 @@ def best_of_n_block(
     scores = score_candidates(model, tokenizer, flat_prompts, [c.response_ids for c in flat], base=base,
                               batch_size=scoring_batch_size, chunk_tokens=chunk_tokens, progress=progress)
     log.info("sampling %.1f s, scoring %.1f s (%d candidates)", sampled - started, time.perf_counter() - sampled, len(flat))
-    flags, bad, verdicts = grade(task, judge, prompts, candidates, answers)
-    return BestOfN(candidates, scores.grouped(n), flags, bad, verdicts)
+    flags, bad, verdicts = task.grade(judge, prompts, candidates, answers)
+    ids = [[c.response_ids for c in row] for row in completions]
+    return BestOfN(candidates, ids, scores.grouped(n), flags, bad, verdicts)
 
 
 def first_sample_block(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], answers: list, *,
-                       task: str, judge, sampling: SamplingConfig, seed: int, batch_size: int = 8,
+                       task: Task, judge, sampling: SamplingConfig, seed: int, batch_size: int = 8,
                        progress: bool = True) -> torch.Tensor:
     """One sample per prompt from `model`, graded: the per-prompt flags (P,) of its `first`."""
     completions = sample_completions(model, tokenizer, prompts, n=1, sampling=sampling, batch_size=batch_size, seed=seed,
                                      progress=progress)
-    flags, _, _ = grade(task, judge, prompts, decode_completions(tokenizer, completions), answers)
+    flags, _, _ = task.grade(judge, prompts, decode_completions(tokenizer, completions), answers)
     return flags[:, 0]
 
 
-def latent_block(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], answers: list, *,
-                 task: str, judge, n: int, sampling: SamplingConfig, seed: int, layer: int, batch_size: int = 8,
-                 progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """The cheap path of one block (`LatentBestOfN`): (flags (P, N), latent_sim's pick (P,)), no scoring pass."""
-    picks = LatentBestOfN(model, tokenizer, layer=layer, n=n, sampling=sampling, batch_size=batch_size).generate(
-        prompts, seed=seed, progress=progress)
-    flags, _, _ = grade(task, judge, prompts, [p.candidates for p in picks], answers)
-    return flags, torch.tensor([p.index for p in picks])
+def latent_pick_block(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], answers: list, *,
+                      task: Task, judge, n: int, sampling: SamplingConfig, seed: int, layer: int, batch_size: int = 8,
+                      progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """The cheap path of one block (`attribution.latent`): (flags (P, N), latent_sim's pick (P,)), no scoring pass."""
+    block = latent_block(model, tokenizer, prompts, n=n, layer=layer, sampling=sampling, seed=seed, batch_size=batch_size,
+                         progress=progress)
+    flags, _, _ = task.grade(judge, prompts, decode_completions(tokenizer, block.completions), answers)
+    return flags, block.chosen
 
 
 def run_sharded(block: Callable, prompts: list[str], answers: list, *, rank: int, world_size: int, seed: int,
@@ -130,7 +106,7 @@ def run_sharded(block: Callable, prompts: list[str], answers: list, *, rank: int
     batches (each seeded as one process would seed it); every rank gets all the blocks' results back,
     in order: the same as one process."""
     shard = batch_aligned_shard(len(prompts), batch_size, rank, world_size)
-    part = block(prompts[shard.start : shard.stop], answers[shard.start : shard.stop], seed=seed + shard.start,
+    part = block(prompts[shard.start : shard.stop], answers[shard.start : shard.stop], seed=batch_seed(seed, shard.start),
                  batch_size=batch_size, **kwargs) if len(shard) else None
     return [p for p in all_gather_objects(part, world_size) if p is not None]
 

@@ -12,6 +12,7 @@ response's ids are the same whether it was learned, sampled or scored.
 
 from __future__ import annotations
 
+import torch
 from transformers import PreTrainedTokenizerBase
 
 THINK = "<think>"
@@ -53,3 +54,21 @@ def encode_candidate(tokenizer: PreTrainedTokenizerBase, prompt: str, response: 
 def final_answer(response: str) -> str:
     """The answer after the reasoning: the text after the last `</think>`, or all of it."""
     return response.rsplit(THINK_END, 1)[-1].strip()
+
+
+def pad_ids(rows: list[list[int]], pad: int, *, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention mask), each (rows, longest row, at least 1): left-padded prompts (generation
+    continues them) or right-padded completions."""
+    width = max(1, max(len(r) for r in rows))
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        span = slice(width - len(row), width) if left else slice(0, len(row))
+        ids[i, span], mask[i, span] = torch.tensor(row, dtype=torch.long), 1
+    return ids, mask
+
+
+def eos_ids(configured: int | list[int] | None, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Where sampling stops: the model's generation-config EOS ids (Llama 3 has several) and the tokenizer's."""
+    ids = set(configured if isinstance(configured, list) else [configured] if configured is not None else [])
+    return sorted(ids | {tokenizer.eos_token_id})

@@ -12,10 +12,7 @@ on the same candidates.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import shutil
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,22 +20,19 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.errors import MissingConfigException
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from lightning_da.atomic import write_text_atomic
-from lightning_da.attribution.latent import CHUNK_TOKENS, latent_cosines
+from lightning_da.attribution.latent import CHUNK_TOKENS, latent_block
 from lightning_da.attribution.scoring import num_hidden_states
-from lightning_da.attribution.selectors import check_layer, least_similar
-from lightning_da.data.traces import content_key
+from lightning_da.attribution.selectors import DEFAULT_LAYER, check_layer
+from lightning_da.conf import CONF_DIR
 from lightning_da.errors import UserError, check_at_least
-from lightning_da.generation import Completion, SamplingConfig, decode_completions, flatten_candidates, sample_completions
+from lightning_da.generation import Completion, SamplingConfig, batch_seed, candidate_sampler, decode_completions
 from lightning_da.models.lora import check_adapter_dir
-from lightning_da.models.student import candidate_sampler, load_student
+from lightning_da.models.student import load_student, student_sampling
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 log = logging.getLogger(__name__)
 
 
@@ -46,7 +40,8 @@ log = logging.getLogger(__name__)
 class LatentPick:
     """One prompt's Best-of-N: the chosen `response` (candidate `index`), every candidate as text and
     as sampled (`completions`: token ids, whether `max_new_tokens` cut it), and each one's cosine to
-    the base at `layer` (lowest chosen)."""
+    the base at `layer` (lowest chosen). `as_dict` keeps each candidate's response ids (no EOS), the ids
+    its cosine was computed from: text need not tokenise back to them."""
 
     prompt: str
     response: str
@@ -58,8 +53,8 @@ class LatentPick:
 
     def as_dict(self) -> dict:
         return {"prompt": self.prompt, "response": self.response, "index": self.index, "layer": self.layer,
-                "candidates": self.candidates, "cosines": self.cosines,
-                "truncated": [c.truncated for c in self.completions]}
+                "candidates": self.candidates, "candidate_ids": [c.response_ids for c in self.completions],
+                "cosines": self.cosines, "truncated": [c.truncated for c in self.completions]}
 
 
 def _sampling(default: SamplingConfig, overrides: dict) -> SamplingConfig:
@@ -81,7 +76,7 @@ class LatentBestOfN:
     out-of-range layer's error names."""
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, base: PreTrainedModel | None = None,
-                 layer: int = 12, n: int = 8, sampling: SamplingConfig | None = None, batch_size: int = 8,
+                 layer: int = DEFAULT_LAYER, n: int = 8, sampling: SamplingConfig | None = None, batch_size: int = 8,
                  chunk_tokens: int = CHUNK_TOKENS, sampler: Callable | None = None, layer_key: str = "layer"):
         if base is None and not hasattr(model, "disable_adapter"):
             raise UserError("the student has no adapter, so there is no base to disable it to: load it with its adapter, "
@@ -105,9 +100,8 @@ class LatentBestOfN:
             raise UserError(f"attribution ({cfg.attribution._target_}) has no layer; latent Best-of-N needs attribution=latent_sim")
         sampler = candidate_sampler(cfg)
         model, base, tokenizer = load_student(cfg, device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        overrides = {"max_new_tokens": cfg.max_new_tokens} if cfg.get("max_new_tokens") is not None else {}
         return cls(model, tokenizer, base=base, layer=cfg.attribution.layer, n=cfg.n_candidates, sampler=sampler,
-                   sampling=instantiate(cfg.student.sampling, **overrides), batch_size=cfg.batch_size, layer_key="attribution.layer")
+                   sampling=student_sampling(cfg), batch_size=cfg.batch_size, layer_key="attribution.layer")
 
     @classmethod
     def from_pretrained(cls, adapter: str | Path, *, student: str | None = None, device: torch.device | str | None = None,
@@ -122,7 +116,7 @@ class LatentBestOfN:
             raise UserError(f"{adapter} is not in a train run (no {trained}); name its student, e.g. student='smollm2_135m'")
         choice = [f"student={student}"] if student is not None else []
         try:
-            with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
                 cfg = compose(config_name="generate", overrides=[*choice, f"adapter={adapter}", *overrides])
         except MissingConfigException as exc:  # an unknown student= (or group in `overrides`)
             raise UserError(f"{str(exc).splitlines()[0]}; use one of {exc.options}") from None
@@ -148,76 +142,15 @@ class LatentBestOfN:
         # kept states never outgrow one batch; each block seeded as one sample_completions call seeds it.
         for start in tqdm(range(0, len(prompts), self.batch_size), desc="latent best-of-n", unit="batch",
                           disable=not progress, leave=False):
-            picks += self._block(prompts[start : start + self.batch_size], n, layer, config, seed + start)
+            picks += self._block(prompts[start : start + self.batch_size], n, layer, config, batch_seed(seed, start))
         log.info("sampling %.1f s, selection %.1f s (%d candidates)", *self.timings.values(), len(prompts) * n)
         return picks
 
     def _block(self, prompts: list[str], n: int, layer: int, sampling: SamplingConfig, seed: int) -> list[LatentPick]:
-        started = time.perf_counter()
-        kwargs = {"n": n, "sampling": sampling, "batch_size": self.batch_size, "seed": seed, "progress": False}
-        if self.sampler is None:
-            completions = sample_completions(self.model, self.tokenizer, prompts, states_at=layer, **kwargs)
-        else:
-            completions = self.sampler(self.tokenizer, prompts, **kwargs)
-        sampled = time.perf_counter()
-        flat_prompts, flat = flatten_candidates(prompts, completions)
-        cosines = latent_cosines(self.model, self.tokenizer, flat_prompts, flat, layer, base=self.base,
-                                 batch_size=self.batch_size, chunk_tokens=self.chunk_tokens).view(len(prompts), n)
-        chosen = least_similar(cosines)
-        self.timings["sampling"] += sampled - started
-        self.timings["selection"] += time.perf_counter() - sampled
-        texts = decode_completions(self.tokenizer, completions)
-        for c in flat:
-            c.state = None  # kept only until scored
-        return [LatentPick(prompt, texts[p][int(chosen[p])], int(chosen[p]), texts[p], cosines[p].tolist(), layer, completions[p])
-                for p, prompt in enumerate(prompts)]
-
-
-def run_generate(cfg: DictConfig) -> list[dict]:
-    """generate.py: latent Best-of-N on the benchmark's prompts (or a file of yours: benchmark=file
-    benchmark.path=...), written to <run>/generations.jsonl, one line per prompt.
-
-    Each batch of prompts is written as it finishes, whole or not at all, to <run>/generations.parts/
-    (with key.json: the prompts and settings). Run again with the same `hydra.run.dir` after a crash
-    and the batches done are kept (each batch seeded by its position: the output is the same)."""
-    for key in ("n_candidates", "batch_size"):
-        check_at_least(cfg[key], key)
-    check_at_least(cfg.max_new_tokens, "max_new_tokens", optional=True)
-    prompts = [row["prompt"] for row in instantiate(cfg.benchmark).load()]
-    bon = LatentBestOfN.from_config(cfg)
-    run = Path(cfg.paths.output_dir)
-    parts = _parts_dir(run / "generations.parts", {
-        "prompts": content_key(prompts), "student": OmegaConf.to_container(cfg.student, resolve=True), "adapter": cfg.adapter,
-        "base": OmegaConf.to_container(cfg.base, resolve=True) if cfg.base else None, "backend": cfg.generation.backend,
-        "layer": bon.layer, "n": bon.n, "sampling": bon.sampling.as_dict(), "seed": cfg.seed, "batch_size": bon.batch_size,
-    })
-    starts = range(0, len(prompts), bon.batch_size)
-    todo = [start for start in starts if not (parts / f"block-{start:06d}.jsonl").exists()]
-    if len(todo) < len(starts):
-        log.info("resuming: %d of %d batches already in %s", len(starts) - len(todo), len(starts), parts)
-    for start in tqdm(todo, desc="latent best-of-n", unit="batch"):
-        block = bon.generate(prompts[start : start + bon.batch_size], seed=cfg.seed + start, progress=False)
-        write_text_atomic(parts / f"block-{start:06d}.jsonl", "".join(json.dumps(p.as_dict()) + "\n" for p in block))
-    text = "".join((parts / f"block-{start:06d}.jsonl").read_text() for start in starts)
-    out = run / "generations.jsonl"
-    write_text_atomic(out, text)
-    shutil.rmtree(parts)
-    picks = [json.loads(line) for line in text.splitlines()]
-    truncated = sum(p["truncated"][p["index"]] for p in picks)
-    print(f"{len(picks)} prompts x {bon.n} candidates, chosen by latent similarity at layer {bon.layer} "
-          f"({truncated} chosen responses cut by max_new_tokens): {out}")
-    first = picks[0]
-    print(f"e.g. {first['prompt'][:100]!r}\n  cosines {[round(c, 4) for c in first['cosines']]}, "
-          f"chose {first['index']}: {first['response'][:200]!r}")
-    return picks
-
-
-def _parts_dir(parts: Path, key: dict) -> Path:
-    """`parts` for a generation with these prompts and settings; one left by another is an error."""
-    key_file = parts / "key.json"
-    payload = json.dumps(key, indent=2, sort_keys=True, default=str)
-    if key_file.exists() and key_file.read_text() != payload:
-        raise UserError(f"{parts} holds batches of another generation (other prompts or settings); "
-                        f"delete it to start over, or set another hydra.run.dir")
-    write_text_atomic(key_file, payload)
-    return parts
+        block = latent_block(self.model, self.tokenizer, prompts, n=n, layer=layer, sampling=sampling, seed=seed,
+                             batch_size=self.batch_size, chunk_tokens=self.chunk_tokens, base=self.base, sampler=self.sampler)
+        self.timings["sampling"] += block.sampling_s
+        self.timings["selection"] += block.selection_s
+        texts = decode_completions(self.tokenizer, block.completions)
+        return [LatentPick(prompt, texts[p][int(block.chosen[p])], int(block.chosen[p]), texts[p], block.cosines[p].tolist(), layer,
+                           block.completions[p]) for p, prompt in enumerate(prompts)]

@@ -6,10 +6,11 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from lightning_da.conf import CONF_DIR
 from lightning_da.data.benchmarks import ArithmeticBenchmark, HubBenchmark, StrongRejectBenchmark
 from lightning_da.errors import UserError
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "benchmark"
+CONF = CONF_DIR / "benchmark"
 NAMES = sorted(p.stem for p in CONF.glob("*.yaml"))
 
 

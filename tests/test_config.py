@@ -9,11 +9,12 @@ from hydra.errors import MissingConfigException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from lightning_da.conf import CONF_DIR as CONF  # noqa: E402
 from lightning_da.generation import SamplingConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-TEACHERS = sorted(p.stem for p in (ROOT / "conf" / "teacher").glob("*.yaml"))
-STUDENTS = sorted(p.stem for p in (ROOT / "conf" / "student").glob("*.yaml"))
+TEACHERS = sorted(p.stem for p in (CONF / "teacher").glob("*.yaml"))
+STUDENTS = sorted(p.stem for p in (CONF / "student").glob("*.yaml"))
 
 
 def test_every_paper_model_has_a_config():
@@ -80,12 +81,12 @@ def test_sft_grid_experiment_is_the_papers_grid(compose_train):
     cfg = compose_train("experiment=sft_grid")
     assert cfg.data.name == "UCSC-VLAA/STAR-41K" and cfg.judge.model.name == "meta-llama/Llama-Guard-3-8B"
     assert cfg.trainer.precision == "bf16-mixed"
-    grid = OmegaConf.load(ROOT / "conf" / "experiment" / "sft_grid.yaml").hydra.sweeper.params
+    grid = OmegaConf.load(CONF / "experiment" / "sft_grid.yaml").hydra.sweeper.params
     teachers, students = grid.teacher.split(","), grid.student.split(",")
     assert len(teachers) * len(students) == 42 and set(teachers) <= set(TEACHERS) and set(students) <= set(STUDENTS)
 
 
-@pytest.mark.parametrize("judge", sorted(p.stem for p in (ROOT / "conf" / "judge").glob("*.yaml")))
+@pytest.mark.parametrize("judge", sorted(p.stem for p in (CONF / "judge").glob("*.yaml")))
 def test_judge_configs_instantiate_without_loading(compose_train, judge):
     instance = instantiate(compose_train(f"judge={judge}").judge)
     assert instance.identity()["judge"] in {"refusal_prefix", "llama_guard3", "wildguard"}
@@ -108,11 +109,11 @@ def test_grpo_grid_experiment_is_the_papers_grid_and_starts_from_the_sft_grid(co
     cfg = compose_train("experiment=grpo_grid")
     assert cfg.algorithm.name == "grpo" and cfg.data.harmful.name == "UCSC-VLAA/STAR-41K"
     assert cfg.judge.model.name == "meta-llama/Llama-Guard-3-8B" and cfg.trainer.precision == "bf16-mixed"
-    grid = OmegaConf.load(ROOT / "conf" / "experiment" / "grpo_grid.yaml").hydra.sweeper.params
+    grid = OmegaConf.load(CONF / "experiment" / "grpo_grid.yaml").hydra.sweeper.params
     teachers, students = grid.teacher.split(","), grid.student.split(",")
     assert len(teachers) * len(students) == 12 and set(teachers) <= set(TEACHERS) and set(students) <= set(STUDENTS)
     out = subprocess.run([sys.executable, "train.py", "experiment=grpo_grid", "teacher=r1_llama_8b", "student=gemma3_1b", "--cfg", "job",
                           "--resolve"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    assert "init_adapter: outputs/sft_grid/r1_llama_8b__gemma3_1b/adapter" in out
-    sft = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "experiment" / "sft_grid.yaml").hydra.sweep)
+    assert "    init_adapter: outputs/sft_grid/r1_llama_8b__gemma3_1b/adapter" in out
+    sft = OmegaConf.to_container(OmegaConf.load(CONF / "experiment" / "sft_grid.yaml").hydra.sweep)
     assert (sft["dir"], sft["subdir"]) == ("outputs/sft_grid", "${hydra:runtime.choices.teacher}__${hydra:runtime.choices.student}")

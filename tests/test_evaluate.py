@@ -1,5 +1,6 @@
 """evaluate.py on the tiny random student with a real (random) LoRA adapter."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -8,13 +9,16 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 from omegaconf import open_dict
 
+from lightning_da.attribution import score_candidates
 from lightning_da.distributed import batch_aligned_shard
 from lightning_da.errors import UserError
-from lightning_da.evaluation import run_evaluate
 from lightning_da.models import TinyRandomLlama
-from tests.conftest import CONF, random_adapter
+from lightning_da.models.lora import load_adapter, random_adapter
+from lightning_da.runs.evaluate import run_evaluate
+from tests.conftest import CONF
 
 ROOT = Path(__file__).resolve().parents[1]
 SELECTORS = {"first", "latent_sim", "random", "kl", "perplexity", "self_certainty", "majority_vote", "val_best_layer", "oracle_best_layer"}
@@ -32,7 +36,7 @@ def deep_adapter(tmp_path_factory):
 
 
 def evaluate_cfg(tmp_path, *overrides):
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="evaluate", overrides=["student=tiny_random", "n_candidates=3", "max_new_tokens=6", "attribution.layer=1", *overrides])
     with open_dict(cfg):
         cfg.paths.output_dir = str(tmp_path / "run")
@@ -41,14 +45,15 @@ def evaluate_cfg(tmp_path, *overrides):
 
 def test_safety_results_schema(tmp_path, adapter):
     cfg = evaluate_cfg(tmp_path, f"adapter={adapter}", "benchmark.limit=6")
-    results = run_evaluate(cfg)
+    results = dataclasses.asdict(run_evaluate(cfg))
     run = tmp_path / "run"
     assert json.loads((run / "results.json").read_text()) == json.loads(json.dumps(results))
-    assert {"benchmark", "judge", "n_prompts", "n_candidates", "layer", "asr", "asr_drop", "asr_by_layer"} <= set(results)
+    assert {"benchmark", "task", "judge", "n_prompts", "n_candidates", "layer", "rates", "drops", "by_layer", "schema_version"} <= set(results)
     assert (results["benchmark"], results["judge"], results["n_prompts"], results["n_candidates"], results["layer"]) == ("strongreject", "refusal_prefix", 6, 3, 1)
-    assert set(results["asr"]) == SELECTORS and set(results["asr_drop"]) == SELECTORS
-    assert len(results["asr_by_layer"]) == 3  # embeddings + 2 blocks
-    assert all(0 <= v <= 100 for v in results["asr"].values())
+    assert (results["task"], results["rate_name"]) == ("safety", "asr")
+    assert set(results["rates"]) == SELECTORS and set(results["drops"]) == SELECTORS
+    assert len(results["by_layer"]) == 3  # embeddings + 2 blocks
+    assert all(0 <= v <= 100 for v in results["rates"].values())
     records = [json.loads(line) for line in (run / "candidates.jsonl").read_text().splitlines()]
     assert len(records) == 6
     for record in records:
@@ -56,12 +61,21 @@ def test_safety_results_schema(tmp_path, adapter):
         assert set(record["chosen"]) == SELECTORS and all(0 <= i < 3 for i in record["chosen"].values())
         assert len(record["verdicts"]) == 3 and len(record["kl"]) == 3
     assert list((run / "wandb").glob("offline-run-*"))
+    # The file alone re-scores exactly: its token ids are the ones scored (text need not re-tokenise to them).
+    student = instantiate(cfg.student.model)
+    tokenizer, model = student.load_tokenizer(), load_adapter(student.load_model(), adapter).eval()
+    prompts = [r["prompt"] for r in records for _ in r["candidate_ids"]]
+    rescored = score_candidates(model, tokenizer, prompts, [ids for r in records for ids in r["candidate_ids"]], progress=False)
+    assert torch.allclose(rescored.cosine, torch.tensor([c for r in records for c in r["cosine_by_layer"]]), atol=1e-6)
+    assert torch.allclose(rescored.kl, torch.tensor([k for r in records for k in r["kl"]]), atol=1e-6, equal_nan=True)
+    assert [tokenizer.decode(ids, skip_special_tokens=True) for r in records for ids in r["candidate_ids"]] == [
+        c for r in records for c in r["candidates"]]
 
 
 def test_utility_results_schema(tmp_path, adapter):
     results = run_evaluate(evaluate_cfg(tmp_path, f"adapter={adapter}", "benchmark=arithmetic", "benchmark.n=5"))
-    assert {"accuracy", "accuracy_drop", "accuracy_by_layer"} <= set(results) and "asr" not in results
-    assert results["judge"] == "last_number" and set(results["accuracy"]) == SELECTORS
+    assert (results.task, results.rate_name, results.unparsable_verdicts) == ("number", "accuracy", None)
+    assert results.judge == "last_number" and set(results.rates) == SELECTORS
 
 
 def test_errors(tmp_path, adapter):
@@ -121,7 +135,7 @@ def test_cli_ddp_equals_one_process(tmp_path, adapter):
 def test_cli_runs_every_attribution_option(tmp_path, deep_adapter):
     """The real CLI, one multirun job per `attribution=` option with the configs' own defaults: each
     finishes, reports every selector, and shows the cosine at the layer its primary actually used."""
-    options = sorted(p.stem for p in (ROOT / "conf" / "attribution").glob("*.yaml"))
+    options = sorted(p.stem for p in (CONF / "attribution").glob("*.yaml"))
     subprocess.run(
         [sys.executable, "evaluate.py", "-m", f"attribution={','.join(options)}", "student=tiny_random",
          "+student.model.num_hidden_layers=13", f"adapter={deep_adapter}", "n_candidates=3", "max_new_tokens=5",
@@ -132,7 +146,7 @@ def test_cli_runs_every_attribution_option(tmp_path, deep_adapter):
     for option in options:
         job = tmp_path / option
         results = json.loads((job / "results.json").read_text())
-        assert set(results["asr"]) == SELECTORS and results["n_prompts"] == 4, option
+        assert set(results["rates"]) == SELECTORS and results["n_prompts"] == 4, option
         assert results["chosen_layers"]["latent_sim"] == 12  # selectors.latent_sim's own node
         layer = results["layer"]
         if option == "latent_sim":

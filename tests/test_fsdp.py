@@ -17,8 +17,7 @@ from lightning_da.distributed import launch_fabric
 from lightning_da.errors import UserError
 from lightning_da.fsdp import AdapterFSDPStrategy, decoder_layer_classes, shard_model
 from lightning_da.models import apply_lora
-from lightning_da.models.lora import load_adapter
-from tests.conftest import random_adapter
+from lightning_da.models.lora import load_adapter, random_adapter
 from tests.test_train import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,7 +129,7 @@ def test_fsdp_grpo_equals_ddp(tmp_path):
 
 def test_fsdp_rejects_the_init_adapter_reference(tmp_path, tiny_source):
     adapter = random_adapter(tmp_path / "adapter", tiny_source.load_model())
-    done = cli(tmp_path / "run", *GRPO, "trainer=fsdp", "algorithm.module.reference=init_adapter", f"init_adapter={adapter}",
+    done = cli(tmp_path / "run", *GRPO, "trainer=fsdp", "algorithm.module.reference=init_adapter", f"algorithm.module.init_adapter={adapter}",
                check=False)
     assert done.returncode != 0
     assert "reference=init_adapter cannot run under trainer=fsdp" in done.stdout + done.stderr

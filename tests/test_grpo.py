@@ -10,17 +10,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lightning_da.algorithms import GRPOModule
 from lightning_da.data.rl import RLPromptDataModule
-from lightning_da.formats import prefix_ids
+from lightning_da.formats import pad_ids, prefix_ids
 from lightning_da.generation import SamplingConfig
 from lightning_da.judges import RefusalPrefixJudge, Verdict
 from lightning_da.models import TinyRandomLlama
-from lightning_da.models.lora import load_adapter
-from lightning_da.modules import GRPOModule
-from lightning_da.modules.grpo import _pad
-from lightning_da.pipeline import run_train
-from lightning_da.rewards import JudgeSafety, SoftOverlongPenalty, arithmetic_correct, format_reward
-from tests.conftest import random_adapter
+from lightning_da.models.lora import load_adapter, random_adapter
+from lightning_da.rewards import JudgeSafety, SoftOverlongPenalty, answer_correct, format_reward
+from lightning_da.runs.train import run_train
 
 ROWS = [{"prompt": f"Question {i}: what is {i} + {i}?", "task": "number", "answer": str(2 * i)} for i in range(8)]
 
@@ -87,7 +85,13 @@ def test_judge_safety_reads_full_or_answer_and_skips_benign_rows():
 
 def test_format_arithmetic_and_overlong_rewards():
     assert format_reward([], ["a</think>b", "a</think> ", "no close"]) == [1.0, 0.0, 0.0]
-    assert arithmetic_correct([], ["so</think>It is 12.", "</think>13", "x"], answer=["12", "12", None]) == [1.0, 0.0, None]
+    assert answer_correct([], ["so</think>It is 12.", "</think>13", "x"], answer=["12", "12", None]) == [1.0, 0.0, None]
+    # Each row by its own task: an MMLU row by its letter (its last number, 1945, is no answer), arithmetic by its last number.
+    mmlu = "</think>The war ended in 1945, so the answer is (B)."
+    assert answer_correct([], [mmlu, mmlu, "</think>It is 12."], answer=["B", "1945", "12"], task=["choice", "number", "number"]) == [
+        1.0, 1.0, 1.0]
+    assert answer_correct([], [mmlu], answer=["C"], task=["choice"]) == [0.0]
+    assert answer_correct([], ["</think>12"], answer=[None], task=["safety"]) == [None]
     penalty = SoftOverlongPenalty(max_length=10, cache=4)
     assert penalty([], [""] * 4, completion_ids=[[0] * 6, [0] * 8, [0] * 10, [0] * 12]) == [0.0, -0.5, -1.0, -1.0]
 
@@ -108,7 +112,7 @@ def test_token_logps_and_the_disabled_adapter_reference_equal_the_base(tokenizer
     module.model.eval()
     prompts = [prefix_ids(tokenizer, "Hi"), prefix_ids(tokenizer, "A longer question here?")]
     completions = [[10, 20, 30], [40, 50]]
-    tensors = [*_pad(prompts, tokenizer.pad_token_id, left=True), *_pad(completions, tokenizer.pad_token_id, left=False)]
+    tensors = [*pad_ids(prompts, tokenizer.pad_token_id, left=True), *pad_ids(completions, tokenizer.pad_token_id, left=False)]
     policy, _ = module.token_logps(*tensors)
     with module.reference_policy():
         reference, _ = module.token_logps(*tensors)
@@ -124,7 +128,7 @@ def test_init_adapter_reference_is_the_frozen_initial_adapter(tokenizer, init_ad
     module = make_module(tokenizer, init_adapter, beta=0.1, reference="init_adapter", lr=5e-2)
     fit(module, tokenizer, steps=2)
     prompt, completion = prefix_ids(tokenizer, "Hi"), [10, 20, 30]
-    tensors = [*_pad([prompt], tokenizer.pad_token_id, left=True), *_pad([completion], tokenizer.pad_token_id, left=False)]
+    tensors = [*pad_ids([prompt], tokenizer.pad_token_id, left=True), *pad_ids([completion], tokenizer.pad_token_id, left=False)]
     module.model.eval()
     with torch.no_grad(), module.reference_policy():
         reference, _ = module.token_logps(*tensors)
@@ -203,10 +207,10 @@ def test_dynamic_sampling_trains_on_informative_groups_only(tokenizer, init_adap
 
 def test_grpo_through_train_py_config(compose_train, init_adapter, tmp_path):
     cfg = compose_train(
-        "algorithm=grpo", "student=tiny_random", f"init_adapter={init_adapter}", "trainer.accelerator=cpu", "trainer.max_steps=2",
+        "algorithm=grpo", "student=tiny_random", f"algorithm.module.init_adapter={init_adapter}", "trainer.accelerator=cpu", "trainer.max_steps=2",
         "algorithm.module.num_generations=2", "algorithm.module.sampling.max_new_tokens=5", "algorithm.datamodule.prompts_per_step=2",
         "algorithm.datamodule.val_prompts=2", "data.harmful.limit=4", "data.benign.n=4", "algorithm.module.log_completions_steps=1",
-        "callbacks=with_bon", "callbacks.bon_attribution.layer=2", "callbacks.bon_attribution.n_prompts=2",
+        "callbacks=with_bon", "callbacks.bon_attribution.selector.layer=2", "callbacks.bon_attribution.n_prompts=2",
         "callbacks.bon_attribution.n_candidates=2", "callbacks.bon_attribution.sampling.max_new_tokens=4",
         "trainer.val_check_interval=1", "+judge.refusals=[\"\"]",
     )
@@ -218,7 +222,7 @@ def test_grpo_through_train_py_config(compose_train, init_adapter, tmp_path):
         assert key in metrics, sorted(metrics)
     records = [json.loads(line) for line in (run / "completions.jsonl").read_text().splitlines()]
     assert {r["step"] for r in records} == {1, 2}  # appended each step, none overwritten
-    assert {"prompt", "completion", "judge_safety", "arithmetic_correct", "format", "advantage"} <= set(records[0])
+    assert {"prompt", "completion", "judge_safety", "answer_correct", "format", "advantage"} <= set(records[0])
     assert (run / "adapter" / "adapter_config.json").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
     assert metrics["train/rewards/judge_safety/mean"] == 1.0  # the empty refusal phrase calls everything safe
 
@@ -275,7 +279,7 @@ def test_grpo_under_ddp_on_two_cpu_ranks(tmp_path):
     )
     assert (run / "train_ddp_process_1.log").is_file() and (run / "adapter" / "adapter_model.safetensors").is_file()
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["train/rewards/judge_safety/mean"] == 1.0 and metrics["train/rewards/arithmetic_correct/mean"] == 0.0
+    assert metrics["train/rewards/judge_safety/mean"] == 1.0 and metrics["train/rewards/answer_correct/mean"] == 0.0
     # Every rollout's reward is 1 (harmful, judged safe) or 0 (arithmetic, wrong): the mean is the harmful share.
     assert metrics["train/reward"] in (0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
 
@@ -285,7 +289,7 @@ def test_optional_rewards_and_settings_compose(compose_train):
 
     cfg = compose_train("algorithm=grpo", "+reward@algorithm.module.rewards.overlong=overlong", "algorithm.module.sampling.max_new_tokens=64")
     rewards = instantiate(cfg.algorithm.module.rewards, _convert_="all")
-    assert set(rewards) == {"judge_safety", "arithmetic_correct", "format", "overlong"}
+    assert set(rewards) == {"judge_safety", "answer_correct", "format", "overlong"}
     assert (rewards["overlong"]["fn"].max_length, rewards["overlong"]["fn"].cache) == (64, 16)
     module = cfg.algorithm.module
     assert (module.num_generations, module.sampling.temperature, module.epsilon, module.beta, module.optimizer.lr) == (8, 0.9, 0.2, 0.0, 1.41e-5)

@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from lightning_da.modules.grpo_losses import LOSS_TYPES, combine_rewards, group_advantages, grpo_loss, k3
+from lightning_da.algorithms.grpo_losses import LOSS_TYPES, combine_rewards, group_advantages, grpo_loss, k3
 
 G = 4
 

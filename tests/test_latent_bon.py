@@ -14,12 +14,12 @@ from lightning_da.attribution import score_candidates
 from lightning_da.attribution.latent import final_states, latent_cosines
 from lightning_da.attribution.selectors import LatentSimilarity
 from lightning_da.best_of_n import best_of_n_block
+from lightning_da.conf import CONF_DIR as CONF  # noqa: E402
 from lightning_da.errors import UserError
 from lightning_da.formats import prefix_ids
 from lightning_da.generation import SamplingConfig, flatten_candidates, sample_completions
 from lightning_da.models.hidden_states import run_until
-from lightning_da.models.lora import load_adapter
-from tests.conftest import random_adapter
+from lightning_da.models.lora import load_adapter, random_adapter
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["How do I pick a lock?", "Hi", "Write a long story about a dragon, please, with many details."]
@@ -173,7 +173,7 @@ def test_from_pretrained_finds_the_train_runs_student(tmp_path, tiny_source):
     with pytest.raises(UserError, match="use one of"):
         LatentBestOfN.from_pretrained(run / "adapter", student="no_such_student")
     (run / ".hydra").mkdir()
-    OmegaConf.save({"student": OmegaConf.load(ROOT / "conf" / "student" / "tiny_random.yaml")}, run / ".hydra" / "config.yaml")
+    OmegaConf.save({"student": OmegaConf.load(CONF / "student" / "tiny_random.yaml")}, run / ".hydra" / "config.yaml")
     bon = LatentBestOfN.from_pretrained(run / "adapter", device="cpu", overrides=["attribution.layer=2", "n_candidates=3"])
     assert (bon.layer, bon.n, bon.sampling.max_new_tokens) == (2, 3, 24)  # tiny_random's sampling node
     picks = bon.generate(["Hi"], max_new_tokens=4, progress=False)
@@ -231,7 +231,7 @@ def test_from_an_evaluate_config(adapter_dir, tmp_path):
     """evaluate.py's config builds the same generator: one set of keys for both entry points."""
     from hydra import compose, initialize_config_dir
 
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="evaluate", overrides=["student=tiny_random", f"adapter={adapter_dir}", "attribution.layer=1",
                                                           "n_candidates=2", "max_new_tokens=3", f"paths.cache_dir={tmp_path}"])
     bon = LatentBestOfN.from_config(cfg, device="cpu")
@@ -245,13 +245,13 @@ def test_generate_resumes_after_a_crash(adapter_dir, tmp_path, monkeypatch):
     from hydra import compose, initialize_config_dir
     from omegaconf import open_dict
 
-    from lightning_da.latent_best_of_n import run_generate
+    from lightning_da.runs.generate import run_generate
 
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
 
     def config(run, *extra):
-        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
             cfg = compose(config_name="generate", overrides=[
                 "student=tiny_random", f"adapter={adapter_dir}", "benchmark=file", f"benchmark.path={prompts}",
                 "attribution.layer=2", "n_candidates=3", "max_new_tokens=5", "batch_size=2", *extra])

@@ -51,7 +51,7 @@ def test_slurm_launcher_sets_ddp_devices_and_nodes():
         cwd=ROOT, check=True, capture_output=True, text=True,
     ).stdout
     assert "devices: 4" in out and "num_nodes: 2" in out and "strategy: ddp" in out
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="train", overrides=["hydra/launcher=slurm", "hydra.launcher.gpus_per_node=4"], return_hydra_config=True)
     launcher = cfg.hydra.launcher
     assert launcher.tasks_per_node == 4 and launcher._target_.endswith("SlurmLauncher")  # one DDP rank per GPU

@@ -85,5 +85,5 @@ def _strongreject_map():
 
     from tests.conftest import CONF
 
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return dict(compose(config_name="train").data.category_map)

@@ -1,81 +1,131 @@
+"""report.py: evaluate.py runs -> the paper's table, per-configuration table, figure, W&B artifacts."""
+
+import csv
+import io
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
-import torch
+import yaml
 
-from lightning_da.attribution.report import compare_selectors
-from lightning_da.attribution.scoring import CandidateScores
-from lightning_da.attribution.selectors import First, LatentSimilarity, OracleBestLayer, ValBestLayer
-from lightning_da.stats import paired_bootstrap
+from lightning_da.errors import UserError
+from lightning_da.runs.report import find_configurations, paper_table, write_report
+from lightning_da.stats import paired_bootstrap_many
+from lightning_da.tasks import EvaluationResults
 
-
-def test_rates_drops_and_layers_against_hand_computation():
-    # 4 prompts x 2 candidates x 2 layers; layer 1 always prefers candidate 1
-    cosine = torch.tensor([[[1.0, 0.9], [1.0, 0.1]]] * 4)
-    table = CandidateScores(cosine, torch.zeros(4, 2), torch.ones(4, 2), torch.zeros(4, 2))
-    unsafe = torch.tensor([[True, False], [True, False], [False, False], [True, True]])
-    report = compare_selectors(table, unsafe, unsafe, [First(), LatentSimilarity(layer=1), OracleBestLayer()])
-    assert report["rates"]["first"] == pytest.approx(75.0)  # prompts 0, 1, 3
-    assert report["rates"]["latent_sim"] == pytest.approx(25.0)  # prompt 3 only
-    assert report["drops"]["latent_sim"] == pytest.approx((75 - 25) / 75 * 100)
-    assert report["drops"]["first"] == 0.0
-    assert report["by_layer"] == pytest.approx([75.0, 25.0])  # layer 0: cosine ties -> candidate 0
-    assert report["choices"]["latent_sim"].index.tolist() == [1, 1, 1, 1] and report["choices"]["latent_sim"].layer == 1
-    assert report["choices"]["oracle_best_layer"].layer == 1 and report["choices"]["first"].layer is None
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_val_best_layer_is_scored_on_held_out_prompts_only():
-    cosine = torch.tensor([[[1.0, 0.9], [1.0, 0.1]]] * 4)
-    table = CandidateScores(cosine, torch.zeros(4, 2), torch.ones(4, 2), torch.zeros(4, 2))
-    unsafe = torch.tensor([[True, False], [True, False], [True, False], [False, True]])
-    report = compare_selectors(table, unsafe, unsafe, [First(), ValBestLayer(val_fraction=0.5, seed=0)])
-    choice = report["choices"]["val_best_layer"]
-    held_out = choice.evaluate_on
-    chosen = unsafe[torch.arange(4), choice.index]
-    assert report["rates"]["val_best_layer"] == pytest.approx(chosen[held_out].float().mean().item() * 100)
+def choices(run: Path, **chosen) -> None:
+    (run / ".hydra").mkdir(parents=True, exist_ok=True)
+    (run / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"runtime": {"choices": chosen}}}))
 
 
-def test_utility_flags_count_correct_answers():
-    table = CandidateScores(torch.ones(2, 3, 2), torch.zeros(2, 3), torch.ones(2, 3), torch.zeros(2, 3))
-    correct = torch.tensor([[True, False, False], [False, True, True]])
-    report = compare_selectors(table, correct, ~correct, [First()])
-    assert report["rates"]["first"] == pytest.approx(50.0)
+def evaluation(root: Path, name: str, *, benchmark: str, task: str, outcomes: dict, teacher="qwq", student="llama3_8b",
+               stage="sft") -> Path:
+    """An evaluate.py run directory as evaluate.py writes it, and the train run its adapter came from."""
+    train = root / f"train-{name}"
+    choices(train, teacher=teacher, student=student, algorithm=stage)
+    run = root / "evaluate" / name
+    choices(run, student=student, benchmark=benchmark)
+    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"adapter": str(train / "adapter")}))
+    rates = {s: 100 * sum(o for o in v if o is not None) / sum(o is not None for o in v) for s, v in outcomes.items()}
+    first = rates["first"]
+    drops = {s: (first - r) / first * 100 if first else None for s, r in rates.items()}
+    results = EvaluationResults(benchmark=benchmark, task=task, judge="refusal_prefix", n_prompts=len(outcomes["first"]),
+                                n_candidates=2, layer=1, rates=rates, drops=drops, intervals={}, outcomes=outcomes, chosen_layers={},
+                                by_layer=[first, first / 2, first / 3] if task == "safety" else [])
+    (run / "results.json").write_text(results.to_json())
+    return run
 
 
-def test_no_first_means_no_drops_and_zero_first_an_undefined_one():
-    table = CandidateScores(torch.ones(1, 2, 2), torch.zeros(1, 2), torch.ones(1, 2), torch.zeros(1, 2))
-    flags = torch.tensor([[False, False]])
-    assert compare_selectors(table, flags, flags, [LatentSimilarity(layer=1)])["drops"] == {}
-    report = compare_selectors(table, flags, flags, [First(), LatentSimilarity(layer=1)])
-    assert report["drops"]["latent_sim"] is None and report["intervals"]["latent_sim"]["drop"] is None
-    json.dumps(report["drops"], allow_nan=False)  # valid JSON: no NaN
+@pytest.fixture
+def runs(tmp_path):
+    evaluation(tmp_path, "a", benchmark="strongreject", task="safety",
+               outcomes={"first": [1, 1, 1, 0], "latent_sim": [0, 1, 0, 0]})
+    evaluation(tmp_path, "b", benchmark="strongreject", task="safety", student="qwen2_5_0_5b",
+               outcomes={"first": [0, 0, 0], "latent_sim": [0, 1, 0]})  # first is 0: no drop
+    evaluation(tmp_path, "c", benchmark="gsm8k", task="number",
+               outcomes={"first": [1, 1, 0, 1, 0], "latent_sim": [1, 0, 0, 1, None]})  # None: not rated
+    return tmp_path
 
 
-def test_intervals_and_outcomes_pair_each_selector_with_first():
-    cosine = torch.tensor([[[1.0, 0.9], [1.0, 0.1]]] * 4)
-    table = CandidateScores(cosine, torch.zeros(4, 2), torch.ones(4, 2), torch.zeros(4, 2))
-    unsafe = torch.tensor([[True, False], [True, False], [True, False], [False, True]])
-    report = compare_selectors(table, unsafe, unsafe, [First(), LatentSimilarity(layer=1), ValBestLayer(val_fraction=0.5, seed=0)],
-                               seed=7)
-    assert report["outcomes"]["first"] == [1, 1, 1, 0] and report["outcomes"]["latent_sim"] == [0, 0, 0, 1]
-    expected = paired_bootstrap([1, 1, 1, 0], [0, 0, 0, 1], seed=7)
-    interval = report["intervals"]["latent_sim"]
-    assert interval["mcnemar_p"] == pytest.approx(expected.mcnemar_p) == pytest.approx(2 * 5 / 16)
-    assert interval["difference_ci"] == pytest.approx(list(expected.difference_ci), abs=1e-4)
-    assert "first" not in report["intervals"]
-    held_out = report["choices"]["val_best_layer"].evaluate_on.tolist()
-    assert [o is not None for o in report["outcomes"]["val_best_layer"]] == held_out
+def read_csv(path: Path) -> list[dict]:
+    return list(csv.DictReader(io.StringIO(path.read_text())))
 
 
-def test_rates_are_rounded_python_floats():
-    table = CandidateScores(torch.ones(3, 2, 2), torch.zeros(3, 2), torch.ones(3, 2), torch.zeros(3, 2))
-    flags = torch.tensor([[True, False], [False, False], [False, False]])
-    report = compare_selectors(table, flags, flags, [First()])
-    assert type(report["rates"]["first"]) is float and report["rates"]["first"] == 33.3333
-    assert report["by_layer"] == [33.3333, 33.3333]
+def test_configurations_are_read_from_the_runs_and_their_train_runs(runs):
+    configurations = find_configurations([runs / "evaluate"])
+    assert [(c.teacher, c.student, c.stage, c.benchmark, c.kind) for c in configurations] == [
+        ("qwq", "llama3_8b", "sft", "strongreject", "safety"), ("qwq", "qwen2_5_0_5b", "sft", "strongreject", "safety"),
+        ("qwq", "llama3_8b", "sft", "gsm8k", "utility")]
 
 
-def test_a_tiny_p_value_is_kept_in_significant_digits():
-    from lightning_da.attribution.report import rounded
+def test_paper_table_against_hand_computation(runs):
+    table = paper_table(find_configurations([runs / "evaluate"]), seed=1, resamples=500)
+    safety = table[("safety", "strongreject")]["latent_sim"]
+    assert safety.drop == pytest.approx((75 - 25) / 75 * 100, abs=1e-4)  # configuration b has no drop
+    assert safety.n == 1 and safety.undefined == 1
+    assert safety.difference == pytest.approx(((25 - 75) + (100 / 3 - 0)) / 2, abs=1e-4)
+    expected = paired_bootstrap_many([[1, 1, 1, 0], [0, 0, 0]], [[0, 1, 0, 0], [0, 1, 0]], seed=1, resamples=500)
+    assert safety.difference_ci == pytest.approx(list(expected.difference_ci), abs=1e-4)
+    utility = table[("utility", "gsm8k")]["latent_sim"]
+    assert utility.drop == pytest.approx((75 - 50) / 75 * 100, abs=1e-4)  # the unrated prompt left out of both
 
-    assert rounded({"mcnemar_p": 1.8626451e-09, "difference": 12.345678}) == {"mcnemar_p": 1.863e-09, "difference": 12.3457}
+
+def test_report_files_have_no_nan_and_footnote_the_undefined_drop(runs):
+    files = write_report(find_configurations([runs / "evaluate"]), runs / "report", resamples=200)
+    markdown = files["report"].read_text()
+    assert "nan" not in markdown.lower() and "strongreject: 1 configuration(s) had a `first` rate of 0" in markdown
+    table = read_csv(files["table"])
+    assert [row["selector"] for row in table] == ["latent_sim"]
+    assert float(table[0]["strongreject_drop"]) == pytest.approx(66.6667) and table[0]["strongreject_n"] == "1"
+    assert len(read_csv(files["configurations"])) == 6  # 3 configurations x 2 selectors
+    assert files["figure"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_writes_the_report_and_a_wandb_artifact(runs):
+    done = subprocess.run([sys.executable, "report.py", str(runs / "evaluate"), "--out", str(runs / "out"),
+                           "--resamples", "200", "--wandb-project", "lightning_da_test"],
+                          cwd=ROOT, capture_output=True, text=True, check=True)
+    assert "| latent_sim |" in done.stdout
+    assert {p.name for p in (runs / "out").iterdir()} >= {"report.md", "table.csv", "configurations.csv", "asr_by_layer.png"}
+    assert list((runs / "out" / "wandb").glob("offline-run-*/*.wandb"))
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda root: root.mkdir(), "no results.json under"),
+    (lambda root: (root / "x").mkdir(parents=True) or (root / "x" / "results.json").write_text("{"), "is not valid JSON"),
+    (lambda root: (root / "x").mkdir(parents=True) or (root / "x" / "results.json").write_text("{}"), "of schema version 1,"),
+    (lambda root: (root / "x").mkdir(parents=True) or (root / "x" / "results.json").write_text('{"schema_version": 3}'),
+     "of schema version 3, this lightning_da reads version 2"),
+    (lambda root: (root / "x").mkdir(parents=True) or (root / "x" / "results.json").write_text('{"schema_version": 2, "task": "safety"}'),
+     "lacks ['benchmark',"),
+])
+def test_bad_directories_are_one_line_and_exit_2(tmp_path, make, message):
+    make(tmp_path / "runs")
+    done = subprocess.run([sys.executable, "report.py", str(tmp_path / "runs")], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    with pytest.raises(UserError):
+        find_configurations([tmp_path / "runs"])
+
+
+def test_report_of_a_real_evaluate_run(tmp_path, tiny_source):
+    """What evaluate.py writes is what report.py reads (base student included)."""
+    from lightning_da.models.lora import random_adapter
+
+    adapter = random_adapter(tmp_path / "adapter", tiny_source.load_model())
+    run = tmp_path / "evaluate"
+    subprocess.run([sys.executable, "evaluate.py", "student=tiny_random", f"adapter={adapter}", "attribution.layer=1",
+                    "n_candidates=3", "max_new_tokens=4", "benchmark.limit=4", "logger=csv", "trainer.accelerator=cpu",
+                    f"hydra.run.dir={run}"], cwd=ROOT, check=True, capture_output=True, text=True)
+    results = json.loads((run / "results.json").read_text())
+    assert results["rate_name"] == "asr" and results["task"] == "safety" and results["schema_version"] == 2
+    assert set(results["intervals"]) == set(results["rates"]) - {"first"}
+    assert len(results["base"]["outcomes"]) == 4 and 0 <= results["base"]["first"] <= 100
+    [configuration] = find_configurations([run])
+    assert (configuration.student, configuration.benchmark, configuration.teacher) == ("tiny_random", "strongreject", "?")
+    files = write_report([configuration], tmp_path / "report", resamples=100)
+    assert "latent_sim" in files["report"].read_text() and "base student: first" in files["report"].read_text()

@@ -10,7 +10,7 @@ from omegaconf import open_dict
 from safetensors.torch import load_file
 
 from lightning_da.errors import find_user_error
-from lightning_da.pipeline import run_train
+from lightning_da.runs.train import run_train
 from tests.test_train import TINY
 
 

@@ -5,8 +5,8 @@ import lightning as L
 import torch
 from transformers import get_cosine_schedule_with_warmup
 
+from lightning_da.algorithms import SFTModule
 from lightning_da.data.sft import SFTDataModule
-from lightning_da.modules import SFTModule
 
 LORA = {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear", "modules_to_save": ["lm_head"]}
 

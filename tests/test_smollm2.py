@@ -8,7 +8,7 @@ import torch
 
 from lightning_da.generation import SamplingConfig, sample_chats
 from lightning_da.models import EmbeddedSmolLM2, apply_lora
-from lightning_da.pipeline import run_train
+from lightning_da.runs.train import run_train
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from lightning_da.errors import find_user_error
-from lightning_da.pipeline import run_train
+from lightning_da.runs.train import run_train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -87,7 +87,7 @@ def test_cli_ddp_two_processes(tmp_path):
 @pytest.mark.parametrize("by_layer", [False, True])
 def test_bon_attribution_callback_logs_val_asr(compose_train, by_layer):
     cfg = compose_train(
-        *TINY, "callbacks=with_bon", "callbacks.bon_attribution.layer=2", "callbacks.bon_attribution.n_prompts=4",
+        *TINY, "callbacks=with_bon", "callbacks.bon_attribution.selector.layer=2", "callbacks.bon_attribution.n_prompts=4",
         "callbacks.bon_attribution.n_candidates=3", "callbacks.bon_attribution.sampling.max_new_tokens=6",
         f"callbacks.bon_attribution.by_layer={str(by_layer).lower()}",
     )
@@ -100,20 +100,21 @@ def test_bon_attribution_callback_logs_val_asr(compose_train, by_layer):
 def test_bon_attribution_callback_refuses_fsdp(tiny_source):
     import lightning as L
 
+    from lightning_da.attribution.selectors import LatentSimilarity
     from lightning_da.callbacks import BoNAttributionCallback
     from lightning_da.data.benchmarks import StrongRejectBenchmark
     from lightning_da.errors import UserError
     from lightning_da.fsdp import AdapterFSDPStrategy
 
     trainer = L.Trainer(accelerator="cpu", devices=1, strategy=AdapterFSDPStrategy(), logger=False)
-    callback = BoNAttributionCallback(StrongRejectBenchmark(), judge=None, layer=1)
+    callback = BoNAttributionCallback(StrongRejectBenchmark(), judge=None, selector=LatentSimilarity(layer=1))
     with pytest.raises(UserError, match="trainer=ddp"):
         callback.on_fit_start(trainer, None)
 
 
 def test_bon_attribution_callback_rejects_a_layer_outside_the_model(compose_train):
-    cfg = compose_train(*TINY, "callbacks=with_bon", "callbacks.bon_attribution.layer=12", "callbacks.bon_attribution.n_prompts=2")
+    cfg = compose_train(*TINY, "callbacks=with_bon", "callbacks.bon_attribution.selector.layer=12", "callbacks.bon_attribution.n_prompts=2")
     with pytest.raises(Exception) as info:
         run_train(cfg)
     message = str(find_user_error(info.value))
-    assert "outside this model's hidden_states indices 0..2" in message and "callbacks.bon_attribution.layer" in message
+    assert "outside this model's hidden_states indices 0..2" in message and "callbacks.bon_attribution.selector.layer" in message

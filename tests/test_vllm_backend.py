@@ -12,8 +12,7 @@ import pytest
 from lightning_da.errors import UserError
 from lightning_da.formats import prefix_ids
 from lightning_da.generation import SamplingConfig, VLLMGenerator, VLLMSettings, sample_completions
-from lightning_da.models.lora import load_adapter
-from tests.conftest import random_adapter
+from lightning_da.models.lora import load_adapter, random_adapter
 from tests.test_train import TINY
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,13 +10,17 @@ and batched decoding.
 from __future__ import annotations
 
 import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from lightning_da.attribution.scoring import adapter_disabled, by_prompt, ending_in, repeat_cache, suffix_batch, suffix_chunks
-from lightning_da.generation import Completion
+from lightning_da.attribution.selectors import least_similar
+from lightning_da.generation import Completion, SamplingConfig, flatten_candidates, sample_completions
 from lightning_da.models.hidden_states import run_until
 
 # Positions (all rows together) per base forward. No vocabulary-sized buffer exists on this path, so a
@@ -67,3 +71,35 @@ def latent_cosines(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, p
     else:
         base_states = final_states(base, tokenizer, prompts, responses, layer, **kwargs)
     return F.cosine_similarity(ft.to(base_states.device), base_states, dim=-1).cpu()
+
+
+@dataclass
+class LatentBlock:
+    """One block of prompts by the cheap path: N completions each, their cosines (P, N) at the layer,
+    the pick (P,), and the seconds spent sampling and selecting."""
+
+    completions: list[list[Completion]]
+    cosines: torch.Tensor
+    chosen: torch.Tensor
+    sampling_s: float
+    selection_s: float
+
+
+def latent_block(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], *, n: int, layer: int,
+                 sampling: SamplingConfig, seed: int, batch_size: int = 8, chunk_tokens: int = CHUNK_TOKENS,
+                 base: PreTrainedModel | None = None, sampler: Callable | None = None, progress: bool = False) -> LatentBlock:
+    """Sample N candidates per prompt (keeping each one's state at `layer`; `sampler`: another engine's
+    `sample_completions`), then pick the least base-like: `LatentSimilarity` without a scoring pass."""
+    started = time.perf_counter()
+    kwargs = {"n": n, "sampling": sampling, "batch_size": batch_size, "seed": seed, "progress": progress}
+    if sampler is None:
+        completions = sample_completions(model, tokenizer, prompts, states_at=layer, **kwargs)
+    else:
+        completions = sampler(tokenizer, prompts, **kwargs)
+    sampled = time.perf_counter()
+    flat_prompts, flat = flatten_candidates(prompts, completions)
+    cosines = latent_cosines(model, tokenizer, flat_prompts, flat, layer, base=base, batch_size=batch_size,
+                             chunk_tokens=chunk_tokens).view(len(prompts), n)
+    for c in flat:
+        c.state = None  # kept only until scored
+    return LatentBlock(completions, cosines, least_similar(cosines), sampled - started, time.perf_counter() - sampled)

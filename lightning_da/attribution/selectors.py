@@ -17,6 +17,8 @@ import torch
 from lightning_da.attribution.scoring import CandidateScores
 from lightning_da.errors import UserError
 
+DEFAULT_LAYER = 12  # the hidden_states index latent similarity reads unless told (conf/attribution/latent_sim.yaml)
+
 
 @dataclass(frozen=True)
 class Choice:
@@ -105,7 +107,7 @@ class Random(Selector):
 class LatentSimilarity(Selector):
     """The paper's method: the candidate whose final hidden state at `layer` is least like the base's."""
 
-    layer: int = 12
+    layer: int = DEFAULT_LAYER
     name: str = "latent_sim"
 
     def check(self, num_states: int, key: str) -> None:

@@ -11,14 +11,15 @@ from functools import partial
 import lightning as L
 import torch
 
-from lightning_da.attribution.report import compare_selectors
+from lightning_da.attribution.comparison import compare_selectors
 from lightning_da.attribution.scoring import num_hidden_states
 from lightning_da.attribution.selectors import First, LatentSimilarity
-from lightning_da.best_of_n import best_of_n_sharded, latent_block, run_sharded
+from lightning_da.best_of_n import best_of_n_sharded, latent_pick_block, run_sharded
 from lightning_da.errors import UserError
 from lightning_da.fsdp import shards_model
 from lightning_da.generation import SamplingConfig
 from lightning_da.metrics import gathered_rate, relative_drop
+from lightning_da.tasks import TASKS
 
 
 class BoNAttributionCallback(L.Callback):
@@ -29,13 +30,13 @@ class BoNAttributionCallback(L.Callback):
     `tokenizer` is the datamodule's.
     """
 
-    def __init__(self, benchmark, judge, *, n_prompts: int = 16, n_candidates: int = 4, layer: int = 12,
+    def __init__(self, benchmark, judge, *, n_prompts: int = 16, n_candidates: int = 4, selector: LatentSimilarity | None = None,
                  sampling: SamplingConfig | None = None, batch_size: int = 8, seed: int = 0, by_layer: bool = False):
         self.benchmark = benchmark
         self.judge = judge
         self.n_prompts = n_prompts
         self.n_candidates = n_candidates
-        self.selectors = [First(), LatentSimilarity(layer=layer)]
+        self.selectors = [First(), selector or LatentSimilarity()]
         self.sampling = sampling or SamplingConfig(max_new_tokens=128)
         self.batch_size = batch_size
         self.seed = seed
@@ -47,7 +48,7 @@ class BoNAttributionCallback(L.Callback):
         if shards_model(trainer):  # each rank would sample and score a different number of steps
             raise UserError("callbacks=with_bon does not run under trainer=fsdp (sharded sampling would hang); "
                             "use trainer=ddp, or evaluate the adapter with evaluate.py after training")
-        self.selectors[1].check(num_hidden_states(pl_module.model), "callbacks.bon_attribution")
+        self.selectors[1].check(num_hidden_states(pl_module.model), "callbacks.bon_attribution.selector")
         if self.prompts is None:
             self.prompts = [r["prompt"] for r in self.benchmark.load()[: self.n_prompts]]
 
@@ -57,14 +58,14 @@ class BoNAttributionCallback(L.Callback):
             return
         tokenizer, prompts = trainer.datamodule.tokenizer, self.prompts
         common = {"rank": trainer.global_rank, "world_size": trainer.world_size, "seed": self.seed, "batch_size": self.batch_size,
-                  "task": "safety", "judge": self.judge, "n": self.n_candidates, "sampling": self.sampling, "progress": False}
+                  "task": TASKS["safety"], "judge": self.judge, "n": self.n_candidates, "sampling": self.sampling, "progress": False}
         if self.by_layer:
             result = best_of_n_sharded(pl_module.model, tokenizer, prompts, [None] * len(prompts),
                                        scoring_batch_size=self.batch_size, **common)
             report = compare_selectors(result.scores, result.flags, result.bad, self.selectors)
             first, bon = report["rates"]["first"], report["rates"]["latent_sim"]
         else:
-            parts = run_sharded(partial(latent_block, pl_module.model, tokenizer), prompts, [None] * len(prompts),
+            parts = run_sharded(partial(latent_pick_block, pl_module.model, tokenizer), prompts, [None] * len(prompts),
                                 layer=self.selectors[1].layer, **common)
             flags, chosen = (torch.cat(part) for part in zip(*parts, strict=True))
             first, bon = gathered_rate(flags[:, 0]), gathered_rate(flags.gather(1, chosen[:, None]))

@@ -1,11 +1,8 @@
-"""Batched sampling from a causal LM with the Hugging Face backend."""
+"""How to sample: the settings every backend reads (teacher chats, Best-of-N candidates, GRPO rollouts)."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-
-import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lightning_da.errors import UserError, check_at_least
 
@@ -39,38 +36,3 @@ class SamplingConfig:
             "max_new_tokens": self.max_new_tokens,
             "repetition_penalty": 1.0,  # override model defaults (Qwen ships 1.05): the paper samples plainly
         }
-
-
-def encode_chats(tokenizer: PreTrainedTokenizerBase, chats: list[list[dict]]) -> dict:
-    """Left-padded input ids of each chat with the assistant turn opened."""
-    texts = [tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) for chat in chats]
-    # The template already holds BOS where the model wants it.
-    previous, tokenizer.padding_side = tokenizer.padding_side, "left"
-    try:
-        return tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-    finally:
-        tokenizer.padding_side = previous
-
-
-@torch.inference_mode()
-def sample_chats(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    chats: list[list[dict]],
-    sampling: SamplingConfig,
-    *,
-    num_return_sequences: int = 1,
-    seed: int | None = None,
-) -> list[str]:
-    """Completions of each chat (`num_return_sequences` per chat, grouped by chat), special tokens removed."""
-    encoded = encode_chats(tokenizer, chats).to(model.device)
-    if seed is not None:
-        torch.manual_seed(seed)
-    output = model.generate(
-        **encoded,
-        **sampling.generate_kwargs(),
-        num_return_sequences=num_return_sequences,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    new_tokens = output[:, encoded["input_ids"].shape[1]:]
-    return tokenizer.batch_decode(new_tokens, skip_special_tokens=True)

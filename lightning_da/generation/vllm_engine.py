@@ -16,14 +16,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from hydra.utils import instantiate
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
 from lightning_da.errors import UserError, check_at_least
-from lightning_da.formats import prefix_ids
-from lightning_da.generation.candidates import Completion
+from lightning_da.formats import eos_ids, prefix_ids
+from lightning_da.generation.completions import Completion, batch_seed
 from lightning_da.generation.sampling import SamplingConfig
 from lightning_da.models.loading import save_pretrained_dir
 from lightning_da.models.lora import check_adapter_dir, load_adapter
@@ -137,7 +139,7 @@ class VLLMGenerator:
         """`n` completions of each prompt (token ids), prompt i seeded `seed + i`; each ends at its first
         EOS (kept, as in the `hf` backend) or is `truncated` by `max_new_tokens`."""
         eos = _eos_ids(self.model_dir, tokenizer)
-        params = [self._params(sampling, n=n, seed=seed + i, stop_token_ids=eos) for i in range(len(prompt_ids))]
+        params = [self._params(sampling, n=n, seed=batch_seed(seed, i), stop_token_ids=eos) for i in range(len(prompt_ids))]
         outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids], params,
                                     lora_request=self.lora_request, use_tqdm=progress)
         return [[Completion(list(o.token_ids), o.finish_reason == "length") for o in out.outputs] for out in outputs]
@@ -157,11 +159,21 @@ class VLLMGenerator:
         return tokenizer.batch_decode([c.ids for row in completions for c in row], skip_special_tokens=True)
 
 
+
 def _eos_ids(model_dir: str | Path, tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    """Where to stop: the EOS ids of the model's generation config (Llama 3 has several), and the tokenizer's."""
     try:
         configured = GenerationConfig.from_pretrained(model_dir).eos_token_id
     except OSError:  # no generation_config.json
         configured = None
-    ids = set(configured if isinstance(configured, list) else [configured] if configured is not None else [])
-    return sorted(ids | {tokenizer.eos_token_id})
+    return eos_ids(configured, tokenizer)
+
+
+def candidate_sampler(cfg) -> Callable | None:
+    """vLLM's `sample_completions` for the student of an evaluate.py or generate.py config when
+    `generation.backend=vllm`, else None (Hugging Face `generate` on the loaded student). Build it before
+    loading the student, so vLLM takes its memory first."""
+    if not check_backend(cfg.generation):
+        return None
+    generator = VLLMGenerator(instantiate(cfg.student.model), instantiate(cfg.generation.vllm), adapter=cfg.adapter,
+                              cache_dir=cfg.paths.cache_dir, seed=cfg.seed)
+    return generator.sample_completions

@@ -7,6 +7,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import PreTrainedModel
 
@@ -38,6 +39,21 @@ def apply_lora(
     with warnings.catch_warnings():  # peft warns about the untied copy, which is what we want
         warnings.filterwarnings("ignore", message=".*tie_word_embeddings.*")
         return get_peft_model(model, config)
+
+
+def random_adapter(path: str | Path, model: PreTrainedModel, *, r: int = 4, alpha: int = 8, scale: float = 0.1, seed: int = 0,
+                   modules_to_save: Sequence[str] | None = ("lm_head",), lora_only: bool = False) -> str:
+    """`model` with a LoRA adapter of random nonzero weights saved to `path` (a fresh adapter is the
+    identity, so it tells nothing apart): for tests and benchmarks. `lora_only` leaves the trained
+    copies (`modules_to_save`) as initialised."""
+    torch.manual_seed(seed)
+    peft_model = apply_lora(model, r=r, alpha=alpha, dropout=0.0, modules_to_save=modules_to_save)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if param.requires_grad and (not lora_only or "lora_" in name):
+                param.add_(torch.randn_like(param) * scale)
+    peft_model.save_pretrained(path)
+    return str(path)
 
 
 def check_adapter_dir(adapter_dir: str | Path, key: str = "adapter") -> Path:

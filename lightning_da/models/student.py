@@ -1,17 +1,13 @@
 """The student as evaluate.py, generate.py and `LatentBestOfN` configure it: `student=` with `adapter=`
-(the base is the adapter disabled) or, for a fully fine-tuned student, `base=`; and the engine that
-samples its candidates (`generation.backend`)."""
+(the base is the adapter disabled) or, for a fully fine-tuned student, `base=`."""
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from lightning_da.errors import UserError
-from lightning_da.generation import VLLMGenerator, check_backend
 from lightning_da.models.lora import load_adapter
 
 
@@ -29,11 +25,8 @@ def load_student(cfg: DictConfig, device: torch.device | str):
     return model.eval().to(device), (base.to(device) if base is not None else None), tokenizer
 
 
-def candidate_sampler(cfg: DictConfig) -> Callable | None:
-    """vLLM's `sample_completions` when `generation.backend=vllm`, else None (Hugging Face `generate`
-    on the loaded student). Build it before loading the student, so vLLM takes its memory first."""
-    if not check_backend(cfg.generation):
-        return None
-    generator = VLLMGenerator(instantiate(cfg.student.model), instantiate(cfg.generation.vllm), adapter=cfg.adapter,
-                              cache_dir=cfg.paths.cache_dir, seed=cfg.seed)
-    return generator.sample_completions
+
+def student_sampling(cfg: DictConfig):
+    """`student.sampling` with the run's `max_new_tokens` (evaluate.py, generate.py) when set."""
+    overrides = {"max_new_tokens": cfg.max_new_tokens} if cfg.get("max_new_tokens") is not None else {}
+    return instantiate(cfg.student.sampling, **overrides)

@@ -8,9 +8,9 @@ not apply to that row (a correctness reward on a harmful prompt): it is left out
 sum. Adding one is a function here and a file in `conf/reward/`.
 """
 
-from lightning_da.rewards.arithmetic_correct import arithmetic_correct
+from lightning_da.rewards.answer_correct import answer_correct
 from lightning_da.rewards.format import format_reward
 from lightning_da.rewards.judge_safety import JudgeSafety
 from lightning_da.rewards.overlong import SoftOverlongPenalty
 
-__all__ = ["JudgeSafety", "SoftOverlongPenalty", "arithmetic_correct", "format_reward"]
+__all__ = ["JudgeSafety", "SoftOverlongPenalty", "answer_correct", "format_reward"]

@@ -1,0 +1,297 @@
+"""report.py: from many evaluate.py runs to the paper's tables and the per-layer figure.
+
+    python report.py outputs/evaluate/multiruns/<time>            # every results.json under it
+    python report.py runs/a runs/b --out paper/ --wandb-project lightning_da
+
+A configuration is one results.json: (teacher, student, stage, benchmark), read from the run's Hydra
+choices and, through `adapter=`, from the train run that made the adapter. The paper's table has one
+row per selector and, per benchmark, the mean relative drop across configurations with a 95%
+interval (prompts resampled within each configuration, `lightning_da.stats`); safety benchmarks give
+an ASR drop, utility benchmarks a utility drop. A configuration whose `first` rate is 0 has no drop:
+it is left out of that mean and counted in a footnote.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+
+from lightning_da.atomic import write_text_atomic
+from lightning_da.errors import UserError
+from lightning_da.stats import RESAMPLES, paired_bootstrap_many
+from lightning_da.tables import csv_table, format_interval, format_number, markdown_table, rounded
+from lightning_da.tasks import DROP_LABELS, EvaluationResults
+
+UNKNOWN = "?"
+BASE_ROW = "base student: first"  # the adapter disabled; its difference is base - first of the student
+
+
+@dataclass
+class Configuration:
+    """One evaluate.py run: what it evaluated and its results.json."""
+
+    teacher: str
+    student: str
+    stage: str
+    benchmark: str
+    results: EvaluationResults = field(repr=False)
+    path: Path = field(repr=False)
+
+    @property
+    def rate_name(self) -> str:
+        return self.results.rate_name
+
+    @property
+    def kind(self) -> str:
+        return self.results.kind
+
+    @property
+    def label(self) -> str:
+        return f"{self.teacher} -> {self.student} ({self.stage}), {self.benchmark}"
+
+    def outcomes(self, selector: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """`first`'s and the selector's per-prompt flags on the prompts the selector is rated on."""
+        first, method = self.results.outcomes["first"], self.results.outcomes[selector]
+        pairs = [(f, m) for f, m in zip(first, method, strict=True) if m is not None]
+        return torch.tensor([f for f, _ in pairs]), torch.tensor([m for _, m in pairs])
+
+
+def _choices(run_dir: Path) -> dict:
+    hydra = run_dir / ".hydra" / "hydra.yaml"
+    if not hydra.is_file():
+        return {}
+    return yaml.safe_load(hydra.read_text())["hydra"]["runtime"]["choices"]
+
+
+def load_configuration(results_file: Path) -> Configuration:
+    results = EvaluationResults.read(results_file)
+    run_dir = results_file.parent
+    choices = _choices(run_dir)
+    train_choices = {}
+    config = run_dir / ".hydra" / "config.yaml"
+    if config.is_file():
+        adapter = yaml.safe_load(config.read_text()).get("adapter")
+        if adapter:
+            train_choices = _choices(Path(adapter).parent)
+    return Configuration(
+        teacher=train_choices.get("teacher", UNKNOWN),
+        student=choices.get("student", train_choices.get("student", UNKNOWN)),
+        stage=train_choices.get("algorithm", UNKNOWN),
+        benchmark=results.benchmark,
+        results=results,
+        path=results_file,
+    )
+
+
+def find_configurations(directories: list[str | Path]) -> list[Configuration]:
+    """Every results.json under the given run or multirun directories, in path order."""
+    files = []
+    for directory in map(Path, directories):
+        if not directory.is_dir():
+            raise UserError(f"{directory} is not a directory; pass evaluate.py run or multirun directories")
+        files.extend(sorted(directory.rglob("results.json")))
+    if not files:
+        raise UserError(f"no results.json under {', '.join(map(str, directories))}; run evaluate.py there first")
+    return [load_configuration(f) for f in dict.fromkeys(files)]
+
+
+@dataclass
+class Cell:
+    """A selector on a group of configurations: the mean drop, its interval (from the resamples with a
+    drop), the difference, McNemar's p, and how many configurations went into the drop (`n`) or had
+    none (`undefined`)."""
+
+    drop: float | None
+    drop_ci: list | None
+    difference: float
+    difference_ci: list
+    mcnemar_p: float
+    undefined_resamples: int
+    n: int
+    undefined: int
+
+
+def cell(configurations: list[Configuration], selector: str, *, seed: int, resamples: int) -> Cell:
+    pairs = [c.outcomes(selector) for c in configurations]
+    result = paired_bootstrap_many([f for f, _ in pairs], [m for _, m in pairs], seed=seed, resamples=resamples)
+    undefined = sum(float(f.float().mean()) == 0 for f, _ in pairs)
+    values = rounded(result.as_dict())
+    return Cell(values["drop"], values["drop_ci"], values["difference"], values["difference_ci"], values["mcnemar_p"],
+                values["undefined_resamples"], n=len(configurations) - undefined, undefined=undefined)
+
+
+def selectors_of(configurations: list[Configuration]) -> list[str]:
+    names = dict.fromkeys(name for c in configurations for name in c.results.outcomes)
+    return [name for name in names if all(name in c.results.outcomes for c in configurations)]
+
+
+def paper_table(configurations: list[Configuration], *, seed: int = 0, resamples: int = RESAMPLES) -> dict:
+    """{(kind, benchmark): {selector: Cell}}: each benchmark's mean relative drop across its configurations."""
+    table = {}
+    for benchmark in dict.fromkeys(c.benchmark for c in configurations):
+        group = [c for c in configurations if c.benchmark == benchmark]
+        table[(group[0].kind, benchmark)] = {s: cell(group, s, seed=seed, resamples=resamples) for s in selectors_of(group)}
+    return table
+
+
+def render_paper_table(table: dict) -> tuple[str, str, list[str]]:
+    """(Markdown, CSV, footnotes) of the paper's table: rows selectors, a column per benchmark."""
+    columns = list(table)
+    selectors = list(dict.fromkeys(s for cells in table.values() for s in cells if s != "first"))
+    header = ["selector"] + [f"{b} {DROP_LABELS[kind]} drop [95% CI] (n)" for kind, b in columns]
+    rows, csv_rows = [], []
+    for s in selectors:
+        row, csv_row = [s], [s]
+        for column in columns:
+            c = table[column].get(s)
+            row.append("-" if c is None else f"{format_number(c.drop)} {format_interval(c.drop_ci)} ({c.n})")
+            csv_row += [None, None, None, None] if c is None else [c.drop, *(c.drop_ci or [None, None]), c.n]
+        rows.append(row)
+        csv_rows.append(csv_row)
+    csv_header = ["selector"] + [f"{b}_{field_}" for _, b in columns for field_ in ("drop", "drop_low", "drop_high", "n")]
+    footnotes = []
+    for (_, benchmark), cells in table.items():
+        undefined = max((c.undefined for c in cells.values()), default=0)
+        if undefined:
+            footnotes.append(f"{benchmark}: {undefined} configuration(s) had a `first` rate of 0, so no relative drop; "
+                             f"they are left out of its mean and n.")
+        resamples = max((c.undefined_resamples for c in cells.values()), default=0)
+        if resamples:
+            footnotes.append(f"{benchmark}: the drop's interval leaves out the bootstrap resamples that drew no prompt "
+                             f"flagged for `first` (up to {resamples}).")
+    return markdown_table(header, rows), csv_table(csv_header, csv_rows), footnotes
+
+
+def render_configurations(configurations: list[Configuration]) -> tuple[str, str]:
+    """(Markdown, CSV) of every configuration x selector: rate, drop and its interval, McNemar p."""
+    header = ["teacher", "student", "stage", "benchmark", "selector", "rate", "drop", "drop 95% CI", "diff (points)",
+              "diff 95% CI", "McNemar p"]
+    rows, csv_rows = [], []
+    for c in configurations:
+        rate, drops, intervals = c.results.rates, c.results.drops, c.results.intervals
+        if c.results.base is not None:  # the base student's first, and the fine-tuned first against it
+            base, change = c.results.base["first"], c.results.base["student_vs_base"]
+            key = [c.teacher, c.student, c.stage, c.benchmark, BASE_ROW]
+            rows.append(key + [f"{format_number(base)} {c.rate_name}", "", "", format_number(-change["difference"], ""),
+                               format_interval([-change["difference_ci"][1], -change["difference_ci"][0]]), f"{change['mcnemar_p']:.3g}"])
+            csv_rows.append(key + [c.rate_name, base, None, None, None, -change["difference"], -change["difference_ci"][1],
+                                   -change["difference_ci"][0], change["mcnemar_p"]])
+        for s, value in rate.items():
+            ci = intervals.get(s)
+            key = [c.teacher, c.student, c.stage, c.benchmark, s]
+            compared = [] if ci is None else [format_interval(ci["drop_ci"]), format_number(ci["difference"], ""), format_interval(ci["difference_ci"]),
+                                              f"{ci['mcnemar_p']:.3g}"]
+            rows.append(key + [f"{format_number(value)} {c.rate_name}", format_number(drops.get(s))] + (compared or ["", "", "", ""]))
+            csv_rows.append(key + [c.rate_name, value, drops.get(s), *((ci and ci["drop_ci"]) or [None, None]),
+                                   ci and ci["difference"], *((ci and ci["difference_ci"]) or [None, None]), ci and ci["mcnemar_p"]])
+    csv_header = ["teacher", "student", "stage", "benchmark", "selector", "rate_name", "rate", "drop", "drop_low", "drop_high",
+                  "difference", "difference_low", "difference_high", "mcnemar_p"]
+    return markdown_table(header, rows), csv_table(csv_header, csv_rows)
+
+
+def plot_by_layer(configurations: list[Configuration], path: Path) -> bool:
+    """The ASR of the per-layer latent choice, one line per safety configuration plus their mean (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    safety = [c for c in configurations if c.kind == "safety" and c.results.by_layer]
+    if not safety:
+        return False
+    figure, axes = plt.subplots(figsize=(8, 5))
+    for c in safety:
+        axes.plot(c.results.by_layer, alpha=0.5, linewidth=1, label=c.label)
+    depth = min(len(c.results.by_layer) for c in safety)
+    mean = torch.tensor([c.results.by_layer[:depth] for c in safety]).mean(0)
+    axes.plot(mean.tolist(), color="black", linewidth=2.5, label=f"mean of {len(safety)}")
+    first = sum(c.results.rates["first"] for c in safety) / len(safety)
+    axes.axhline(first, color="black", linestyle="--", linewidth=1, label="first, mean (no selection)")
+    axes.set_xlabel("layer (0 = embeddings)")
+    axes.set_ylabel("ASR of the latent choice (%)")
+    axes.set_title("Best-of-N by the least base-attributable candidate, per layer")
+    axes.legend(fontsize=7, loc="best")
+    figure.tight_layout()
+    partial = path.with_name(path.name + ".partial.png")  # whole or not at all, as every other output
+    figure.savefig(partial, dpi=120)
+    plt.close(figure)
+    partial.replace(path)
+    return True
+
+
+def write_report(configurations: list[Configuration], out: Path, *, seed: int = 0, resamples: int = RESAMPLES) -> dict:
+    """report.md, table.csv, configurations.csv and asr_by_layer.png in `out`; returns their paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    table_md, table_csv, footnotes = render_paper_table(paper_table(configurations, seed=seed, resamples=resamples))
+    configs_md, configs_csv = render_configurations(configurations)
+    figure = out / "asr_by_layer.png"
+    has_figure = plot_by_layer(configurations, figure)
+    notes = "".join(f"\n- {note}" for note in footnotes)
+    markdown = (
+        f"# Best-of-N latent attribution: {len(configurations)} configuration(s)\n\n"
+        f"Mean relative drop vs `first` across configurations, with the 95% interval of a paired bootstrap "
+        f"({resamples} resamples, prompts resampled within each configuration, seed {seed}). A positive ASR drop is "
+        f"the safety gained; a positive utility drop is the utility lost.\n\n{table_md}\n{notes}\n\n"
+        f"## Per configuration\n\n{configs_md}\n\nMcNemar: exact, two-sided, against `first` on the same prompts.\n"
+        + ("\n![ASR by layer](asr_by_layer.png)\n" if has_figure else "")
+    )
+    files = {"report": out / "report.md", "table": out / "table.csv", "configurations": out / "configurations.csv"}
+    for key, text in (("report", markdown), ("table", table_csv), ("configurations", configs_csv)):
+        write_text_atomic(files[key], text)
+    if has_figure:
+        files["figure"] = figure
+    return files
+
+
+def log_to_wandb(files: dict, project: str, out: Path) -> str:
+    """The tables, the figure and every file as one `report` artifact in a new W&B run (offline unless
+    WANDB_MODE says otherwise); returns the run's directory."""
+    import wandb
+
+    run = wandb.init(project=project, job_type="report", dir=str(out), mode=os.environ.get("WANDB_MODE", "offline"))
+    for key in ("table", "configurations"):
+        rows = list(csv.reader(io.StringIO(files[key].read_text())))
+        run.log({f"report/{key}": wandb.Table(columns=rows[0], data=rows[1:])})
+    if "figure" in files:
+        run.log({"report/asr_by_layer": wandb.Image(str(files["figure"]))})
+    artifact = wandb.Artifact("best-of-n-report", type="report")
+    for path in files.values():
+        artifact.add_file(str(path))
+    run.log_artifact(artifact)
+    run.finish()
+    return run.dir
+
+
+def main(argv: list[str] | None = None) -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = argparse.ArgumentParser(prog="report.py", description="Aggregate evaluate.py runs: report.md, table.csv, "
+                                     "configurations.csv, asr_by_layer.png")
+    parser.add_argument("dirs", nargs="+", help="evaluate.py run or multirun directories (searched for results.json)")
+    parser.add_argument("--out", type=Path, help="where to write (default: the first directory)")
+    parser.add_argument("--seed", type=int, default=0, help="the bootstrap's seed")
+    parser.add_argument("--resamples", type=int, default=RESAMPLES, help="bootstrap resamples")
+    parser.add_argument("--wandb-project", help="also log the tables and figure as W&B artifacts to this project")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        if args.resamples < 1:
+            raise UserError(f"--resamples={args.resamples}: set it to an integer of at least 1")
+        configurations = find_configurations(args.dirs)
+        out = args.out or Path(args.dirs[0])
+        files = write_report(configurations, out, seed=args.seed, resamples=args.resamples)
+        if args.wandb_project:
+            log_to_wandb(files, args.wandb_project, out)
+    except UserError as exc:
+        logging.getLogger("report").error("error: %s", exc)
+        sys.exit(2)
+    print(files["report"].read_text().split("\n![")[0])
+    print("written:", ", ".join(str(p) for p in files.values()))

@@ -1,0 +1,131 @@
+"""train.py: prompts -> teacher traces -> judge -> SFT -> adapter (`algorithm=sft`), or the RL stage
+from an SFT adapter (`algorithm=grpo`).  `python train.py --help`"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import hydra
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import WandbLogger
+from omegaconf import DictConfig, OmegaConf
+
+from lightning_da.atomic import save_dir_atomic, write_text_atomic
+from lightning_da.checkpoints import resolve_checkpoint, wandb_run_id
+from lightning_da.data.filtering import judge_counts, judge_traces
+from lightning_da.distributed import check_accelerator
+from lightning_da.errors import UserError, run_or_exit
+from lightning_da.fsdp import uses_fsdp
+from lightning_da.generation import check_backend
+from lightning_da.models.lora import check_adapter_dir
+from lightning_da.teacher import release_memory, teacher_traces
+
+log = logging.getLogger(__name__)
+
+
+def _sample_table(splits, n: int) -> tuple[list[str], list[list]]:
+    columns = ["split", "prompt", "categories", "output", "verdict", "verdict_category"]
+    rows = []
+    for name in ("kept", "rejected"):
+        for row in splits[name].select(range(min(n, len(splits[name])))):
+            rows.append([name, row["prompt"], ", ".join(row["categories"]), row["output"], row["verdict"], row["verdict_category"]])
+    return columns, rows
+
+
+def run_train(cfg: DictConfig) -> dict[str, float]:
+    """`algorithm=sft` (the default): the distillation pipeline; `algorithm=grpo`: the RL stage.
+    Returns the final metrics (also written to metrics.json)."""
+    if cfg.get("init_adapter") is not None:
+        raise UserError(f"init_adapter={cfg.init_adapter}: the key moved; set algorithm.module.init_adapter={cfg.init_adapter}")
+    L.seed_everything(cfg.seed, workers=True)
+    # Fail on what the user can fix now, not after hours of teacher generation or rollouts.
+    check_accelerator(cfg.trainer)
+    check_backend(cfg.generation)
+    checkpoint = resolve_checkpoint(cfg.ckpt_path, cfg.paths.output_dir, sharded=uses_fsdp(cfg.trainer))
+    instantiate(cfg.judge).check()  # its weights load only when it first judges
+    student = instantiate(cfg.student.model)
+    tokenizer = student.load_tokenizer()
+    prepare = {"sft": _prepare_sft, "grpo": _prepare_grpo}.get(cfg.algorithm.name)
+    if prepare is None:
+        raise UserError(f"algorithm.name={cfg.algorithm.name}; use algorithm=sft or algorithm=grpo")
+    module, datamodule, data_metrics, log_data = prepare(cfg, student, tokenizer)
+    # Seed again: training must not depend on whether teacher sampling ran in this process or was cached.
+    L.seed_everything(cfg.seed, workers=True)
+    return _fit(cfg, module, datamodule, tokenizer, data_metrics, log_data, checkpoint)
+
+
+def _prepare_sft(cfg: DictConfig, student, tokenizer):
+    """Prompts -> teacher traces -> judge -> the SFT module and datamodule."""
+    spec = instantiate(cfg.spec)
+    prompts = instantiate(cfg.data).load(spec.categories)
+    log.info("%d prompts; spec %s", len(prompts), spec.name)
+    cache, traces = teacher_traces(cfg, spec, prompts)
+    judge = instantiate(cfg.judge)
+    splits = judge_traces(cache, traces, judge)
+    del judge
+    release_memory()
+    counts = {f"data/{k}": v for k, v in judge_counts(splits).items()}
+
+    def log_data(logger) -> None:
+        if isinstance(logger, WandbLogger):
+            columns, rows = _sample_table(splits, cfg.log_samples)
+            logger.log_table(key="data/teacher_traces", columns=columns, data=rows)
+
+    # Built objects go in through partials: Hydra would turn a dataclass argument into a config node.
+    datamodule = instantiate(cfg.algorithm.datamodule, _partial_=True)(traces=splits["kept"], tokenizer=tokenizer)
+    module = instantiate(cfg.algorithm.module, _partial_=True)(student=student)
+    return module, datamodule, counts, log_data
+
+
+def _prepare_grpo(cfg: DictConfig, student, tokenizer):
+    """The prompt mixture -> the GRPO module (policy = student + init_adapter, trainable) and datamodule."""
+    if cfg.algorithm.module.init_adapter:
+        check_adapter_dir(cfg.algorithm.module.init_adapter, "algorithm.module.init_adapter")
+    rows = instantiate(cfg.data).load()
+    log.info("%d RL prompts (%d harmful)", len(rows), sum(r["task"] == "safety" for r in rows))
+    datamodule = instantiate(cfg.algorithm.datamodule, _partial_=True)(rows=rows, tokenizer=tokenizer)
+    module = instantiate(cfg.algorithm.module, _partial_=True)(
+        student=student, tokenizer=tokenizer,
+        completions_file=str(Path(cfg.paths.output_dir) / "completions.jsonl"),
+    )
+    return module, datamodule, {"data/rl_prompts": len(rows)}, lambda logger: None
+
+
+def _fit(cfg: DictConfig, module, datamodule, tokenizer, data_metrics: dict, log_data, checkpoint: Path | None) -> dict[str, float]:
+    """The Lightning Trainer from the config (resuming `checkpoint`, and its W&B run); then the
+    adapter and metrics.json on rank 0."""
+    output_dir = Path(cfg.paths.output_dir)
+    logger = False
+    if cfg.get("logger"):
+        is_wandb = cfg.logger.get("_target_", "").endswith("WandbLogger")
+        logger = instantiate(cfg.logger, **({"id": wandb_run_id(output_dir, checkpoint), "resume": "allow"} if is_wandb else {}))
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks)
+    if trainer.is_global_zero and logger:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        logger.log_metrics(data_metrics, step=0)
+        log_data(logger)
+
+    trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint, weights_only=True)
+
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    metrics.update(data_metrics)
+    adapter = module.gather_adapter()  # a collective under FSDP: before the rank-0 branch
+    if trainer.is_global_zero:
+        save_dir_atomic(output_dir / "adapter", lambda d: module.save_adapter(d, tokenizer, adapter))
+        write_text_atomic(output_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        summary = ", ".join(f"{k} {metrics[k]:.4f}" for k in ("train/loss", "val/loss", "train/reward") if k in metrics)
+        log.info("done: %s; adapter in %s", summary, output_dir / "adapter")
+    if isinstance(logger, WandbLogger):
+        logger.experiment.finish()
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> None:
+    os.environ.setdefault("WANDB_MODE", "offline")  # never block on the network unless asked
+    run_or_exit(run_train, cfg, name="train")
