@@ -2,6 +2,7 @@ import torch
 
 from lightning_da.formats import encode_candidate, prefix_ids
 from lightning_da.generation import SamplingConfig, sample_candidates
+from lightning_da.models.cache import CACHE_KEYWORD
 
 PROMPTS = ["Hi", "Tell me a long story about a dragon and a knight, please."]
 
@@ -19,8 +20,9 @@ def test_generation_starts_from_the_scoring_prefix(tiny_source, tokenizer, monke
     model = tiny_source.load_model().eval()
     seen = {}
 
-    def generate(input_ids, attention_mask, past_key_values, **kwargs):
+    def generate(input_ids, attention_mask, **kwargs):
         seen["ids"], seen["mask"] = input_ids, attention_mask
+        past_key_values = kwargs[CACHE_KEYWORD]
         # the shared prefill: every prompt token but the last is cached, once per sample
         assert past_key_values.get_seq_length() == input_ids.size(1) - 1
         assert past_key_values.layers[0].keys.size(0) == input_ids.size(0)

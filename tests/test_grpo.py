@@ -168,9 +168,9 @@ def test_mean_reward_rises_on_a_learnable_reward(tokenizer, init_adapter):
     rewards = []
     original = module._log_step
 
-    def record(groups, reward_table, *args):
-        rewards.append(float(reward_table.mean()))
-        return original(groups, reward_table, *args)
+    def record(rollouts, *args):
+        rewards.append(float(rollouts.rewards.mean()))
+        return original(rollouts, *args)
 
     module._log_step = record
     fit(module, tokenizer, steps=40, prompts_per_step=2, max_epochs=20)

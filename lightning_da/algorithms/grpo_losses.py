@@ -34,6 +34,8 @@ from dataclasses import dataclass
 
 import torch
 
+from lightning_da.errors import UserError
+
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "gspo", "cispo")
 SCALES = ("group", "batch", "none")
 AGGREGATIONS = ("sum_then_normalize", "normalize_then_sum")
@@ -131,13 +133,7 @@ def grpo_loss(
     if loss_type == "gspo":
         log_ratio = ((log_ratio * mask).sum(1) / mask.sum(1).clamp(min=1.0))[:, None]
     ratio = torch.exp(log_ratio)
-
-    if loss_type == "cispo":
-        per_token = -torch.clamp(ratio, max=epsilon_high).detach() * adv * logp
-    else:
-        clipped = torch.clamp(ratio, 1 - epsilon, 1 + epsilon_high)
-        unclipped = ratio if delta is None else torch.clamp(ratio, max=delta)
-        per_token = -torch.min(unclipped * adv, clipped * adv)
+    per_token = _surrogate(loss_type, ratio, adv, logp, epsilon=epsilon, epsilon_high=epsilon_high, delta=delta)
     kl = None
     if beta != 0.0:
         if ref_logp is None:
@@ -145,23 +141,74 @@ def grpo_loss(
         per_token_kl = k3(logp, ref_logp)
         per_token = per_token + beta * per_token_kl
         kl = _masked_mean(per_token_kl.detach(), mask)
+    loss = _reduce(loss_type, per_token, mask, max_completion_length=max_completion_length, num_items=num_items,
+                   world_size=world_size)
+    return LossTerms(loss, *_clip_fractions(ratio, adv, mask, epsilon=epsilon, epsilon_high=epsilon_high), kl)
 
+
+@torch.no_grad()
+def _clip_fractions(ratio: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor, *, epsilon: float,
+                    epsilon_high: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fractions of counted tokens clipped low (ratio < 1 - epsilon, A < 0) and high (> 1 + epsilon_high, A > 0)."""
+    ratio = ratio.expand_as(mask)
+    low = (ratio < 1 - epsilon) & (adv < 0)
+    high = (ratio > 1 + epsilon_high) & (adv > 0)
+    return _masked_mean(low.to(mask.dtype), mask), _masked_mean(high.to(mask.dtype), mask)
+
+
+def _surrogate(loss_type: str, ratio: torch.Tensor, adv: torch.Tensor, logp: torch.Tensor, *, epsilon: float,
+               epsilon_high: float, delta: float | None) -> torch.Tensor:
+    """The per-token l_t before the KL term: cispo's clipped-weight REINFORCE, or the clipped surrogate."""
+    if loss_type == "cispo":
+        return -torch.clamp(ratio, max=epsilon_high).detach() * adv * logp
+    clipped = torch.clamp(ratio, 1 - epsilon, 1 + epsilon_high)
+    unclipped = ratio if delta is None else torch.clamp(ratio, max=delta)
+    return -torch.min(unclipped * adv, clipped * adv)
+
+
+def _reduce(loss_type: str, per_token: torch.Tensor, mask: torch.Tensor, *, max_completion_length: int | None,
+            num_items: float | None, world_size: int) -> torch.Tensor:
+    """The per-token losses reduced to one number as `loss_type` normalises them (module docstring)."""
     if loss_type in ("grpo", "gspo"):
-        loss = ((per_token * mask).sum(1) / mask.sum(1).clamp(min=1.0)).mean()
-    elif loss_type == "bnpo":
-        loss = _masked_mean(per_token, mask)
-    elif loss_type == "dr_grpo":
+        return ((per_token * mask).sum(1) / mask.sum(1).clamp(min=1.0)).mean()
+    if loss_type == "bnpo":
+        return _masked_mean(per_token, mask)
+    if loss_type == "dr_grpo":
         if max_completion_length is None:
             raise ValueError("dr_grpo needs max_completion_length")
-        loss = (per_token * mask).sum() / (per_token.size(0) * max_completion_length)
-    else:  # dapo, cispo
-        if num_items is None:
-            raise ValueError(f"{loss_type} needs num_items, the generation batch's completion tokens")
-        loss = (per_token * mask).sum() / (num_items / world_size)
+        return (per_token * mask).sum() / (per_token.size(0) * max_completion_length)
+    if num_items is None:  # dapo, cispo
+        raise ValueError(f"{loss_type} needs num_items, the generation batch's completion tokens")
+    return (per_token * mask).sum() / (num_items / world_size)
 
-    with torch.no_grad():
-        ratio_t = ratio.expand_as(mask)
-        low = (ratio_t < 1 - epsilon) & (adv < 0)
-        high = (ratio_t > 1 + epsilon_high) & (adv > 0)
-        clip_low, clip_high = _masked_mean(low.to(mask.dtype), mask), _masked_mean(high.to(mask.dtype), mask)
-    return LossTerms(loss, clip_low, clip_high, kl)
+
+# The loss types normalised by the whole generation batch's tokens (`num_items`) already.
+BATCH_NORMALISED = ("dapo", "cispo")
+
+
+@dataclass(frozen=True)
+class GRPOLoss:
+    """The loss settings of a run (`algorithm.module.{loss_type,epsilon,epsilon_high,delta,beta}`; the
+    completion budget for dr_grpo), checked once, and how micro-batch losses accumulate into a step."""
+
+    loss_type: str = "grpo"
+    epsilon: float = 0.2
+    epsilon_high: float | None = None
+    delta: float | None = None
+    beta: float = 0.0
+    max_completion_length: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.loss_type not in LOSS_TYPES:
+            raise UserError(f"algorithm.module.loss_type={self.loss_type}; use one of {', '.join(LOSS_TYPES)}")
+
+    def __call__(self, logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, *,
+                 ref_logp: torch.Tensor | None = None, num_items: float | None = None, world_size: int = 1) -> LossTerms:
+        return grpo_loss(logp, old_logp, advantages, mask, loss_type=self.loss_type, epsilon=self.epsilon,
+                         epsilon_high=self.epsilon_high, delta=self.delta, beta=self.beta, ref_logp=ref_logp,
+                         max_completion_length=self.max_completion_length, num_items=num_items, world_size=world_size)
+
+    def accumulation_scale(self, micro_batches: int) -> float:
+        """What a micro-batch's loss is multiplied by before its backward: 1 for the types normalised by the
+        whole batch's tokens already, else 1 / micro-batches (their mean)."""
+        return 1.0 if self.loss_type in BATCH_NORMALISED else 1.0 / micro_batches

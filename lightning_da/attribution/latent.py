@@ -21,6 +21,7 @@ from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 from lightning_da.attribution.scoring import adapter_disabled, by_prompt, ending_in, repeat_cache, suffix_batch, suffix_chunks
 from lightning_da.attribution.selectors import least_similar
 from lightning_da.generation import Completion, SamplingConfig, flatten_candidates, sample_completions
+from lightning_da.models.cache import with_cache
 from lightning_da.models.hidden_states import run_until
 
 # Positions (all rows together) per base forward. No vocabulary-sized buffer exists on this path, so a
@@ -41,13 +42,13 @@ def final_states(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pro
         offset = prefix.numel() - 1
         prefix_cache = DynamicCache(config=model.config)
         with context():
-            run_until(model, layer, input_ids=prefix[None, :-1], past_key_values=prefix_cache)
+            run_until(model, layer, input_ids=prefix[None, :-1], **with_cache(prefix_cache))
         for members, suffixes in batches:
             ids, mask, lengths = suffix_batch(suffixes, offset=offset, pad_id=tokenizer.pad_token_id, device=device)
             cache, last = repeat_cache(prefix_cache, len(members)), lengths - 1
             for begin, end, inputs in suffix_chunks(ids, mask, offset=offset, chunk_tokens=chunk_tokens):
                 with context():
-                    hidden = run_until(model, layer, **inputs, past_key_values=cache)
+                    hidden = run_until(model, layer, **inputs, **with_cache(cache))
                 for row in ending_in(last, begin, end).tolist():
                     out[members[row]] = hidden[row, last[row] - begin].float()
     return torch.stack([out[i] for i in range(len(prompts))])

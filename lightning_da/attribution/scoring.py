@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from lightning_da.formats import prefix_ids
+from lightning_da.models.cache import with_cache
 
 
 @dataclass
@@ -69,14 +70,14 @@ def _prefill(model, prefix: torch.Tensor, context) -> DynamicCache:
     """The KV cache of the shared prompt prefix, all but its last token (that one starts each suffix)."""
     cache = DynamicCache(config=model.config)
     with context():
-        model(input_ids=prefix[None, :-1], past_key_values=cache, use_cache=True, logits_to_keep=1)  # no vocab-wide logits
+        model(input_ids=prefix[None, :-1], **with_cache(cache), use_cache=True, logits_to_keep=1)  # no vocab-wide logits
     return cache
 
 
 def _extend(model, cache: DynamicCache, inputs: dict, context):
     """Run `inputs` after what `cache` holds (the cache grows); hidden states and fp32 logits of its ids."""
     with context():
-        out = model(**inputs, past_key_values=cache, use_cache=True, output_hidden_states=True)
+        out = model(**inputs, **with_cache(cache), use_cache=True, output_hidden_states=True)
     return out.hidden_states, out.logits.float()
 
 

@@ -1,11 +1,5 @@
 """Evaluation benchmarks: prompts (and, for utility, reference answers), each from the hub or a local file.
-
-`task` says how a selected response is graded:
-    safety        the judge's verdict; ASR = % unsafe
-    over_refusal  refusal on safe prompts (XSTest); the rate = % refused
-    number        correct iff the last number matches (GSM8K, arithmetic)
-    choice        correct iff the answer letter matches (MMLU)
-"""
+Each names its `task` (`lightning_da.tasks`: what it measures and how a response is graded)."""
 
 from __future__ import annotations
 
@@ -17,8 +11,7 @@ import datasets
 
 from lightning_da.data.prompts import read_local_table, strongreject_csv
 from lightning_da.errors import UserError, check_at_least
-
-TASKS = ("safety", "over_refusal", "number", "choice")
+from lightning_da.tasks import get_task
 
 
 def _subset(rows: list[dict], limit: int | None, seed: int) -> list[dict]:
@@ -60,8 +53,7 @@ class HubBenchmark:
 
     def __post_init__(self) -> None:
         check_at_least(self.limit, "benchmark.limit", optional=True)
-        if self.task not in TASKS:
-            raise UserError(f"benchmark {self.name}: task {self.task!r}; use one of {TASKS}")
+        get_task(self.task, f"benchmark {self.name}")
 
     def _records(self) -> tuple[list[dict], str]:
         if self.path is not None:

@@ -15,6 +15,7 @@ from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from lightning_da.formats import eos_ids, pad_ids, prefix_ids
 from lightning_da.generation.sampling import SamplingConfig
+from lightning_da.models.cache import with_cache
 from lightning_da.models.hidden_states import FinalTokenStates
 
 
@@ -63,36 +64,45 @@ def sample_completions(
     `states_at`: also keep each completion's final-token `hidden_states[states_at]` (`Completion.state`,
     float32, on the model's device). Generation then runs one step past `max_new_tokens`, whose token is
     dropped, for the cut completions' last token; the completions are the same as without it."""
-    device = next(model.parameters()).device
     eos = set(eos_ids(model.generation_config.eos_token_id, tokenizer))
-    budget = sampling.max_new_tokens
     out: list[list[Completion]] = []
     for start in tqdm(range(0, len(prompts), batch_size), desc="sampling", unit="batch", disable=not progress, leave=False):
-        batch = prompts[start : start + batch_size]
-        ids, mask = pad_ids([prefix_ids(tokenizer, p) for p in batch], tokenizer.pad_token_id, left=True)
-        ids, mask = ids.to(device), mask.to(device)
-        # Prefill each prompt once and copy its cache to its n samples, instead of n prefills. The
-        # cache stops one token short: generate feeds the last prompt token itself.
-        cache = DynamicCache(config=model.config)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # as generate numbers left-padded rows
-        model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1], past_key_values=cache,
-              use_cache=True, logits_to_keep=1)
-        cache.batch_repeat_interleave(n)
+        ids, mask = pad_ids([prefix_ids(tokenizer, p) for p in prompts[start : start + batch_size]], tokenizer.pad_token_id, left=True)
+        ids, mask = ids.to(next(model.parameters()).device), mask.to(next(model.parameters()).device)
+        cache = _shared_prefill(model, ids, mask, n)
         torch.manual_seed(batch_seed(seed, start))
         states = FinalTokenStates(model, states_at, eos) if states_at is not None else None
         with states.capturing() if states else contextlib.nullcontext():
             generated = model.generate(
                 input_ids=ids.repeat_interleave(n, dim=0), attention_mask=mask.repeat_interleave(n, dim=0),
-                past_key_values=cache, **{**sampling.generate_kwargs(), "max_new_tokens": budget + bool(states)},
+                **with_cache(cache), **{**sampling.generate_kwargs(), "max_new_tokens": sampling.max_new_tokens + bool(states)},
                 pad_token_id=tokenizer.pad_token_id, synced_gpus=synced_gpus,
             )
-        rows = []
-        for r, row in enumerate(generated[:, ids.size(1) : ids.size(1) + budget].tolist()):
-            end = next((i for i, token in enumerate(row) if token in eos), None)
-            rows.append(Completion(row[: end + 1], False) if end is not None else Completion(row, True))
-            if states:
-                rows[-1].state = states.states[r]
+        rows = _completions(generated[:, ids.size(1) : ids.size(1) + sampling.max_new_tokens].tolist(), eos,
+                            states.states if states else None)
         out.extend(rows[i : i + n] for i in range(0, len(rows), n))
+    return out
+
+
+def _shared_prefill(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, n: int) -> DynamicCache:
+    """Each left-padded prompt prefilled once, its cache copied for its n samples (instead of n prefills).
+    The cache stops one token short: generate feeds the last prompt token itself."""
+    cache = DynamicCache(config=model.config)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # as generate numbers left-padded rows
+    model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1], **with_cache(cache),
+          use_cache=True, logits_to_keep=1)
+    cache.batch_repeat_interleave(n)
+    return cache
+
+
+def _completions(rows: list[list[int]], eos: set[int], states: torch.Tensor | None) -> list[Completion]:
+    """Each generated row up to and including its first EOS, or whole and `truncated`; with its state."""
+    out = []
+    for r, row in enumerate(rows):
+        end = next((i for i, token in enumerate(row) if token in eos), None)
+        out.append(Completion(row[: end + 1], False) if end is not None else Completion(row, True))
+        if states is not None:
+            out[-1].state = states[r]
     return out
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import warnings
 from collections.abc import Sequence
@@ -36,8 +37,7 @@ def apply_lora(
         target_modules=target_modules if isinstance(target_modules, str) else list(target_modules),
         modules_to_save=list(modules_to_save) if modules_to_save else None,
     )
-    with warnings.catch_warnings():  # peft warns about the untied copy, which is what we want
-        warnings.filterwarnings("ignore", message=".*tie_word_embeddings.*")
+    with _untied_lm_head_copy():
         return get_peft_model(model, config)
 
 
@@ -54,6 +54,16 @@ def random_adapter(path: str | Path, model: PreTrainedModel, *, r: int = 4, alph
                 param.add_(torch.randn_like(param) * scale)
     peft_model.save_pretrained(path)
     return str(path)
+
+
+@contextlib.contextmanager
+def _untied_lm_head_copy():
+    """peft warns, on every wrap and load, that a tied layer (lm_head) is in the adapter without
+    `ensure_weight_tying`: the untied trained copy is this adapter's design (see `apply_lora`), so that one
+    warning is expected here; every other warning passes."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*tie_word_embeddings.*")
+        yield
 
 
 def check_adapter_dir(adapter_dir: str | Path, key: str = "adapter") -> Path:
@@ -74,7 +84,8 @@ def load_adapter(model: PreTrainedModel, adapter_dir: str | Path, *, trainable: 
     """
     config_file = check_adapter_dir(adapter_dir, key)
     try:
-        peft_model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
+        with _untied_lm_head_copy():
+            peft_model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
     except (RuntimeError, ValueError) as exc:
         if "size mismatch" not in str(exc) and "not found in the base model" not in str(exc):
             raise

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from lightning_da.errors import UserError
 from lightning_da.formats import final_answer
+from lightning_da.tasks import get_task
 
 JUDGE_ON = ("full", "answer")
 
@@ -24,7 +25,7 @@ class JudgeSafety:
             raise UserError(f"reward judge_on={self.judge_on!r}; use one of {JUDGE_ON}")
 
     def __call__(self, prompts: list[str], completions: list[str], task: list[str] | None = None, **row) -> list[float | None]:
-        wanted = [i for i in range(len(prompts)) if task is None or task[i] == "safety"]
+        wanted = [i for i in range(len(prompts)) if task is None or get_task(task[i], "reward judge_safety").uses_judge]
         texts = [completions[i] if self.judge_on == "full" else final_answer(completions[i]) for i in wanted]
         verdicts = self.judge.judge([prompts[i] for i in wanted], texts) if wanted else []
         rewards: list[float | None] = [None] * len(prompts)
