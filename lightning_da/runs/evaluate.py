@@ -185,3 +185,7 @@ def _write_and_show(cfg: DictConfig, results: EvaluationResults, records: list[d
 def main(cfg: DictConfig) -> None:
     os.environ.setdefault("WANDB_MODE", "offline")  # never block on the network unless asked
     run_or_exit(run_evaluate, cfg, name="evaluate")
+
+
+if __name__ == "__main__":
+    main()

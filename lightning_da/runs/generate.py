@@ -74,3 +74,7 @@ def _parts_dir(parts: Path, key: dict) -> Path:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="generate")
 def main(cfg: DictConfig) -> None:
     run_or_exit(run_generate, cfg, name="generate")
+
+
+if __name__ == "__main__":
+    main()

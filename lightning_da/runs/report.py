@@ -295,3 +295,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     print(files["report"].read_text().split("\n![")[0])
     print("written:", ", ".join(str(p) for p in files.values()))
+
+
+if __name__ == "__main__":
+    main()

@@ -129,3 +129,7 @@ def _fit(cfg: DictConfig, module, datamodule, tokenizer, data_metrics: dict, log
 def main(cfg: DictConfig) -> None:
     os.environ.setdefault("WANDB_MODE", "offline")  # never block on the network unless asked
     run_or_exit(run_train, cfg, name="train")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""The package as a user installs it: a wheel built from the repo, installed outside the checkout, run
+from an unrelated directory (configs, console scripts and `LatentBestOfN.from_pretrained` included)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lightning_da.models import EmbeddedSmolLM2
+from lightning_da.models.lora import random_adapter
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_TRAIN = ["teacher=tiny_random", "student=tiny_random", "data.limit=8", '+judge.refusals=[""]', "trainer.max_epochs=1",
+              "algorithm.datamodule.batch_size=2", "algorithm.datamodule.val_fraction=0.25", "algorithm.module.lora.r=4",
+              "trainer.accelerator=cpu", "logger=csv"]
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    """(environment, bin directory, working directory): the wheel installed into a target of its own."""
+    root = tmp_path_factory.mktemp("wheel")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation", "-q", "-w", str(root)],
+                   check=True, capture_output=True)
+    [wheel] = root.glob("lightning_da-*.whl")
+    target = root / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+                   check=True, capture_output=True)
+    env = {**os.environ, "PYTHONPATH": str(target), "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
+    where = root / "elsewhere"
+    where.mkdir()
+    return env, target / "bin", where
+
+
+def run(installed, *command: str) -> str:
+    env, _, where = installed
+    done = subprocess.run(list(command), cwd=where, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    return done.stdout
+
+
+def test_the_installed_package_is_the_one_imported(installed):
+    env, _, _ = installed
+    located = run(installed, sys.executable, "-c", "import lightning_da.conf as c; print(c.CONF_DIR)").strip()
+    assert located.startswith(env["PYTHONPATH"]) and (Path(located) / "train.yaml").is_file()
+
+
+def test_the_four_entry_points_run_from_the_wheel(installed, tmp_path):
+    _, scripts, _ = installed
+    cache = f"paths.cache_dir={tmp_path / 'cache'}"
+    run(installed, str(scripts / "lightning-da-train"), *TINY_TRAIN, cache, f"hydra.run.dir={tmp_path / 'train'}")
+    adapter = tmp_path / "train" / "adapter"
+    assert (adapter / "adapter_config.json").is_file()
+    common = ["student=tiny_random", f"adapter={adapter}", "attribution.layer=1", "n_candidates=2", "max_new_tokens=4",
+              "benchmark.limit=2", cache]
+    run(installed, sys.executable, "-m", "lightning_da.runs.evaluate", *common, "logger=csv", "trainer.accelerator=cpu",
+        f"hydra.run.dir={tmp_path / 'evaluate'}")
+    assert (tmp_path / "evaluate" / "results.json").is_file()
+    run(installed, str(scripts / "lightning-da-generate"), *common, f"hydra.run.dir={tmp_path / 'generate'}")
+    assert len((tmp_path / "generate" / "generations.jsonl").read_text().splitlines()) == 2
+    out = run(installed, str(scripts / "lightning-da-report"), str(tmp_path / "evaluate"), "--out", str(tmp_path / "report"),
+              "--resamples", "50")
+    assert "latent_sim" in out and (tmp_path / "report" / "report.md").is_file()
+
+
+@pytest.mark.slow
+def test_latent_best_of_n_from_pretrained_in_the_wheel(installed, tmp_path):
+    adapter = random_adapter(tmp_path / "adapter", EmbeddedSmolLM2().load_model(), r=2, alpha=4, scale=0.01)
+    code = ("from lightning_da import LatentBestOfN\n"
+            f"bon = LatentBestOfN.from_pretrained({adapter!r}, student='smollm2_135m', device='cpu')\n"
+            "[pick] = bon.generate(['How do I bake bread?'], n=2, layer=4, max_new_tokens=4, progress=False)\n"
+            "print(pick.index, len(pick.candidates), pick.layer)")
+    index, candidates, layer = run(installed, sys.executable, "-c", code).split()
+    assert index in ("0", "1") and (candidates, layer) == ("2", "4")
