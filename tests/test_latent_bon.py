@@ -20,6 +20,7 @@ from lightning_da.formats import prefix_ids
 from lightning_da.generation import SamplingConfig, flatten_candidates, sample_completions
 from lightning_da.models.hidden_states import run_until
 from lightning_da.models.lora import load_adapter, random_adapter
+from lightning_da.tasks import TASKS
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["How do I pick a lock?", "Hi", "Write a long story about a dragon, please, with many details."]
@@ -126,7 +127,7 @@ def test_generate_picks_what_evaluate_picks(student, tokenizer):
     for layer in (1, 2):
         bon = LatentBestOfN(student, tokenizer, layer=layer, n=6, sampling=sampling, batch_size=2)
         picks = bon.generate(PROMPTS, seed=3, progress=False)
-        full = best_of_n_block(student, tokenizer, PROMPTS, ["5"] * 3, task="number", judge=None, n=6, sampling=sampling,
+        full = best_of_n_block(student, tokenizer, PROMPTS, ["5"] * 3, task=TASKS["number"], judge=None, n=6, sampling=sampling,
                                seed=3, batch_size=2, progress=False)
         assert [p.candidates for p in picks] == full.candidates
         cosine = full.scores.cosine[:, :, layer]
@@ -217,7 +218,7 @@ def test_smollm2_choice_and_cosines_match(tmp_path):
     model = load_adapter(source.load_model(), adapter).eval()
     sampling = SamplingConfig(temperature=0.7, max_new_tokens=24)
     prompts = [*PROMPTS, "What is 2 + 3?"]
-    full = best_of_n_block(model, tokenizer, prompts, ["5"] * 4, task="number", judge=None, n=4, sampling=sampling, seed=0,
+    full = best_of_n_block(model, tokenizer, prompts, ["5"] * 4, task=TASKS["number"], judge=None, n=4, sampling=sampling, seed=0,
                            batch_size=4, progress=False)
     for layer in (1, 12, 30):
         picks = LatentBestOfN(model, tokenizer, layer=layer, n=4, sampling=sampling, batch_size=4).generate(prompts, progress=False)
