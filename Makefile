@@ -40,8 +40,9 @@ demo: install
 	$(BIN)/python report.py $(DEMO)/strongreject $(DEMO)/strongreject_grpo $(DEMO)/arithmetic --out $(DEMO)/report
 	$(BIN)/python generate.py adapter=$(DEMO)/train/adapter benchmark.limit=8 n_candidates=4 max_new_tokens=32 hydra.run.dir=$(DEMO)/generate
 
+# One test worker per core (pytest-xdist), each given its share of the cores' threads (tests/conftest.py).
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist worksteal
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ from omegaconf import open_dict
 
 from lightning_da.attribution import score_candidates
 from lightning_da.distributed import batch_aligned_shard
-from lightning_da.errors import UserError
+from lightning_da.errors import UserError, run_or_exit
 from lightning_da.models import TinyRandomLlama
 from lightning_da.models.lora import load_adapter, random_adapter
 from lightning_da.runs.evaluate import run_evaluate
@@ -89,14 +90,13 @@ def test_errors(tmp_path, adapter):
         run_evaluate(evaluate_cfg(tmp_path, f"adapter={adapter}", "compare=[best_vibes]"))
 
 
-def test_cli_bad_layer_exits_with_one_line(tmp_path, adapter):
-    result = subprocess.run(
-        [sys.executable, "evaluate.py", "student=tiny_random", f"adapter={adapter}", "attribution.layer=99",
-         "n_candidates=2", "max_new_tokens=4", "benchmark.limit=2", f"hydra.run.dir={tmp_path / 'run'}"],
-        cwd=ROOT, capture_output=True, text=True,
-    )
-    assert result.returncode == 2
-    errors = [line for line in (result.stdout + result.stderr).splitlines() if "error:" in line]
+def test_bad_layer_exits_with_one_line(tmp_path, adapter, caplog):
+    """Through the CLI's entry function (`run_or_exit`), in this process."""
+    cfg = evaluate_cfg(tmp_path, f"adapter={adapter}", "attribution.layer=99", "n_candidates=2", "max_new_tokens=4", "benchmark.limit=2")
+    with pytest.raises(SystemExit) as exited:
+        run_or_exit(run_evaluate, cfg, name="evaluate")
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert exited.value.code == 2
     assert len(errors) == 1 and "attribution.layer" in errors[0]
     assert not (tmp_path / "run" / "results.json").exists()
 

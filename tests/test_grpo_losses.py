@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from lightning.fabric.plugins.environments.lightning import find_free_network_port
 
 from lightning_da.algorithms.grpo_losses import LOSS_TYPES, combine_rewards, group_advantages, grpo_loss, k3
 
@@ -177,7 +178,7 @@ def test_dapo_on_two_ranks_equals_one_process():
     (want,) = torch.autograd.grad(loss, logp)
     context = mp.get_context("spawn")
     queue = context.Queue()
-    port = 29500 + os.getpid() % 1000
+    port = find_free_network_port()  # parallel test workers must not share one
     processes = [context.Process(target=_dapo_rank, args=(rank, 2, port, queue)) for rank in range(2)]
     for p in processes:
         p.start()

@@ -1,13 +1,15 @@
 """The cheap path of latent Best-of-N against the full scoring pass and against plain forwards."""
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf, open_dict
 
 from lightning_da import LatentBestOfN
 from lightning_da.attribution import score_candidates
@@ -15,11 +17,12 @@ from lightning_da.attribution.latent import final_states, latent_cosines
 from lightning_da.attribution.selectors import LatentSimilarity
 from lightning_da.best_of_n import best_of_n_block
 from lightning_da.conf import CONF_DIR as CONF  # noqa: E402
-from lightning_da.errors import UserError
+from lightning_da.errors import UserError, run_or_exit
 from lightning_da.formats import prefix_ids
 from lightning_da.generation import SamplingConfig, flatten_candidates, sample_completions
 from lightning_da.models.hidden_states import run_until
 from lightning_da.models.lora import load_adapter, random_adapter
+from lightning_da.runs.generate import run_generate
 from lightning_da.tasks import TASKS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -187,7 +190,7 @@ def cli(*args):
     return subprocess.run([sys.executable, "generate.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
-def test_generate_cli(tmp_path, adapter_dir):
+def test_generate_cli(tmp_path, adapter_dir, caplog):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
     common = ["student=tiny_random", f"adapter={adapter_dir}", "benchmark=file", "n_candidates=3", "max_new_tokens=5"]
@@ -200,10 +203,18 @@ def test_generate_cli(tmp_path, adapter_dir):
         assert r["response"] == r["candidates"][r["index"]] and r["cosines"][r["index"]] == min(r["cosines"])
     assert "3 prompts x 3 candidates" in done.stdout
 
+    # Bad settings through the same entry function (`run_or_exit`), in this process.
     for bad, message in [(["attribution.layer=2"], "set benchmark.path="), ([f"benchmark.path={prompts}", "attribution=kl"], "attribution=latent_sim"),
                          ([f"benchmark.path={prompts}", "attribution.layer=9"], "set attribution.layer within")]:
-        failed = cli(*common, *bad, f"hydra.run.dir={tmp_path / 'bad'}")
-        assert failed.returncode == 2 and message in failed.stdout + failed.stderr, failed.stderr
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            cfg = compose(config_name="generate", overrides=[*common, *bad])
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(tmp_path / "bad")
+        caplog.clear()
+        with pytest.raises(SystemExit) as exited:
+            run_or_exit(run_generate, cfg, name="generate")
+        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert exited.value.code == 2 and len(errors) == 1 and message in errors[0], errors
         assert not (tmp_path / "bad" / "generations.jsonl").exists()
 
 
@@ -246,7 +257,6 @@ def test_generate_resumes_after_a_crash(adapter_dir, tmp_path, monkeypatch):
     from hydra import compose, initialize_config_dir
     from omegaconf import open_dict
 
-    from lightning_da.runs.generate import run_generate
 
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))

@@ -2,7 +2,7 @@
 
 import csv
 import io
-import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from lightning_da.errors import UserError
-from lightning_da.runs.report import find_configurations, paper_table, write_report
+from lightning_da.runs.report import find_configurations, main, paper_table, write_report
 from lightning_da.stats import paired_bootstrap_many
 from lightning_da.tasks import EvaluationResults
 
@@ -104,28 +104,12 @@ def test_cli_writes_the_report_and_a_wandb_artifact(runs):
     (lambda root: (root / "x").mkdir(parents=True) or (root / "x" / "results.json").write_text('{"schema_version": 2, "task": "safety"}'),
      "lacks ['benchmark',"),
 ])
-def test_bad_directories_are_one_line_and_exit_2(tmp_path, make, message):
+def test_bad_directories_are_one_line_and_exit_2(tmp_path, caplog, make, message):
+    """report.py's own main, in this process (its real CLI runs above and in test_wheel)."""
     make(tmp_path / "runs")
-    done = subprocess.run([sys.executable, "report.py", str(tmp_path / "runs")], cwd=ROOT, capture_output=True, text=True)
-    assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    with pytest.raises(SystemExit) as exited:
+        main([str(tmp_path / "runs")])
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert exited.value.code == 2 and len(errors) == 1 and message in errors[0], errors
     with pytest.raises(UserError):
         find_configurations([tmp_path / "runs"])
-
-
-def test_report_of_a_real_evaluate_run(tmp_path, tiny_source):
-    """What evaluate.py writes is what report.py reads (base student included)."""
-    from lightning_da.models.lora import random_adapter
-
-    adapter = random_adapter(tmp_path / "adapter", tiny_source.load_model())
-    run = tmp_path / "evaluate"
-    subprocess.run([sys.executable, "evaluate.py", "student=tiny_random", f"adapter={adapter}", "attribution.layer=1",
-                    "n_candidates=3", "max_new_tokens=4", "benchmark.limit=4", "logger=csv", "trainer.accelerator=cpu",
-                    f"hydra.run.dir={run}"], cwd=ROOT, check=True, capture_output=True, text=True)
-    results = json.loads((run / "results.json").read_text())
-    assert results["rate_name"] == "asr" and results["task"] == "safety" and results["schema_version"] == 2
-    assert set(results["intervals"]) == set(results["rates"]) - {"first"}
-    assert len(results["base"]["outcomes"]) == 4 and 0 <= results["base"]["first"] <= 100
-    [configuration] = find_configurations([run])
-    assert (configuration.student, configuration.benchmark, configuration.teacher) == ("tiny_random", "strongreject", "?")
-    files = write_report([configuration], tmp_path / "report", resamples=100)
-    assert "latent_sim" in files["report"].read_text() and "base student: first" in files["report"].read_text()

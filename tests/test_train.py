@@ -37,16 +37,6 @@ def test_pipeline_through_compose(compose_train, tmp_path):
     assert (cache / "complete").exists() and len(list(cache.glob("shard-*.jsonl"))) == 1
 
 
-def test_cli_run_writes_the_run_directory(tmp_path):
-    run = tmp_path / "run"
-    subprocess.run(
-        [sys.executable, "train.py", *TINY, "trainer.max_epochs=1", f"hydra.run.dir={run}", f"paths.cache_dir={tmp_path / 'cache'}"],
-        cwd=ROOT, check=True, capture_output=True, text=True,
-    )
-    assert (run / ".hydra" / "config.yaml").is_file()
-    assert {"adapter", "checkpoints", "metrics.json", "wandb"} <= {p.name for p in run.iterdir()}
-
-
 def test_cli_bad_input_is_one_line_and_nonzero(tmp_path):
     result = subprocess.run(
         [sys.executable, "train.py", "student=qwen2_5_0_5b", f"hydra.run.dir={tmp_path / 'run'}", f"paths.cache_dir={tmp_path}"],

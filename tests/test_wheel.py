@@ -1,6 +1,7 @@
 """The package as a user installs it: a wheel built from the repo, installed outside the checkout, run
 from an unrelated directory (configs, console scripts and `LatentBestOfN.from_pretrained` included)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -10,11 +11,12 @@ import pytest
 
 from lightning_da.models import EmbeddedSmolLM2
 from lightning_da.models.lora import random_adapter
+from lightning_da.runs.report import find_configurations
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_TRAIN = ["teacher=tiny_random", "student=tiny_random", "data.limit=8", '+judge.refusals=[""]', "trainer.max_epochs=1",
               "algorithm.datamodule.batch_size=2", "algorithm.datamodule.val_fraction=0.25", "algorithm.module.lora.r=4",
-              "trainer.accelerator=cpu", "logger=csv"]
+              "trainer.accelerator=cpu"]
 
 
 @pytest.fixture(scope="module")
@@ -47,21 +49,34 @@ def test_the_installed_package_is_the_one_imported(installed):
 
 
 def test_the_four_entry_points_run_from_the_wheel(installed, tmp_path):
+    """One real CLI run per flow, chained as a user runs them: train -> evaluate -> generate -> report."""
     _, scripts, _ = installed
     cache = f"paths.cache_dir={tmp_path / 'cache'}"
-    run(installed, str(scripts / "lightning-da-train"), *TINY_TRAIN, cache, f"hydra.run.dir={tmp_path / 'train'}")
-    adapter = tmp_path / "train" / "adapter"
-    assert (adapter / "adapter_config.json").is_file()
-    common = ["student=tiny_random", f"adapter={adapter}", "attribution.layer=1", "n_candidates=2", "max_new_tokens=4",
-              "benchmark.limit=2", cache]
+    train = tmp_path / "train"
+    run(installed, str(scripts / "lightning-da-train"), *TINY_TRAIN, cache, f"hydra.run.dir={train}")
+    assert (train / ".hydra" / "config.yaml").is_file()
+    assert {"adapter", "checkpoints", "metrics.json", "wandb"} <= {p.name for p in train.iterdir()}
+    common = ["student=tiny_random", f"adapter={train / 'adapter'}", "attribution.layer=1", "n_candidates=3", "max_new_tokens=4",
+              "benchmark.limit=4", cache]
+    evaluation = tmp_path / "evaluate"
     run(installed, sys.executable, "-m", "lightning_da.runs.evaluate", *common, "logger=csv", "trainer.accelerator=cpu",
-        f"hydra.run.dir={tmp_path / 'evaluate'}")
-    assert (tmp_path / "evaluate" / "results.json").is_file()
+        f"hydra.run.dir={evaluation}")
     run(installed, str(scripts / "lightning-da-generate"), *common, f"hydra.run.dir={tmp_path / 'generate'}")
-    assert len((tmp_path / "generate" / "generations.jsonl").read_text().splitlines()) == 2
-    out = run(installed, str(scripts / "lightning-da-report"), str(tmp_path / "evaluate"), "--out", str(tmp_path / "report"),
+    assert len((tmp_path / "generate" / "generations.jsonl").read_text().splitlines()) == 4
+    out = run(installed, str(scripts / "lightning-da-report"), str(evaluation), "--out", str(tmp_path / "report"),
               "--resamples", "50")
     assert "latent_sim" in out and (tmp_path / "report" / "report.md").is_file()
+
+    # What evaluate.py writes is what report.py reads (base student included).
+    results = json.loads((evaluation / "results.json").read_text())
+    assert results["rate_name"] == "asr" and results["task"] == "safety" and results["schema_version"] == 2
+    assert set(results["intervals"]) == set(results["rates"]) - {"first"}
+    assert len(results["base"]["outcomes"]) == 4 and 0 <= results["base"]["first"] <= 100
+    [configuration] = find_configurations([evaluation])
+    assert (configuration.student, configuration.benchmark, configuration.teacher, configuration.stage) == (
+        "tiny_random", "strongreject", "tiny_random", "sft")
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "latent_sim" in report and "base student: first" in report
 
 
 @pytest.mark.slow
