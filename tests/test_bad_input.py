@@ -73,9 +73,8 @@ CASES = [
 ]
 
 
-# Through the real CLI: one of each entry point, the moved key (only the CLI accepts a top-level override of
-# it), and vLLM's absence (this process may hold the tests' vLLM stand-in).
-CLI = {"n_candidates=0", "data.limit=0", "grpo-init_adapter-moved", "vllm-not-installed"}
+# Through the real CLI: one case of each entry point that takes overrides.
+CLI = {"n_candidates=0", "data.limit=0"}
 
 
 def in_process(args: list[str], run: Path, cache: Path, caplog) -> tuple[int, str]:
@@ -93,8 +92,10 @@ def in_process(args: list[str], run: Path, cache: Path, caplog) -> tuple[int, st
 
 
 @pytest.mark.parametrize(("command", "adapter", "message"), CASES)
-def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, adapters, caplog, request, command, adapter, message):
+def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, adapters, caplog, request, monkeypatch, command, adapter,
+                                                         message):
     run, cache = tmp_path / "run", tmp_path / "cache"
+    monkeypatch.setitem(sys.modules, "vllm", None)  # not installed, whatever stand-in another test left importable
     args = [a.format(tmp=tmp_path, corrupt=corrupt_checkpoint(tmp_path) if "{corrupt}" in a else "") for a in command]
     if adapter:
         args.append(f"adapter={adapters[adapter]()}")

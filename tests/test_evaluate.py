@@ -108,13 +108,10 @@ def test_shards_are_whole_batches_covering_every_prompt_once(n, batch, world):
     assert all(block.start % batch == 0 for block in blocks if len(block))
 
 
-def run_cli(run: Path, adapter: str, *overrides: str) -> tuple[dict, list[dict]]:
-    subprocess.run(
-        [sys.executable, "evaluate.py", "student=tiny_random", f"adapter={adapter}", "attribution.layer=1", "n_candidates=3",
-         "max_new_tokens=6", "benchmark.limit=7", "batch_size=2", "logger=csv", "trainer.accelerator=cpu",
-         f"hydra.run.dir={run}", *overrides],
-        cwd=ROOT, check=True, capture_output=True, text=True,
-    )
+OVERRIDES = ["n_candidates=3", "max_new_tokens=6", "benchmark.limit=7", "batch_size=2", "logger=csv", "trainer.accelerator=cpu"]
+
+
+def outputs(run: Path) -> tuple[dict, list[dict]]:
     records = [json.loads(line) for line in (run / "candidates.jsonl").read_text().splitlines()]
     return json.loads((run / "results.json").read_text()), records
 
@@ -122,8 +119,11 @@ def run_cli(run: Path, adapter: str, *overrides: str) -> tuple[dict, list[dict]]
 def test_cli_ddp_equals_one_process(tmp_path, adapter):
     """Two CPU ranks take whole batches each (7 prompts: 4 + 3) and gather them: the same
     candidates, scores, choices and rates as one process."""
-    single, single_records = run_cli(tmp_path / "one", adapter)
-    ddp, ddp_records = run_cli(tmp_path / "ddp", adapter, "trainer=ddp", "trainer.devices=2")
+    run_evaluate(evaluate_cfg(tmp_path / "one", f"adapter={adapter}", *OVERRIDES))  # one process: this one
+    subprocess.run([sys.executable, "evaluate.py", "student=tiny_random", f"adapter={adapter}", "attribution.layer=1", *OVERRIDES,
+                    "trainer=ddp", "trainer.devices=2", f"hydra.run.dir={tmp_path / 'ddp'}"],
+                   cwd=ROOT, check=True, capture_output=True, text=True)
+    (single, single_records), (ddp, ddp_records) = outputs(tmp_path / "one" / "run"), outputs(tmp_path / "ddp")
     assert (tmp_path / "ddp" / "train_ddp_process_1.log").is_file()  # rank 1 ran
     assert ddp == single and ddp["n_prompts"] == 7  # rates follow from identical choices and flags
     assert [r["prompt"] for r in ddp_records] == [r["prompt"] for r in single_records]

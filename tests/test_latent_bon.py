@@ -2,8 +2,6 @@
 
 import json
 import logging
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -186,30 +184,31 @@ def test_from_pretrained_finds_the_train_runs_student(tmp_path, tiny_source):
         LatentBestOfN.from_pretrained(run / "adapter", overrides=["attribution.layer=7"])
 
 
-def cli(*args):
-    return subprocess.run([sys.executable, "generate.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+def generate_cfg(tmp_path, *overrides):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="generate", overrides=list(overrides))
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path)
+    return cfg
 
 
-def test_generate_cli(tmp_path, adapter_dir, caplog):
+def test_generate_run(tmp_path, adapter_dir, caplog, capsys):
+    """generate.py's run, in this process (test_wheel runs the installed CLI)."""
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
     common = ["student=tiny_random", f"adapter={adapter_dir}", "benchmark=file", "n_candidates=3", "max_new_tokens=5"]
-    done = cli(*common, f"benchmark.path={prompts}", "attribution.layer=2", f"hydra.run.dir={tmp_path / 'run'}")
-    assert done.returncode == 0, done.stderr
+    run_or_exit(run_generate, generate_cfg(tmp_path / "run", *common, f"benchmark.path={prompts}", "attribution.layer=2"), name="generate")
     rows = [json.loads(line) for line in (tmp_path / "run" / "generations.jsonl").read_text().splitlines()]
     assert [r["prompt"] for r in rows] == PROMPTS
     for r in rows:
-        assert r["layer"] == 2 and len(r["candidates"]) == len(r["cosines"]) == len(r["truncated"]) == 3
+        assert r["layer"] == 2 and len(r["candidates"]) == len(r["cosines"]) == len(r["truncated"]) == len(r["candidate_ids"]) == 3
         assert r["response"] == r["candidates"][r["index"]] and r["cosines"][r["index"]] == min(r["cosines"])
-    assert "3 prompts x 3 candidates" in done.stdout
+    assert "3 prompts x 3 candidates" in capsys.readouterr().out
 
     # Bad settings through the same entry function (`run_or_exit`), in this process.
     for bad, message in [(["attribution.layer=2"], "set benchmark.path="), ([f"benchmark.path={prompts}", "attribution=kl"], "attribution=latent_sim"),
                          ([f"benchmark.path={prompts}", "attribution.layer=9"], "set attribution.layer within")]:
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            cfg = compose(config_name="generate", overrides=[*common, *bad])
-        with open_dict(cfg):
-            cfg.paths.output_dir = str(tmp_path / "bad")
+        cfg = generate_cfg(tmp_path / "bad", *common, *bad)
         caplog.clear()
         with pytest.raises(SystemExit) as exited:
             run_or_exit(run_generate, cfg, name="generate")
@@ -254,21 +253,13 @@ def test_from_an_evaluate_config(adapter_dir, tmp_path):
 def test_generate_resumes_after_a_crash(adapter_dir, tmp_path, monkeypatch):
     """A run killed after its first batch keeps that batch; run again in the same directory, it samples
     only the rest, and writes what one uninterrupted run writes."""
-    from hydra import compose, initialize_config_dir
-    from omegaconf import open_dict
-
-
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
 
     def config(run, *extra):
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            cfg = compose(config_name="generate", overrides=[
-                "student=tiny_random", f"adapter={adapter_dir}", "benchmark=file", f"benchmark.path={prompts}",
-                "attribution.layer=2", "n_candidates=3", "max_new_tokens=5", "batch_size=2", *extra])
-        with open_dict(cfg):
-            cfg.paths.output_dir, cfg.paths.cache_dir = str(tmp_path / run), str(tmp_path / "cache")
-        return cfg
+        return generate_cfg(tmp_path / run, "student=tiny_random", f"adapter={adapter_dir}", "benchmark=file",
+                            f"benchmark.path={prompts}", "attribution.layer=2", "n_candidates=3", "max_new_tokens=5", "batch_size=2",
+                            f"paths.cache_dir={tmp_path / 'cache'}", *extra)
 
     whole = run_generate(config("whole"))
     calls = []

@@ -1,13 +1,14 @@
 """train.py end to end on the tiny random models: Hydra compose in-process, and the real CLI."""
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from lightning_da.errors import find_user_error
+from lightning_da.errors import find_user_error, run_or_exit
 from lightning_da.runs.train import run_train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,15 +38,15 @@ def test_pipeline_through_compose(compose_train, tmp_path):
     assert (cache / "complete").exists() and len(list(cache.glob("shard-*.jsonl"))) == 1
 
 
-def test_cli_bad_input_is_one_line_and_nonzero(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "train.py", "student=qwen2_5_0_5b", f"hydra.run.dir={tmp_path / 'run'}", f"paths.cache_dir={tmp_path}"],
-        cwd=ROOT, capture_output=True, text=True, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"},
-    )
-    assert result.returncode == 2
-    errors = [line for line in (result.stdout + result.stderr).splitlines() if "error:" in line]
+def test_bad_input_is_one_line_and_nonzero(compose_train, caplog):
+    """A hub id with no local copy, through the CLI's entry function (`run_or_exit`), in this process."""
+    cfg = compose_train("student=qwen2_5_0_5b")
+    with pytest.raises(SystemExit) as exited:
+        run_or_exit(run_train, cfg, name="train")
+    assert exited.value.code == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and "student.model.path=" in errors[0]
-    assert not (tmp_path / "run" / "adapter").exists() and not (tmp_path / "traces").exists()
+    assert not (Path(cfg.paths.output_dir) / "adapter").exists() and not (Path(cfg.paths.cache_dir) / "traces").exists()
 
 
 def test_zero_kept_traces_stops_before_training(compose_train):

@@ -2,17 +2,20 @@
 and behaviour, sampling with Hugging Face on CPU). The real vLLM is not exercised here (README)."""
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import open_dict
 
 from lightning_da.errors import UserError
 from lightning_da.formats import prefix_ids
 from lightning_da.generation import SamplingConfig, VLLMGenerator, VLLMSettings, sample_completions
 from lightning_da.models.lora import load_adapter, random_adapter
+from lightning_da.runs.evaluate import run_evaluate
+from lightning_da.runs.train import run_train
+from tests.conftest import CONF
 from tests.test_train import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,25 +93,25 @@ def test_bad_engine_settings_name_the_key(setting, message):
         VLLMSettings(**setting)
 
 
-def test_cli_evaluate_and_teacher_traces_on_the_vllm_backend(tmp_path, tiny_source):
-    """The real CLIs with generation.backend=vllm and the stand-in on PYTHONPATH."""
-    env = {**os.environ, "PYTHONPATH": str(STAND_IN), "VLLM_STAND_IN_LOG": str(tmp_path / "vllm.jsonl")}
+def test_evaluate_and_teacher_traces_on_the_vllm_backend(engine_log, compose_train, tmp_path, tiny_source):
+    """evaluate.py's and train.py's runs with generation.backend=vllm, the stand-in importable as vLLM."""
     adapter = random_adapter(tmp_path / "adapter", tiny_source.load_model())
-    subprocess.run([sys.executable, "evaluate.py", "student=tiny_random", f"adapter={adapter}", "attribution.layer=1",
-                    "n_candidates=2", "max_new_tokens=4", "benchmark.limit=3", "logger=csv", "trainer.accelerator=cpu",
-                    "generation.backend=vllm", "generation.vllm.gpu_memory_utilization=0.4",
-                    f"hydra.run.dir={tmp_path / 'evaluate'}", f"paths.cache_dir={tmp_path / 'cache'}"],
-                   cwd=ROOT, env=env, check=True, capture_output=True, text=True)
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="evaluate", overrides=[
+            "student=tiny_random", f"adapter={adapter}", "attribution.layer=1", "n_candidates=2", "max_new_tokens=4",
+            "benchmark.limit=3", "logger=csv", "trainer.accelerator=cpu", "generation.backend=vllm",
+            "generation.vllm.gpu_memory_utilization=0.4", f"paths.cache_dir={tmp_path / 'cache'}"])
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / "evaluate")
+    run_evaluate(cfg)
     records = [json.loads(line) for line in (tmp_path / "evaluate" / "candidates.jsonl").read_text().splitlines()]
     assert len(records) == 3 and all(len(r["candidates"]) == 2 for r in records)
-    subprocess.run([sys.executable, "train.py", *TINY, "trainer.max_epochs=1", "logger=csv", "generation.backend=vllm",
-                    f"hydra.run.dir={tmp_path / 'train'}", f"paths.cache_dir={tmp_path / 'cache'}"],
-                   cwd=ROOT, env=env, check=True, capture_output=True, text=True)
-    events = [json.loads(line) for line in (tmp_path / "vllm.jsonl").read_text().splitlines()]
+    metrics = run_train(compose_train(*TINY, "trainer.max_epochs=1", "logger=csv", "generation.backend=vllm"))
+    events = engine_log()
     engines = [e for e in events if e["event"] == "engine"]
     assert len(engines) == 2 and engines[0]["gpu_memory_utilization"] == 0.4
     assert sum(e["event"] == "request" for e in events) == 3 + 8  # 3 benchmark prompts, 8 teacher prompts
-    assert json.loads((tmp_path / "train" / "metrics.json").read_text())["data/traces_kept"] == 8
+    assert metrics["data/traces_kept"] == 8
 
 
 @pytest.mark.slow

@@ -64,8 +64,9 @@ def test_the_four_entry_points_run_from_the_wheel(installed, tmp_path):
     run(installed, str(scripts / "lightning-da-generate"), *common, f"hydra.run.dir={tmp_path / 'generate'}")
     assert len((tmp_path / "generate" / "generations.jsonl").read_text().splitlines()) == 4
     out = run(installed, str(scripts / "lightning-da-report"), str(evaluation), "--out", str(tmp_path / "report"),
-              "--resamples", "50")
-    assert "latent_sim" in out and (tmp_path / "report" / "report.md").is_file()
+              "--resamples", "50", "--wandb-project", "lightning_da_test")
+    assert "| latent_sim |" in out and (tmp_path / "report" / "report.md").is_file()
+    assert list((tmp_path / "report" / "wandb").glob("offline-run-*/*.wandb"))
 
     # What evaluate.py writes is what report.py reads (base student included).
     results = json.loads((evaluation / "results.json").read_text())
