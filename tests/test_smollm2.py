@@ -63,7 +63,8 @@ def test_sft_step_lowers_loss_on_real_model(smollm2):
 
 def test_default_pipeline_on_real_models(compose_train):
     """The embedded default (what `make demo` runs), shrunk: 4 prompts, 1 epoch."""
-    cfg = compose_train("data.limit=4", '+judge.refusals=[""]', "trainer.max_epochs=1", "algorithm.datamodule.val_fraction=0.25")
+    cfg = compose_train("data.limit=4", '+judge.refusals=[""]', "trainer.max_epochs=1", "algorithm.datamodule.val_fraction=0.25",
+                        "teacher.sampling.max_new_tokens=32")
     metrics = run_train(cfg)
     run = Path(cfg.paths.output_dir)
     assert metrics["data/traces_kept"] == 4
