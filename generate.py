@@ -1,6 +1,6 @@
 """Latent Best-of-N generation: N candidates per prompt, the one least like the base kept.  `python generate.py --help`"""
 
-from lightning_da.runs.generate import main
+from lightning_da.cli import generate
 
 if __name__ == "__main__":
-    main()
+    generate()

@@ -54,12 +54,12 @@ def test_the_four_entry_points_run_from_the_wheel(installed, tmp_path):
     cache = f"paths.cache_dir={tmp_path / 'cache'}"
     train = tmp_path / "train"
     run(installed, str(scripts / "lightning-da-train"), *TINY_TRAIN, cache, f"hydra.run.dir={train}")
-    assert (train / ".hydra" / "config.yaml").is_file()
+    assert (train / ".hydra" / "config.yaml").is_file() and (train / "train.log").is_file()
     assert {"adapter", "checkpoints", "metrics.json", "wandb"} <= {p.name for p in train.iterdir()}
     common = ["student=tiny_random", f"adapter={train / 'adapter'}", "attribution.layer=1", "n_candidates=3", "max_new_tokens=4",
               "benchmark.limit=4", cache]
     evaluation = tmp_path / "evaluate"
-    run(installed, sys.executable, "-m", "lightning_da.runs.evaluate", *common, "logger=csv", "trainer.accelerator=cpu",
+    run(installed, str(scripts / "lightning-da-evaluate"), *common, "logger=csv", "trainer.accelerator=cpu",
         f"hydra.run.dir={evaluation}")
     run(installed, str(scripts / "lightning-da-generate"), *common, f"hydra.run.dir={tmp_path / 'generate'}")
     assert len((tmp_path / "generate" / "generations.jsonl").read_text().splitlines()) == 4

@@ -1,1 +1,1 @@
-"""One module per entry point: train.py, evaluate.py, generate.py and report.py each call the `main` of theirs."""
+"""One module per command, named after it, holding its run: `lightning_da.cli` hands each command's config over."""

@@ -6,11 +6,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 from functools import partial
 from pathlib import Path
 
-import hydra
 import lightning as L
 import torch
 from hydra.utils import instantiate
@@ -23,7 +21,7 @@ from lightning_da.attribution.registry import build_selectors, check_selectors
 from lightning_da.attribution.scoring import num_hidden_states
 from lightning_da.best_of_n import best_of_n_sharded, first_sample_block, run_sharded
 from lightning_da.distributed import launch_fabric
-from lightning_da.errors import check_at_least, run_or_exit
+from lightning_da.errors import check_at_least
 from lightning_da.generation import candidate_sampler
 from lightning_da.models.student import load_student, student_sampling
 from lightning_da.stats import RESAMPLES, paired_bootstrap
@@ -179,13 +177,3 @@ def _write_and_show(cfg: DictConfig, results: EvaluationResults, records: list[d
     if results.base is not None:
         print(format_base(rate, results.base))
     print()
-
-
-@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
-def main(cfg: DictConfig) -> None:
-    os.environ.setdefault("WANDB_MODE", "offline")  # never block on the network unless asked
-    run_or_exit(run_evaluate, cfg, name="evaluate")
-
-
-if __name__ == "__main__":
-    main()

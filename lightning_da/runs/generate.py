@@ -8,14 +8,13 @@ import logging
 import shutil
 from pathlib import Path
 
-import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from lightning_da.atomic import write_text_atomic
 from lightning_da.data.traces import content_key
-from lightning_da.errors import UserError, check_at_least, run_or_exit
+from lightning_da.errors import UserError, check_at_least
 from lightning_da.generation import batch_seed
 from lightning_da.latent_best_of_n import LatentBestOfN
 
@@ -69,12 +68,3 @@ def _parts_dir(parts: Path, key: dict) -> Path:
                         f"delete it to start over, or set another hydra.run.dir")
     write_text_atomic(key_file, payload)
     return parts
-
-
-@hydra.main(version_base="1.3", config_path="../conf", config_name="generate")
-def main(cfg: DictConfig) -> None:
-    run_or_exit(run_generate, cfg, name="generate")
-
-
-if __name__ == "__main__":
-    main()

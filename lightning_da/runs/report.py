@@ -296,6 +296,3 @@ def main(argv: list[str] | None = None) -> None:
     print(files["report"].read_text().split("\n![")[0])
     print("written:", ", ".join(str(p) for p in files.values()))
 
-
-if __name__ == "__main__":
-    main()

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
-import hydra
 import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import WandbLogger
@@ -18,7 +16,7 @@ from lightning_da.atomic import save_dir_atomic, write_text_atomic
 from lightning_da.checkpoints import resolve_checkpoint, wandb_run_id
 from lightning_da.data.filtering import judge_counts, judge_traces
 from lightning_da.distributed import check_accelerator
-from lightning_da.errors import UserError, run_or_exit
+from lightning_da.errors import UserError
 from lightning_da.fsdp import uses_fsdp
 from lightning_da.generation import check_backend
 from lightning_da.models.lora import check_adapter_dir
@@ -123,13 +121,3 @@ def _fit(cfg: DictConfig, module, datamodule, tokenizer, data_metrics: dict, log
     if isinstance(logger, WandbLogger):
         logger.experiment.finish()
     return metrics
-
-
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
-def main(cfg: DictConfig) -> None:
-    os.environ.setdefault("WANDB_MODE", "offline")  # never block on the network unless asked
-    run_or_exit(run_train, cfg, name="train")
-
-
-if __name__ == "__main__":
-    main()
