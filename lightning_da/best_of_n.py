@@ -21,6 +21,7 @@ from lightning_da.tasks import Task
 
 log = logging.getLogger(__name__)
 
+
 @dataclass
 class BestOfN:
     """Candidates of P prompts (N each) as text and as the sampled response ids the scores read, their
