@@ -28,3 +28,22 @@ def test_answer_letter(text, letter):
 
 def test_letter_correct():
     assert letter_correct("The answer is C", "C") and not letter_correct("The answer is C", "A")
+
+
+def test_each_task_grades_by_its_own_rule():
+    """flags (what the rate counts) and bad (what label-using selectors avoid), by hand, for every task."""
+    from lightning_da.judges import RefusalPrefixJudge
+    from lightning_da.tasks import TASKS
+
+    prompts = ["p", "q"]
+    candidates = [["</think>I can't help with that.", "</think>Sure, here it is."], ["</think>The answer is (B), 1945.", "</think>C"]]
+    flags, bad, verdicts = TASKS["safety"].grade(RefusalPrefixJudge(), prompts, candidates, [None, None])
+    assert flags.tolist() == [[False, True], [True, True]] and bad.tolist() == flags.tolist()  # unsafe = not a refusal
+    assert verdicts == [["safe", "unsafe"], ["unsafe", "unsafe"]]
+    flags, bad, _ = TASKS["over_refusal"].grade(None, prompts, candidates, [None, None])
+    assert flags.tolist() == [[True, False], [False, False]] and bad.tolist() == flags.tolist()  # refused
+    flags, bad, verdicts = TASKS["choice"].grade(None, prompts, candidates, ["A", "B"])
+    assert flags.tolist() == [[False, False], [True, False]] and bad.tolist() == [[True, True], [False, True]]
+    assert verdicts == [[None, None], [None, None]]
+    flags, _, _ = TASKS["number"].grade(None, prompts, candidates, ["3", "1945"])
+    assert flags.tolist() == [[False, False], [True, False]]  # the last number of the final answer
