@@ -178,6 +178,17 @@ def test_mean_reward_rises_on_a_learnable_reward(tokenizer, init_adapter):
     assert last > first + 0.2, (first, last)
 
 
+def test_reward_metrics_are_over_the_whole_batch(tokenizer, init_adapter, tmp_path):
+    """TRL's train/reward and train/reward_std: the mean and the (unbiased) std over all of a step's rollouts."""
+    module = make_module(tokenizer, init_adapter, log_completions_steps=1, completions_file=str(tmp_path / "completions.jsonl"))
+    trainer = fit(module, tokenizer, steps=1, prompts_per_step=2)
+    rewards = torch.tensor([json.loads(line)["r"] for line in (tmp_path / "completions.jsonl").read_text().splitlines()],
+                           dtype=torch.float64)
+    assert len(rewards) == 8 and float(rewards.std()) > 0
+    assert float(trainer.callback_metrics["train/reward_std"]) == pytest.approx(float(rewards.std()), abs=1e-6)
+    assert float(trainer.callback_metrics["train/reward"]) == pytest.approx(float(rewards.mean()), abs=1e-6)
+
+
 def test_mask_truncated_completions_leaves_them_out_of_the_loss(tokenizer, init_adapter):
     # A random model never emits EOS within 6 tokens: every completion is truncated.
     masked = make_module(tokenizer, init_adapter, mask_truncated_completions=True)

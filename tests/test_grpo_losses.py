@@ -15,49 +15,86 @@ from lightning_da.algorithms.grpo_losses import LOSS_TYPES, combine_rewards, gro
 G = 4
 
 
-def reference_advantages(rewards, weights, scale, aggregation):
-    """Loops over groups, from the definitions."""
-    rows, functions = len(rewards), len(weights)
+def trl_nanstd(values: list[float]) -> float:
+    """TRL's `nanstd`: Bessel-corrected over the non-NaN values, NaN with fewer than two."""
+    finite = [v for v in values if not math.isnan(v)]
+    if len(finite) < 2:
+        return math.nan
+    mean = sum(finite) / len(finite)
+    return math.sqrt(sum((v - mean) ** 2 for v in finite) / (len(finite) - 1))
 
-    def normalise(column):
-        out = [0.0] * rows
-        finite = [v for v in column if not math.isnan(v)]
-        mean_all = sum(finite) / len(finite) if finite else 0.0
-        std_all = math.sqrt(sum((v - mean_all) ** 2 for v in finite) / (len(finite) - 1)) if len(finite) > 1 else 0.0
-        for start in range(0, rows, G):
-            group = column[start : start + G]
-            mean = sum(group) / G
-            std = math.sqrt(sum((v - mean) ** 2 for v in group) / (G - 1))
-            for i in range(G):
-                centred = group[i] - mean
-                out[start + i] = centred / (std + 1e-4) if scale == "group" else centred / (std_all + 1e-4) if scale == "batch" else centred
-        return out
+
+def nanmean(values: list[float]) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return sum(finite) / len(finite) if finite else math.nan
+
+
+def reference_advantages(rewards, weights, scale, aggregation):
+    """TRL 1.16's `_generate_and_score_completions`, written out with loops: a row every function returns
+    None for is unscorable (NaN, left out of every mean and std); groups use nan-aware means and stds;
+    a NaN advantage becomes 0. normalize_then_sum normalises each function by its group's std whatever
+    `scale` says, sums, then normalises the sum over the whole batch."""
+    rows, functions = len(rewards), len(weights)
+    unscorable = [all(math.isnan(v) for v in row) for row in rewards]
+
+    def weighted(row):
+        return sum(w * v for w, v in zip(weights, row, strict=True) if not math.isnan(v))
 
     if aggregation == "sum_then_normalize":
-        summed = [sum(weights[f] * rewards[r][f] for f in range(functions) if not math.isnan(rewards[r][f])) for r in range(rows)]
-        return normalise(summed)
-    columns = [normalise([rewards[r][f] for r in range(rows)]) for f in range(functions)]
-    return [sum(weights[f] * columns[f][r] for f in range(functions) if not math.isnan(columns[f][r])) for r in range(rows)]
+        summed = [math.nan if unscorable[r] else weighted(rewards[r]) for r in range(rows)]
+        batch_std = trl_nanstd(summed)
+        out = []
+        for start in range(0, rows, G):
+            group = summed[start : start + G]
+            mean, std = nanmean(group), trl_nanstd(group)
+            for v in group:
+                a = v - mean
+                a = a / (std + 1e-4) if scale == "group" else a / (batch_std + 1e-4) if scale == "batch" else a
+                out.append(0.0 if math.isnan(a) else a)
+        return out
+    normalised = [[math.nan] * functions for _ in range(rows)]
+    for f in range(functions):
+        for start in range(0, rows, G):
+            group = [rewards[r][f] for r in range(start, start + G)]
+            mean, std = nanmean(group), trl_nanstd(group)
+            for i, v in enumerate(group):
+                normalised[start + i][f] = (v - mean) / (std + 1e-4)
+    summed = [math.nan if unscorable[r] else weighted(normalised[r]) for r in range(rows)]
+    mean, std = nanmean(summed), trl_nanstd(summed)
+    return [0.0 if math.isnan(a := (v - mean) / (std + 1e-4)) else a for v in summed]
 
 
 @pytest.mark.parametrize("scale", ["group", "batch", "none"])
 @pytest.mark.parametrize("aggregation", ["sum_then_normalize", "normalize_then_sum"])
-def test_advantages_against_the_definition(scale, aggregation):
+def test_advantages_against_trls_definition(scale, aggregation):
     torch.manual_seed(0)
-    rewards = torch.rand(3 * G, 2, dtype=torch.float64)
+    rewards = torch.rand(4 * G, 2, dtype=torch.float64)
     rewards[G : 2 * G, 1] = math.nan  # the second reward does not apply to the second prompt
     rewards[2 * G :, 0] = 0.5  # the first reward agrees within the third group
+    rewards[3 * G, :] = math.nan  # unscorable: no reward applies
+    rewards[3 * G + 1 :, 1] = math.nan  # the fourth group: one row with both, two with the first only
     weights = [1.0, 0.5]
     got = group_advantages(rewards, weights, G, scale=scale, aggregation=aggregation)
     want = reference_advantages(rewards.tolist(), weights, scale, aggregation)
     assert got.tolist() == pytest.approx(want, abs=1e-9)
 
 
+def test_an_unscorable_rollout_is_out_of_its_groups_baseline():
+    # Rewards 1, 0, 0 and an unscorable one: TRL's baseline is 1/3 over the three, not 1/4 over four zeros-filled.
+    rewards = torch.tensor([[1.0], [0.0], [0.0], [math.nan]], dtype=torch.float64)
+    adv = group_advantages(rewards, [1.0], G, scale="none")
+    assert adv.tolist() == pytest.approx([2 / 3, -1 / 3, -1 / 3, 0.0])
+    std = math.sqrt(((2 / 3) ** 2 + 2 * (1 / 3) ** 2) / 2)
+    assert group_advantages(rewards, [1.0], G).tolist() == pytest.approx([2 / 3 / (std + 1e-4), -1 / 3 / (std + 1e-4)] + [
+        -1 / 3 / (std + 1e-4), 0.0])
+
+
 def test_all_agreeing_group_gets_zero_advantage_and_combine_skips_nan():
     rewards = torch.tensor([[1.0], [1.0], [1.0], [1.0], [0.0], [1.0], [0.0], [1.0]])
     adv = group_advantages(rewards, [1.0], G)
     assert adv[:G].abs().max() == 0 and adv[G:].abs().max() > 0
-    assert combine_rewards(torch.tensor([[1.0, math.nan], [math.nan, math.nan]]), [2.0, 3.0]).tolist() == [2.0, 0.0]
+    combined = combine_rewards(torch.tensor([[1.0, math.nan], [math.nan, math.nan]]), [2.0, 3.0]).tolist()
+    assert combined[0] == 2.0 and math.isnan(combined[1])  # a row no reward applies to has none
 
 
 def test_k3_is_the_estimator():
@@ -146,6 +183,22 @@ def test_gradient_accumulation_over_micro_batches_equals_the_whole_batch(loss_ty
     (grad_acc,) = torch.autograd.grad(accumulated, logp)
     assert float(accumulated.detach()) == pytest.approx(float(whole.detach()), abs=1e-9)
     assert torch.allclose(grad_acc, grad_whole, atol=1e-9)
+
+
+def test_cispo_clips_its_weight_above_its_cap_only():
+    # TRL's cispo_clip_ratio: ratio > epsilon_high (the cap itself) with A > 0; ratios 3, 5.5, 0.5 and cap 5.
+    logp = torch.log(torch.tensor([[3.0, 5.5, 0.5]]))
+    terms = grpo_loss(logp, torch.zeros(1, 3), torch.tensor([1.0]), torch.ones(1, 3), loss_type="cispo", epsilon_high=5.0,
+                      num_items=3.0)
+    assert float(terms.clip_high) == pytest.approx(1 / 3) and float(terms.clip_low) == 0
+
+
+def test_gspo_clip_ratios_count_sequences():
+    # Sequence ratios exp(mean log-ratio): 1.5 (3 tokens), 1.0 (1 token), 0.5 (2 tokens); TRL counts sequences.
+    logp = torch.log(torch.tensor([[1.5, 1.5, 1.5], [1.0, 9.0, 9.0], [0.5, 0.5, 9.0]]))
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0], [1, 1, 0]])
+    terms = grpo_loss(logp, torch.zeros(3, 3), torch.tensor([1.0, 1.0, -1.0]), mask, loss_type="gspo", epsilon=0.2)
+    assert float(terms.clip_high) == pytest.approx(1 / 3) and float(terms.clip_low) == pytest.approx(1 / 3)
 
 
 def test_clip_ratios_count_the_clipped_tokens():

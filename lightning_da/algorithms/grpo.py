@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from lightning_da.algorithms.adapter import AdapterModule
-from lightning_da.algorithms.grpo_losses import GRPOLoss, combine_rewards, group_advantages
+from lightning_da.algorithms.grpo_losses import GRPOLoss, combine_rewards, group_advantages, nanstd
 from lightning_da.errors import UserError, check_at_least
 from lightning_da.formats import pad_ids, prefix_ids
 from lightning_da.fsdp import shards_model
@@ -223,10 +223,9 @@ class GRPOModule(AdapterModule):
             table.append([math.nan if v is None else float(v) for v in values])
         return torch.tensor(table, dtype=torch.float32).T
 
-    def _zero_std(self, rollouts: Rollouts) -> list[bool]:
-        """Per prompt: whether its rollouts' combined rewards all agree (no signal)."""
-        combined = combine_rewards(rollouts.rewards, self.reward_weights).view(-1, self.num_generations)
-        return (combined.std(1) == 0).tolist()
+    def _group_std(self, rollouts: Rollouts) -> torch.Tensor:
+        """(P,) the std of each prompt's combined rewards over its scorable rollouts (NaN below two)."""
+        return nanstd(combine_rewards(rollouts.rewards, self.reward_weights).view(-1, self.num_generations), dim=1)
 
     # -- the training step ---------------------------------------------------------------------
 
@@ -234,8 +233,9 @@ class GRPOModule(AdapterModule):
         step_seed = self.seed + 10_000 * (self.global_step * self.trainer.world_size + self.trainer.global_rank) + self._rounds
         rollouts = self.rollouts(batch, seed=step_seed)
         self._rounds += 1
-        zero_std = self._zero_std(rollouts)
-        self.log("train/frac_reward_zero_std", sum(zero_std) / len(batch), sync_dist=True)
+        std = self._group_std(rollouts)
+        self.log("train/frac_reward_zero_std", float(torch.isclose(std, torch.zeros_like(std)).float().mean()), sync_dist=True)
+        zero_std = (~(std > 1e-8)).tolist()  # no signal: the rewards agree, or fewer than two are scorable
         if self.dynamic_sampling:
             self._buffer.append(rollouts.groups([k for k, flat in enumerate(zero_std) if not flat]))
             ready = torch.tensor(float(sum(len(b.rows) for b in self._buffer) >= len(batch)), device=self.device)
@@ -251,15 +251,15 @@ class GRPOModule(AdapterModule):
         self._rounds = 0
         return self._train_on(rollouts)
 
-    def _advantages(self, rewards: torch.Tensor) -> torch.Tensor:
-        """(B,) advantages of this rank's rollouts, normalised over every rank's."""
+    def _advantages(self, rewards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(this rank's advantages (B,), normalised over every rank's rollouts; every rank's combined rewards)."""
         local = rewards.to(self.device)
         world = self.trainer.world_size
         everyone = self.all_gather(local).reshape(-1, local.size(1)) if world > 1 else local
         advantages = group_advantages(everyone, self.reward_weights, self.num_generations, scale=self.scale_rewards,
                                       aggregation=self.aggregation)
         rank = self.trainer.global_rank if world > 1 else 0
-        return advantages[rank * local.size(0) : (rank + 1) * local.size(0)]
+        return advantages[rank * local.size(0) : (rank + 1) * local.size(0)], combine_rewards(everyone, self.reward_weights)
 
     def _train_on(self, rollouts: Rollouts) -> torch.Tensor:
         """`num_iterations` optimizer steps on the rollouts, each accumulating over micro-batches."""
@@ -268,7 +268,7 @@ class GRPOModule(AdapterModule):
         if self.mask_truncated_completions:
             loss_mask[rollouts.truncated] = 0
         tensors = [t.to(self.device) for t in (p_ids, p_mask, c_ids, c_mask, loss_mask)]
-        advantages = self._advantages(rollouts.rewards)
+        advantages, combined = self._advantages(rollouts.rewards)
         n_rollouts = len(rollouts.completion_ids)
         micro = [slice(i, i + self.micro_batch_size) for i in range(0, n_rollouts, self.micro_batch_size)]
         batches = [_trim(*(t[part] for t in tensors)) for part in micro]
@@ -279,7 +279,7 @@ class GRPOModule(AdapterModule):
             for k, part in enumerate(micro):
                 self._accumulate(batches[k], old[k], ref[k], advantages[part], num_items, len(micro), stats)
             self._optimizer_step()
-        self._log_step(rollouts, advantages, c_mask, stats)
+        self._log_step(rollouts, advantages, combined, c_mask, stats)
         return torch.tensor(stats["loss"])
 
     @torch.no_grad()
@@ -322,12 +322,14 @@ class GRPOModule(AdapterModule):
 
     # -- logging ----------------------------------------------------------------------------------
 
-    def _log_step(self, rollouts: Rollouts, advantages: torch.Tensor, completion_mask: torch.Tensor, stats: dict) -> None:
-        combined = combine_rewards(rollouts.rewards, self.reward_weights)
+    def _log_step(self, rollouts: Rollouts, advantages: torch.Tensor, combined: torch.Tensor, completion_mask: torch.Tensor,
+                  stats: dict) -> None:
+        """`combined`: every rank's combined rewards, so `train/reward` and `train/reward_std` are TRL's: the
+        mean and std over the whole generation batch's scorable rollouts."""
         batch_size = len(rollouts.completion_ids)
         metrics = {
             "train/loss": stats["loss"],
-            "train/reward_std": float(combined.view(-1, self.num_generations).std(1).mean()),
+            "train/reward_std": float(nanstd(combined)),
             "train/entropy": stats["entropy"],
             "train/clip_ratio/low_mean": stats["clip_low"],
             "train/clip_ratio/high_mean": stats["clip_high"],
@@ -336,7 +338,7 @@ class GRPOModule(AdapterModule):
             "train/completions/clipped_ratio": float(rollouts.truncated.float().mean()),
             **({"train/kl": stats["kl"]} if self.loss.beta > 0 else {}),
         }
-        self.log("train/reward", float(combined.mean()), prog_bar=True, sync_dist=True, batch_size=batch_size)
+        self.log("train/reward", float(torch.nanmean(combined)), prog_bar=True, sync_dist=True, batch_size=batch_size)
         self.log_dict(metrics, sync_dist=True, batch_size=batch_size)
         self._log_reward_means(rollouts.rewards, batch_size)
         if self.log_completions_steps and (self.global_step // self.num_iterations - 1) % self.log_completions_steps == 0:
@@ -381,7 +383,7 @@ class GRPOModule(AdapterModule):
 
     def validation_step(self, batch: list[dict], batch_idx: int) -> None:
         combined = combine_rewards(self.rollouts(batch, seed=self.seed + batch_idx).rewards, self.reward_weights)
-        self.log("val/reward", float(combined.mean()), prog_bar=True, sync_dist=True, batch_size=len(combined))
+        self.log("val/reward", float(torch.nanmean(combined)), prog_bar=True, sync_dist=True, batch_size=len(combined))
 
 
 def _check_policy(reference: str, beta: float, init_adapter: str | None, lora: dict | None, rewards: Mapping) -> None:

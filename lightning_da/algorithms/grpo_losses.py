@@ -42,42 +42,55 @@ AGGREGATIONS = ("sum_then_normalize", "normalize_then_sum")
 STD_EPS = 1e-4  # as TRL: a group whose rewards all agree gets advantage 0, not 0 / 0
 
 
-def _normalise(rewards: torch.Tensor, num_generations: int, scale: str) -> torch.Tensor:
-    """(B,) -> reward minus its group's mean, divided by the group's (`group`), the batch's (`batch`)
-    or no (`none`) standard deviation (unbiased, + 1e-4). A group whose reward does not apply (NaN)
-    stays NaN; the batch's deviation is over the rows it applies to."""
-    grouped = rewards.view(-1, num_generations)
-    centred = (grouped - grouped.mean(1, keepdim=True)).flatten()
-    if scale == "group":
-        return centred / (grouped.std(1).repeat_interleave(num_generations) + STD_EPS)
-    if scale == "batch":
-        finite = rewards[~rewards.isnan()]
-        return centred / ((finite.std() if finite.numel() > 1 else 0.0) + STD_EPS)
-    return centred
+def nanstd(values: torch.Tensor, dim: int | None = None, keepdim: bool = False) -> torch.Tensor:
+    """The unbiased standard deviation of the non-NaN values (TRL's `nanstd`): NaN with fewer than two."""
+    mean = torch.nanmean(values, dim=dim, keepdim=True)
+    variance = torch.nanmean((values - mean) ** 2, dim=dim, keepdim=True)
+    count = (~values.isnan()).sum(dim=dim, keepdim=True).to(values.dtype)
+    variance = variance * torch.where(count > 1, count / (count - 1), torch.full_like(variance, float("nan")))
+    std = variance.sqrt()
+    return std if keepdim else std.squeeze() if dim is None else std.squeeze(dim)
+
+
+def _weighted_nansum(per_function: torch.Tensor, weights: Sequence[float]) -> torch.Tensor:
+    return torch.nansum(per_function * torch.as_tensor(weights, dtype=per_function.dtype, device=per_function.device), dim=1)
 
 
 def combine_rewards(per_function: torch.Tensor, weights: Sequence[float]) -> torch.Tensor:
-    """(B, F) rewards, NaN where a function does not apply to a row -> (B,) weighted sum of the
-    ones that do (a row no function applies to gets 0)."""
-    weighted = per_function * torch.as_tensor(weights, dtype=per_function.dtype, device=per_function.device)
-    return torch.nansum(weighted, dim=1)
+    """(B, F) rewards, NaN where a function does not apply to a row -> (B,) weighted sum of the ones
+    that do; NaN for a row no function applies to (unscorable: no reward, no baseline, no advantage)."""
+    return torch.where(per_function.isnan().all(dim=1), float("nan"), _weighted_nansum(per_function, weights))
 
 
 def group_advantages(per_function: torch.Tensor, weights: Sequence[float], num_generations: int, *,
                      scale: str = "group", aggregation: str = "sum_then_normalize") -> torch.Tensor:
-    """Advantages (B,) from (B, F) rewards of rollouts grouped by prompt.
+    """Advantages (B,) from (B, F) rewards of rollouts grouped by prompt, as TRL computes them. NaN rewards
+    (a function that does not apply) are left out of every mean and standard deviation; a row whose
+    advantage is undefined (unscorable, or alone in its group) gets 0.
 
-    `sum_then_normalize`: the weighted sum of the rewards, normalised within its group (GRPO).
-    `normalize_then_sum`: each function's reward normalised within its group first, then the
-    weighted sum, so a reward with a large range does not drown the others (GDPO).
+    `sum_then_normalize` (GRPO): r = the weighted sum of the rewards that apply; A = (r - group mean of r)
+    / (std + 1e-4), the std being the group's (`group`) or the whole batch's (`batch`), or none (`none`).
+    `normalize_then_sum` (GDPO): each function's reward normalised within its group by the group's std
+    whatever `scale` says, the weighted sum of those, then normalised over the whole batch:
+    A = (s - batch mean of s) / (batch std of s + 1e-4).
     """
     if scale not in SCALES:
         raise ValueError(f"scale_rewards={scale!r}; use one of {SCALES}")
     if aggregation == "sum_then_normalize":
-        return _normalise(combine_rewards(per_function, weights), num_generations, scale)
+        rewards = combine_rewards(per_function, weights)
+        grouped = rewards.view(-1, num_generations)
+        centred = (grouped - torch.nanmean(grouped, dim=1, keepdim=True)).flatten()
+        if scale == "group":
+            centred = centred / (nanstd(grouped, dim=1).repeat_interleave(num_generations) + STD_EPS)
+        elif scale == "batch":
+            centred = centred / ((nanstd(rewards) if rewards.numel() > 1 else 0.0) + STD_EPS)
+        return torch.nan_to_num(centred, nan=0.0)
     if aggregation == "normalize_then_sum":
-        columns = [_normalise(per_function[:, k], num_generations, scale) for k in range(per_function.size(1))]
-        return combine_rewards(torch.stack(columns, dim=1), weights)  # NaN columns (not applicable) drop out
+        grouped = per_function.view(-1, num_generations, per_function.size(1))
+        normalised = (grouped - torch.nanmean(grouped, dim=1, keepdim=True)) / (nanstd(grouped, dim=1, keepdim=True) + STD_EPS)
+        summed = torch.where(per_function.isnan().all(dim=1), float("nan"), _weighted_nansum(normalised.flatten(0, 1), weights))
+        batch_std = nanstd(summed) if summed.numel() > 1 else 0.0
+        return torch.nan_to_num((summed - torch.nanmean(summed)) / (batch_std + STD_EPS), nan=0.0)
     raise ValueError(f"multi_objective_aggregation={aggregation!r}; use one of {AGGREGATIONS}")
 
 
@@ -92,8 +105,8 @@ class LossTerms:
     """The reduced loss and what the trainer logs about it (all detached but `loss`)."""
 
     loss: torch.Tensor
-    clip_low: torch.Tensor  # fraction of tokens whose ratio fell below 1 - epsilon with A < 0
-    clip_high: torch.Tensor  # fraction above 1 + epsilon_high with A > 0
+    clip_low: torch.Tensor  # fraction of tokens (gspo: sequences) whose ratio fell below 1 - epsilon with A < 0
+    clip_high: torch.Tensor  # fraction above 1 + epsilon_high (cispo: above epsilon_high) with A > 0
     kl: torch.Tensor | None  # mean per-token k3, when beta > 0
 
 
@@ -143,17 +156,23 @@ def grpo_loss(
         kl = _masked_mean(per_token_kl.detach(), mask)
     loss = _reduce(loss_type, per_token, mask, max_completion_length=max_completion_length, num_items=num_items,
                    world_size=world_size)
-    return LossTerms(loss, *_clip_fractions(ratio, adv, mask, epsilon=epsilon, epsilon_high=epsilon_high), kl)
+    return LossTerms(loss, *_clip_fractions(loss_type, ratio, adv, mask, epsilon=epsilon, epsilon_high=epsilon_high), kl)
 
 
 @torch.no_grad()
-def _clip_fractions(ratio: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor, *, epsilon: float,
+def _clip_fractions(loss_type: str, ratio: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor, *, epsilon: float,
                     epsilon_high: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The fractions of counted tokens clipped low (ratio < 1 - epsilon, A < 0) and high (> 1 + epsilon_high, A > 0)."""
-    ratio = ratio.expand_as(mask)
-    low = (ratio < 1 - epsilon) & (adv < 0)
-    high = (ratio > 1 + epsilon_high) & (adv > 0)
-    return _masked_mean(low.to(mask.dtype), mask), _masked_mean(high.to(mask.dtype), mask)
+    """TRL's clip ratios: the fractions clipped low (ratio < 1 - epsilon, A < 0) and high (ratio > 1 +
+    epsilon_high, A > 0), over counted tokens, or over sequences for gspo (one ratio per sequence). cispo
+    clips its weight only above, at `epsilon_high` itself."""
+    if loss_type == "cispo":
+        high = ((ratio > epsilon_high) & (adv > 0)).to(mask.dtype)
+        return torch.zeros((), dtype=mask.dtype, device=mask.device), _masked_mean(high, mask)
+    low = ((ratio < 1 - epsilon) & (adv < 0)).to(mask.dtype)
+    high = ((ratio > 1 + epsilon_high) & (adv > 0)).to(mask.dtype)
+    if loss_type == "gspo":
+        return low.mean(), high.mean()
+    return _masked_mean(low.expand_as(mask), mask), _masked_mean(high.expand_as(mask), mask)
 
 
 def _surrogate(loss_type: str, ratio: torch.Tensor, adv: torch.Tensor, logp: torch.Tensor, *, epsilon: float,
