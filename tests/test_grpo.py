@@ -178,6 +178,21 @@ def test_mean_reward_rises_on_a_learnable_reward(tokenizer, init_adapter):
     assert last > first + 0.2, (first, last)
 
 
+@pytest.mark.parametrize("loss_type", ["grpo", "bnpo"])
+def test_uneven_micro_batches_give_the_whole_batchs_gradient(tokenizer, init_adapter, loss_type):
+    """8 rollouts in micro-batches of 3, 3 and 2 accumulate the gradient of one micro-batch of 8."""
+    grads = {}
+    for micro_batch_size in (8, 3):
+        module = make_module(tokenizer, init_adapter, loss_type=loss_type, micro_batch_size=micro_batch_size, max_grad_norm=None)
+        seen = grads.setdefault(micro_batch_size, {})
+        module.on_before_optimizer_step = lambda optimizer, module=module, seen=seen: seen.update(
+            {n: p.grad.detach().clone() for n, p in module.model.named_parameters() if p.grad is not None})
+        fit(module, tokenizer, steps=1, prompts_per_step=2)
+    assert grads[8] and set(grads[8]) == set(grads[3])
+    assert max(float((grads[8][n] - grads[3][n]).abs().max()) for n in grads[8]) < 1e-6
+    assert max(float(g.abs().max()) for g in grads[8].values()) > 1e-4  # a gradient, not zeros
+
+
 def test_reward_metrics_are_over_the_whole_batch(tokenizer, init_adapter, tmp_path):
     """TRL's train/reward and train/reward_std: the mean and the (unbiased) std over all of a step's rollouts."""
     module = make_module(tokenizer, init_adapter, log_completions_steps=1, completions_file=str(tmp_path / "completions.jsonl"))

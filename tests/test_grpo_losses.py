@@ -3,6 +3,7 @@ float64, written from the formulas), on random tensors with masks, values and gr
 
 import math
 import os
+from itertools import pairwise
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from lightning.fabric.plugins.environments.lightning import find_free_network_port
 
-from lightning_da.algorithms.grpo_losses import LOSS_TYPES, combine_rewards, group_advantages, grpo_loss, k3
+from lightning_da.algorithms.grpo_losses import LOSS_TYPES, GRPOLoss, combine_rewards, group_advantages, grpo_loss, k3
 
 G = 4
 
@@ -168,18 +169,21 @@ def test_each_loss_type_against_the_formula(loss_type, beta, delta):
     assert grad_got[mask == 0].abs().max() == 0  # padding gets no gradient
 
 
-@pytest.mark.parametrize("loss_type", ["dapo", "cispo", "grpo", "dr_grpo"])
-def test_gradient_accumulation_over_micro_batches_equals_the_whole_batch(loss_type):
-    """dapo/cispo: each micro-batch normalised by the whole batch's tokens, summed; grpo and dr_grpo:
-    equal-size micro-batches averaged. Either way the whole batch's loss and gradient."""
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+@pytest.mark.parametrize("split", [[2, 2, 2], [3, 2, 1], [4, 2], [1, 5]])
+def test_gradient_accumulation_over_micro_batches_equals_the_whole_batch(loss_type, split):
+    """Any split, uneven too: each micro-batch's loss times `accumulation_scale` sums to the whole batch's
+    loss and gradient (dapo/cispo: normalised by the whole batch's tokens; bnpo: by token share; the others
+    by their share of the rollouts). Equal weights would make 4, 4, 2 count the last two 1.67x."""
     logp, old, ref, adv, mask = random_batch(seed=1)
-    kwargs = {"loss_type": loss_type, "epsilon_high": 5.0 if loss_type == "cispo" else None, "max_completion_length": 5,
-              "num_items": float(mask.sum())}
-    whole = grpo_loss(logp, old, adv, mask, **kwargs).loss
+    loss = GRPOLoss(loss_type, epsilon_high=5.0 if loss_type == "cispo" else None, max_completion_length=5)
+    num_items = float(mask.sum())
+    whole = loss(logp, old, adv, mask, num_items=num_items).loss
     (grad_whole,) = torch.autograd.grad(whole, logp)
-    parts = [slice(0, 2), slice(2, 4), slice(4, 6)]
-    scale = 1.0 if loss_type in ("dapo", "cispo") else 1 / len(parts)
-    accumulated = sum(grpo_loss(logp[p], old[p], adv[p], mask[p], **kwargs).loss * scale for p in parts)
+    bounds = [sum(split[:k]) for k in range(len(split) + 1)]
+    parts = [slice(a, b) for a, b in pairwise(bounds)]
+    accumulated = sum(loss(logp[p], old[p], adv[p], mask[p], num_items=num_items).loss
+                      * loss.accumulation_scale(p.stop - p.start, float(mask[p].sum()), len(mask), float(mask.sum())) for p in parts)
     (grad_acc,) = torch.autograd.grad(accumulated, logp)
     assert float(accumulated.detach()) == pytest.approx(float(whole.detach()), abs=1e-9)
     assert torch.allclose(grad_acc, grad_whole, atol=1e-9)

@@ -273,11 +273,12 @@ class GRPOModule(AdapterModule):
         micro = [slice(i, i + self.micro_batch_size) for i in range(0, n_rollouts, self.micro_batch_size)]
         batches = [_trim(*(t[part] for t in tensors)) for part in micro]
         num_items = float(self.trainer.strategy.reduce(tensors[4].sum().float(), reduce_op="sum"))
+        totals = (n_rollouts, float(tensors[4].sum()))
         old, ref = self._fixed_logps(batches)
         stats = dict.fromkeys(("loss", "clip_low", "clip_high", "kl", "entropy"), 0.0)
         for _ in range(self.num_iterations):
             for k, part in enumerate(micro):
-                self._accumulate(batches[k], old[k], ref[k], advantages[part], num_items, len(micro), stats)
+                self._accumulate(batches[k], old[k], ref[k], advantages[part], num_items, totals, len(micro), stats)
             self._optimizer_step()
         self._log_step(rollouts, advantages, combined, c_mask, stats)
         return torch.tensor(stats["loss"])
@@ -296,13 +297,15 @@ class GRPOModule(AdapterModule):
                         ref[k] = self.token_logps(p_ids, p_mask, c_ids, c_mask)[0]
         return old, ref
 
-    def _accumulate(self, batch: tuple, old, ref, advantages, num_items: float, micro_batches: int, stats: dict) -> None:
-        """One micro-batch's backward, scaled to accumulate; its share of the logged statistics."""
+    def _accumulate(self, batch: tuple, old, ref, advantages, num_items: float, totals: tuple[int, float], micro_batches: int,
+                    stats: dict) -> None:
+        """One micro-batch's backward, scaled so the step's gradient is the whole batch's (`GRPOLoss.accumulation_scale`,
+        `totals`: this rank's rollouts and counted tokens); its share of the logged statistics."""
         p_ids, p_mask, c_ids, c_mask, l_mask = batch
         logp, entropy = self.token_logps(p_ids, p_mask, c_ids, c_mask, entropy=True)
         terms = self.loss(logp, old if old is not None else logp.detach(), advantages, l_mask, ref_logp=ref, num_items=num_items,
                           world_size=self.trainer.world_size)
-        scale = self.loss.accumulation_scale(micro_batches)
+        scale = self.loss.accumulation_scale(len(c_ids), float(l_mask.sum()), *totals)
         self.manual_backward(terms.loss * scale)
         share = 1.0 / (micro_batches * self.num_iterations)
         stats["loss"] += float(terms.loss.detach()) * scale / self.num_iterations

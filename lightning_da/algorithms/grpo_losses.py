@@ -227,7 +227,14 @@ class GRPOLoss:
                          epsilon_high=self.epsilon_high, delta=self.delta, beta=self.beta, ref_logp=ref_logp,
                          max_completion_length=self.max_completion_length, num_items=num_items, world_size=world_size)
 
-    def accumulation_scale(self, micro_batches: int) -> float:
-        """What a micro-batch's loss is multiplied by before its backward: 1 for the types normalised by the
-        whole batch's tokens already, else 1 / micro-batches (their mean)."""
-        return 1.0 if self.loss_type in BATCH_NORMALISED else 1.0 / micro_batches
+    def accumulation_scale(self, rows: int, tokens: float, total_rows: int, total_tokens: float) -> float:
+        """What a micro-batch's loss (`rows` rollouts, `tokens` counted tokens, of this rank's `total_rows` and
+        `total_tokens`) is multiplied by before its backward, so that the accumulated loss is the whole
+        batch's however it is split, unevenly too: 1 for dapo and cispo (normalised by the whole batch's
+        tokens already), its share of the tokens for bnpo (a token mean), its share of the rollouts for
+        grpo, gspo and dr_grpo (means over sequences)."""
+        if self.loss_type in BATCH_NORMALISED:
+            return 1.0
+        if self.loss_type == "bnpo":
+            return float(tokens) / max(float(total_tokens), 1.0)
+        return rows / total_rows
