@@ -25,6 +25,7 @@ How GRPO maps onto Lightning's loop (manual optimization):
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import math
 from collections.abc import Callable, Mapping
@@ -34,7 +35,7 @@ from pathlib import Path
 import torch
 
 from lightning_da.algorithms.adapter import AdapterModule
-from lightning_da.algorithms.grpo_losses import GRPOLoss, combine_rewards, group_advantages, nanstd
+from lightning_da.algorithms.grpo_losses import AGGREGATIONS, SCALES, GRPOLoss, combine_rewards, group_advantages, nanstd
 from lightning_da.errors import UserError, check_at_least
 from lightning_da.formats import pad_ids, prefix_ids
 from lightning_da.fsdp import shards_model
@@ -106,13 +107,9 @@ class GRPOModule(AdapterModule):
         super().__init__(student, optimizer=optimizer, scheduler=scheduler, warmup_ratio=warmup_ratio,
                          gradient_checkpointing=gradient_checkpointing)
         self.automatic_optimization = False
-        self.num_generations = check_at_least(num_generations, f"{KEY}.num_generations", 2)
-        self.num_iterations = check_at_least(num_iterations, f"{KEY}.num_iterations")
-        self.micro_batch_size = check_at_least(micro_batch_size, f"{KEY}.micro_batch_size")
-        self.generation_batch_size = check_at_least(generation_batch_size, f"{KEY}.generation_batch_size")
-        self.max_generation_rounds = check_at_least(max_generation_rounds, f"{KEY}.max_generation_rounds")
-        self.loss = GRPOLoss(loss_type, epsilon, epsilon_high, delta, beta, max_completion_length=sampling.max_new_tokens)
-        _check_policy(reference, beta, init_adapter, lora, rewards)
+        self.loss = check_settings({name: value for name, value in locals().items() if name in SETTINGS})
+        self.num_generations, self.num_iterations, self.micro_batch_size = num_generations, num_iterations, micro_batch_size
+        self.generation_batch_size, self.max_generation_rounds = generation_batch_size, max_generation_rounds
         self.tokenizer, self.sampling, self.init_adapter, self.reference = tokenizer, sampling, init_adapter, reference
         self.reward_fns = {name: spec["fn"] for name, spec in rewards.items()}
         self.reward_weights = [float(spec.get("weight", 1.0)) for spec in rewards.values()]
@@ -389,12 +386,32 @@ class GRPOModule(AdapterModule):
         self.log("val/reward", float(torch.nanmean(combined)), prog_bar=True, sync_dist=True, batch_size=len(combined))
 
 
-def _check_policy(reference: str, beta: float, init_adapter: str | None, lora: dict | None, rewards: Mapping) -> None:
-    if reference not in REFERENCES:
-        raise UserError(f"{KEY}.reference={reference}; use one of {', '.join(REFERENCES)}")
-    if beta > 0 and reference == "init_adapter" and not init_adapter:
+def check_settings(settings: Mapping) -> GRPOLoss:
+    """Every GRPO setting (`algorithm.module.*`: the module's keyword arguments, the missing ones at their
+    defaults) against its range, its choices and the others, as one-line errors naming the key; run by
+    train.py before anything loads and again by the module. Returns the loss they configure."""
+    s = {**SETTINGS, **settings}
+    for key, minimum in (("num_generations", 2), ("num_iterations", 1), ("micro_batch_size", 1), ("generation_batch_size", 1),
+                         ("max_generation_rounds", 1), ("log_completions_steps", 0)):
+        check_at_least(s[key], f"{KEY}.{key}", minimum)
+    for key, choices in (("reference", REFERENCES), ("scale_rewards", SCALES), ("multi_objective_aggregation", AGGREGATIONS)):
+        if s[key] not in choices:
+            raise UserError(f"{KEY}.{key}={s[key]}; use one of {', '.join(choices)}")
+    if s["max_grad_norm"] is not None and not s["max_grad_norm"] > 0:
+        raise UserError(f"{KEY}.max_grad_norm={s['max_grad_norm']}: set it above 0, or null for no clipping")
+    if not 0 <= s["warmup_ratio"] <= 1:
+        raise UserError(f"{KEY}.warmup_ratio={s['warmup_ratio']}: set a fraction of the steps, from 0 to 1")
+    if s["beta"] > 0 and s["reference"] == "init_adapter" and not s["init_adapter"]:
         raise UserError(f"{KEY}.reference=init_adapter needs {KEY}.init_adapter=<sft run>/adapter")
-    if not init_adapter and not lora:
+    if not s["init_adapter"] and not s["lora"]:
         raise UserError(f"GRPO trains a LoRA adapter: set {KEY}.init_adapter=<sft run>/adapter, or {KEY}.lora")
-    if not rewards:
+    if not s["rewards"]:
         raise UserError(f"{KEY}.rewards is empty; add one from conf/reward/")
+    return GRPOLoss(s["loss_type"], s["epsilon"], s["epsilon_high"], s["delta"], s["beta"],
+                    max_completion_length=getattr(s["sampling"], "max_new_tokens", None))
+
+
+# The module's settings and their defaults, as its signature gives them (rewards and sampling are required).
+SETTINGS = {name: (None if p.default is inspect.Parameter.empty else p.default)
+            for name, p in inspect.signature(GRPOModule.__init__).parameters.items()
+            if name not in ("self", "student", "tokenizer", "optimizer", "scheduler", "completions_file")}

@@ -218,8 +218,17 @@ class GRPOLoss:
     max_completion_length: int | None = None
 
     def __post_init__(self) -> None:
+        key = "algorithm.module"
         if self.loss_type not in LOSS_TYPES:
-            raise UserError(f"algorithm.module.loss_type={self.loss_type}; use one of {', '.join(LOSS_TYPES)}")
+            raise UserError(f"{key}.loss_type={self.loss_type}; use one of {', '.join(LOSS_TYPES)}")
+        if not 0 < self.epsilon < 1:
+            raise UserError(f"{key}.epsilon={self.epsilon}: set it between 0 and 1 (the ratio is clipped to 1 - epsilon below)")
+        if self.epsilon_high is not None and not self.epsilon_high > 0:
+            raise UserError(f"{key}.epsilon_high={self.epsilon_high}: set it above 0, or null for epsilon")
+        if self.delta is not None and not self.delta > 1:
+            raise UserError(f"{key}.delta={self.delta}: set it above 1 (the cap of the unclipped ratio), or null for none")
+        if not self.beta >= 0:
+            raise UserError(f"{key}.beta={self.beta}: set it to 0 (no KL penalty) or above")
 
     def __call__(self, logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, *,
                  ref_logp: torch.Tensor | None = None, num_items: float | None = None, world_size: int = 1) -> LossTerms:

@@ -12,6 +12,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
+from lightning_da.algorithms.grpo import SETTINGS, check_settings
 from lightning_da.atomic import save_dir_atomic, write_text_atomic
 from lightning_da.checkpoints import resolve_checkpoint, wandb_run_id
 from lightning_da.data.filtering import judge_counts, judge_traces
@@ -39,6 +40,8 @@ def run_train(cfg: DictConfig) -> dict[str, float]:
     Returns the final metrics (also written to metrics.json)."""
     if cfg.get("init_adapter") is not None:
         raise UserError(f"init_adapter={cfg.init_adapter}: the key moved; set algorithm.module.init_adapter={cfg.init_adapter}")
+    if cfg.algorithm.name == "grpo":
+        check_settings({key: cfg.algorithm.module[key] for key in SETTINGS if key in cfg.algorithm.module})
     L.seed_everything(cfg.seed, workers=True)
     # Fail on what the user can fix now, not after hours of teacher generation or rollouts.
     check_accelerator(cfg.trainer)
