@@ -70,6 +70,8 @@ CASES = [
     pytest.param([*GRPO, "algorithm.module.beta=0.04", "algorithm.module.reference=init_adapter"], None,
                  "algorithm.module.reference=init_adapter needs algorithm.module.init_adapter=", id="grpo-reference-without-adapter"),
     pytest.param([*GRPO, "algorithm.module.delta=0.5"], None, "algorithm.module.delta=0.5: set it above 1", id="grpo-delta-below-1"),
+    pytest.param([*GRPO, "algorithm.module.sapo_temperature_neg=0"], None, "algorithm.module.sapo_temperature_neg=0: set it above 0",
+                 id="grpo-zero-sapo-temperature"),
     pytest.param([*GRPO, "algorithm.module.max_grad_norm=0"], None, "algorithm.module.max_grad_norm=0: set it above 0",
                  id="grpo-zero-grad-norm"),
     pytest.param([*GRPO, "algorithm.module.num_generations=1"], None,

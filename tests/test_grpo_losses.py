@@ -106,14 +106,16 @@ def test_k3_is_the_estimator():
 
 
 def reference_loss(logp, old, adv, mask, loss_type, *, eps=0.2, eps_high=0.28, delta=None, beta=0.0, ref=None,
-                   max_len=None, num_items=None, world=1):
-    """One sequence and one token at a time, from the formulas in grpo_losses' docstring."""
+                   max_len=None, num_items=None, world=1, tau_pos=1.0, tau_neg=1.05):
+    """One sequence and one token at a time, from TRL 1.16's `_compute_loss`: sapo's gate
+    sigmoid(tau (r - 1)) 4 / tau with tau by the advantage's sign; luspo on the sequence ratio, each
+    sequence's summed loss averaged over sequences."""
     rows, width = logp.shape
     per_seq, total, count = [], 0.0, 0.0
     for i in range(rows):
         n_i = float(sum(mask[i][t] for t in range(width)))
         seq_ratio = None
-        if loss_type == "gspo":
+        if loss_type in ("gspo", "luspo"):
             seq_ratio = torch.exp(sum((logp[i, t] - old[i, t]) * mask[i][t] for t in range(width)) / max(n_i, 1.0))
         terms = []
         for t in range(width):
@@ -122,6 +124,9 @@ def reference_loss(logp, old, adv, mask, loss_type, *, eps=0.2, eps_high=0.28, d
             r = seq_ratio if seq_ratio is not None else torch.exp(logp[i, t] - old[i, t])
             if loss_type == "cispo":
                 term = -torch.clamp(r, max=eps_high).detach() * adv[i] * logp[i, t]
+            elif loss_type == "sapo":
+                tau = tau_pos if adv[i] > 0 else tau_neg
+                term = -torch.sigmoid(tau * (r - 1)) * 4 / tau * adv[i]
             else:
                 unclipped = r if delta is None else torch.clamp(r, max=delta)
                 term = -torch.minimum(unclipped * adv[i], torch.clamp(r, 1 - eps, 1 + eps_high) * adv[i])
@@ -132,8 +137,10 @@ def reference_loss(logp, old, adv, mask, loss_type, *, eps=0.2, eps_high=0.28, d
         seq_sum = sum(terms) if terms else torch.zeros((), dtype=logp.dtype)
         per_seq.append(seq_sum / max(n_i, 1.0))
         total, count = total + seq_sum, count + n_i
-    if loss_type in ("grpo", "gspo"):
+    if loss_type in ("grpo", "gspo", "sapo"):
         return sum(per_seq) / rows
+    if loss_type == "luspo":
+        return sum(s * max(n, 1.0) for s, n in zip(per_seq, (float(sum(row)) for row in mask), strict=True)) / rows
     if loss_type == "bnpo":
         return total / max(count, 1.0)
     if loss_type == "dr_grpo":
@@ -244,3 +251,15 @@ def test_dapo_on_two_ranks_equals_one_process():
         p.join(timeout=60)
     assert all(p.exitcode == 0 for p in processes)
     assert torch.allclose(got, want, atol=1e-12)
+
+
+def test_sapo_gate_by_hand():
+    """At r = 1 the gate is sigmoid(0) 4 / tau = 2 / tau, with the surrogate's gradient -A (4 x sigmoid'(0) = 1);
+    tau is 1.0 where A > 0 and 1.05 where not (TRL's defaults)."""
+    logp = torch.zeros(2, 1, dtype=torch.float64, requires_grad=True)
+    terms = grpo_loss(logp, torch.zeros(2, 1, dtype=torch.float64), torch.tensor([1.0, -1.0], dtype=torch.float64),
+                      torch.ones(2, 1, dtype=torch.float64), loss_type="sapo")
+    assert float(terms.loss) == pytest.approx((-2 / 1.0 + 2 / 1.05) / 2)
+    (grad,) = torch.autograd.grad(terms.loss, logp)
+    assert grad.flatten().tolist() == pytest.approx([-0.5, 0.5])  # -A per sequence, averaged over the 2
+    assert float(terms.clip_low) == float(terms.clip_high) == 0  # a soft gate clips nothing

@@ -99,7 +99,8 @@ class GRPOModule(AdapterModule):
                  optimizer: Callable[..., torch.optim.Optimizer], scheduler: Callable | None = None, init_adapter: str | None = None,
                  lora: dict | None = None, num_generations: int = 8, num_iterations: int = 1, micro_batch_size: int = 8,
                  generation_batch_size: int = 8, loss_type: str = "grpo", epsilon: float = 0.2, epsilon_high: float | None = None,
-                 delta: float | None = None, beta: float = 0.0, reference: str = "base", scale_rewards: str = "group",
+                 delta: float | None = None, beta: float = 0.0, sapo_temperature_pos: float = 1.0, sapo_temperature_neg: float = 1.05,
+                 reference: str = "base", scale_rewards: str = "group",
                  multi_objective_aggregation: str = "sum_then_normalize", dynamic_sampling: bool = False,
                  max_generation_rounds: int = 4, mask_truncated_completions: bool = False, max_grad_norm: float | None = 1.0,
                  log_completions_steps: int = 10, completions_file: str | None = None, warmup_ratio: float = 0.0,
@@ -408,7 +409,8 @@ def check_settings(settings: Mapping) -> GRPOLoss:
     if not s["rewards"]:
         raise UserError(f"{KEY}.rewards is empty; add one from conf/reward/")
     return GRPOLoss(s["loss_type"], s["epsilon"], s["epsilon_high"], s["delta"], s["beta"],
-                    max_completion_length=getattr(s["sampling"], "max_new_tokens", None))
+                    max_completion_length=getattr(s["sampling"], "max_new_tokens", None),
+                    sapo_temperature_pos=s["sapo_temperature_pos"], sapo_temperature_neg=s["sapo_temperature_neg"])
 
 
 # The module's settings and their defaults, as its signature gives them (rewards and sampling are required).

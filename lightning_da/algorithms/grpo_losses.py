@@ -25,6 +25,10 @@ differ in how the l_t of a batch are reduced to one number:
     cispo    REINFORCE with a clipped, gradient-free weight:
              l_t = -sg(min(r_t, epsilon_high)) A logp_t, reduced like dapo   (MiniMax-M1); as in
              TRL, `epsilon_high` is here the cap of the weight itself (e.g. 5), not 1 + epsilon
+    sapo     a soft gate instead of the clip: l_t = -sigmoid(tau (r_t - 1)) 4 / tau A, tau =
+             `sapo_temperature_pos` where A > 0, else `sapo_temperature_neg`; reduced like grpo (SAPO)
+    luspo    gspo's sequence ratio and clip, each sequence's loss times its length: sum over its
+             tokens, then the mean over sequences                          (LUSPO)
 """
 
 from __future__ import annotations
@@ -36,7 +40,8 @@ import torch
 
 from lightning_da.errors import UserError
 
-LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "gspo", "cispo")
+LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "gspo", "cispo", "sapo", "luspo")
+SEQUENCE_LEVEL = ("gspo", "luspo")  # one importance ratio per sequence
 SCALES = ("group", "batch", "none")
 AGGREGATIONS = ("sum_then_normalize", "normalize_then_sum")
 STD_EPS = 1e-4  # as TRL: a group whose rewards all agree gets advantage 0, not 0 / 0
@@ -129,24 +134,23 @@ def grpo_loss(
     max_completion_length: int | None = None,
     num_items: float | None = None,
     world_size: int = 1,
+    sapo_temperatures: tuple[float, float] = (1.0, 1.05),
 ) -> LossTerms:
-    """The loss of one micro-batch, normalised as `loss_type` says (module docstring).
-
-    `max_completion_length` is needed by dr_grpo; `num_items` (completion tokens of the whole
-    generation batch, all ranks and accumulation steps) and `world_size` by dapo and cispo.
-    The loss of the other types is the micro-batch's own; divide by the number of micro-batches
-    to accumulate.
-    """
+    """The loss of one micro-batch, normalised as `loss_type` says (module docstring). `max_completion_length`
+    is needed by dr_grpo; `num_items` (completion tokens of the whole generation batch, all ranks and
+    accumulation steps) and `world_size` by dapo and cispo; `sapo_temperatures` (A > 0, A <= 0) by sapo.
+    To accumulate micro-batches, scale each by `GRPOLoss.accumulation_scale`."""
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"loss_type={loss_type!r}; use one of {LOSS_TYPES}")
     epsilon_high = epsilon if epsilon_high is None else epsilon_high
     mask = mask.to(logp.dtype)
     adv = advantages[:, None]
     log_ratio = logp - old_logp
-    if loss_type == "gspo":
+    if loss_type in SEQUENCE_LEVEL:
         log_ratio = ((log_ratio * mask).sum(1) / mask.sum(1).clamp(min=1.0))[:, None]
     ratio = torch.exp(log_ratio)
-    per_token = _surrogate(loss_type, ratio, adv, logp, epsilon=epsilon, epsilon_high=epsilon_high, delta=delta)
+    per_token = _surrogate(loss_type, ratio, adv, logp, epsilon=epsilon, epsilon_high=epsilon_high, delta=delta,
+                           sapo_temperatures=sapo_temperatures)
     kl = None
     if beta != 0.0:
         if ref_logp is None:
@@ -163,21 +167,27 @@ def grpo_loss(
 def _clip_fractions(loss_type: str, ratio: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor, *, epsilon: float,
                     epsilon_high: float) -> tuple[torch.Tensor, torch.Tensor]:
     """TRL's clip ratios: the fractions clipped low (ratio < 1 - epsilon, A < 0) and high (ratio > 1 +
-    epsilon_high, A > 0), over counted tokens, or over sequences for gspo (one ratio per sequence). cispo
-    clips its weight only above, at `epsilon_high` itself."""
+    epsilon_high, A > 0), over counted tokens, or over sequences for gspo and luspo (one ratio per
+    sequence). cispo clips its weight only above, at `epsilon_high` itself; sapo clips nothing."""
+    zero = torch.zeros((), dtype=mask.dtype, device=mask.device)
     if loss_type == "cispo":
-        high = ((ratio > epsilon_high) & (adv > 0)).to(mask.dtype)
-        return torch.zeros((), dtype=mask.dtype, device=mask.device), _masked_mean(high, mask)
+        return zero, _masked_mean(((ratio > epsilon_high) & (adv > 0)).to(mask.dtype), mask)
+    if loss_type == "sapo":  # a soft gate: nothing is clipped
+        return zero, zero
     low = ((ratio < 1 - epsilon) & (adv < 0)).to(mask.dtype)
     high = ((ratio > 1 + epsilon_high) & (adv > 0)).to(mask.dtype)
-    if loss_type == "gspo":
+    if loss_type in SEQUENCE_LEVEL:
         return low.mean(), high.mean()
     return _masked_mean(low.expand_as(mask), mask), _masked_mean(high.expand_as(mask), mask)
 
 
 def _surrogate(loss_type: str, ratio: torch.Tensor, adv: torch.Tensor, logp: torch.Tensor, *, epsilon: float,
-               epsilon_high: float, delta: float | None) -> torch.Tensor:
-    """The per-token l_t before the KL term: cispo's clipped-weight REINFORCE, or the clipped surrogate."""
+               epsilon_high: float, delta: float | None, sapo_temperatures: tuple[float, float]) -> torch.Tensor:
+    """The per-token l_t before the KL term: cispo's clipped-weight REINFORCE, sapo's soft gate, or the
+    clipped surrogate."""
+    if loss_type == "sapo":
+        tau = torch.where(adv > 0, *sapo_temperatures)
+        return -torch.sigmoid(tau * (ratio - 1)) * 4 / tau * adv
     if loss_type == "cispo":
         return -torch.clamp(ratio, max=epsilon_high).detach() * adv * logp
     clipped = torch.clamp(ratio, 1 - epsilon, 1 + epsilon_high)
@@ -188,8 +198,10 @@ def _surrogate(loss_type: str, ratio: torch.Tensor, adv: torch.Tensor, logp: tor
 def _reduce(loss_type: str, per_token: torch.Tensor, mask: torch.Tensor, *, max_completion_length: int | None,
             num_items: float | None, world_size: int) -> torch.Tensor:
     """The per-token losses reduced to one number as `loss_type` normalises them (module docstring)."""
-    if loss_type in ("grpo", "gspo"):
+    if loss_type in ("grpo", "gspo", "sapo"):
         return ((per_token * mask).sum(1) / mask.sum(1).clamp(min=1.0)).mean()
+    if loss_type == "luspo":
+        return (per_token * mask).sum(1).mean()
     if loss_type == "bnpo":
         return _masked_mean(per_token, mask)
     if loss_type == "dr_grpo":
@@ -216,6 +228,8 @@ class GRPOLoss:
     delta: float | None = None
     beta: float = 0.0
     max_completion_length: int | None = None
+    sapo_temperature_pos: float = 1.0
+    sapo_temperature_neg: float = 1.05
 
     def __post_init__(self) -> None:
         key = "algorithm.module"
@@ -229,19 +243,23 @@ class GRPOLoss:
             raise UserError(f"{key}.delta={self.delta}: set it above 1 (the cap of the unclipped ratio), or null for none")
         if not self.beta >= 0:
             raise UserError(f"{key}.beta={self.beta}: set it to 0 (no KL penalty) or above")
+        for name in ("sapo_temperature_pos", "sapo_temperature_neg"):
+            if not getattr(self, name) > 0:
+                raise UserError(f"{key}.{name}={getattr(self, name)}: set it above 0")
 
     def __call__(self, logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, *,
                  ref_logp: torch.Tensor | None = None, num_items: float | None = None, world_size: int = 1) -> LossTerms:
         return grpo_loss(logp, old_logp, advantages, mask, loss_type=self.loss_type, epsilon=self.epsilon,
                          epsilon_high=self.epsilon_high, delta=self.delta, beta=self.beta, ref_logp=ref_logp,
-                         max_completion_length=self.max_completion_length, num_items=num_items, world_size=world_size)
+                         max_completion_length=self.max_completion_length, num_items=num_items, world_size=world_size,
+                         sapo_temperatures=(self.sapo_temperature_pos, self.sapo_temperature_neg))
 
     def accumulation_scale(self, rows: int, tokens: float, total_rows: int, total_tokens: float) -> float:
         """What a micro-batch's loss (`rows` rollouts, `tokens` counted tokens, of this rank's `total_rows` and
         `total_tokens`) is multiplied by before its backward, so that the accumulated loss is the whole
         batch's however it is split, unevenly too: 1 for dapo and cispo (normalised by the whole batch's
         tokens already), its share of the tokens for bnpo (a token mean), its share of the rollouts for
-        grpo, gspo and dr_grpo (means over sequences)."""
+        the others (means over sequences)."""
         if self.loss_type in BATCH_NORMALISED:
             return 1.0
         if self.loss_type == "bnpo":
