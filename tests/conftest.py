@@ -1,4 +1,5 @@
 import os
+import sys
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -44,3 +45,12 @@ def compose_train(tmp_path):
 
     return _compose
 
+
+@pytest.fixture(autouse=True)
+def no_wandb_run_left_open():
+    """A test that stops a run midway (a simulated crash) leaves its W&B run open in this process, and the
+    next WandbLogger here would log into it instead of its own directory: finish it after every test."""
+    yield
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        wandb.finish()
