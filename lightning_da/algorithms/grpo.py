@@ -250,14 +250,14 @@ class GRPOModule(AdapterModule):
         return self._train_on(rollouts)
 
     def _advantages(self, rewards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(this rank's advantages (B,), normalised over every rank's rollouts; every rank's combined rewards)."""
+        """(this rank's advantages (B,), normalised over every rank's rollouts; every rank's rewards (world x B, F))."""
         local = rewards.to(self.device)
         world = self.trainer.world_size
         everyone = self.all_gather(local).reshape(-1, local.size(1)) if world > 1 else local
         advantages = group_advantages(everyone, self.reward_weights, self.num_generations, scale=self.scale_rewards,
                                       aggregation=self.aggregation)
         rank = self.trainer.global_rank if world > 1 else 0
-        return advantages[rank * local.size(0) : (rank + 1) * local.size(0)], combine_rewards(everyone, self.reward_weights)
+        return advantages[rank * local.size(0) : (rank + 1) * local.size(0)], everyone
 
     def _train_on(self, rollouts: Rollouts) -> torch.Tensor:
         """`num_iterations` optimizer steps on the rollouts, each accumulating over micro-batches."""
@@ -266,7 +266,7 @@ class GRPOModule(AdapterModule):
         if self.mask_truncated_completions:
             loss_mask[rollouts.truncated] = 0
         tensors = [t.to(self.device) for t in (p_ids, p_mask, c_ids, c_mask, loss_mask)]
-        advantages, combined = self._advantages(rollouts.rewards)
+        advantages, everyone = self._advantages(rollouts.rewards)
         n_rollouts = len(rollouts.completion_ids)
         micro = [slice(i, i + self.micro_batch_size) for i in range(0, n_rollouts, self.micro_batch_size)]
         batches = [_trim(*(t[part] for t in tensors)) for part in micro]
@@ -278,7 +278,7 @@ class GRPOModule(AdapterModule):
             for k, part in enumerate(micro):
                 self._accumulate(batches[k], old[k], ref[k], advantages[part], num_items, totals, len(micro), stats)
             self._optimizer_step()
-        self._log_step(rollouts, advantages, combined, c_mask, stats)
+        self._log_step(rollouts, advantages, everyone, c_mask, stats)
         return torch.tensor(stats["loss"])
 
     @torch.no_grad()
@@ -323,10 +323,11 @@ class GRPOModule(AdapterModule):
 
     # -- logging ----------------------------------------------------------------------------------
 
-    def _log_step(self, rollouts: Rollouts, advantages: torch.Tensor, combined: torch.Tensor, completion_mask: torch.Tensor,
+    def _log_step(self, rollouts: Rollouts, advantages: torch.Tensor, everyone: torch.Tensor, completion_mask: torch.Tensor,
                   stats: dict) -> None:
-        """`combined`: every rank's combined rewards, so `train/reward` and `train/reward_std` are TRL's: the
-        mean and std over the whole generation batch's scorable rollouts."""
+        """`everyone`: every rank's rewards (gathered once, for the advantages), so `train/reward`,
+        `train/reward_std` and each reward's mean are TRL's: over the whole generation batch."""
+        combined = combine_rewards(everyone, self.reward_weights)
         batch_size = len(rollouts.completion_ids)
         metrics = {
             "train/loss": stats["loss"],
@@ -341,18 +342,15 @@ class GRPOModule(AdapterModule):
         }
         self.log("train/reward", float(torch.nanmean(combined)), prog_bar=True, sync_dist=True, batch_size=batch_size)
         self.log_dict(metrics, sync_dist=True, batch_size=batch_size)
-        self._log_reward_means(rollouts.rewards, batch_size)
+        self._log_reward_means(everyone, batch_size)
         if self.log_completions_steps and (self.global_step // self.num_iterations - 1) % self.log_completions_steps == 0:
             self._log_completions(rollouts, advantages)
 
     def _log_reward_means(self, rewards: torch.Tensor, batch_size: int) -> None:
-        """A reward may apply to no row of a rank: its mean is over every rank's rows it applies to."""
-        applies = ~rewards.isnan()
-        totals = torch.stack([torch.nansum(rewards, dim=0), applies.sum(0).to(rewards.dtype)])
-        totals = self.trainer.strategy.reduce(totals, reduce_op="sum")
+        """Each reward's mean over every rank's rows it applies to (`rewards`: all ranks'); none where it applies to none."""
         for k, name in enumerate(self.reward_fns):
-            if totals[1, k] > 0:
-                self.log(f"train/rewards/{name}/mean", float(totals[0, k] / totals[1, k]), batch_size=batch_size)
+            if not rewards[:, k].isnan().all():
+                self.log(f"train/rewards/{name}/mean", float(torch.nanmean(rewards[:, k])), batch_size=batch_size)
 
     def _log_completions(self, rollouts: Rollouts, advantages: torch.Tensor) -> None:
         """This rank-0 step's rollouts appended to completions.jsonl and logged as a W&B table."""
