@@ -11,7 +11,15 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from lightning.fabric.plugins.environments.lightning import find_free_network_port
 
-from lightning_da.algorithms.grpo_losses import LOSS_TYPES, GRPOLoss, combine_rewards, group_advantages, grpo_loss, k3
+from lightning_da.algorithms.grpo_losses import (
+    LOSS_TYPES,
+    GRPOLoss,
+    combine_rewards,
+    group_advantages,
+    grpo_loss,
+    high_entropy_mask,
+    k3,
+)
 
 G = 4
 
@@ -105,11 +113,21 @@ def test_k3_is_the_estimator():
     assert (k3(torch.randn(100), torch.randn(100)) >= 0).all()
 
 
+def trl_vespo_phi(log_ratios: list[float], adv: float, k_pos=2.0, lambda_pos=3.0, k_neg=3.0, lambda_neg=2.0) -> float:
+    """TRL 1.16's `get_gamma_weights` for one sequence: log w = the sum of its per-token log-ratios (each
+    clamped to [-20, 20]), clamped to [log 1e-8, 20]; phi = exp(lambda + k log w - lambda w), (k, lambda) by
+    the advantage's sign (A >= 0: the positive pair)."""
+    log_w = min(max(sum(min(max(x, -20.0), 20.0) for x in log_ratios), math.log(1e-8)), 20.0)
+    k, lam = (k_pos, lambda_pos) if adv >= 0 else (k_neg, lambda_neg)
+    return math.exp(lam + k * log_w - lam * math.exp(log_w))
+
+
 def reference_loss(logp, old, adv, mask, loss_type, *, eps=0.2, eps_high=0.28, delta=None, beta=0.0, ref=None,
-                   max_len=None, num_items=None, world=1, tau_pos=1.0, tau_neg=1.05):
+                   max_len=None, num_items=None, world=1, tau_pos=1.0, tau_neg=1.05, bias_correction=True, keep=None):
     """One sequence and one token at a time, from TRL 1.16's `_compute_loss`: sapo's gate
     sigmoid(tau (r - 1)) 4 / tau with tau by the advantage's sign; luspo on the sequence ratio, each
-    sequence's summed loss averaged over sequences."""
+    sequence's summed loss averaged over sequences; vespo's -phi A logp; the KL term times the ratio with
+    `bias_correction`; `keep` (the entropy mask) zeroes the policy term of a token, not its KL."""
     rows, width = logp.shape
     per_seq, total, count = [], 0.0, 0.0
     for i in range(rows):
@@ -117,22 +135,26 @@ def reference_loss(logp, old, adv, mask, loss_type, *, eps=0.2, eps_high=0.28, d
         seq_ratio = None
         if loss_type in ("gspo", "luspo"):
             seq_ratio = torch.exp(sum((logp[i, t] - old[i, t]) * mask[i][t] for t in range(width)) / max(n_i, 1.0))
+        counted = [t for t in range(width) if mask[i][t]]
+        phi = trl_vespo_phi([float((logp[i, t] - old[i, t]).detach()) for t in counted], float(adv[i]))
         terms = []
-        for t in range(width):
-            if not mask[i][t]:
-                continue
+        for t in counted:
             r = seq_ratio if seq_ratio is not None else torch.exp(logp[i, t] - old[i, t])
             if loss_type == "cispo":
                 term = -torch.clamp(r, max=eps_high).detach() * adv[i] * logp[i, t]
             elif loss_type == "sapo":
                 tau = tau_pos if adv[i] > 0 else tau_neg
                 term = -torch.sigmoid(tau * (r - 1)) * 4 / tau * adv[i]
+            elif loss_type == "vespo":
+                term = -phi * adv[i] * logp[i, t]
             else:
                 unclipped = r if delta is None else torch.clamp(r, max=delta)
                 term = -torch.minimum(unclipped * adv[i], torch.clamp(r, 1 - eps, 1 + eps_high) * adv[i])
+            if keep is not None and not keep[i][t]:
+                term = term * 0
             if beta:
                 d = ref[i, t] - logp[i, t]
-                term = term + beta * (torch.exp(d) - d - 1)
+                term = term + beta * (torch.exp(d) - d - 1) * (r if bias_correction else 1)
             terms.append(term)
         seq_sum = sum(terms) if terms else torch.zeros((), dtype=logp.dtype)
         per_seq.append(seq_sum / max(n_i, 1.0))
@@ -160,16 +182,16 @@ def random_batch(seed=0, rows=6, width=5):
 
 
 @pytest.mark.parametrize("loss_type", LOSS_TYPES)
-@pytest.mark.parametrize(("beta", "delta"), [(0.0, None), (0.04, 1.5)])
-def test_each_loss_type_against_the_formula(loss_type, beta, delta):
+@pytest.mark.parametrize(("beta", "delta", "bias_correction"), [(0.0, None, True), (0.04, 1.5, True), (0.04, None, False)])
+def test_each_loss_type_against_the_formula(loss_type, beta, delta, bias_correction):
     logp, old, ref, adv, mask = random_batch()
     eps_high = 5.0 if loss_type == "cispo" else 0.28
     kwargs = {"epsilon": 0.2, "epsilon_high": eps_high, "delta": delta, "beta": beta, "ref_logp": ref,
-              "max_completion_length": 7, "num_items": 30.0}
+              "max_completion_length": 7, "num_items": 30.0, "use_bias_correction_kl": bias_correction}
     got = grpo_loss(logp, old, adv, mask, loss_type=loss_type, **kwargs).loss
     (grad_got,) = torch.autograd.grad(got, logp)
     want = reference_loss(logp, old, adv, mask.tolist(), loss_type, eps_high=eps_high, delta=delta, beta=beta, ref=ref,
-                          max_len=7, num_items=30.0)
+                          max_len=7, num_items=30.0, bias_correction=bias_correction)
     (grad_want,) = torch.autograd.grad(want, logp)
     assert float(got.detach()) == pytest.approx(float(want.detach()), abs=1e-6)
     assert torch.allclose(grad_got, grad_want, atol=1e-6)
@@ -201,7 +223,7 @@ def test_cispo_clips_its_weight_above_its_cap_only():
     logp = torch.log(torch.tensor([[3.0, 5.5, 0.5]]))
     terms = grpo_loss(logp, torch.zeros(1, 3), torch.tensor([1.0]), torch.ones(1, 3), loss_type="cispo", epsilon_high=5.0,
                       num_items=3.0)
-    assert float(terms.clip_high) == pytest.approx(1 / 3) and float(terms.clip_low) == 0
+    assert float(terms.clip_high) == pytest.approx(1 / 3) and terms.clip_low is None
 
 
 def test_gspo_clip_ratios_count_sequences():
@@ -259,7 +281,69 @@ def test_sapo_gate_by_hand():
     logp = torch.zeros(2, 1, dtype=torch.float64, requires_grad=True)
     terms = grpo_loss(logp, torch.zeros(2, 1, dtype=torch.float64), torch.tensor([1.0, -1.0], dtype=torch.float64),
                       torch.ones(2, 1, dtype=torch.float64), loss_type="sapo")
-    assert float(terms.loss) == pytest.approx((-2 / 1.0 + 2 / 1.05) / 2)
+    assert float(terms.loss.detach()) == pytest.approx((-2 / 1.0 + 2 / 1.05) / 2)
     (grad,) = torch.autograd.grad(terms.loss, logp)
     assert grad.flatten().tolist() == pytest.approx([-0.5, 0.5])  # -A per sequence, averaged over the 2
-    assert float(terms.clip_low) == float(terms.clip_high) == 0  # a soft gate clips nothing
+    assert terms.clip_low is terms.clip_high is None  # a soft gate clips nothing (TRL logs no clip ratios)
+
+
+def test_vespo_weights_by_hand():
+    """phi(1) = 1 (log w = 0: e^lambda e^-lambda); at w = 2 with A > 0, e^3 2^2 e^-6 = 4 e^-3; with A < 0,
+    e^2 2^3 e^-4 = 8 e^-2. The weight carries no gradient: the loss's gradient is -phi A d logp."""
+    logp = torch.tensor([[0.0, 0.0], [math.log(2), 0.0], [0.25, math.log(2) - 0.25]], dtype=torch.float64, requires_grad=True)
+    adv = torch.tensor([1.0, 1.0, -1.0], dtype=torch.float64)
+    mask = torch.ones(3, 2, dtype=torch.float64)
+    terms = grpo_loss(logp, torch.zeros(3, 2, dtype=torch.float64), adv, mask, loss_type="vespo", num_items=6.0)
+    phi = [1.0, 4 * math.exp(-3), 8 * math.exp(-2)]
+    assert float(terms.phi) == pytest.approx(sum(phi) / 3)
+    (grad,) = torch.autograd.grad(terms.loss, logp)
+    want = torch.tensor([[-p * a / 6] * 2 for p, a in zip(phi, adv.tolist(), strict=True)], dtype=torch.float64)
+    assert torch.allclose(grad, want, atol=1e-12)
+    assert terms.clip_low is terms.clip_high is None
+
+
+def test_vespo_weight_clamps_a_runaway_log_ratio():
+    # 30 tokens at log-ratio -25 each: every token clamps to -20, the sum to log 1e-8, so phi = e^lambda 1e-8^k e^(-lambda 1e-8).
+    logp = torch.full((1, 30), -25.0, dtype=torch.float64)
+    terms = grpo_loss(logp, torch.zeros(1, 30, dtype=torch.float64), torch.tensor([1.0], dtype=torch.float64),
+                      torch.ones(1, 30, dtype=torch.float64), loss_type="vespo", num_items=30.0)
+    assert float(terms.phi) == pytest.approx(trl_vespo_phi([-25.0] * 30, 1.0)) and float(terms.phi) == pytest.approx(
+        math.exp(3 + 2 * math.log(1e-8) - 3e-8))
+
+
+def trl_entropy_keep(entropy: list[list[float]], mask: list[list[int]], rho: float) -> list[list[bool]]:
+    """TRL's `get_high_entropy_mask`: the (1 - rho) quantile (linear interpolation, as torch.quantile) of the
+    counted tokens' entropies; a counted token is kept when its entropy is at least that."""
+    pool = sorted(e for row, m in zip(entropy, mask, strict=True) for e, keep in zip(row, m, strict=True) if keep)
+    position = (1 - rho) * (len(pool) - 1)
+    low = math.floor(position)
+    threshold = pool[low] + (pool[min(low + 1, len(pool) - 1)] - pool[low]) * (position - low)
+    return [[bool(m) and e >= threshold for e, m in zip(row, mrow, strict=True)] for row, mrow in zip(entropy, mask, strict=True)]
+
+
+@pytest.mark.parametrize("rho", [1.0, 0.5, 0.2, 0.0])
+@pytest.mark.parametrize("loss_type", ["grpo", "dapo", "gspo"])
+def test_top_entropy_quantile_trains_on_the_high_entropy_tokens(rho, loss_type):
+    logp, old, ref, adv, mask = random_batch(seed=3)
+    entropy = torch.rand(mask.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(4)) * 3
+    keep = high_entropy_mask(entropy, mask, rho)
+    want_keep = trl_entropy_keep(entropy.tolist(), mask.tolist(), rho)
+    assert keep.tolist() == want_keep
+    if rho in (0.0, 1.0):  # only the highest-entropy token; every counted one
+        assert int(keep.sum()) == (1 if rho == 0 else int(mask.sum()))
+    kwargs = {"beta": 0.04, "ref_logp": ref, "num_items": float(mask.sum())}
+    got = grpo_loss(logp, old, adv, mask, loss_type=loss_type, entropy_mask=keep, **kwargs).loss
+    want = reference_loss(logp, old, adv, mask.tolist(), loss_type, eps_high=0.2, beta=0.04, ref=ref, num_items=float(mask.sum()),
+                          keep=want_keep)
+    (grad_got,) = torch.autograd.grad(got, logp)
+    (grad_want,) = torch.autograd.grad(want, logp)
+    assert float(got.detach()) == pytest.approx(float(want.detach()), abs=1e-9)
+    assert torch.allclose(grad_got, grad_want, atol=1e-9)
+
+
+def test_the_entropy_quantile_is_over_the_pool_of_every_rank():
+    entropy, mask = torch.tensor([[1.0, 2.0, 3.0]]), torch.ones(1, 3)
+    # Another rank's tokens (4, 5, 6) raise the median of the pool to 3.5: none of these three is kept.
+    assert not high_entropy_mask(entropy, mask, 0.5, pool=torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])).any()
+    assert high_entropy_mask(entropy, mask, 0.5).tolist() == [[False, True, True]]
+    assert not high_entropy_mask(entropy, torch.zeros(1, 3), 0.5).any()  # no counted token: nothing to keep

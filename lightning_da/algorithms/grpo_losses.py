@@ -11,7 +11,11 @@ Every loss starts from the per-token clipped surrogate (PPO's, as in DeepSeekMat
     l_t = -min(min(r_t, delta) A, clip(r_t, 1 - epsilon, 1 + epsilon_high) A)   (+ beta k3_t)
 
 with `delta` (None = off) the two-sided cap of the unclipped ratio, and the KL penalty, when
-`beta` > 0, the k3 estimator k3_t = exp(ref_t - logp_t) - (ref_t - logp_t) - 1. The variants
+`beta` > 0, the k3 estimator k3_t = exp(ref_t - logp_t) - (ref_t - logp_t) - 1, times the ratio
+r_t (the sequence's for gspo and luspo, with its gradient) under `use_bias_correction_kl` (TRL's
+default: reverse KL's unbiased gradient off-policy, DeepSeek-V3.2). With `top_entropy_quantile`
+rho < 1 the policy term (not the KL) of a token counts only if its entropy is in the top rho of
+the micro-batch's counted tokens on every rank (Beyond the 80/20 rule, as TRL). The variants
 differ in how the l_t of a batch are reduced to one number:
 
     grpo     mean over sequences of each sequence's token mean           (DeepSeekMath)
@@ -29,10 +33,15 @@ differ in how the l_t of a batch are reduced to one number:
              `sapo_temperature_pos` where A > 0, else `sapo_temperature_neg`; reduced like grpo (SAPO)
     luspo    gspo's sequence ratio and clip, each sequence's loss times its length: sum over its
              tokens, then the mean over sequences                          (LUSPO)
+    vespo    REINFORCE with a smooth, gradient-free sequence weight instead of a clip:
+             l_t = -phi(w) A logp_t, w = exp(sum_t (logp_t - old_logp_t)), phi(w) = e^lambda
+             w^k e^(-lambda w) with shape (k, lambda) by A's sign (`gamma_weights`); reduced
+             like dapo                                                     (VESPO)
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -40,7 +49,7 @@ import torch
 
 from lightning_da.errors import UserError
 
-LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "gspo", "cispo", "sapo", "luspo")
+LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "gspo", "cispo", "sapo", "luspo", "vespo")
 SEQUENCE_LEVEL = ("gspo", "luspo")  # one importance ratio per sequence
 SCALES = ("group", "batch", "none")
 AGGREGATIONS = ("sum_then_normalize", "normalize_then_sum")
@@ -105,122 +114,63 @@ def k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     return torch.exp(delta) - delta - 1
 
 
+LOG_W_MIN = math.log(1e-8)  # VESPO's floor of the sequence log-weight, as TRL (and the paper's code) clamp it
+
+
+@torch.no_grad()
+def gamma_weights(advantages: torch.Tensor, log_ratio: torch.Tensor, mask: torch.Tensor, *, k_pos: float = 2.0,
+                  lambda_pos: float = 3.0, k_neg: float = 3.0, lambda_neg: float = 2.0) -> torch.Tensor:
+    """VESPO's sequence weights (B, 1), gradient-free: with log w = the sequence's summed per-token log-ratio
+    (each token's clamped to [-20, 20], the sum to [log 1e-8, 20]),
+
+        phi(w) = exp(lambda + k log w - lambda w)      (= e^lambda w^k e^(-lambda w), so phi(1) = 1)
+
+    with (k, lambda) = (k_pos, lambda_pos) where A >= 0, else (k_neg, lambda_neg); lambda floored at 1e-4."""
+    adv = advantages.reshape(-1, 1)
+    log_w = torch.sum(torch.clamp(log_ratio, -20.0, 20.0) * mask, dim=-1, keepdim=True).clamp(LOG_W_MIN, 20.0)
+    positive = adv >= 0
+    k = torch.where(positive, k_pos, k_neg).to(log_w.dtype)
+    lam = torch.where(positive, lambda_pos, lambda_neg).to(log_w.dtype).clamp(min=1e-4)
+    return torch.exp(lam + k * log_w - lam * torch.exp(log_w)).nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def high_entropy_mask(entropy: torch.Tensor, mask: torch.Tensor, quantile: float, pool: torch.Tensor | None = None) -> torch.Tensor:
+    """The tokens kept by `top_entropy_quantile` (TRL's `get_high_entropy_mask`): the counted tokens whose
+    entropy is at least the (1 - `quantile`) quantile of `pool`, the entropies of every counted token of the
+    micro-batch on every rank (default: this one's). 1 keeps every token, 0 only the highest."""
+    pool = entropy[mask.bool()] if pool is None else pool
+    if pool.numel() == 0:
+        return torch.zeros_like(mask, dtype=torch.bool)
+    threshold = torch.quantile(pool.to(torch.promote_types(pool.dtype, torch.float32)), 1 - quantile)
+    return (entropy >= threshold) & mask.bool()
+
+
 @dataclass(frozen=True)
 class LossTerms:
-    """The reduced loss and what the trainer logs about it (all detached but `loss`)."""
+    """The reduced loss and what the trainer logs about it (all detached but `loss`; None where the loss
+    type has no such quantity)."""
 
     loss: torch.Tensor
-    clip_low: torch.Tensor  # fraction of tokens (gspo: sequences) whose ratio fell below 1 - epsilon with A < 0
-    clip_high: torch.Tensor  # fraction above 1 + epsilon_high (cispo: above epsilon_high) with A > 0
-    kl: torch.Tensor | None  # mean per-token k3, when beta > 0
+    clip_low: torch.Tensor | None  # fraction of tokens (gspo, luspo: sequences) below 1 - epsilon with A < 0
+    clip_high: torch.Tensor | None  # fraction above 1 + epsilon_high (cispo: above epsilon_high) with A > 0
+    kl: torch.Tensor | None  # mean per-token k3 (times the ratio with use_bias_correction_kl), when beta > 0
+    phi: torch.Tensor | None = None  # vespo: the mean sequence weight
 
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * mask).sum() / mask.sum().clamp(min=1.0)
 
 
-def grpo_loss(
-    logp: torch.Tensor,
-    old_logp: torch.Tensor,
-    advantages: torch.Tensor,
-    mask: torch.Tensor,
-    *,
-    loss_type: str = "grpo",
-    epsilon: float = 0.2,
-    epsilon_high: float | None = None,
-    delta: float | None = None,
-    beta: float = 0.0,
-    ref_logp: torch.Tensor | None = None,
-    max_completion_length: int | None = None,
-    num_items: float | None = None,
-    world_size: int = 1,
-    sapo_temperatures: tuple[float, float] = (1.0, 1.05),
-) -> LossTerms:
-    """The loss of one micro-batch, normalised as `loss_type` says (module docstring). `max_completion_length`
-    is needed by dr_grpo; `num_items` (completion tokens of the whole generation batch, all ranks and
-    accumulation steps) and `world_size` by dapo and cispo; `sapo_temperatures` (A > 0, A <= 0) by sapo.
-    To accumulate micro-batches, scale each by `GRPOLoss.accumulation_scale`."""
-    if loss_type not in LOSS_TYPES:
-        raise ValueError(f"loss_type={loss_type!r}; use one of {LOSS_TYPES}")
-    epsilon_high = epsilon if epsilon_high is None else epsilon_high
-    mask = mask.to(logp.dtype)
-    adv = advantages[:, None]
-    log_ratio = logp - old_logp
-    if loss_type in SEQUENCE_LEVEL:
-        log_ratio = ((log_ratio * mask).sum(1) / mask.sum(1).clamp(min=1.0))[:, None]
-    ratio = torch.exp(log_ratio)
-    per_token = _surrogate(loss_type, ratio, adv, logp, epsilon=epsilon, epsilon_high=epsilon_high, delta=delta,
-                           sapo_temperatures=sapo_temperatures)
-    kl = None
-    if beta != 0.0:
-        if ref_logp is None:
-            raise ValueError("beta > 0 needs the reference's log-probabilities")
-        per_token_kl = k3(logp, ref_logp)
-        per_token = per_token + beta * per_token_kl
-        kl = _masked_mean(per_token_kl.detach(), mask)
-    loss = _reduce(loss_type, per_token, mask, max_completion_length=max_completion_length, num_items=num_items,
-                   world_size=world_size)
-    return LossTerms(loss, *_clip_fractions(loss_type, ratio, adv, mask, epsilon=epsilon, epsilon_high=epsilon_high), kl)
-
-
-@torch.no_grad()
-def _clip_fractions(loss_type: str, ratio: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor, *, epsilon: float,
-                    epsilon_high: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """TRL's clip ratios: the fractions clipped low (ratio < 1 - epsilon, A < 0) and high (ratio > 1 +
-    epsilon_high, A > 0), over counted tokens, or over sequences for gspo and luspo (one ratio per
-    sequence). cispo clips its weight only above, at `epsilon_high` itself; sapo clips nothing."""
-    zero = torch.zeros((), dtype=mask.dtype, device=mask.device)
-    if loss_type == "cispo":
-        return zero, _masked_mean(((ratio > epsilon_high) & (adv > 0)).to(mask.dtype), mask)
-    if loss_type == "sapo":  # a soft gate: nothing is clipped
-        return zero, zero
-    low = ((ratio < 1 - epsilon) & (adv < 0)).to(mask.dtype)
-    high = ((ratio > 1 + epsilon_high) & (adv > 0)).to(mask.dtype)
-    if loss_type in SEQUENCE_LEVEL:
-        return low.mean(), high.mean()
-    return _masked_mean(low.expand_as(mask), mask), _masked_mean(high.expand_as(mask), mask)
-
-
-def _surrogate(loss_type: str, ratio: torch.Tensor, adv: torch.Tensor, logp: torch.Tensor, *, epsilon: float,
-               epsilon_high: float, delta: float | None, sapo_temperatures: tuple[float, float]) -> torch.Tensor:
-    """The per-token l_t before the KL term: cispo's clipped-weight REINFORCE, sapo's soft gate, or the
-    clipped surrogate."""
-    if loss_type == "sapo":
-        tau = torch.where(adv > 0, *sapo_temperatures)
-        return -torch.sigmoid(tau * (ratio - 1)) * 4 / tau * adv
-    if loss_type == "cispo":
-        return -torch.clamp(ratio, max=epsilon_high).detach() * adv * logp
-    clipped = torch.clamp(ratio, 1 - epsilon, 1 + epsilon_high)
-    unclipped = ratio if delta is None else torch.clamp(ratio, max=delta)
-    return -torch.min(unclipped * adv, clipped * adv)
-
-
-def _reduce(loss_type: str, per_token: torch.Tensor, mask: torch.Tensor, *, max_completion_length: int | None,
-            num_items: float | None, world_size: int) -> torch.Tensor:
-    """The per-token losses reduced to one number as `loss_type` normalises them (module docstring)."""
-    if loss_type in ("grpo", "gspo", "sapo"):
-        return ((per_token * mask).sum(1) / mask.sum(1).clamp(min=1.0)).mean()
-    if loss_type == "luspo":
-        return (per_token * mask).sum(1).mean()
-    if loss_type == "bnpo":
-        return _masked_mean(per_token, mask)
-    if loss_type == "dr_grpo":
-        if max_completion_length is None:
-            raise ValueError("dr_grpo needs max_completion_length")
-        return (per_token * mask).sum() / (per_token.size(0) * max_completion_length)
-    if num_items is None:  # dapo, cispo
-        raise ValueError(f"{loss_type} needs num_items, the generation batch's completion tokens")
-    return (per_token * mask).sum() / (num_items / world_size)
-
-
 # The loss types normalised by the whole generation batch's tokens (`num_items`) already.
-BATCH_NORMALISED = ("dapo", "cispo")
+BATCH_NORMALISED = ("dapo", "cispo", "vespo")
+CLIPPED = ("grpo", "bnpo", "dr_grpo", "dapo", "gspo", "luspo")  # the clipped surrogate, and TRL's clip ratios
 
 
 @dataclass(frozen=True)
 class GRPOLoss:
-    """The loss settings of a run (`algorithm.module.{loss_type,epsilon,epsilon_high,delta,beta}`; the
-    completion budget for dr_grpo), checked once, and how micro-batch losses accumulate into a step."""
+    """The loss settings of a run (`algorithm.module.*`; the completion budget for dr_grpo), checked once;
+    calling it gives one micro-batch's loss (module docstring), and `accumulation_scale` how micro-batch
+    losses accumulate into a step."""
 
     loss_type: str = "grpo"
     epsilon: float = 0.2
@@ -230,6 +180,12 @@ class GRPOLoss:
     max_completion_length: int | None = None
     sapo_temperature_pos: float = 1.0
     sapo_temperature_neg: float = 1.05
+    vespo_k_pos: float = 2.0
+    vespo_lambda_pos: float = 3.0
+    vespo_k_neg: float = 3.0
+    vespo_lambda_neg: float = 2.0
+    top_entropy_quantile: float = 1.0
+    use_bias_correction_kl: bool = True
 
     def __post_init__(self) -> None:
         key = "algorithm.module"
@@ -243,25 +199,109 @@ class GRPOLoss:
             raise UserError(f"{key}.delta={self.delta}: set it above 1 (the cap of the unclipped ratio), or null for none")
         if not self.beta >= 0:
             raise UserError(f"{key}.beta={self.beta}: set it to 0 (no KL penalty) or above")
-        for name in ("sapo_temperature_pos", "sapo_temperature_neg"):
-            if not getattr(self, name) > 0:
-                raise UserError(f"{key}.{name}={getattr(self, name)}: set it above 0")
+        if not 0 <= self.top_entropy_quantile <= 1:
+            raise UserError(f"{key}.top_entropy_quantile={self.top_entropy_quantile}: set a fraction of the tokens, "
+                            "from 0 (the highest-entropy one) to 1 (all)")
+        for name, low, strict in (("sapo_temperature_pos", 0, True), ("sapo_temperature_neg", 0, True), ("vespo_k_pos", 0, False),
+                                  ("vespo_k_neg", 0, False), ("vespo_lambda_pos", 0, True), ("vespo_lambda_neg", 0, True)):
+            value = getattr(self, name)
+            if not (value > low if strict else value >= low):
+                raise UserError(f"{key}.{name}={value}: set it {'above' if strict else 'to at least'} {low}")
+        if self.loss_type == "dr_grpo" and not self.max_completion_length:
+            raise UserError(f"loss_type=dr_grpo needs {key}.sampling.max_new_tokens (its normaliser)")
+
+    @property
+    def epsilon_upper(self) -> float:
+        return self.epsilon if self.epsilon_high is None else self.epsilon_high
 
     def __call__(self, logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, *,
-                 ref_logp: torch.Tensor | None = None, num_items: float | None = None, world_size: int = 1) -> LossTerms:
-        return grpo_loss(logp, old_logp, advantages, mask, loss_type=self.loss_type, epsilon=self.epsilon,
-                         epsilon_high=self.epsilon_high, delta=self.delta, beta=self.beta, ref_logp=ref_logp,
-                         max_completion_length=self.max_completion_length, num_items=num_items, world_size=world_size,
-                         sapo_temperatures=(self.sapo_temperature_pos, self.sapo_temperature_neg))
+                 ref_logp: torch.Tensor | None = None, num_items: float | None = None, world_size: int = 1,
+                 entropy_mask: torch.Tensor | None = None) -> LossTerms:
+        """One micro-batch's loss. `num_items` (completion tokens of the whole generation batch, all ranks and
+        accumulation steps) and `world_size` are needed by dapo, cispo and vespo; `entropy_mask` (B, T)
+        (`high_entropy_mask`) keeps only those tokens in the policy term (not in the KL term, nor in the
+        normalisers). To accumulate micro-batches, scale each by `accumulation_scale`."""
+        mask = mask.to(logp.dtype)
+        adv = advantages[:, None]
+        log_ratio = logp - old_logp
+        seq_log_ratio = ((log_ratio * mask).sum(1) / mask.sum(1).clamp(min=1.0))[:, None]
+        ratio = torch.exp(seq_log_ratio if self.loss_type in SEQUENCE_LEVEL else log_ratio)
+        phi = gamma_weights(advantages, log_ratio, mask, k_pos=self.vespo_k_pos, lambda_pos=self.vespo_lambda_pos,
+                            k_neg=self.vespo_k_neg, lambda_neg=self.vespo_lambda_neg) if self.loss_type == "vespo" else None
+        per_token = self._surrogate(ratio, adv, logp, phi)
+        if entropy_mask is not None:
+            per_token = per_token * entropy_mask
+        kl = None
+        if self.beta != 0.0:
+            if ref_logp is None:
+                raise ValueError("beta > 0 needs the reference's log-probabilities")
+            per_token_kl = k3(logp, ref_logp)
+            if self.use_bias_correction_kl:  # as TRL: the ratio (with its gradient) makes it reverse KL's unbiased gradient
+                per_token_kl = per_token_kl * ratio
+            per_token = per_token + self.beta * per_token_kl
+            kl = _masked_mean(per_token_kl.detach(), mask)
+        loss = self._reduce(per_token, mask, num_items=num_items, world_size=world_size)
+        return LossTerms(loss, *self._clip_fractions(ratio, adv, mask), kl, None if phi is None else phi.mean())
+
+    def _surrogate(self, ratio: torch.Tensor, adv: torch.Tensor, logp: torch.Tensor, phi: torch.Tensor | None) -> torch.Tensor:
+        """The per-token l_t before the KL term."""
+        if self.loss_type == "sapo":
+            tau = torch.where(adv > 0, self.sapo_temperature_pos, self.sapo_temperature_neg)
+            return -torch.sigmoid(tau * (ratio - 1)) * 4 / tau * adv
+        if self.loss_type == "cispo":
+            return -torch.clamp(ratio, max=self.epsilon_upper).detach() * adv * logp
+        if self.loss_type == "vespo":
+            return -phi * adv * logp
+        clipped = torch.clamp(ratio, 1 - self.epsilon, 1 + self.epsilon_upper)
+        unclipped = ratio if self.delta is None else torch.clamp(ratio, max=self.delta)
+        return -torch.min(unclipped * adv, clipped * adv)
+
+    def _reduce(self, per_token: torch.Tensor, mask: torch.Tensor, *, num_items: float | None, world_size: int) -> torch.Tensor:
+        """The per-token losses reduced to one number as `loss_type` normalises them (module docstring)."""
+        if self.loss_type in ("grpo", "gspo", "sapo"):
+            return ((per_token * mask).sum(1) / mask.sum(1).clamp(min=1.0)).mean()
+        if self.loss_type == "luspo":
+            return (per_token * mask).sum(1).mean()
+        if self.loss_type == "bnpo":
+            return _masked_mean(per_token, mask)
+        if self.loss_type == "dr_grpo":
+            return (per_token * mask).sum() / (per_token.size(0) * self.max_completion_length)
+        if num_items is None:  # dapo, cispo, vespo
+            raise ValueError(f"{self.loss_type} needs num_items, the generation batch's completion tokens")
+        return (per_token * mask).sum() / (num_items / world_size)
+
+    @torch.no_grad()
+    def _clip_fractions(self, ratio: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor) -> tuple:
+        """TRL's clip ratios: the fractions clipped low (ratio < 1 - epsilon, A < 0) and high (ratio > 1 +
+        epsilon_high, A > 0), over counted tokens, or over sequences for gspo and luspo (one ratio per
+        sequence). cispo clips its weight only above, at `epsilon_high` itself; sapo and vespo clip nothing."""
+        if self.loss_type == "cispo":
+            return None, _masked_mean(((ratio > self.epsilon_upper) & (adv > 0)).to(mask.dtype), mask)
+        if self.loss_type not in CLIPPED:
+            return None, None
+        low = ((ratio < 1 - self.epsilon) & (adv < 0)).to(mask.dtype)
+        high = ((ratio > 1 + self.epsilon_upper) & (adv > 0)).to(mask.dtype)
+        if self.loss_type in SEQUENCE_LEVEL:
+            return low.mean(), high.mean()
+        return _masked_mean(low.expand_as(mask), mask), _masked_mean(high.expand_as(mask), mask)
 
     def accumulation_scale(self, rows: int, tokens: float, total_rows: int, total_tokens: float) -> float:
         """What a micro-batch's loss (`rows` rollouts, `tokens` counted tokens, of this rank's `total_rows` and
         `total_tokens`) is multiplied by before its backward, so that the accumulated loss is the whole
-        batch's however it is split, unevenly too: 1 for dapo and cispo (normalised by the whole batch's
-        tokens already), its share of the tokens for bnpo (a token mean), its share of the rollouts for
-        the others (means over sequences)."""
+        batch's however it is split, unevenly too: 1 for dapo, cispo and vespo (normalised by the whole
+        batch's tokens already), its share of the tokens for bnpo (a token mean), its share of the rollouts
+        for the others (means over sequences). (With top_entropy_quantile < 1 the kept tokens depend on the
+        split, as in TRL: the quantile is each micro-batch's.)"""
         if self.loss_type in BATCH_NORMALISED:
             return 1.0
         if self.loss_type == "bnpo":
             return float(tokens) / max(float(total_tokens), 1.0)
         return rows / total_rows
+
+
+def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, *,
+              ref_logp: torch.Tensor | None = None, num_items: float | None = None, world_size: int = 1,
+              entropy_mask: torch.Tensor | None = None, **settings) -> LossTerms:
+    """One micro-batch's loss with the `GRPOLoss` settings given by keyword."""
+    return GRPOLoss(**settings)(logp, old_logp, advantages, mask, ref_logp=ref_logp, num_items=num_items,
+                                world_size=world_size, entropy_mask=entropy_mask)
