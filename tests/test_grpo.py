@@ -38,12 +38,13 @@ def init_adapter(tmp_path_factory):
     return random_adapter(tmp_path_factory.mktemp("sft_adapter"), TinyRandomLlama(seed=1).load_model(), scale=0.05)
 
 
-def make_module(tokenizer, init_adapter, *, reward=low_token_reward, lr=1e-3, **overrides):
+def make_module(tokenizer, init_adapter, *, reward=low_token_reward, lr=1e-3, optimizer=None, **overrides):
     settings = {"num_generations": 4, "micro_batch_size": 8, "log_completions_steps": 0, "seed": 0,
                 "sampling": SamplingConfig(temperature=1.0, max_new_tokens=6)}
     settings.update(overrides)
     return GRPOModule(TinyRandomLlama(seed=1), tokenizer=tokenizer, rewards={"r": {"fn": reward, "weight": 1.0}},
-                      init_adapter=init_adapter, optimizer=partial(torch.optim.AdamW, lr=lr, weight_decay=0.0), **settings)
+                      init_adapter=init_adapter, optimizer=optimizer or partial(torch.optim.AdamW, lr=lr, weight_decay=0.0),
+                      **settings)
 
 
 def fit(module, tokenizer, *, steps: int, rows=ROWS, prompts_per_step: int = 2, **trainer_kwargs):
@@ -193,6 +194,64 @@ def test_uneven_micro_batches_give_the_whole_batchs_gradient(tokenizer, init_ada
     assert max(float(g.abs().max()) for g in grads[8].values()) > 1e-4  # a gradient, not zeros
 
 
+def _replica_of_two_iterations(tokenizer, init_adapter, rollouts, lr: float, *, old_fixed: bool) -> dict[str, torch.Tensor]:
+    """TRL's mu = 2 by hand: the old log-probabilities once, from the policy that sampled, then two SGD steps
+    on TRL's grpo loss (written with loops in test_grpo_losses) of the same rollouts and advantages.
+    `old_fixed=False` is the mistake of recomputing them before the second step (ratio 1 again)."""
+    from tests.test_grpo_losses import reference_advantages, reference_loss
+
+    replica = make_module(tokenizer, init_adapter)
+    replica.configure_model()
+    params = [p for p in replica.model.parameters() if p.requires_grad]
+    sgd = torch.optim.SGD(params, lr=lr)
+    p_ids, p_mask, c_ids, c_mask = rollouts.tensors(tokenizer.pad_token_id)
+    adv = torch.tensor(reference_advantages(rollouts.rewards.double().tolist(), [1.0], "group", "sum_then_normalize"))
+    replica.model.eval()
+    with torch.no_grad():
+        old = replica.token_logps(p_ids, p_mask, c_ids, c_mask)[0]
+    for _ in range(2):
+        replica.model.train()
+        logp = replica.token_logps(p_ids, p_mask, c_ids, c_mask)[0]
+        reference = old if old_fixed else logp.detach()
+        reference_loss(logp, reference, adv.float(), c_mask.tolist(), "grpo", eps_high=0.2).backward()
+        sgd.step()
+        sgd.zero_grad()
+    return trainable(replica)
+
+
+def test_two_iterations_reuse_the_old_log_probs_for_two_optimizer_steps(tokenizer, init_adapter):
+    """num_iterations = 2: one generation round, two optimizer steps on the same rollouts, the second with the
+    ratio against the log-probabilities of the policy that sampled them (as TRL's num_iterations)."""
+    lr = 2.0
+    module = make_module(tokenizer, init_adapter, num_iterations=2, max_grad_norm=None, optimizer=partial(torch.optim.SGD, lr=lr))
+    sampled, steps_seen = [], []
+    original = module.rollouts
+    module.rollouts = lambda rows, seed: sampled.append(original(rows, seed)) or sampled[-1]
+    module.on_before_optimizer_step = lambda optimizer: steps_seen.append(module.global_step)
+    trainer = fit(module, tokenizer, steps=2, prompts_per_step=2)
+    assert len(sampled) == 1 and steps_seen == [0, 1] and trainer.global_step == 2  # one round, two steps
+    got = trainable(module)
+    right = _replica_of_two_iterations(tokenizer, init_adapter, sampled[0], lr, old_fixed=True)
+    wrong = _replica_of_two_iterations(tokenizer, init_adapter, sampled[0], lr, old_fixed=False)
+    error = max(float((got[n] - right[n]).abs().max()) for n in got)
+    gap = max(float((right[n] - wrong[n]).abs().max()) for n in got)
+    assert error < 1e-5 and gap > 100 * error, (error, gap)
+
+
+@pytest.mark.parametrize(("loss_type", "logged", "absent"), [
+    ("vespo", {"train/vespo/phi_seq_mean": 1.0}, "train/clip_ratio/low_mean"),  # on-policy: w = 1, phi(1) = 1
+    ("cispo", {"train/cispo_clip_ratio": 0.0, "train/clip_ratio/high_mean": 0.0}, "train/clip_ratio/low_mean"),
+    ("sapo", {}, "train/clip_ratio/high_mean"),
+    ("gspo", {"train/clip_ratio/low_mean": 0.0, "train/clip_ratio/region_mean": 0.0}, "train/vespo/phi_seq_mean"),
+])
+def test_each_loss_type_logs_trls_metrics(tokenizer, init_adapter, loss_type, logged, absent):
+    module = make_module(tokenizer, init_adapter, loss_type=loss_type, top_entropy_quantile=0.5,
+                         epsilon_high=5.0 if loss_type == "cispo" else None)
+    metrics = fit(module, tokenizer, steps=1).callback_metrics
+    assert {k: pytest.approx(float(metrics[k]), abs=1e-6) for k in logged} == logged and absent not in metrics
+    assert float(metrics["train/entropy"]) > 0
+
+
 def test_reward_metrics_are_over_the_whole_batch(tokenizer, init_adapter, tmp_path):
     """TRL's train/reward and train/reward_std: the mean and the (unbiased) std over all of a step's rollouts."""
     module = make_module(tokenizer, init_adapter, log_completions_steps=1, completions_file=str(tmp_path / "completions.jsonl"))
@@ -290,8 +349,8 @@ def test_a_resumed_run_equals_an_uninterrupted_one(tokenizer, init_adapter, tmp_
 
 @pytest.mark.slow
 def test_grpo_under_ddp_on_two_cpu_ranks(tmp_path):
-    """The real CLI with 2 gloo ranks: prompts sharded, advantages and dapo's token count reduced
-    across ranks, a reward's mean over every rank's rows."""
+    """The real CLI with 2 gloo ranks: prompts sharded, advantages, dapo's token count and the entropy
+    quantile's pool reduced across ranks, a reward's mean over every rank's rows; the KL logged."""
     import subprocess
     import sys
 
@@ -300,6 +359,7 @@ def test_grpo_under_ddp_on_two_cpu_ranks(tmp_path):
         [sys.executable, "train.py", "algorithm=grpo", "student=tiny_random", "trainer=ddp", "trainer.accelerator=cpu",
          "trainer.devices=2", "trainer.max_steps=2", "algorithm.module.num_generations=4", "algorithm.module.sampling.max_new_tokens=6",
          "algorithm.datamodule.prompts_per_step=2", "algorithm.module.loss_type=dapo", "algorithm.module.scale_rewards=batch",
+         "algorithm.module.top_entropy_quantile=0.2", "algorithm.module.beta=0.04",
          "data.harmful.limit=8", "data.benign.n=8", "logger=csv", '+judge.refusals=[""]', f"hydra.run.dir={run}"],
         cwd=Path(__file__).resolve().parents[1], check=True, capture_output=True, text=True,
     )
@@ -308,6 +368,7 @@ def test_grpo_under_ddp_on_two_cpu_ranks(tmp_path):
     assert metrics["train/rewards/judge_safety/mean"] == 1.0 and metrics["train/rewards/answer_correct/mean"] == 0.0
     # Every rollout's reward is 1 (harmful, judged safe) or 0 (arithmetic, wrong): the mean is the harmful share.
     assert metrics["train/reward"] in (0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
+    assert metrics["train/kl"] >= 0 and "train/clip_ratio/high_mean" in metrics
 
 
 def test_optional_rewards_and_settings_compose(compose_train):

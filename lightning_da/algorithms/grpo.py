@@ -29,13 +29,22 @@ import inspect
 import json
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections import defaultdict
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
 
 from lightning_da.algorithms.adapter import AdapterModule
-from lightning_da.algorithms.grpo_losses import AGGREGATIONS, SCALES, GRPOLoss, combine_rewards, group_advantages, nanstd
+from lightning_da.algorithms.grpo_losses import (
+    AGGREGATIONS,
+    SCALES,
+    GRPOLoss,
+    combine_rewards,
+    group_advantages,
+    high_entropy_mask,
+    nanstd,
+)
 from lightning_da.errors import UserError, check_at_least
 from lightning_da.formats import pad_ids, prefix_ids
 from lightning_da.fsdp import shards_model
@@ -100,7 +109,8 @@ class GRPOModule(AdapterModule):
                  lora: dict | None = None, num_generations: int = 8, num_iterations: int = 1, micro_batch_size: int = 8,
                  generation_batch_size: int = 8, loss_type: str = "grpo", epsilon: float = 0.2, epsilon_high: float | None = None,
                  delta: float | None = None, beta: float = 0.0, sapo_temperature_pos: float = 1.0, sapo_temperature_neg: float = 1.05,
-                 reference: str = "base", scale_rewards: str = "group",
+                 vespo_k_pos: float = 2.0, vespo_lambda_pos: float = 3.0, vespo_k_neg: float = 3.0, vespo_lambda_neg: float = 2.0,
+                 top_entropy_quantile: float = 1.0, use_bias_correction_kl: bool = True, reference: str = "base", scale_rewards: str = "group",
                  multi_objective_aggregation: str = "sum_then_normalize", dynamic_sampling: bool = False,
                  max_generation_rounds: int = 4, mask_truncated_completions: bool = False, max_grad_norm: float | None = 1.0,
                  log_completions_steps: int = 10, completions_file: str | None = None, warmup_ratio: float = 0.0,
@@ -273,7 +283,7 @@ class GRPOModule(AdapterModule):
         num_items = float(self.trainer.strategy.reduce(tensors[4].sum().float(), reduce_op="sum"))
         totals = (n_rollouts, float(tensors[4].sum()))
         old, ref = self._fixed_logps(batches)
-        stats = dict.fromkeys(("loss", "clip_low", "clip_high", "kl", "entropy"), 0.0)
+        stats: dict[str, float] = defaultdict(float)
         for _ in range(self.num_iterations):
             for k, part in enumerate(micro):
                 self._accumulate(batches[k], old[k], ref[k], advantages[part], num_items, totals, len(micro), stats)
@@ -301,16 +311,29 @@ class GRPOModule(AdapterModule):
         `totals`: this rank's rollouts and counted tokens); its share of the logged statistics."""
         p_ids, p_mask, c_ids, c_mask, l_mask = batch
         logp, entropy = self.token_logps(p_ids, p_mask, c_ids, c_mask, entropy=True)
+        keep = None
+        if self.loss.top_entropy_quantile < 1:
+            keep = high_entropy_mask(entropy, l_mask, self.loss.top_entropy_quantile, pool=self._every_rank(entropy[l_mask.bool()]))
         terms = self.loss(logp, old if old is not None else logp.detach(), advantages, l_mask, ref_logp=ref, num_items=num_items,
-                          world_size=self.trainer.world_size)
+                          world_size=self.trainer.world_size, entropy_mask=keep)
         scale = self.loss.accumulation_scale(len(c_ids), float(l_mask.sum()), *totals)
         self.manual_backward(terms.loss * scale)
         share = 1.0 / (micro_batches * self.num_iterations)
         stats["loss"] += float(terms.loss.detach()) * scale / self.num_iterations
-        stats["clip_low"] += float(terms.clip_low) * share
-        stats["clip_high"] += float(terms.clip_high) * share
-        stats["kl"] += (float(terms.kl) if terms.kl is not None else 0.0) * share
+        for name in ("clip_low", "clip_high", "kl", "phi"):
+            if (value := getattr(terms, name)) is not None:
+                stats[name] += float(value) * share
         stats["entropy"] += float((entropy * l_mask).sum() / l_mask.sum().clamp(min=1)) * share
+
+    def _every_rank(self, values: torch.Tensor) -> torch.Tensor:
+        """The 1-D `values` of every rank, concatenated (each rank's count may differ)."""
+        if self.trainer.world_size == 1:
+            return values
+        counts = self.all_gather(torch.tensor(values.numel(), device=self.device)).flatten()
+        padded = values.new_zeros(int(counts.max()))
+        padded[: values.numel()] = values
+        gathered = self.all_gather(padded).reshape(len(counts), -1)
+        return torch.cat([row[:n] for row, n in zip(gathered, counts.tolist(), strict=True)])
 
     def _optimizer_step(self) -> None:
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
@@ -333,18 +356,27 @@ class GRPOModule(AdapterModule):
             "train/loss": stats["loss"],
             "train/reward_std": float(nanstd(combined)),
             "train/entropy": stats["entropy"],
-            "train/clip_ratio/low_mean": stats["clip_low"],
-            "train/clip_ratio/high_mean": stats["clip_high"],
-            "train/clip_ratio/region_mean": stats["clip_low"] + stats["clip_high"],
             "train/completions/mean_length": float(completion_mask.sum(1).float().mean()),
             "train/completions/clipped_ratio": float(rollouts.truncated.float().mean()),
-            **({"train/kl": stats["kl"]} if self.loss.beta > 0 else {}),
+            **({"train/kl": stats["kl"]} if "kl" in stats else {}),
+            **({"train/vespo/phi_seq_mean": stats["phi"]} if "phi" in stats else {}),
+            **self._clip_metrics(stats),
         }
         self.log("train/reward", float(torch.nanmean(combined)), prog_bar=True, sync_dist=True, batch_size=batch_size)
         self.log_dict(metrics, sync_dist=True, batch_size=batch_size)
         self._log_reward_means(everyone, batch_size)
         if self.log_completions_steps and (self.global_step // self.num_iterations - 1) % self.log_completions_steps == 0:
             self._log_completions(rollouts, advantages)
+
+    def _clip_metrics(self, stats: dict) -> dict[str, float]:
+        """TRL's names: the clip ratios of the clipped surrogate; cispo's (it clips only above) under both
+        `clip_ratio/high_mean` and TRL's `cispo_clip_ratio`; none for sapo and vespo, which clip nothing."""
+        if self.loss.loss_type == "cispo":
+            return {"train/clip_ratio/high_mean": stats["clip_high"], "train/cispo_clip_ratio": stats["clip_high"]}
+        if "clip_low" not in stats:
+            return {}
+        return {"train/clip_ratio/low_mean": stats["clip_low"], "train/clip_ratio/high_mean": stats["clip_high"],
+                "train/clip_ratio/region_mean": stats["clip_low"] + stats["clip_high"]}
 
     def _log_reward_means(self, rewards: torch.Tensor, batch_size: int) -> None:
         """Each reward's mean over every rank's rows it applies to (`rewards`: all ranks'); none where it applies to none."""
@@ -406,9 +438,8 @@ def check_settings(settings: Mapping) -> GRPOLoss:
         raise UserError(f"GRPO trains a LoRA adapter: set {KEY}.init_adapter=<sft run>/adapter, or {KEY}.lora")
     if not s["rewards"]:
         raise UserError(f"{KEY}.rewards is empty; add one from conf/reward/")
-    return GRPOLoss(s["loss_type"], s["epsilon"], s["epsilon_high"], s["delta"], s["beta"],
-                    max_completion_length=getattr(s["sampling"], "max_new_tokens", None),
-                    sapo_temperature_pos=s["sapo_temperature_pos"], sapo_temperature_neg=s["sapo_temperature_neg"])
+    return GRPOLoss(**{f.name: s[f.name] for f in fields(GRPOLoss) if f.name in s},
+                    max_completion_length=getattr(s["sampling"], "max_new_tokens", None))
 
 
 # The module's settings and their defaults, as its signature gives them (rewards and sampling are required).
