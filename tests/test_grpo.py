@@ -261,6 +261,7 @@ def test_reward_metrics_are_over_the_whole_batch(tokenizer, init_adapter, tmp_pa
     assert len(rewards) == 8 and float(rewards.std()) > 0
     assert float(trainer.callback_metrics["train/reward_std"]) == pytest.approx(float(rewards.std()), abs=1e-6)
     assert float(trainer.callback_metrics["train/reward"]) == pytest.approx(float(rewards.mean()), abs=1e-6)
+    assert float(trainer.callback_metrics["train/rewards/r/std"]) == pytest.approx(float(rewards.std()), abs=1e-6)
 
 
 def test_mask_truncated_completions_leaves_them_out_of_the_loss(tokenizer, init_adapter):

@@ -28,8 +28,8 @@ import contextlib
 import inspect
 import json
 import math
-from collections.abc import Callable, Mapping
 from collections import defaultdict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -379,10 +379,13 @@ class GRPOModule(AdapterModule):
                 "train/clip_ratio/region_mean": stats["clip_low"] + stats["clip_high"]}
 
     def _log_reward_means(self, rewards: torch.Tensor, batch_size: int) -> None:
-        """Each reward's mean over every rank's rows it applies to (`rewards`: all ranks'); none where it applies to none."""
+        """Each reward's mean and std over every rank's rows it applies to (`rewards`: all ranks'), as TRL's; none
+        where it applies to none, no std where to one."""
         for k, name in enumerate(self.reward_fns):
             if not rewards[:, k].isnan().all():
                 self.log(f"train/rewards/{name}/mean", float(torch.nanmean(rewards[:, k])), batch_size=batch_size)
+            if (~rewards[:, k].isnan()).sum() > 1:
+                self.log(f"train/rewards/{name}/std", float(nanstd(rewards[:, k])), batch_size=batch_size)
 
     def _log_completions(self, rollouts: Rollouts, advantages: torch.Tensor) -> None:
         """This rank-0 step's rollouts appended to completions.jsonl and logged as a W&B table."""
