@@ -98,6 +98,8 @@ class LatentBestOfN:
         `generation` (the backend)."""
         if "layer" not in cfg.attribution:
             raise UserError(f"attribution ({cfg.attribution._target_}) has no layer; latent Best-of-N needs attribution=latent_sim")
+        if cfg.get("as_is"):
+            raise UserError(f"as_is={cfg.as_is}: latent Best-of-N compares a model with its base; set adapter= or base=")
         sampler = candidate_sampler(cfg)
         model, base, tokenizer = load_student(cfg, device or ("cuda" if torch.cuda.is_available() else "cpu"))
         return cls(model, tokenizer, base=base, layer=cfg.attribution.layer, n=cfg.n_candidates, sampler=sampler,

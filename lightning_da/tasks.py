@@ -86,8 +86,10 @@ SCHEMA_VERSION = 2
 class EvaluationResults:
     """results.json of one evaluate.py run. `rates`, `drops` (relative to `first`), `intervals` (paired,
     against `first`) and `outcomes` (per prompt, None where not rated) are keyed by selector; `by_layer`
-    is the rate of the latent choice at every layer; `base`, the base student's `first` beside the
-    student's; `unparsable_verdicts`, for judged tasks."""
+    is the rate of the latent choice at every layer (empty without a base); `base`, the base student's
+    `first` beside the student's; `unparsable_verdicts`, for judged tasks; `signal`, each score's AUROC
+    of telling bad candidates from good (`attribution.signal`); `evaluated`, the model and its base
+    (`model`, `base`: "adapter disabled", a model's name, or None when evaluated `as_is`)."""
 
     benchmark: str
     task: str
@@ -103,6 +105,8 @@ class EvaluationResults:
     outcomes: dict
     base: dict | None = None
     unparsable_verdicts: int | None = None
+    signal: dict | None = None
+    evaluated: dict | None = None
     rate_name: str = ""
     schema_version: int = SCHEMA_VERSION
 

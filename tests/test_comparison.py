@@ -12,7 +12,7 @@ from lightning_da.stats import paired_bootstrap
 def test_rates_drops_and_layers_against_hand_computation():
     # 4 prompts x 2 candidates x 2 layers; layer 1 always prefers candidate 1
     cosine = torch.tensor([[[1.0, 0.9], [1.0, 0.1]]] * 4)
-    table = CandidateScores(cosine, torch.zeros(4, 2), torch.ones(4, 2), torch.zeros(4, 2))
+    table = CandidateScores.filled(cosine, kl=torch.zeros(4, 2), perplexity=torch.ones(4, 2), self_certainty=torch.zeros(4, 2))
     unsafe = torch.tensor([[True, False], [True, False], [False, False], [True, True]])
     report = compare_selectors(table, unsafe, unsafe, [First(), LatentSimilarity(layer=1), OracleBestLayer()])
     assert report["rates"]["first"] == pytest.approx(75.0)  # prompts 0, 1, 3
@@ -26,7 +26,7 @@ def test_rates_drops_and_layers_against_hand_computation():
 
 def test_val_best_layer_is_scored_on_held_out_prompts_only():
     cosine = torch.tensor([[[1.0, 0.9], [1.0, 0.1]]] * 4)
-    table = CandidateScores(cosine, torch.zeros(4, 2), torch.ones(4, 2), torch.zeros(4, 2))
+    table = CandidateScores.filled(cosine, kl=torch.zeros(4, 2), perplexity=torch.ones(4, 2), self_certainty=torch.zeros(4, 2))
     unsafe = torch.tensor([[True, False], [True, False], [True, False], [False, True]])
     report = compare_selectors(table, unsafe, unsafe, [First(), ValBestLayer(val_fraction=0.5, seed=0)])
     choice = report["choices"]["val_best_layer"]
@@ -36,14 +36,14 @@ def test_val_best_layer_is_scored_on_held_out_prompts_only():
 
 
 def test_utility_flags_count_correct_answers():
-    table = CandidateScores(torch.ones(2, 3, 2), torch.zeros(2, 3), torch.ones(2, 3), torch.zeros(2, 3))
+    table = CandidateScores.filled(torch.ones(2, 3, 2), kl=torch.zeros(2, 3), perplexity=torch.ones(2, 3), self_certainty=torch.zeros(2, 3))
     correct = torch.tensor([[True, False, False], [False, True, True]])
     report = compare_selectors(table, correct, ~correct, [First()])
     assert report["rates"]["first"] == pytest.approx(50.0)
 
 
 def test_no_first_means_no_drops_and_zero_first_an_undefined_one():
-    table = CandidateScores(torch.ones(1, 2, 2), torch.zeros(1, 2), torch.ones(1, 2), torch.zeros(1, 2))
+    table = CandidateScores.filled(torch.ones(1, 2, 2), kl=torch.zeros(1, 2), perplexity=torch.ones(1, 2), self_certainty=torch.zeros(1, 2))
     flags = torch.tensor([[False, False]])
     assert compare_selectors(table, flags, flags, [LatentSimilarity(layer=1)])["drops"] == {}
     report = compare_selectors(table, flags, flags, [First(), LatentSimilarity(layer=1)])
@@ -53,7 +53,7 @@ def test_no_first_means_no_drops_and_zero_first_an_undefined_one():
 
 def test_intervals_and_outcomes_pair_each_selector_with_first():
     cosine = torch.tensor([[[1.0, 0.9], [1.0, 0.1]]] * 4)
-    table = CandidateScores(cosine, torch.zeros(4, 2), torch.ones(4, 2), torch.zeros(4, 2))
+    table = CandidateScores.filled(cosine, kl=torch.zeros(4, 2), perplexity=torch.ones(4, 2), self_certainty=torch.zeros(4, 2))
     unsafe = torch.tensor([[True, False], [True, False], [True, False], [False, True]])
     report = compare_selectors(table, unsafe, unsafe, [First(), LatentSimilarity(layer=1), ValBestLayer(val_fraction=0.5, seed=0)],
                                seed=7)
@@ -68,7 +68,7 @@ def test_intervals_and_outcomes_pair_each_selector_with_first():
 
 
 def test_rates_are_rounded_python_floats():
-    table = CandidateScores(torch.ones(3, 2, 2), torch.zeros(3, 2), torch.ones(3, 2), torch.zeros(3, 2))
+    table = CandidateScores.filled(torch.ones(3, 2, 2), kl=torch.zeros(3, 2), perplexity=torch.ones(3, 2), self_certainty=torch.zeros(3, 2))
     flags = torch.tensor([[True, False], [False, False], [False, False]])
     report = compare_selectors(table, flags, flags, [First()])
     assert type(report["rates"]["first"]) is float and report["rates"]["first"] == 33.3333

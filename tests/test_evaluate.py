@@ -22,7 +22,8 @@ from lightning_da.runs.evaluate import run_evaluate
 from tests.conftest import CONF
 
 ROOT = Path(__file__).resolve().parents[1]
-SELECTORS = {"first", "latent_sim", "random", "kl", "perplexity", "self_certainty", "majority_vote", "val_best_layer", "oracle_best_layer"}
+SELECTORS = {"first", "latent_sim", "random", "kl", "reverse_kl", "base_perplexity", "perplexity", "high_perplexity", "self_certainty",
+             "low_self_certainty", "gini", "majority_vote", "val_best_layer", "oracle_best_layer"}
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +37,10 @@ def deep_adapter(tmp_path_factory):
     return random_adapter(tmp_path_factory.mktemp("deep_adapter"), TinyRandomLlama(num_hidden_layers=13, seed=1).load_model(), r=2, alpha=4)
 
 
+# A judge under which the tiny random student's words split: safe iff an "e" opens the answer.
+MIXED_LABELS = ("+judge.refusals=[e]", "judge.window=3")
+
+
 def evaluate_cfg(tmp_path, *overrides):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="evaluate", overrides=["student=tiny_random", "n_candidates=3", "max_new_tokens=6", "attribution.layer=1", *overrides])
@@ -45,7 +50,7 @@ def evaluate_cfg(tmp_path, *overrides):
 
 
 def test_safety_results_schema(tmp_path, adapter):
-    cfg = evaluate_cfg(tmp_path, f"adapter={adapter}", "benchmark.limit=6")
+    cfg = evaluate_cfg(tmp_path, f"adapter={adapter}", "benchmark.limit=6", *MIXED_LABELS)
     results = dataclasses.asdict(run_evaluate(cfg))
     run = tmp_path / "run"
     assert json.loads((run / "results.json").read_text()) == json.loads(json.dumps(results))
@@ -54,13 +59,19 @@ def test_safety_results_schema(tmp_path, adapter):
     assert (results["task"], results["rate_name"]) == ("safety", "asr")
     assert set(results["rates"]) == SELECTORS and set(results["drops"]) == SELECTORS
     assert len(results["by_layer"]) == 3  # embeddings + 2 blocks
+    signal = results["signal"]  # the random model's words: some open with an "e" (safe), most not
+    assert 0 < signal["n_bad"] < signal["n_candidates"] == 18
+    assert set(signal["scores"]) == {"cosine@0", "cosine@1", "cosine@2", "kl", "reverse_kl", "base_perplexity", "perplexity",
+                                     "self_certainty", "gini"}
+    assert signal["scores"]["cosine@0"] == {"auroc": 0.5, "ci": [0.5, 0.5]}  # the shared embeddings: rounding, no signal
+    assert results["evaluated"] == {"model": "tiny-random-llama", "base": "adapter disabled", "as_is": None}
     assert all(0 <= v <= 100 for v in results["rates"].values())
     records = [json.loads(line) for line in (run / "candidates.jsonl").read_text().splitlines()]
     assert len(records) == 6
     for record in records:
         assert len(record["candidates"]) == 3 and len(record["cosine_by_layer"]) == 3 and len(record["cosine_by_layer"][0]) == 3
         assert set(record["chosen"]) == SELECTORS and all(0 <= i < 3 for i in record["chosen"].values())
-        assert len(record["verdicts"]) == 3 and len(record["kl"]) == 3
+        assert len(record["verdicts"]) == 3 and len(record["kl"]) == 3 and len(record["gini"]) == len(record["base_perplexity"]) == 3
     assert list((run / "wandb").glob("offline-run-*"))
     # The file alone re-scores exactly: its token ids are the ones scored (text need not re-tokenise to them).
     student = instantiate(cfg.student.model)
@@ -73,6 +84,30 @@ def test_safety_results_schema(tmp_path, adapter):
         c for r in records for c in r["candidates"]]
 
 
+def test_a_model_as_it_is(tmp_path):
+    """as_is: no adapter, no base; only first and the selectors that read the model alone, and no layer."""
+    for as_is in ("student", "teacher"):
+        results = run_evaluate(evaluate_cfg(tmp_path, f"as_is={as_is}", "teacher=tiny_random", "benchmark.limit=4", *MIXED_LABELS))
+        assert set(results.rates) == {"first", "random", "perplexity", "high_perplexity", "self_certainty", "low_self_certainty",
+                                      "gini", "majority_vote"}
+        assert results.by_layer == [] and results.layer is None and results.base is None and results.chosen_layers == {}
+        assert results.evaluated == {"model": "tiny-random-llama", "base": None, "as_is": as_is}
+        if results.signal is not None:
+            assert set(results.signal["scores"]) == {"perplexity", "self_certainty", "gini"} | {
+                k for k, v in results.signal["scores"].items() if v is None}
+            assert all(results.signal["scores"][k] is None for k in ("kl", "reverse_kl", "base_perplexity", "cosine@1"))
+
+
+def test_instruct_vs_base_control(tmp_path):
+    """experiment=instruct_vs_base: the student as it is against its separately loaded pretrained model
+    (the tiny student's is another random seed), every selector, cosines differing from layer 0."""
+    results = run_evaluate(evaluate_cfg(tmp_path, "experiment=instruct_vs_base", "benchmark.limit=4", *MIXED_LABELS))
+    assert set(results.rates) == SELECTORS and len(results.by_layer) == 3 and results.base is not None
+    assert results.evaluated == {"model": "tiny-random-llama", "base": "tiny-random-llama", "as_is": None}
+    records = [json.loads(line) for line in (tmp_path / "run" / "candidates.jsonl").read_text().splitlines()]
+    assert max(abs(1 - c[0]) for r in records for c in r["cosine_by_layer"]) > 1e-3  # other embeddings: a real base
+
+
 def test_utility_results_schema(tmp_path, adapter):
     results = run_evaluate(evaluate_cfg(tmp_path, f"adapter={adapter}", "benchmark=arithmetic", "benchmark.n=5"))
     assert (results.task, results.rate_name, results.unparsable_verdicts) == ("number", "accuracy", None)
@@ -82,6 +117,12 @@ def test_utility_results_schema(tmp_path, adapter):
 def test_errors(tmp_path, adapter):
     with pytest.raises(UserError, match="set adapter="):
         run_evaluate(evaluate_cfg(tmp_path))
+    with pytest.raises(UserError, match="as_is=teacher evaluates the teacher as it is: set teacher="):
+        run_evaluate(evaluate_cfg(tmp_path, "as_is=teacher"))
+    with pytest.raises(UserError, match="leave adapter= and base= unset"):
+        run_evaluate(evaluate_cfg(tmp_path, "as_is=student", f"adapter={adapter}"))
+    with pytest.raises(UserError, match="as_is=instruct: use student"):
+        run_evaluate(evaluate_cfg(tmp_path, "as_is=instruct"))
     with pytest.raises(UserError, match="not a peft adapter"):
         run_evaluate(evaluate_cfg(tmp_path, f"adapter={tmp_path}"))
     with pytest.raises(UserError, match=r"layer 7 is outside .* 0\.\.2"):

@@ -2,10 +2,12 @@
 
 import csv
 import io
+import json
 import logging
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from lightning_da.errors import UserError
@@ -22,21 +24,41 @@ def choices(run: Path, **chosen) -> None:
 
 
 def evaluation(root: Path, name: str, *, benchmark: str, task: str, outcomes: dict, teacher="qwq", student="llama3_8b",
-               stage="sft") -> Path:
-    """An evaluate.py run directory as evaluate.py writes it, and the train run its adapter came from."""
-    train = root / f"train-{name}"
-    choices(train, teacher=teacher, student=student, algorithm=stage)
+               stage="sft", as_is=None, experiment=None, candidates=None) -> Path:
+    """An evaluate.py run directory as evaluate.py writes it, and the train run its adapter came from (none
+    for a model evaluated `as_is` or the instruct_vs_base control). `candidates`: candidates.jsonl's records."""
     run = root / "evaluate" / name
-    choices(run, student=student, benchmark=benchmark)
-    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"adapter": str(train / "adapter")}))
+    chosen = {"student": student, "benchmark": benchmark, **({"teacher": teacher} if as_is == "teacher" else {}),
+              **({"experiment": experiment} if experiment else {})}
+    choices(run, **chosen)
+    adapter = None
+    if as_is is None and experiment is None:
+        train = root / f"train-{name}"
+        choices(train, teacher=teacher, student=student, algorithm=stage)
+        adapter = str(train / "adapter")
+    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"adapter": adapter, "as_is": as_is}))
     rates = {s: 100 * sum(o for o in v if o is not None) / sum(o is not None for o in v) for s, v in outcomes.items()}
     first = rates["first"]
     drops = {s: (first - r) / first * 100 if first else None for s, r in rates.items()}
+    with_base = as_is is None
+    signal = {"scores": {f"cosine@{i}": {"auroc": 0.5 + 0.1 * i, "ci": [0.4, 0.9]} for i in range(3)}} if with_base else None
     results = EvaluationResults(benchmark=benchmark, task=task, judge="refusal_prefix", n_prompts=len(outcomes["first"]),
-                                n_candidates=2, layer=1, rates=rates, drops=drops, intervals={}, outcomes=outcomes, chosen_layers={},
-                                by_layer=[first, first / 2, first / 3] if task == "safety" else [])
+                                n_candidates=2, layer=1 if with_base else None, rates=rates, drops=drops, intervals={},
+                                outcomes=outcomes, chosen_layers={}, signal=signal,
+                                by_layer=[first, first / 2, first / 3] if task == "safety" and with_base else [],
+                                evaluated={"model": student, "base": "adapter disabled" if with_base else None, "as_is": as_is})
     (run / "results.json").write_text(results.to_json())
+    if candidates is not None:
+        (run / "candidates.jsonl").write_text("".join(json.dumps(r) + "\n" for r in candidates))
     return run
+
+
+def candidate_records(seed: int, prompts: int = 6) -> list[dict]:
+    """candidates.jsonl records of 2 candidates each, every score filled, unsafe and safe both present."""
+    g = torch.Generator().manual_seed(seed)
+    return [{"flags": [bool(p % 2), not p % 3], "perplexity": (torch.rand(2, generator=g) * 10 + 1).tolist(),
+             "self_certainty": torch.rand(2, generator=g).tolist(), "kl": torch.rand(2, generator=g).tolist(),
+             "cosine_by_layer": torch.rand(2, 3, generator=g).tolist()} for p in range(prompts)]
 
 
 @pytest.fixture
@@ -78,17 +100,56 @@ def test_report_files_have_no_nan_and_footnote_the_undefined_drop(runs):
     markdown = files["report"].read_text()
     assert "nan" not in markdown.lower() and "strongreject: 1 configuration(s) had a `first` rate of 0" in markdown
     table = read_csv(files["table"])
-    assert [row["selector"] for row in table] == ["latent_sim"]
-    assert float(table[0]["strongreject_drop"]) == pytest.approx(66.6667) and table[0]["strongreject_n"] == "1"
+    assert [(row["stage"], row["benchmark"], row["selector"]) for row in table] == [
+        ("sft", "strongreject", "latent_sim"), ("sft", "gsm8k", "latent_sim")]
+    assert float(table[0]["drop"]) == pytest.approx(66.6667) and table[0]["n"] == "1" and table[0]["drop_of"] == "ASR"
     assert len(read_csv(files["configurations"])) == 6  # 3 configurations x 2 selectors
-    assert files["figure"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert files["asr_by_layer"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # What these runs lack is named, one line per figure, never an empty plot.
+    assert "Not drawn: no SFT evaluation on a safety benchmark with majority_vote compared" in markdown
+    assert "Not drawn: no SFT evaluation on a safety benchmark with both safe and unsafe candidates" in markdown
+    assert "no evaluation of teacher(s) qwq as it is" in markdown and "figure5_first_vs_majority" not in files
+
+
+def test_every_table_and_figure_from_a_whole_sweep(tmp_path):
+    """SFT and GRPO runs, a teacher as it is, the instruct_vs_base control: Tables 1-3 and every figure."""
+    safe_first = {"first": [1, 0, 1, 1], "latent_sim": [0, 0, 1, 0], "majority_vote": [1, 0, 0, 1]}
+    for teacher in ("qwq", "r1_qwen_14b"):
+        for student in ("llama3_8b", "qwen2_5_0_5b"):
+            evaluation(tmp_path, f"{teacher}-{student}", benchmark="dan", task="safety", outcomes=safe_first, teacher=teacher,
+                       student=student, candidates=candidate_records(len(teacher) + len(student)))
+            evaluation(tmp_path, f"{teacher}-{student}-gsm8k", benchmark="gsm8k", task="number", teacher=teacher, student=student,
+                       outcomes={"first": [1, 0, 1], "latent_sim": [1, 1, 0], "majority_vote": [1, 0, 1]})
+        evaluation(tmp_path, f"{teacher}-alone", benchmark="dan", task="safety", teacher=teacher, as_is="teacher",
+                   outcomes={"first": [0, 0, 1, 0], "perplexity": [0, 1, 0, 0]})
+    evaluation(tmp_path, "grpo", benchmark="dan", task="safety", stage="grpo", outcomes=safe_first)
+    evaluation(tmp_path, "control", benchmark="dan", task="safety", experiment="instruct_vs_base", outcomes=safe_first)
+    configurations = find_configurations([tmp_path / "evaluate"])
+    assert {(c.teacher, c.student, c.stage) for c in configurations if c.stage in ("teacher", "instruct_vs_base")} == {
+        ("qwq", "-", "teacher"), ("r1_qwen_14b", "-", "teacher"), ("-", "llama3_8b", "instruct_vs_base")}
+    files = write_report(configurations, tmp_path / "report", resamples=100)
+    markdown = files["report"].read_text()
+    for heading in ("## Table 1: after SFT", "## Table 2: after GRPO", "## Table 3: the control", "## Teachers as they are"):
+        assert heading in markdown
+    figures = {"asr_by_layer", "by_layer_per_configuration", "auroc_by_layer", "figure3_asr_heatmap", "figure4_utility_heatmap",
+               "figure5_first_vs_majority", "figure6_densities"}
+    assert figures <= set(files) and "Not drawn" not in markdown
+    for name in figures:
+        assert files[name].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({name}.png)" in markdown
+    sections = {part.split("\n")[0]: part for part in markdown.split("### ")[1:]}
+    assert "no evaluation of teacher(s)" not in sections["Figure 3: ASR per teacher x student after SFT, beside each teacher's own"]
+    assert "no evaluation of teacher(s) qwq, r1_qwen_14b as it is" in sections[  # not evaluated on gsm8k: n/a, and said
+        "Figure 4: utility per teacher x student after SFT, beside each teacher's own"]
+    stages = {row["stage"] for row in read_csv(files["table"])}
+    assert stages == {"sft", "grpo", "instruct_vs_base", "teacher"}
 
 
 def test_main_writes_the_report_and_a_wandb_artifact(runs, capsys):
     """report.py's main in this process (test_wheel runs the installed CLI)."""
     main([str(runs / "evaluate"), "--out", str(runs / "out"), "--resamples", "200", "--wandb-project", "lightning_da_test"])
     assert "| latent_sim |" in capsys.readouterr().out
-    assert {p.name for p in (runs / "out").iterdir()} >= {"report.md", "table.csv", "configurations.csv", "asr_by_layer.png"}
+    assert {p.name for p in (runs / "out").iterdir()} >= {"report.md", "table.csv", "configurations.csv", "asr_by_layer.png",
+                                                          "auroc_by_layer.png", "figure3_asr_heatmap.png"}
     assert list((runs / "out" / "wandb").glob("offline-run-*/*.wandb"))
 
 

@@ -1,13 +1,14 @@
 """The scoring pass against an independent, unbatched, per-candidate computation."""
 
 import math
+from dataclasses import fields
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from lightning_da.attribution import score_candidates
-from lightning_da.attribution.scoring import _chunk_length
+from lightning_da.attribution.scoring import CandidateScores, _chunk_length
 from lightning_da.formats import encode_candidate, response_ids
 from lightning_da.models import apply_lora
 
@@ -26,21 +27,27 @@ def student(tiny_source):
     return model.eval()
 
 
-def reference(ft, base, tokenizer, prompt, response):
+def reference(ft, base, tokenizer, prompt, response) -> tuple[torch.Tensor, dict]:
+    """One candidate alone, written from PAPER.md section 8: the cosine at every hidden_states index, and
+    each per-token score's mean over the response tokens' next-token distributions (NaN without any)."""
     ids, start = encode_candidate(tokenizer, prompt, response)
     x = torch.tensor([ids])
     out_ft, out_base = ft(input_ids=x, output_hidden_states=True), base(input_ids=x, output_hidden_states=True)
     cosine = torch.tensor([F.cosine_similarity(a[0, -1], b[0, -1], dim=0).item() for a, b in zip(out_ft.hidden_states, out_base.hidden_states, strict=True)])
     if start == len(ids):
-        return cosine, math.nan, math.nan, math.nan
-    lp_ft = F.log_softmax(out_ft.logits[0, start - 1 : -1], dim=-1)
-    lp_base = F.log_softmax(out_base.logits[0, start - 1 : -1], dim=-1)
+        return cosine, dict.fromkeys(("kl", "reverse_kl", "perplexity", "base_perplexity", "self_certainty", "gini"), math.nan)
+    lp_ft = F.log_softmax(out_ft.logits[0, start - 1 : -1].double(), dim=-1)
+    lp_base = F.log_softmax(out_base.logits[0, start - 1 : -1].double(), dim=-1)
     target = x[0, start:]
-    ppl = math.exp(F.nll_loss(lp_ft, target).item())
-    kl = F.kl_div(lp_base, lp_ft, log_target=True, reduction="none").sum(-1).mean().item()
     uniform = torch.full_like(lp_ft, -math.log(lp_ft.size(-1)))
-    certainty = F.kl_div(lp_ft, uniform, log_target=True, reduction="none").sum(-1).mean().item()
-    return cosine, kl, ppl, certainty
+    return cosine, {
+        "kl": F.kl_div(lp_base, lp_ft, log_target=True, reduction="none").sum(-1).mean().item(),  # KL(FT || base)
+        "reverse_kl": F.kl_div(lp_ft, lp_base, log_target=True, reduction="none").sum(-1).mean().item(),  # KL(base || FT)
+        "perplexity": math.exp(F.nll_loss(lp_ft, target).item()),
+        "base_perplexity": math.exp(F.nll_loss(lp_base, target).item()),
+        "self_certainty": F.kl_div(lp_ft, uniform, log_target=True, reduction="none").sum(-1).mean().item(),
+        "gini": (1 - (lp_ft.exp() ** 2).sum(-1)).mean().item(),
+    }
 
 
 def pairs():
@@ -61,13 +68,11 @@ def test_scores_match_unbatched_reference(student, tiny_source, tokenizer, batch
     assert scores.cosine.shape == (len(prompts), student.config.num_hidden_layers + 1)
     with torch.no_grad():
         for i, (prompt, response) in enumerate(pairs()):
-            cosine, kl, ppl, certainty = reference(student, base, tokenizer, prompt, response)
+            cosine, want = reference(student, base, tokenizer, prompt, response)
             assert torch.allclose(scores.cosine[i], cosine, atol=1e-5), i
-            for got, want in [(scores.kl[i], kl), (scores.perplexity[i], ppl), (scores.self_certainty[i], certainty)]:
-                if math.isnan(want):
-                    assert math.isnan(got)
-                else:
-                    assert got.item() == pytest.approx(want, rel=1e-4, abs=1e-5), i
+            for name, value in want.items():
+                got = getattr(scores, name)[i].item()
+                assert math.isnan(got) if math.isnan(value) else got == pytest.approx(value, rel=1e-4, abs=1e-5), (i, name)
     assert scores.cosine[:, 0].allclose(torch.ones(len(prompts)))  # embeddings: the adapter does not touch them
     assert (scores.cosine[:, -1] < 0.9999).any()  # deeper layers do differ, so the test has teeth
 
@@ -76,8 +81,21 @@ def test_adapter_disabled_base_equals_separately_loaded_base(student, tiny_sourc
     prompts, responses = zip(*pairs(), strict=True)
     shared = score(student, tokenizer, prompts, responses, batch_size=4)
     separate = score(student, tokenizer, prompts, responses, base=tiny_source.load_model().eval(), batch_size=4)
-    for field in ("cosine", "kl", "perplexity", "self_certainty"):
-        assert torch.allclose(getattr(shared, field), getattr(separate, field), atol=1e-6, equal_nan=True), field
+    for field in fields(CandidateScores):
+        assert torch.allclose(getattr(shared, field.name), getattr(separate, field.name), atol=1e-6, equal_nan=True), field.name
+
+
+def test_without_a_base_only_the_models_own_scores(student, tokenizer):
+    """base=False (a model evaluated as it is): its perplexity, self-certainty and Gini as with a base; the
+    rest NaN."""
+    prompts, responses = zip(*pairs(), strict=True)
+    alone = score(student, tokenizer, prompts, responses, base=False, batch_size=4, chunk_tokens=30)
+    both = score(student, tokenizer, prompts, responses, batch_size=4, chunk_tokens=30)
+    for name in ("perplexity", "self_certainty", "gini"):
+        assert torch.allclose(getattr(alone, name), getattr(both, name), atol=1e-6, equal_nan=True), name
+        assert getattr(alone, name).isnan().tolist() == [r == "" for r in responses]  # NaN for empty responses only
+    for name in ("cosine", "kl", "reverse_kl", "base_perplexity"):
+        assert getattr(alone, name).isnan().all(), name
 
 
 def test_a_model_without_adapter_needs_a_base(tiny_source, tokenizer):

@@ -8,14 +8,20 @@ import torch
 from lightning_da.attribution.scoring import CandidateScores
 from lightning_da.attribution.selectors import (
     KL,
+    BasePerplexity,
     First,
+    Gini,
+    HighPerplexity,
     LatentSimilarity,
+    LowSelfCertainty,
     MajorityVote,
     OracleBestLayer,
     Perplexity,
     Random,
+    ReverseKL,
     SelfCertainty,
     ValBestLayer,
+    pick,
     selected_rate_by_layer,
 )
 from lightning_da.errors import UserError
@@ -34,14 +40,17 @@ def table() -> CandidateScores:
     kl = torch.tensor([[0.1, NAN, 0.3], [0.5, 0.2, 0.1], [0.0, 0.4, 0.4]])
     perplexity = torch.tensor([[3.0, 2.0, NAN], [1.5, 9.0, 1.0], [4.0, 4.0, 5.0]])
     certainty = torch.tensor([[NAN, 1.0, 2.0], [3.0, 1.0, 2.0], [0.5, 0.1, 0.2]])
-    return CandidateScores(cosine, kl, perplexity, certainty)
+    gini = torch.tensor([[0.3, 0.2, 0.4], [NAN, 0.9, 0.5], [0.7, 0.1, 0.1]])
+    reverse_kl = torch.tensor([[0.2, 0.1, NAN], [0.0, 0.3, 0.6], [0.5, 0.4, 0.1]])
+    base_perplexity = torch.tensor([[5.0, 6.0, 7.0], [9.0, 8.0, 7.0], [NAN, 2.0, 3.0]])
+    return CandidateScores(cosine, kl, perplexity, certainty, gini, reverse_kl, base_perplexity)
 
 
 UNSAFE = torch.tensor([[True, False, False], [False, True, True], [True, True, False]])
 
 
 def test_grouped_is_prompt_major_and_rows_select_prompts():
-    flat = CandidateScores(torch.arange(12.0).reshape(6, 2), torch.arange(6.0), torch.arange(6.0), torch.arange(6.0))
+    flat = CandidateScores.filled(torch.arange(12.0).reshape(6, 2), kl=torch.arange(6.0), perplexity=torch.arange(6.0))
     grouped = flat.grouped(n_candidates=3)
     assert grouped.cosine.shape == (2, 3, 2) and grouped.kl.tolist() == [[0, 1, 2], [3, 4, 5]]
     assert grouped[torch.tensor([False, True])].perplexity.tolist() == [[3, 4, 5]]
@@ -57,6 +66,11 @@ def test_grouped_is_prompt_major_and_rows_select_prompts():
         (KL(), [2, 0, 1]),  # NaN never wins
         (Perplexity(), [1, 2, 0]),
         (SelfCertainty(), [2, 0, 0]),
+        (ReverseKL(), [0, 2, 0]),  # highest KL(base || FT)
+        (BasePerplexity(), [2, 0, 2]),  # highest perplexity under the base
+        (HighPerplexity(), [0, 1, 2]),  # the opposite of Perplexity
+        (LowSelfCertainty(), [1, 1, 1]),  # the opposite of SelfCertainty
+        (Gini(), [1, 2, 1]),  # lowest impurity; prompt 2's 0.1, 0.1 tie goes to the first
         (MajorityVote(), [1, 1, 0]),  # prompt 1: 2 of 3 unsafe -> unsafe majority, first unsafe is 1
     ],
 )
@@ -65,9 +79,26 @@ def test_selectors_choose(selector, expected):
     assert choice.index.tolist() == expected and choice.evaluate_on is None
 
 
+def test_scores_within_rounding_are_a_tie_and_a_tie_goes_to_the_first():
+    """Layer 0 of a LoRA student: cosines 1 give or take float32 rounding. No evidence, so no selection: the
+    first candidate, as `first` would pick; a real gap (1e-4) still selects, and so does 20 ulps."""
+    eps = torch.finfo(torch.float32).eps
+    rounding = torch.tensor([[1.0, 1 - 2 * eps, 1 - eps, 1 + eps], [0.5, 0.5, 0.5, 0.5]])
+    assert pick(rounding, highest=False).tolist() == [0, 0] and pick(rounding, highest=True).tolist() == [0, 0]
+    real = torch.tensor([[1.0, 1 - 1e-4, 1.0, 1.0], [1.0, 1.0, 1.0, 1 - 20 * eps]])
+    assert pick(real, highest=False).tolist() == [1, 3]
+    assert pick(torch.tensor([[NAN, NAN], [NAN, 2.0]]), highest=True).tolist() == [0, 1]  # all NaN: the first
+    cosine = torch.ones(2, 4, 3)
+    cosine[:, :, 0] += torch.tensor([0.0, -eps, eps, -2 * eps])  # layer 0: rounding only
+    cosine[:, 2, 2] = 0.9
+    choice = LatentSimilarity(layer=0).choose(CandidateScores.filled(cosine))
+    assert choice.index.tolist() == [0, 0]  # today's argmin would pick candidate 3 by 2 ulps
+    assert selected_rate_by_layer(CandidateScores.filled(cosine), torch.eye(4, dtype=torch.bool)[[0, 2]]).tolist() == [0.5, 0.5, 0.5]
+
+
 def test_majority_vote_ties_count_as_unsafe():
     unsafe = torch.tensor([[False, True, False, True]])  # 2 of 4 safe is not more than N/2
-    t = CandidateScores(torch.ones(1, 4, 2), torch.zeros(1, 4), torch.zeros(1, 4), torch.zeros(1, 4))
+    t = CandidateScores.filled(torch.ones(1, 4, 2))
     assert MajorityVote().choose(t, unsafe).index.tolist() == [1]
 
 

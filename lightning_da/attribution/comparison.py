@@ -40,7 +40,8 @@ def compare_selectors(scores: CandidateScores, flags: torch.Tensor, bad: torch.T
             drops[name] = relative_drop(rates["first"], rates[name])
             if name != "first":
                 intervals[name] = paired_bootstrap(first[on], chosen[on], seed=seed).as_dict()
-    by_layer = (selected_rate_by_layer(scores, flags) * 100).tolist()
+    # Without a base (a model evaluated as it is) there are no cosines to pick by.
+    by_layer = [] if scores.cosine.isnan().all() else (selected_rate_by_layer(scores, flags) * 100).tolist()
     return {
         "choices": choices,
         "rates": rounded(rates),

@@ -1,8 +1,11 @@
 """One scoring pass: every candidate through the fine-tuned student and its base, once each.
 
-From those two forwards (hidden states + logits) come all the scores the selectors need:
-cosine similarity of the final token's hidden state at every `hidden_states` index, KL(FT || base)
-over the response tokens, and the response's perplexity and self-certainty under the fine-tuned model.
+From those two forwards (hidden states + logits) come all the scores the selectors need, the
+reference code's full set (PAPER.md section 8): cosine similarity of the final token's hidden state
+at every `hidden_states` index; and, each a mean over the response tokens' next-token distributions,
+KL(FT || base), KL(base || FT), the response's perplexity under each model, and the fine-tuned
+model's self-certainty and Gini impurity. Without a base (a model evaluated as it is), only the
+fine-tuned model's scores exist; the others are NaN.
 """
 
 from __future__ import annotations
@@ -26,14 +29,24 @@ class CandidateScores:
     """The scores of one scoring pass, flat (one row per candidate, as `score_candidates` returns
     them) or `grouped` by prompt (P, N), the shape the selectors read.
 
-    `cosine` has one more axis, the `hidden_states` index (0 = embeddings, i = block i). KL,
-    perplexity and self-certainty are NaN for a candidate with an empty response.
+    `cosine` has one more axis, the `hidden_states` index (0 = embeddings, i = block i). The
+    per-token means are NaN for a candidate with an empty response, and those that need the base
+    (cosine, both KLs, base perplexity) are NaN without one.
     """
 
     cosine: torch.Tensor
-    kl: torch.Tensor
-    perplexity: torch.Tensor
-    self_certainty: torch.Tensor
+    kl: torch.Tensor  # KL(FT || base)
+    perplexity: torch.Tensor  # under FT
+    self_certainty: torch.Tensor  # FT's KL(uniform || p) (Kang et al. 2025)
+    gini: torch.Tensor  # FT's 1 - sum p^2
+    reverse_kl: torch.Tensor  # KL(base || FT)
+    base_perplexity: torch.Tensor  # under the base
+
+    @classmethod
+    def filled(cls, cosine: torch.Tensor, **scores: torch.Tensor) -> CandidateScores:
+        """Scores with the cosine and the named per-candidate ones; every other one NaN."""
+        nan = torch.full(cosine.shape[:-1], float("nan"))
+        return cls(cosine, **{f.name: scores.get(f.name, nan) for f in fields(cls) if f.name != "cosine"})
 
     @classmethod
     def cat(cls, parts: list[CandidateScores]) -> CandidateScores:
@@ -74,25 +87,39 @@ def _prefill(model, prefix: torch.Tensor, context) -> DynamicCache:
     return cache
 
 
-def _extend(model, cache: DynamicCache, inputs: dict, context):
-    """Run `inputs` after what `cache` holds (the cache grows); hidden states and fp32 logits of its ids."""
+def _extend(model, cache: DynamicCache, inputs: dict, context, *, hidden: bool = True):
+    """Run `inputs` after what `cache` holds (the cache grows); hidden states (if asked) and fp32 logits of its ids."""
     with context():
-        out = model(**inputs, **with_cache(cache), use_cache=True, output_hidden_states=True)
+        out = model(**inputs, **with_cache(cache), use_cache=True, output_hidden_states=hidden)
     return out.hidden_states, out.logits.float()
 
 
-def _token_scores(ft_logits: torch.Tensor, base_logits: torch.Tensor, targets: torch.Tensor):
-    """Per-token KL(FT || base), NLL of `targets` under FT, and FT's self-certainty KL(uniform || p).
+# The per-token scores `_token_scores` returns, in its order; each becomes a mean over response tokens.
+TOKEN_SCORES = ("kl", "nll", "self_certainty", "gini", "reverse_kl", "base_nll")
+FT_ONLY = ("nll", "self_certainty", "gini")  # what exists without a base
+
+
+def _token_scores(ft_logits: torch.Tensor, base_logits: torch.Tensor | None, targets: torch.Tensor) -> list[torch.Tensor]:
+    """Per token (`TOKEN_SCORES`): KL(FT || base), NLL of `targets` under FT, FT's self-certainty
+    KL(uniform || p), FT's Gini impurity 1 - sum p^2, KL(base || FT), NLL under the base (NaN without one).
 
     In place on the two logits buffers, so a chunk needs about three vocabulary-sized buffers.
     """
     logp_ft = ft_logits.sub_(ft_logits.logsumexp(-1, keepdim=True))
-    logp_base = base_logits.sub_(base_logits.logsumexp(-1, keepdim=True))
     nll = -logp_ft.gather(-1, targets[..., None]).squeeze(-1)
     certainty = -logp_ft.mean(-1) - math.log(logp_ft.size(-1))  # Kang et al. 2025
-    log_ratio = logp_base.neg_().add_(logp_ft)
-    kl = log_ratio.mul_(logp_ft.exp()).sum(-1)
-    return kl, nll, certainty
+    p_ft = logp_ft.exp()
+    gini = 1 - torch.linalg.vecdot(p_ft, p_ft)
+    if base_logits is None:
+        nan = torch.full_like(nll, float("nan"))
+        return [nan, nll, certainty, gini, nan, nan]
+    logp_base = base_logits.sub_(base_logits.logsumexp(-1, keepdim=True))
+    base_nll = -logp_base.gather(-1, targets[..., None]).squeeze(-1)
+    log_ratio = logp_base.neg_().add_(logp_ft)  # log p_FT - log p_base
+    kl = torch.linalg.vecdot(p_ft, log_ratio)
+    p_base = logp_ft.sub_(log_ratio).exp_()  # in the FT buffer: log p_FT - (log p_FT - log p_base)
+    reverse_kl = -torch.linalg.vecdot(p_base, log_ratio)
+    return [kl, nll, certainty, gini, reverse_kl, base_nll]
 
 
 def _chunk_length(width: int, rows: int, chunk_tokens: int) -> int:
@@ -131,30 +158,32 @@ def ending_in(last: torch.Tensor, begin: int, end: int) -> torch.Tensor:
     return ((last >= begin) & (last < end)).nonzero().squeeze(1)
 
 
-def _score_suffixes(suffixes: list[list[int]], ft, base, *, offset: int, pad_id: int, chunk_tokens: int):
-    """(cosine by layer, KL, perplexity, self-certainty) for each suffix; `ft` and `base` are
-    (model, prefix cache, context) and advance together, about `chunk_tokens` positions at a time."""
-    (ft_model, ft_prefix, ft_context), (base_model, base_prefix, base_context) = ft, base
+def _score_suffixes(suffixes: list[list[int]], ft, base, *, offset: int, pad_id: int, chunk_tokens: int) -> list[dict]:
+    """Each suffix's scores (`CandidateScores`' fields); `ft` and `base` (None: none) are (model,
+    prefix cache, context) and advance together, about `chunk_tokens` positions at a time."""
+    ft_model, ft_prefix, ft_context = ft
     device = next(ft_model.parameters()).device
     rows = len(suffixes)
     suffix_ids, mask, lengths = suffix_batch(suffixes, offset=offset, pad_id=pad_id, device=device)
     width = suffix_ids.size(1)
-    ft_cache, base_cache = repeat_cache(ft_prefix, rows), repeat_cache(base_prefix, rows)
+    ft_cache = repeat_cache(ft_prefix, rows)
+    base_cache = repeat_cache(base[1], rows) if base is not None else None
 
     last = lengths - 1  # the true last token of each candidate, never padding
     h_ft = h_base = None
-    sums = torch.zeros(3, rows, device=device)  # KL, NLL, certainty summed over response tokens
+    sums = torch.zeros(len(TOKEN_SCORES), rows, device=device)  # each per-token score summed over response tokens
     for begin, end, inputs in suffix_chunks(suffix_ids, mask, offset=offset, chunk_tokens=chunk_tokens):
         step = torch.arange(begin, end, device=device)
-        ft_hidden, ft_logits = _extend(ft_model, ft_cache, inputs, ft_context)
-        base_hidden, base_logits = _extend(base_model, base_cache, inputs, base_context)
-
-        if h_ft is None:
-            h_ft = torch.zeros(rows, len(ft_hidden), ft_hidden[0].size(-1), device=device)
-            h_base = torch.zeros_like(h_ft)
-        ending = ending_in(last, begin, end)
-        h_ft[ending] = torch.stack([h[ending, last[ending] - begin] for h in ft_hidden], dim=1).float()
-        h_base[ending] = torch.stack([h[ending, last[ending] - begin] for h in base_hidden], dim=1).float()
+        ft_hidden, ft_logits = _extend(ft_model, ft_cache, inputs, ft_context, hidden=base is not None)
+        base_logits = None
+        if base is not None:
+            base_hidden, base_logits = _extend(base[0], base_cache, inputs, base[2])
+            if h_ft is None:
+                h_ft = torch.zeros(rows, len(ft_hidden), ft_hidden[0].size(-1), device=device)
+                h_base = torch.zeros_like(h_ft)
+            ending = ending_in(last, begin, end)
+            h_ft[ending] = torch.stack([h[ending, last[ending] - begin] for h in ft_hidden], dim=1).float()
+            h_base[ending] = torch.stack([h[ending, last[ending] - begin] for h in base_hidden], dim=1).float()
 
         # Suffix position t predicts suffix token t + 1, i.e. response token t.
         targets = suffix_ids[:, (step + 1).clamp(max=width - 1)]
@@ -162,9 +191,13 @@ def _score_suffixes(suffixes: list[list[int]], ft, base, *, offset: int, pad_id:
         for k, value in enumerate(_token_scores(ft_logits, base_logits, targets)):
             sums[k] += torch.where(valid, value, 0.0).sum(1)
 
-    kl, nll, certainty = sums / last  # NaN where a candidate has no response token
-    cosine = F.cosine_similarity(h_ft, h_base, dim=-1)  # (rows, layers + 1)
-    return [(cosine[r].cpu(), kl[r].cpu(), nll[r].exp().cpu(), certainty[r].cpu()) for r in range(rows)]
+    means = dict(zip(TOKEN_SCORES, (sums / last).cpu(), strict=True))  # NaN where a candidate has no response token
+    states = num_hidden_states(ft_model)
+    cosine = (F.cosine_similarity(h_ft, h_base, dim=-1).cpu() if base is not None  # (rows, layers + 1)
+              else torch.full((rows, states), float("nan")))
+    scores = {"cosine": cosine, "kl": means["kl"], "perplexity": means["nll"].exp(), "self_certainty": means["self_certainty"],
+              "gini": means["gini"], "reverse_kl": means["reverse_kl"], "base_perplexity": means["base_nll"].exp()}
+    return [{name: value[r] for name, value in scores.items()} for r in range(rows)]
 
 
 def repeat_cache(cache: DynamicCache, rows: int) -> DynamicCache:
@@ -196,12 +229,13 @@ def score_candidates(
     prompts: list[str],
     responses: list[list[int]],
     *,
-    base: PreTrainedModel | None = None,
+    base: PreTrainedModel | None | bool = None,
     batch_size: int = 8,
     chunk_tokens: int = 256,
     progress: bool = True,
 ) -> CandidateScores:
-    """Score each (prompt, response ids) pair; `base=None` means `model` with its adapter disabled.
+    """Score each (prompt, response ids) pair; `base=None` means `model` with its adapter disabled,
+    `base=False` no base at all (a model evaluated as it is: only its own scores).
 
     The responses are token ids as sampled (`Completion.response_ids`, no EOS): decoded text need not
     tokenise back to the same ids. The N candidates of a prompt share its prefix: each model encodes
@@ -212,20 +246,20 @@ def score_candidates(
     true last token; the result is in the input order.
     """
     device = next(model.parameters()).device
-    results: dict[int, tuple] = {}
+    results: dict[int, dict] = {}
     ft_context = contextlib.nullcontext
-    base_model, base_context = (model, lambda: adapter_disabled(model)) if base is None else (base, contextlib.nullcontext)
+    if base is False:
+        base_model = base_context = None
+    else:
+        base_model, base_context = (model, lambda: adapter_disabled(model)) if base is None else (base, contextlib.nullcontext)
 
     for prefix, batches in by_prompt(tokenizer, prompts, responses, batch_size=batch_size, device=device,
                                      progress=progress, desc="scoring"):
         offset = prefix.numel() - 1
-        ft_cache = _prefill(model, prefix, ft_context)
-        base_cache = _prefill(base_model, prefix, base_context)
+        ft = (model, _prefill(model, prefix, ft_context), ft_context)
+        on_base = (base_model, _prefill(base_model, prefix, base_context), base_context) if base_model is not None else None
         for chunk, suffixes in batches:
-            results.update(zip(chunk, _score_suffixes(
-                suffixes, (model, ft_cache, ft_context), (base_model, base_cache, base_context),
-                offset=offset, pad_id=tokenizer.pad_token_id, chunk_tokens=chunk_tokens,
-            ), strict=True))
+            results.update(zip(chunk, _score_suffixes(suffixes, ft, on_base, offset=offset, pad_id=tokenizer.pad_token_id,
+                                                      chunk_tokens=chunk_tokens), strict=True))
 
-    ordered = [results[i] for i in range(len(prompts))]
-    return CandidateScores(*(torch.stack(column) for column in zip(*ordered, strict=True)))
+    return CandidateScores(**{f.name: torch.stack([results[i][f.name] for i in range(len(prompts))]) for f in fields(CandidateScores)})

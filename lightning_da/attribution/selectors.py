@@ -33,9 +33,11 @@ class Choice:
 
 class Selector(ABC):
     """The protocol: a `name`, `choose`, and `check`, which validates configured values against the
-    model before any sampling (a fixed layer must exist)."""
+    model before any sampling (a fixed layer must exist). `needs_base`: it reads a score that compares
+    the model with its base, so it has nothing to choose by when a model is evaluated as it is."""
 
     name: str
+    needs_base = False
 
     @abstractmethod
     def choose(self, scores: CandidateScores, bad: torch.Tensor | None = None) -> Choice: ...
@@ -53,16 +55,36 @@ def check_layer(layer: int, num_states: int, key: str = "attribution.layer") -> 
     return layer
 
 
+# Scores closer than this many units of their dtype's precision (relative to the best) are a tie: rounding,
+# not evidence. Cosines at layer 0, where a LoRA student and its base share the embeddings, are 1 +- 2e-7.
+TIE_ULPS = 16
+
+
+def tie_tolerance(values: torch.Tensor) -> torch.Tensor:
+    """How close to `values` another score must be to tie with it (elementwise)."""
+    return TIE_ULPS * torch.finfo(values.dtype).eps * values.abs()
+
+
+def pick(values: torch.Tensor, *, highest: bool) -> torch.Tensor:
+    """Along the last axis (the N candidates): the first candidate whose score ties with the best (the
+    highest or the lowest, within `tie_tolerance`), so that a tie, all the way to all N, goes to the first
+    candidate: no evidence, no selection. NaN is never chosen unless every score is NaN."""
+    filled = torch.nan_to_num(values, nan=float("-inf") if highest else float("inf"))
+    best = filled.amax(-1, keepdim=True) if highest else filled.amin(-1, keepdim=True)
+    near = ((filled - best).abs() <= tie_tolerance(best)) | (filled == best)
+    return near.to(torch.uint8).argmax(-1)  # the first of the ties
+
+
 def _argmin(values: torch.Tensor) -> torch.Tensor:
-    return torch.nan_to_num(values, nan=float("inf")).argmin(dim=-1)
+    return pick(values, highest=False)
 
 
 def _argmax(values: torch.Tensor) -> torch.Tensor:
-    return torch.nan_to_num(values, nan=float("-inf")).argmax(dim=-1)
+    return pick(values, highest=True)
 
 
 def least_similar(cosine: torch.Tensor) -> torch.Tensor:
-    """The method's pick along the last axis (the N candidates): the lowest cosine, NaN never chosen."""
+    """The method's pick along the last axis (the N candidates): the lowest cosine (ties to the first)."""
     return _argmin(cosine)
 
 
@@ -109,6 +131,7 @@ class LatentSimilarity(Selector):
 
     layer: int = DEFAULT_LAYER
     name: str = "latent_sim"
+    needs_base = True
 
     def check(self, num_states: int, key: str) -> None:
         check_layer(self.layer, num_states, f"{key}.layer")
@@ -123,9 +146,32 @@ class KL(Selector):
     """The candidate whose token distributions diverge most from the base's: KL(FT || base), highest."""
 
     name: str = "kl"
+    needs_base = True
 
     def choose(self, scores: CandidateScores, bad: torch.Tensor | None = None) -> Choice:
         return Choice(_argmax(scores.kl))
+
+
+@dataclass
+class ReverseKL(Selector):
+    """The same from the base's side: KL(base || FT), highest."""
+
+    name: str = "reverse_kl"
+    needs_base = True
+
+    def choose(self, scores: CandidateScores, bad: torch.Tensor | None = None) -> Choice:
+        return Choice(_argmax(scores.reverse_kl))
+
+
+@dataclass
+class BasePerplexity(Selector):
+    """The response the base finds least likely: the base's perplexity of it, highest."""
+
+    name: str = "base_perplexity"
+    needs_base = True
+
+    def choose(self, scores: CandidateScores, bad: torch.Tensor | None = None) -> Choice:
+        return Choice(_argmax(scores.base_perplexity))
 
 
 @dataclass
@@ -139,6 +185,16 @@ class Perplexity(Selector):
 
 
 @dataclass
+class HighPerplexity(Selector):
+    """The opposite sign: the fine-tuned model's least likely response, highest perplexity."""
+
+    name: str = "high_perplexity"
+
+    def choose(self, scores: CandidateScores, bad: torch.Tensor | None = None) -> Choice:
+        return Choice(_argmax(scores.perplexity))
+
+
+@dataclass
 class SelfCertainty(Selector):
     """Kang et al. 2025: the response the model is most certain of, highest KL(uniform || p)."""
 
@@ -146,6 +202,27 @@ class SelfCertainty(Selector):
 
     def choose(self, scores: CandidateScores, bad: torch.Tensor | None = None) -> Choice:
         return Choice(_argmax(scores.self_certainty))
+
+
+@dataclass
+class LowSelfCertainty(Selector):
+    """The opposite sign: the response the model is least certain of, lowest self-certainty."""
+
+    name: str = "low_self_certainty"
+
+    def choose(self, scores: CandidateScores, bad: torch.Tensor | None = None) -> Choice:
+        return Choice(_argmin(scores.self_certainty))
+
+
+@dataclass
+class Gini(Selector):
+    """The response whose next-token distributions are most concentrated: mean Gini impurity, lowest
+    (a confidence score, like perplexity's)."""
+
+    name: str = "gini"
+
+    def choose(self, scores: CandidateScores, bad: torch.Tensor | None = None) -> Choice:
+        return Choice(_argmin(scores.gini))
 
 
 @dataclass
@@ -166,6 +243,7 @@ class OracleBestLayer(Selector):
     """The layer with the lowest bad rate *on these very labels*: an upper bound, not a method."""
 
     name: str = "oracle_best_layer"
+    needs_base = True
 
     def choose(self, scores: CandidateScores, bad: torch.Tensor | None = None) -> Choice:
         bad = _needs_labels(self.name, bad)
@@ -181,6 +259,7 @@ class ValBestLayer(Selector):
     val_fraction: float = 0.5
     seed: int = 0
     name: str = "val_best_layer"
+    needs_base = True
 
     def check(self, num_states: int, key: str) -> None:
         if not 0 < self.val_fraction < 1:

@@ -29,6 +29,7 @@ from lightning_da.generation.completions import Completion, batch_seed
 from lightning_da.generation.sampling import SamplingConfig
 from lightning_da.models.loading import save_pretrained_dir
 from lightning_da.models.lora import check_adapter_dir, load_adapter
+from lightning_da.models.student import evaluated_node
 
 log = logging.getLogger(__name__)
 
@@ -169,11 +170,12 @@ def _eos_ids(model_dir: str | Path, tokenizer: PreTrainedTokenizerBase) -> list[
 
 
 def candidate_sampler(cfg) -> Callable | None:
-    """vLLM's `sample_completions` for the student of an evaluate.py or generate.py config when
+    """vLLM's `sample_completions` for the evaluated model (the student; `as_is=teacher`: the teacher) of an
+    evaluate.py or generate.py config when
     `generation.backend=vllm`, else None (Hugging Face `generate` on the loaded student). Build it before
     loading the student, so vLLM takes its memory first."""
     if not check_backend(cfg.generation):
         return None
-    generator = VLLMGenerator(instantiate(cfg.student.model), instantiate(cfg.generation.vllm), adapter=cfg.adapter,
+    generator = VLLMGenerator(instantiate(evaluated_node(cfg).model), instantiate(cfg.generation.vllm), adapter=cfg.adapter,
                               cache_dir=cfg.paths.cache_dir, seed=cfg.seed)
     return generator.sample_completions

@@ -19,11 +19,12 @@ from lightning_da.atomic import write_text_atomic
 from lightning_da.attribution.comparison import compare_selectors
 from lightning_da.attribution.registry import build_selectors, check_selectors
 from lightning_da.attribution.scoring import num_hidden_states
+from lightning_da.attribution.signal import format_signal, signal_auroc
 from lightning_da.best_of_n import best_of_n_sharded, first_sample_block, run_sharded
 from lightning_da.distributed import launch_fabric
 from lightning_da.errors import check_at_least
 from lightning_da.generation import candidate_sampler
-from lightning_da.models.student import load_student, student_sampling
+from lightning_da.models.student import evaluated_node, load_student, student_sampling
 from lightning_da.stats import RESAMPLES, paired_bootstrap
 from lightning_da.tables import format_interval, format_number, rounded
 from lightning_da.tasks import EvaluationResults, get_task
@@ -87,6 +88,22 @@ def log_results(logger, cfg: DictConfig, rate: str, report: dict, records: list[
         logger.experiment.finish()
 
 
+def log_signal(logger, signal: dict | None) -> None:
+    """Each score's AUROC and interval bounds as metrics (`eval/auroc/<score>`, `cosine@<layer>` per layer);
+    on W&B also the AUROC-by-layer curve."""
+    if signal is None:
+        return
+    values = {name: v for name, v in signal["scores"].items() if v is not None}
+    logger.log_metrics({f"eval/auroc/{name}{suffix}": value for name, v in values.items()
+                        for suffix, value in (("", v["auroc"]), ("_low", v["ci"][0]), ("_high", v["ci"][1]))})
+    if isinstance(logger, WandbLogger):
+        import wandb
+
+        layers = [[int(name.split("@")[1]), v["auroc"], *v["ci"]] for name, v in values.items() if name.startswith("cosine@")]
+        table = wandb.Table(columns=["layer", "auroc", "low", "high"], data=layers)
+        logger.experiment.log({"eval/auroc_by_layer": wandb.plot.line(table, "layer", "auroc", title="AUROC of the cosine by layer")})
+
+
 def base_first(model, tokenizer, prompts: list[str], answers: list, student_first: list[int], *, rank: int, world_size: int,
                seed: int, batch_size: int, **grading) -> dict:
     """What fine-tuning did: `first` of the base (`model` with the adapter disabled, or `base=`) on the same
@@ -129,20 +146,30 @@ def run_evaluate(cfg: DictConfig) -> EvaluationResults:
                                scoring_batch_size=cfg.scoring_batch_size, chunk_tokens=cfg.scoring_chunk_tokens, **common)
     report = compare_selectors(result.scores, result.flags, result.bad, selectors.values(), seed=cfg.seed)
     primary = report["choices"][selectors["attribution"].name]
+    signal = signal_auroc(result.scores, result.bad, seed=cfg.seed)
     results = EvaluationResults(
         benchmark=benchmark.name, task=task.name, judge=judge.identity()["judge"] if judge is not None else task.grader,
         n_prompts=len(rows), n_candidates=cfg.n_candidates, layer=primary.layer, rates=report["rates"], drops=report["drops"],
         by_layer=report["by_layer"], intervals=report["intervals"], outcomes=report["outcomes"],
         chosen_layers={name: c.layer for name, c in report["choices"].items() if c.layer is not None},
         unparsable_verdicts=sum(label == "unparsable" for row in result.verdicts for label in row) if task.uses_judge else None,
+        signal=signal, evaluated=evaluated(cfg, base),
     )
-    if cfg.compare_base:
+    if cfg.compare_base and base is not False:
         with model.disable_adapter() if base is None else contextlib.nullcontext():
             results.base = base_first(base if base is not None else model, tokenizer, prompts, answers,
                                       report["outcomes"]["first"], **common)
     if fabric.is_global_zero:
         _write_and_show(cfg, results, candidate_records(rows, result, report["choices"]), report, primary)
     return results
+
+
+def evaluated(cfg: DictConfig, base) -> dict:
+    """What was evaluated: the model's name, and its base ("adapter disabled", the base's name, or None)."""
+    name = instantiate(evaluated_node(cfg).model).name
+    if base is False:
+        return {"model": name, "base": None, "as_is": cfg.as_is}
+    return {"model": name, "base": "adapter disabled" if base is None else instantiate(cfg.base).name, "as_is": None}
 
 
 def candidate_records(rows: list[dict], result, choices: dict) -> list[dict]:
@@ -158,6 +185,9 @@ def candidate_records(rows: list[dict], result, choices: dict) -> list[dict]:
         "kl": scores.kl[p].tolist(),
         "perplexity": scores.perplexity[p].tolist(),
         "self_certainty": scores.self_certainty[p].tolist(),
+        "gini": scores.gini[p].tolist(),
+        "reverse_kl": scores.reverse_kl[p].tolist(),
+        "base_perplexity": scores.base_perplexity[p].tolist(),
         "flags": result.flags[p].tolist(),
         "verdicts": result.verdicts[p],
         "chosen": {name: int(choice.index[p]) for name, choice in choices.items()},
@@ -171,9 +201,12 @@ def _write_and_show(cfg: DictConfig, results: EvaluationResults, records: list[d
     rate = results.rate_name
     if cfg.get("logger"):
         shown = primary if primary.layer is not None else report["choices"].get("latent_sim", primary)  # the cosine to show
-        log_results(instantiate(cfg.logger), cfg, rate, report, records, shown.layer)
+        logger = instantiate(cfg.logger)
+        log_signal(logger, results.signal)
+        log_results(logger, cfg, rate, report, records, shown.layer)
     table = format_table(rate, results.rates, results.drops, results.intervals)
     print(f"\n{results.benchmark}: {results.n_prompts} prompts x {results.n_candidates} candidates, judge {results.judge}\n{table}")
     if results.base is not None:
         print(format_base(rate, results.base))
+    print(format_signal(results.signal, results.layer))
     print()

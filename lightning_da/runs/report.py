@@ -17,6 +17,7 @@ import argparse
 import csv
 import io
 import logging
+import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from lightning_da import figures
 from lightning_da.atomic import write_text_atomic
 from lightning_da.errors import UserError
 from lightning_da.stats import RESAMPLES, paired_bootstrap_many
@@ -32,6 +34,11 @@ from lightning_da.tables import csv_table, format_interval, format_number, markd
 from lightning_da.tasks import DROP_LABELS, EvaluationResults
 
 UNKNOWN = "?"
+NONE = "-"  # no teacher (a model as it is, the instruct_vs_base control) or no student (a teacher as it is)
+# The paper's tables of drops vs `first`, each from the configurations of one stage.
+TABLES = {"sft": "Table 1: after SFT", "grpo": "Table 2: after GRPO",
+          "instruct_vs_base": "Table 3: the control, an instruction-tuned model against its pretrained base",
+          "as_is": "Models as they are (no base)", "teacher": "Teachers as they are (no base)"}
 BASE_ROW = "base student: first"  # the adapter disabled; its difference is base - first of the student
 
 
@@ -82,14 +89,17 @@ def load_configuration(results_file: Path) -> Configuration:
         adapter = yaml.safe_load(config.read_text()).get("adapter")
         if adapter:
             train_choices = _choices(Path(adapter).parent)
-    return Configuration(
-        teacher=train_choices.get("teacher", UNKNOWN),
-        student=choices.get("student", train_choices.get("student", UNKNOWN)),
-        stage=train_choices.get("algorithm", UNKNOWN),
-        benchmark=results.benchmark,
-        results=results,
-        path=results_file,
-    )
+    teacher, student = train_choices.get("teacher", UNKNOWN), choices.get("student", train_choices.get("student", UNKNOWN))
+    stage = train_choices.get("algorithm", UNKNOWN)
+    as_is = (results.evaluated or {}).get("as_is")
+    if as_is == "teacher":  # a teacher as it is: Figure 3's own row
+        teacher, student, stage = choices.get("teacher", UNKNOWN), NONE, "teacher"
+    elif as_is == "student":
+        teacher, stage = NONE, "as_is"
+    elif choices.get("experiment") == "instruct_vs_base":
+        teacher, stage = NONE, "instruct_vs_base"
+    return Configuration(teacher=teacher, student=student, stage=stage, benchmark=results.benchmark, results=results,
+                         path=results_file)
 
 
 def find_configurations(directories: list[str | Path]) -> list[Configuration]:
@@ -143,21 +153,15 @@ def paper_table(configurations: list[Configuration], *, seed: int = 0, resamples
     return table
 
 
-def render_paper_table(table: dict) -> tuple[str, str, list[str]]:
-    """(Markdown, CSV, footnotes) of the paper's table: rows selectors, a column per benchmark."""
+def render_paper_table(table: dict) -> tuple[str, list[str]]:
+    """(Markdown, footnotes) of one paper table: rows selectors, a column per benchmark."""
     columns = list(table)
     selectors = list(dict.fromkeys(s for cells in table.values() for s in cells if s != "first"))
     header = ["selector"] + [f"{b} {DROP_LABELS[kind]} drop [95% CI] (n)" for kind, b in columns]
-    rows, csv_rows = [], []
+    rows = []
     for s in selectors:
-        row, csv_row = [s], [s]
-        for column in columns:
-            c = table[column].get(s)
-            row.append("-" if c is None else f"{format_number(c.drop)} {format_interval(c.drop_ci)} ({c.n})")
-            csv_row += [None, None, None, None] if c is None else [c.drop, *(c.drop_ci or [None, None]), c.n]
-        rows.append(row)
-        csv_rows.append(csv_row)
-    csv_header = ["selector"] + [f"{b}_{field_}" for _, b in columns for field_ in ("drop", "drop_low", "drop_high", "n")]
+        cells = [table[column].get(s) for column in columns]
+        rows.append([s] + ["-" if c is None else f"{format_number(c.drop)} {format_interval(c.drop_ci)} ({c.n})" for c in cells])
     footnotes = []
     for (_, benchmark), cells in table.items():
         undefined = max((c.undefined for c in cells.values()), default=0)
@@ -168,7 +172,26 @@ def render_paper_table(table: dict) -> tuple[str, str, list[str]]:
         if resamples:
             footnotes.append(f"{benchmark}: the drop's interval leaves out the bootstrap resamples that drew no prompt "
                              f"flagged for `first` (up to {resamples}).")
-    return markdown_table(header, rows), csv_table(csv_header, csv_rows), footnotes
+    return markdown_table(header, rows), footnotes
+
+
+TABLE_CSV = ["stage", "benchmark", "drop_of", "selector", "drop", "drop_low", "drop_high", "difference", "difference_low",
+             "difference_high", "mcnemar_p", "n"]
+
+
+def render_tables(configurations: list[Configuration], *, seed: int, resamples: int) -> tuple[str, str]:
+    """(Markdown, CSV) of the paper's tables, one per stage (TABLES), each with its footnotes; the CSV has
+    a row per stage x benchmark x selector."""
+    sections, csv_rows = [], []
+    for stage, group in by_stage(configurations).items():
+        table = paper_table(group, seed=seed, resamples=resamples)
+        table_md, footnotes = render_paper_table(table)
+        notes = "".join(f"\n- {note}" for note in footnotes)
+        sections.append(f"## {TABLES.get(stage, f'Stage {stage}')}\n\n{table_md}\n{notes}\n")
+        csv_rows += [[stage, benchmark, DROP_LABELS[kind], name, c.drop, *(c.drop_ci or [None, None]), c.difference,
+                      *c.difference_ci, c.mcnemar_p, c.n]
+                     for (kind, benchmark), cells in table.items() for name, c in cells.items() if name != "first"]
+    return "\n".join(sections), csv_table(TABLE_CSV, csv_rows)
 
 
 def render_configurations(configurations: list[Configuration]) -> tuple[str, str]:
@@ -198,62 +221,88 @@ def render_configurations(configurations: list[Configuration]) -> tuple[str, str
     return markdown_table(header, rows), csv_table(csv_header, csv_rows)
 
 
-def plot_by_layer(configurations: list[Configuration], path: Path) -> bool:
-    """The ASR of the per-layer latent choice, one line per safety configuration plus their mean (PNG)."""
-    import matplotlib
+def by_stage(configurations: list[Configuration]) -> dict[str, list[Configuration]]:
+    """The configurations of each paper table's stage, in TABLES' order; any other stage (unknown: no
+    train run to read it from) last, under its own name."""
+    stages = list(TABLES) + [s for s in dict.fromkeys(c.stage for c in configurations) if s not in TABLES]
+    return {stage: group for stage in stages if (group := [c for c in configurations if c.stage == stage])}
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
+def _safety_first_mean(configurations: list[Configuration]) -> tuple[float, str] | None:
     safety = [c for c in configurations if c.kind == "safety" and c.results.by_layer]
-    if not safety:
-        return False
-    figure, axes = plt.subplots(figsize=(8, 5))
-    for c in safety:
-        axes.plot(c.results.by_layer, alpha=0.5, linewidth=1, label=c.label)
-    depth = min(len(c.results.by_layer) for c in safety)
-    mean = torch.tensor([c.results.by_layer[:depth] for c in safety]).mean(0)
-    axes.plot(mean.tolist(), color="black", linewidth=2.5, label=f"mean of {len(safety)}")
-    first = sum(c.results.rates["first"] for c in safety) / len(safety)
-    axes.axhline(first, color="black", linestyle="--", linewidth=1, label="first, mean (no selection)")
-    axes.set_xlabel("layer (0 = embeddings)")
-    axes.set_ylabel("ASR of the latent choice (%)")
-    axes.set_title("Best-of-N by the least base-attributable candidate, per layer")
-    axes.legend(fontsize=7, loc="best")
-    figure.tight_layout()
-    partial = path.with_name(path.name + ".partial.png")  # whole or not at all, as every other output
-    figure.savefig(partial, dpi=120)
-    plt.close(figure)
-    partial.replace(path)
-    return True
+    return (sum(c.results.rates["first"] for c in safety) / len(safety), "first, mean (no selection)") if safety else None
+
+
+def _auroc_by_layer(c: Configuration) -> list[float] | None:
+    scores = (c.results.signal or {}).get("scores", {})
+    layers = sorted(int(k.split("@")[1]) for k in scores if k.startswith("cosine@"))
+    values = [scores[f"cosine@{i}"]["auroc"] if scores[f"cosine@{i}"] else math.nan for i in layers]
+    return values if layers and not all(math.isnan(v) for v in values) else None
+
+
+# Every figure: (file, title, draw(configurations, path)): draw writes the PNG if its runs allow, and returns
+# None, or the one line that says what is missing (why it is not drawn, or what it shows as n/a).
+FIGURES = [
+    ("asr_by_layer.png", "ASR of the latent choice by layer (mean of the safety configurations; an oracle view)",
+     lambda cs, path: None if figures.by_layer_lines(
+         [c for c in cs if c.kind == "safety"], path, value=lambda c: c.results.by_layer, ylabel="ASR of the latent choice (%)",
+         title="Best-of-N by the least base-attributable candidate, per layer", reference=_safety_first_mean(cs))
+     else "no safety evaluation with a base: nothing to draw by layer"),
+    ("by_layer_per_configuration.png", "Per configuration: the latent choice's rate by layer against first (Figures 10-17)",
+     lambda cs, path: None if figures.by_layer_panels(cs, path) else "no evaluation with a base: nothing to draw by layer"),
+    ("auroc_by_layer.png", "Is the signal there? AUROC of the cosine for unsafe vs safe candidates, by layer",
+     lambda cs, path: None if figures.by_layer_lines(
+         cs, path, value=_auroc_by_layer, ylabel="AUROC (higher cosine = bad)", title="AUROC of the cosine to the base, by layer",
+         reference=(0.5, "no signal")) else "no evaluation with both labels and a base: no AUROC to draw"),
+    ("figure3_asr_heatmap.png", "Figure 3: ASR per teacher x student after SFT, beside each teacher's own",
+     lambda cs, path: figures.heatmaps(cs, "safety", path, rate="ASR")),
+    ("figure4_utility_heatmap.png", "Figure 4: utility per teacher x student after SFT, beside each teacher's own",
+     lambda cs, path: figures.heatmaps(cs, "utility", path, rate="accuracy")),
+    ("figure5_first_vs_majority.png", "Figure 5: the first sample against majority voting, per student",
+     figures.first_vs_majority),
+    ("figure6_densities.png", "Figure 6: perplexity, self-certainty, KL and latent similarity of unsafe vs safe candidates",
+     figures.densities),
+]
+
+
+def draw_figures(configurations: list[Configuration], out: Path) -> tuple[dict[str, Path], list[str]]:
+    """Every figure that its runs allow, as PNGs in `out`; and report.md's lines: a link per figure drawn,
+    one line per figure not drawn naming the runs it lacks."""
+    drawn, lines = {}, []
+    for name, title, draw in FIGURES:
+        path = out / name
+        path.unlink(missing_ok=True)  # never a stale one from an earlier report
+        note = draw(configurations, path)
+        if path.is_file():
+            drawn[path.stem] = path
+            lines.append(f"### {title}\n\n![{title}]({name})" + (f"\n\n{note}." if note else ""))
+        else:
+            lines.append(f"### {title}\n\nNot drawn: {note}.")
+    return drawn, lines
 
 
 def write_report(configurations: list[Configuration], out: Path, *, seed: int = 0, resamples: int = RESAMPLES) -> dict:
-    """report.md, table.csv, configurations.csv and asr_by_layer.png in `out`; returns their paths."""
+    """report.md, table.csv, configurations.csv and every figure its runs allow, in `out`; returns their paths."""
     out.mkdir(parents=True, exist_ok=True)
-    table_md, table_csv, footnotes = render_paper_table(paper_table(configurations, seed=seed, resamples=resamples))
+    tables_md, tables_csv = render_tables(configurations, seed=seed, resamples=resamples)
     configs_md, configs_csv = render_configurations(configurations)
-    figure = out / "asr_by_layer.png"
-    has_figure = plot_by_layer(configurations, figure)
-    notes = "".join(f"\n- {note}" for note in footnotes)
+    drawn, figure_lines = draw_figures(configurations, out)
     markdown = (
         f"# Best-of-N latent attribution: {len(configurations)} configuration(s)\n\n"
         f"Mean relative drop vs `first` across configurations, with the 95% interval of a paired bootstrap "
         f"({resamples} resamples, prompts resampled within each configuration, seed {seed}). A positive ASR drop is "
-        f"the safety gained; a positive utility drop is the utility lost.\n\n{table_md}\n{notes}\n\n"
-        f"## Per configuration\n\n{configs_md}\n\nMcNemar: exact, two-sided, against `first` on the same prompts.\n"
-        + ("\n![ASR by layer](asr_by_layer.png)\n" if has_figure else "")
+        f"the safety gained; a positive utility drop is the utility lost.\n\n{tables_md}\n"
+        f"## Per configuration\n\n{configs_md}\n\nMcNemar: exact, two-sided, against `first` on the same prompts.\n\n"
+        f"## Figures\n\n" + "\n\n".join(figure_lines) + "\n"
     )
     files = {"report": out / "report.md", "table": out / "table.csv", "configurations": out / "configurations.csv"}
-    for key, text in (("report", markdown), ("table", table_csv), ("configurations", configs_csv)):
+    for key, text in (("report", markdown), ("table", tables_csv), ("configurations", configs_csv)):
         write_text_atomic(files[key], text)
-    if has_figure:
-        files["figure"] = figure
-    return files
+    return {**files, **drawn}
 
 
 def log_to_wandb(files: dict, project: str, out: Path) -> str:
-    """The tables, the figure and every file as one `report` artifact in a new W&B run (offline unless
+    """The tables, the figures and every file as one `report` artifact in a new W&B run (offline unless
     WANDB_MODE says otherwise); returns the run's directory."""
     import wandb
 
@@ -261,8 +310,9 @@ def log_to_wandb(files: dict, project: str, out: Path) -> str:
     for key in ("table", "configurations"):
         rows = list(csv.reader(io.StringIO(files[key].read_text())))
         run.log({f"report/{key}": wandb.Table(columns=rows[0], data=rows[1:])})
-    if "figure" in files:
-        run.log({"report/asr_by_layer": wandb.Image(str(files["figure"]))})
+    for key, path in files.items():
+        if path.suffix == ".png":
+            run.log({f"report/{key}": wandb.Image(str(path))})
     artifact = wandb.Artifact("best-of-n-report", type="report")
     for path in files.values():
         artifact.add_file(str(path))
