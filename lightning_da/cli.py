@@ -1,5 +1,6 @@
-"""The four commands: `train`, `evaluate`, `generate` (Hydra) and `report` (argparse). The repo's train.py,
-evaluate.py, generate.py and report.py and the console scripts `lightning-da-<command>` call these; each
+"""The commands: `train`, `evaluate`, `generate`, `plan` (Hydra) and `report` (argparse). The repo's train.py,
+evaluate.py, generate.py, plan.py and report.py, `python -m lightning_da <command>` and the console scripts
+`lightning-da-<command>` call these; each
 hands over to the module of the same name in `lightning_da/runs/`, imported only once the config is
 composed, so `--help` and `--cfg job` answer without loading torch."""
 
@@ -37,6 +38,14 @@ def generate(cfg: DictConfig) -> None:
     from lightning_da.runs.generate import run_generate
 
     run_or_exit(run_generate, cfg, name="generate")
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="plan")
+def plan(cfg: DictConfig) -> None:
+    """A whole study, one command per stage (experiment=paper, or paper_miniature offline)."""
+    from lightning_da.runs.plan import run_plan
+
+    run_or_exit(run_plan, cfg, name="plan")
 
 
 def report(argv: list[str] | None = None) -> None:

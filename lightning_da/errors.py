@@ -21,6 +21,9 @@ def run_or_exit(task, cfg, *, name: str):
     import logging
     import sys
 
+    if name != "plan" and hasattr(cfg, "get") and cfg.get("stages"):  # e.g. train.py experiment=paper
+        logging.getLogger(name).error("error: this experiment is a plan of stages; run it with plan.py (python plan.py experiment=...)")
+        sys.exit(2)
     try:
         return task(cfg)
     except Exception as exc:

@@ -24,6 +24,12 @@ def _pyplot():
     return plt
 
 
+def MaxNLocator(**kwargs):  # noqa: N802 - matplotlib's class, imported lazily like pyplot
+    from matplotlib.ticker import MaxNLocator as locator
+
+    return locator(**kwargs)
+
+
 def save(figure, path: Path) -> None:
     """Whole or not at all, as every other output."""
     plt = _pyplot()
@@ -169,6 +175,7 @@ def by_layer_lines(configurations: list, path: Path, *, value: Callable, ylabel:
     if reference is not None:
         ax.axhline(reference[0], color="black", linestyle="--", linewidth=1, label=reference[1])
     ax.set_xlabel("layer (0 = embeddings)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend(fontsize=7, loc="best")
@@ -192,6 +199,7 @@ def by_layer_panels(configurations: list, path: Path) -> bool:
         ax.axhline(c.results.rates["first"], color="grey", linestyle="--", linewidth=1, label="first")
         ax.set_title(c.label, fontsize=8)
         ax.set_xlabel("layer", fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(f"{c.rate_name} (%)", fontsize=8)
         ax.legend(fontsize=6)
     save(figure, path)

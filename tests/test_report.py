@@ -36,7 +36,8 @@ def evaluation(root: Path, name: str, *, benchmark: str, task: str, outcomes: di
         train = root / f"train-{name}"
         choices(train, teacher=teacher, student=student, algorithm=stage)
         adapter = str(train / "adapter")
-    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"adapter": adapter, "as_is": as_is}))
+    task_name = "instruct_vs_base" if experiment else "evaluate"  # what experiment=instruct_vs_base and eval_control set
+    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"adapter": adapter, "as_is": as_is, "task_name": task_name}))
     rates = {s: 100 * sum(o for o in v if o is not None) / sum(o is not None for o in v) for s, v in outcomes.items()}
     first = rates["first"]
     drops = {s: (first - r) / first * 100 if first else None for s, r in rates.items()}
@@ -123,7 +124,7 @@ def test_every_table_and_figure_from_a_whole_sweep(tmp_path):
         evaluation(tmp_path, f"{teacher}-alone", benchmark="dan", task="safety", teacher=teacher, as_is="teacher",
                    outcomes={"first": [0, 0, 1, 0], "perplexity": [0, 1, 0, 0]})
     evaluation(tmp_path, "grpo", benchmark="dan", task="safety", stage="grpo", outcomes=safe_first)
-    evaluation(tmp_path, "control", benchmark="dan", task="safety", experiment="instruct_vs_base", outcomes=safe_first)
+    evaluation(tmp_path, "control", benchmark="dan", task="safety", experiment="eval_control", outcomes=safe_first)
     configurations = find_configurations([tmp_path / "evaluate"])
     assert {(c.teacher, c.student, c.stage) for c in configurations if c.stage in ("teacher", "instruct_vs_base")} == {
         ("qwq", "-", "teacher"), ("r1_qwen_14b", "-", "teacher"), ("-", "llama3_8b", "instruct_vs_base")}

@@ -84,11 +84,10 @@ def load_configuration(results_file: Path) -> Configuration:
     run_dir = results_file.parent
     choices = _choices(run_dir)
     train_choices = {}
-    config = run_dir / ".hydra" / "config.yaml"
-    if config.is_file():
-        adapter = yaml.safe_load(config.read_text()).get("adapter")
-        if adapter:
-            train_choices = _choices(Path(adapter).parent)
+    config_file = run_dir / ".hydra" / "config.yaml"
+    config = yaml.safe_load(config_file.read_text()) if config_file.is_file() else {}
+    if config.get("adapter"):
+        train_choices = _choices(Path(config["adapter"]).parent)
     teacher, student = train_choices.get("teacher", UNKNOWN), choices.get("student", train_choices.get("student", UNKNOWN))
     stage = train_choices.get("algorithm", UNKNOWN)
     as_is = (results.evaluated or {}).get("as_is")
@@ -96,7 +95,7 @@ def load_configuration(results_file: Path) -> Configuration:
         teacher, student, stage = choices.get("teacher", UNKNOWN), NONE, "teacher"
     elif as_is == "student":
         teacher, stage = NONE, "as_is"
-    elif choices.get("experiment") == "instruct_vs_base":
+    elif config.get("task_name") == "instruct_vs_base":  # experiment=instruct_vs_base or eval_control
         teacher, stage = NONE, "instruct_vs_base"
     return Configuration(teacher=teacher, student=student, stage=stage, benchmark=results.benchmark, results=results,
                          path=results_file)

@@ -1,0 +1,56 @@
+"""plan.py: a whole study, one command per stage, run in order (`conf/plan.yaml`, the stages from
+`experiment=paper` or `experiment=paper_miniature`). Each stage is `python -m lightning_da <command>
+<args>`, the same as typing the command: its outputs, resume and errors are that command's."""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import subprocess
+import sys
+import time
+
+from omegaconf import DictConfig, OmegaConf
+
+from lightning_da.errors import UserError
+
+log = logging.getLogger(__name__)
+COMMANDS = ("train", "evaluate", "generate", "report")
+
+
+def stage_commands(cfg: DictConfig) -> dict[str, list[str]]:
+    """name -> argv of each stage to run, in the plan's order, checked before any runs."""
+    stages = OmegaConf.to_container(cfg.stages, resolve=True)
+    if not stages:
+        raise UserError("the plan has no stages: choose one, e.g. plan.py experiment=paper (or paper_miniature)")
+    only = list(cfg.only) if cfg.only is not None else list(stages)
+    unknown = [name for name in only if name not in stages]
+    if unknown:
+        raise UserError(f"only={unknown}: not stages of this plan; choose from {list(stages)}")
+    commands = {}
+    for name in (n for n in stages if n in only):
+        stage = stages[name]
+        if stage.get("command") not in COMMANDS:
+            raise UserError(f"stages.{name}.command={stage.get('command')}; use one of {', '.join(COMMANDS)}")
+        commands[name] = [sys.executable, "-m", "lightning_da", stage["command"], *map(str, stage.get("args") or [])]
+    return commands
+
+
+def run_plan(cfg: DictConfig) -> dict[str, float]:
+    """Each stage in turn; the seconds each took. A failing stage stops the plan with a one-line error
+    naming it and the command that resumes from it."""
+    commands = stage_commands(cfg)
+    seconds = {}
+    for k, (name, argv) in enumerate(commands.items(), start=1):
+        shown = shlex.join(["python", "-m", "lightning_da", *argv[3:]])
+        if cfg.dry_run:
+            print(f"# {name}\n{shown}")
+            continue
+        log.info("[%d/%d] %s: %s", k, len(commands), name, shown)
+        started = time.perf_counter()
+        if subprocess.run(argv).returncode != 0:
+            rest = list(commands)[k - 1 :]
+            raise UserError(f"stage {name} failed (its error is above); fix it, then resume with only=[{','.join(rest)}]")
+        seconds[name] = time.perf_counter() - started
+        log.info("%s: done in %.0f s", name, seconds[name])
+    return seconds

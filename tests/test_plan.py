@@ -1,0 +1,65 @@
+"""plan.py: the paper's whole study as one plan; its offline miniature end to end through report.py."""
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from lightning_da.conf import CONF_DIR
+from lightning_da.errors import UserError, run_or_exit
+from lightning_da.runs.plan import run_plan, stage_commands
+
+ROOT = Path(__file__).resolve().parents[1]
+FIGURES = {"asr_by_layer", "by_layer_per_configuration", "auroc_by_layer", "figure3_asr_heatmap", "figure4_utility_heatmap",
+           "figure5_first_vs_majority", "figure6_densities"}
+
+
+def plan_cfg(*overrides):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="plan", overrides=list(overrides))
+
+
+def test_the_paper_plan_runs_each_stage_as_its_own_experiment():
+    commands = stage_commands(plan_cfg("experiment=paper"))
+    assert list(commands) == ["sft", "grpo", "evaluate_sft", "evaluate_grpo", "teachers", "control", "report"]
+    assert [c[3:] for c in commands.values()][:6] == [
+        ["train", "-m", "experiment=sft_grid"], ["train", "-m", "experiment=grpo_grid"], ["evaluate", "-m", "experiment=eval_sft_grid"],
+        ["evaluate", "-m", "experiment=eval_grpo_grid"], ["evaluate", "-m", "experiment=eval_teachers"],
+        ["evaluate", "-m", "experiment=eval_control"]]
+    assert commands["report"][3:] == ["report", "outputs/paper/evaluate", "--out", "outputs/paper/report"]
+    # Each stage's experiment composes with its entry point, the teachers' as_is and the control's base included.
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        assert compose(config_name="evaluate", overrides=["experiment=eval_teachers"]).as_is == "teacher"
+        control = compose(config_name="evaluate", overrides=["experiment=eval_control", "student=qwen2_5_0_5b"])
+        assert (control.base.name, control.task_name) == ("Qwen/Qwen2.5-0.5B", "instruct_vs_base")
+
+
+def test_bad_plans_are_one_line_errors(tmp_path, caplog):
+    with pytest.raises(UserError, match=r"only=\['eval'\]: not stages of this plan"):
+        stage_commands(plan_cfg("experiment=paper", "only=[eval]"))
+    failing = plan_cfg("experiment=paper", "only=[sft,report]", "stages.sft.args=['student=no_such_student']")
+    with pytest.raises(UserError, match=r"stage sft failed .* resume with only=\[sft,report\]"):
+        run_plan(failing)
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        misused = compose(config_name="train", overrides=["experiment=paper"])
+    with pytest.raises(SystemExit) as exited:
+        run_or_exit(lambda cfg: None, misused, name="train")
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert exited.value.code == 2 and "run it with plan.py" in errors[-1]
+
+
+def test_the_miniature_runs_every_stage_into_every_table_and_figure(tmp_path):
+    """experiment=paper_miniature through the real CLI: SFT, GRPO, the evaluation grids (teachers and the
+    control included) on tiny random models, then report.py: Tables 1-3 and every figure, none missing."""
+    subprocess.run([sys.executable, "plan.py", "experiment=paper_miniature", f"root={tmp_path}", f"hydra.run.dir={tmp_path / 'plan'}"],
+                   cwd=ROOT, check=True, capture_output=True, text=True)
+    report = tmp_path / "report"
+    markdown = (report / "report.md").read_text()
+    for heading in ("## Table 1: after SFT", "## Table 2: after GRPO", "## Table 3: the control", "## Teachers as they are"):
+        assert heading in markdown
+    assert "Not drawn" not in markdown and "## Stage ?" not in markdown
+    for name in FIGURES:
+        assert (report / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({name}.png)" in markdown
