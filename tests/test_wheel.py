@@ -78,6 +78,11 @@ def test_the_four_entry_points_run_from_the_wheel(installed, tmp_path):
         "tiny_random", "strongreject", "tiny_random", "sft")
     report = (tmp_path / "report" / "report.md").read_text()
     assert "latent_sim" in report and "base student: first" in report
+    # The plan's commands, from the wheel, and `python -m lightning_da`.
+    plan = run(installed, str(scripts / "lightning-da-plan"), "experiment=paper", "dry_run=true", f"hydra.run.dir={tmp_path / 'plan'}")
+    assert "python -m lightning_da train -m experiment=sft_grid" in plan and "# report" in plan
+    assert "experiment=eval_teachers" in run(installed, sys.executable, "-m", "lightning_da", "plan", "experiment=paper", "dry_run=true",
+                                             f"hydra.run.dir={tmp_path / 'plan2'}")
 
 
 @pytest.mark.slow
