@@ -72,8 +72,10 @@ def heatmaps(configurations: list, kind: str, path: Path, *, rate: str) -> str |
                 grid[t, s] = _mean([c.results.rates["first"] for c in group if c.teacher == teacher and c.student == student])
             grid[t, -1] = _mean([c.results.rates["first"] for c in teachers_alone if c.teacher == teacher and c.benchmark == benchmark])
         image = ax.imshow(grid.numpy(), cmap="Reds" if kind == "safety" else "Greens", vmin=0, vmax=100, aspect="auto")
-        for (t, s), value in ((ts, float(grid[ts])) for ts in [(t, s) for t in range(len(teachers)) for s in range(len(students))]):
-            ax.text(s, t, "n/a" if math.isnan(value) else f"{value:.0f}", ha="center", va="center", fontsize=8)
+        for t in range(len(teachers)):
+            for s in range(len(students)):
+                value = float(grid[t, s])
+                ax.text(s, t, "n/a" if math.isnan(value) else f"{value:.0f}", ha="center", va="center", fontsize=8)
         ax.set_xticks(range(len(students)), students, rotation=30, ha="right", fontsize=8)
         ax.set_yticks(range(len(teachers)), teachers, fontsize=8)
         ax.set_title(f"{benchmark}: {rate} of the first sample (%)", fontsize=10)

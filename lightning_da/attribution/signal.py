@@ -134,7 +134,7 @@ def format_signal(signal: dict | None, layer: int | None) -> str:
     parts = []
     if signal["best_layer"] is not None:
         best = signal["best_layer"]
-        parts.append(f"cosine best layer {best} {shown(f'cosine@{best}')}")
+        parts.append(f"cosine best layer {best} (on these labels) {shown(f'cosine@{best}')}")
         if layer is not None and layer != signal["best_layer"]:
             parts.append(f"layer {layer} {shown(f'cosine@{layer}')}")
     parts += [f"{name} {shown(name)}" for name in ORIENTATION if name != "cosine" and scores.get(name) is not None]
