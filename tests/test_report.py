@@ -110,6 +110,7 @@ def test_report_files_have_no_nan_and_footnote_the_undefined_drop(runs):
     assert "Not drawn: no SFT evaluation on a safety benchmark with majority_vote compared" in markdown
     assert "Not drawn: no SFT evaluation on a safety benchmark with both safe and unsafe candidates" in markdown
     assert "no evaluation of teacher(s) qwq as it is" in markdown and "figure5_first_vs_majority" not in files
+    assert "Not produced: no grpo runs among these" in markdown and "Not produced: no instruct_vs_base runs" in markdown
 
 
 def test_every_table_and_figure_from_a_whole_sweep(tmp_path):
@@ -134,7 +135,7 @@ def test_every_table_and_figure_from_a_whole_sweep(tmp_path):
         assert heading in markdown
     figures = {"asr_by_layer", "by_layer_per_configuration", "auroc_by_layer", "figure3_asr_heatmap", "figure4_utility_heatmap",
                "figure5_first_vs_majority", "figure6_densities"}
-    assert figures <= set(files) and "Not drawn" not in markdown
+    assert figures <= set(files) and "Not drawn" not in markdown and "Not produced" not in markdown
     for name in figures:
         assert files[name].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({name}.png)" in markdown
     sections = {part.split("\n")[0]: part for part in markdown.split("### ")[1:]}

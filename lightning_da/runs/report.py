@@ -174,6 +174,9 @@ def render_paper_table(table: dict) -> tuple[str, list[str]]:
     return markdown_table(header, rows), footnotes
 
 
+# What to run for each of the paper's tables when a sweep has none of its stage.
+MISSING_TABLE = {"sft": "evaluate.py adapter=<sft run>/adapter", "grpo": "evaluate.py adapter=<grpo run>/adapter",
+                 "instruct_vs_base": "evaluate.py experiment=instruct_vs_base student=<name>"}
 TABLE_CSV = ["stage", "benchmark", "drop_of", "selector", "drop", "drop_low", "drop_high", "difference", "difference_low",
              "difference_high", "mcnemar_p", "n"]
 
@@ -182,7 +185,12 @@ def render_tables(configurations: list[Configuration], *, seed: int, resamples: 
     """(Markdown, CSV) of the paper's tables, one per stage (TABLES), each with its footnotes; the CSV has
     a row per stage x benchmark x selector."""
     sections, csv_rows = [], []
-    for stage, group in by_stage(configurations).items():
+    present = by_stage(configurations)
+    for stage in dict.fromkeys([*MISSING_TABLE, *present]):
+        if stage not in present:
+            sections.append(f"## {TABLES[stage]}\n\nNot produced: no {stage} runs among these ({MISSING_TABLE[stage]}).\n")
+            continue
+        group = present[stage]
         table = paper_table(group, seed=seed, resamples=resamples)
         table_md, footnotes = render_paper_table(table)
         notes = "".join(f"\n- {note}" for note in footnotes)
