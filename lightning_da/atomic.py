@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+from lightning_da.errors import UserError
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -43,3 +46,15 @@ def save_dir_atomic(target: Path, write: Callable[[Path], None], *, replace: boo
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def keyed_parts_dir(parts: Path, key: dict) -> Path:
+    """`parts`, the directory a resumable job writes its finished parts to, for the work `key` describes
+    (inputs and settings, in key.json); one left by other work is an error, not silently mixed in."""
+    key_file = parts / "key.json"
+    payload = json.dumps(key, indent=2, sort_keys=True, default=str)
+    if key_file.exists() and key_file.read_text() != payload:
+        raise UserError(f"{parts} holds the parts of other work (other inputs or settings); "
+                        f"delete it to start over, or set another hydra.run.dir")
+    write_text_atomic(key_file, payload)
+    return parts

@@ -1,4 +1,4 @@
-"""The commands: `train`, `evaluate`, `generate`, `plan` (Hydra) and `report` (argparse). The repo's train.py,
+"""The commands: `train`, `evaluate`, `generate`, `attack`, `plan` (Hydra) and `report` (argparse). The repo's train.py,
 evaluate.py, generate.py, plan.py and report.py, `python -m lightning_da <command>` and the console scripts
 `lightning-da-<command>` call these; each
 hands over to the module of the same name in `lightning_da/runs/`, imported only once the config is
@@ -38,6 +38,15 @@ def generate(cfg: DictConfig) -> None:
     from lightning_da.runs.generate import run_generate
 
     run_or_exit(run_generate, cfg, name="generate")
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="attack")
+def attack(cfg: DictConfig) -> None:
+    """PAIR against the deployed targets (the instruct model, the aligned student, with latent Best-of-N)."""
+    from lightning_da.runs.attack import run_attack
+
+    os.environ.setdefault("WANDB_MODE", "offline")
+    run_or_exit(run_attack, cfg, name="attack")
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="plan")

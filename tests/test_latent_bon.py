@@ -289,5 +289,5 @@ def test_generate_resumes_after_a_crash(adapter_dir, tmp_path, monkeypatch):
     calls.clear()
     with pytest.raises(KeyboardInterrupt):
         run_generate(config("mixed"))
-    with pytest.raises(UserError, match="another generation"):
+    with pytest.raises(UserError, match="holds the parts of other work"):
         run_generate(config("mixed", "n_candidates=2"))

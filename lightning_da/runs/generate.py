@@ -12,9 +12,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from lightning_da.atomic import write_text_atomic
+from lightning_da.atomic import keyed_parts_dir, write_text_atomic
 from lightning_da.data.traces import content_key
-from lightning_da.errors import UserError, check_at_least
+from lightning_da.errors import check_at_least
 from lightning_da.generation import batch_seed
 from lightning_da.latent_best_of_n import LatentBestOfN
 
@@ -33,7 +33,7 @@ def run_generate(cfg: DictConfig) -> list[dict]:
     prompts = [row["prompt"] for row in instantiate(cfg.benchmark).load()]
     bon = LatentBestOfN.from_config(cfg)
     run = Path(cfg.paths.output_dir)
-    parts = _parts_dir(run / "generations.parts", {
+    parts = keyed_parts_dir(run / "generations.parts", {
         "prompts": content_key(prompts), "student": OmegaConf.to_container(cfg.student, resolve=True), "adapter": cfg.adapter,
         "base": OmegaConf.to_container(cfg.base, resolve=True) if cfg.base else None, "backend": cfg.generation.backend,
         "layer": bon.layer, "n": bon.n, "sampling": bon.sampling.as_dict(), "seed": cfg.seed, "batch_size": bon.batch_size,
@@ -57,14 +57,3 @@ def run_generate(cfg: DictConfig) -> list[dict]:
     print(f"e.g. {first['prompt'][:100]!r}\n  cosines {[round(c, 4) for c in first['cosines']]}, "
           f"chose {first['index']}: {first['response'][:200]!r}")
     return picks
-
-
-def _parts_dir(parts: Path, key: dict) -> Path:
-    """`parts` for a generation with these prompts and settings; one left by another is an error."""
-    key_file = parts / "key.json"
-    payload = json.dumps(key, indent=2, sort_keys=True, default=str)
-    if key_file.exists() and key_file.read_text() != payload:
-        raise UserError(f"{parts} holds batches of another generation (other prompts or settings); "
-                        f"delete it to start over, or set another hydra.run.dir")
-    write_text_atomic(key_file, payload)
-    return parts
