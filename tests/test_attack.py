@@ -91,7 +91,7 @@ def test_pair_against_the_three_targets_stops_early_and_counts_honestly(tmp_path
     assert [(r["behaviour"], r["target"]) for r in records] == [(k, t) for k in range(3) for t in ("instruct", "aligned", "aligned_bon")]
     aligned = records[1]
     assert aligned["prompt"] == "s0-r3" and aligned["success"] and len(aligned["turns"]) == 6 and aligned["response"]
-    assert json.loads((run / "results.json").read_text()) == results and not (run / "attack.parts").exists()
+    assert json.loads((run / "attack_results.json").read_text()) == results and not (run / "attack.parts").exists()
     assert attacked == [k for k in range(3) for _ in range(3)]  # each behaviour, once per target
 
 

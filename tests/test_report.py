@@ -111,6 +111,7 @@ def test_report_files_have_no_nan_and_footnote_the_undefined_drop(runs):
     assert "Not drawn: no SFT evaluation on a safety benchmark with both safe and unsafe candidates" in markdown
     assert "no evaluation of teacher(s) qwq as it is" in markdown and "figure5_first_vs_majority" not in files
     assert "Not produced: no grpo runs among these" in markdown and "Not produced: no instruct_vs_base runs" in markdown
+    assert "Not produced: no attack runs among these" in markdown
 
 
 def test_every_table_and_figure_from_a_whole_sweep(tmp_path):
@@ -126,12 +127,23 @@ def test_every_table_and_figure_from_a_whole_sweep(tmp_path):
                    outcomes={"first": [0, 0, 1, 0], "perplexity": [0, 1, 0, 0]})
     evaluation(tmp_path, "grpo", benchmark="dan", task="safety", stage="grpo", outcomes=safe_first)
     evaluation(tmp_path, "control", benchmark="dan", task="safety", experiment="eval_control", outcomes=safe_first)
+    attack = tmp_path / "evaluate" / "attack"
+    choices(attack, student="llama3_2_1b")
+    (attack / "attack_results.json").write_text(json.dumps({
+        "n_behaviours": 50, "outcomes": {},
+        "targets": {"instruct": {"asr": 88.0, "mean_queries": 5.5, "mean_samples": 5.5, "samples_per_query": 1},
+                    "aligned": {"asr": 68.0, "mean_queries": 9.0, "mean_samples": 9.0, "samples_per_query": 1},
+                    "aligned_bon": {"asr": 66.0, "mean_queries": 9.5, "mean_samples": 76.0, "samples_per_query": 8}},
+        "pairs": {"aligned_bon_vs_aligned": {"difference": -2.0, "difference_ci": [-10.0, 6.0], "mcnemar_p": 0.8}}}))
     configurations = find_configurations([tmp_path / "evaluate"])
     assert {(c.teacher, c.student, c.stage) for c in configurations if c.stage in ("teacher", "instruct_vs_base")} == {
         ("qwq", "-", "teacher"), ("r1_qwen_14b", "-", "teacher"), ("-", "llama3_8b", "instruct_vs_base")}
-    files = write_report(configurations, tmp_path / "report", resamples=100)
+    files = write_report(configurations, tmp_path / "report", resamples=100, directories=[tmp_path / "evaluate"])
     markdown = files["report"].read_text()
-    for heading in ("## Table 1: after SFT", "## Table 2: after GRPO", "## Table 3: the control", "## Teachers as they are"):
+    assert "| llama3_2_1b | 50 | 88.0% (5.5) | 68.0% (9.0) | 66.0% (9.5) | -2.0 [-10.0, 6.0] |" in markdown  # Table 4
+    assert [row["target"] for row in read_csv(files["attack"])] == ["instruct", "aligned", "aligned_bon"]
+    for heading in ("## Table 1: after SFT", "## Table 2: after GRPO", "## Table 3: the control", "## Teachers as they are",
+                    "## Table 4: PAIR"):
         assert heading in markdown
     figures = {"asr_by_layer", "by_layer_per_configuration", "auroc_by_layer", "figure3_asr_heatmap", "figure4_utility_heatmap",
                "figure5_first_vs_majority", "figure6_densities"}

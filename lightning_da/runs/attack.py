@@ -4,7 +4,8 @@
 Each behaviour's attacks on every target are written, whole, to <run>/attack.parts/ as they finish
 (key.json: the behaviours and settings); a crashed run started again in the same `hydra.run.dir`
 keeps them and attacks only the rest. At the end: attack.jsonl (a line per behaviour and target, every
-turn), results.json (ASR per target, paired intervals and McNemar between targets), the printed table
+turn), attack_results.json (ASR per target, paired intervals and McNemar between targets; report.py
+reads it for Table 4), the printed table
 and W&B.
 """
 
@@ -100,7 +101,7 @@ def run_attack(cfg: DictConfig) -> dict:
     write_text_atomic(run / "attack.jsonl", text)
     shutil.rmtree(parts)
     results = summarize([json.loads(line) for line in text.splitlines()], list(cfg.targets), n=cfg.n_candidates, seed=cfg.seed)
-    write_text_atomic(run / "results.json", json.dumps(results, indent=2) + "\n")
+    write_text_atomic(run / "attack_results.json", json.dumps(results, indent=2) + "\n")
     print(format_results(results))
     if cfg.get("logger"):
         log_results(instantiate(cfg.logger), cfg, results)

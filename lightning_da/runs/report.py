@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 import logging
 import math
 import os
@@ -288,23 +289,54 @@ def draw_figures(configurations: list[Configuration], out: Path) -> tuple[dict[s
     return drawn, lines
 
 
-def write_report(configurations: list[Configuration], out: Path, *, seed: int = 0, resamples: int = RESAMPLES) -> dict:
+ATTACK_TARGETS = ("instruct", "aligned", "aligned_bon")
+
+
+def attack_table(directories: list[str | Path]) -> tuple[str, str]:
+    """(Markdown, CSV) of the paper's Table 4 from every attack.py run under `directories`
+    (attack_results.json): per run, each target's ASR under PAIR with the queries it took."""
+    runs = sorted({p for d in map(Path, directories) for p in d.rglob("attack_results.json")})
+    if not runs:
+        return "## Table 4: PAIR against the deployed targets\n\nNot produced: no attack runs among these (attack.py adapter=<sft run>/adapter).\n", ""
+    header = ["student", "behaviours", *(f"{t} ASR (queries)" for t in ATTACK_TARGETS), "aligned_bon vs aligned (points) [95% CI]"]
+    rows, csv_rows = [], []
+    for path in runs:
+        results, student = json.loads(path.read_text()), _choices(path.parent).get("student", UNKNOWN)
+        targets = results["targets"]
+        cells = [f"{format_number(targets[t]['asr'])} ({targets[t]['mean_queries']:.1f})" if t in targets else "-" for t in ATTACK_TARGETS]
+        pair = results["pairs"].get("aligned_bon_vs_aligned")
+        rows.append([student, str(results["n_behaviours"]), *cells,
+                     "-" if pair is None else f"{format_number(pair['difference'], '')} {format_interval(pair['difference_ci'])}"])
+        csv_rows += [[student, str(path.parent), t, v["asr"], v["mean_queries"], v["mean_samples"], v["samples_per_query"]]
+                     for t, v in targets.items()]
+    note = ("ASR: % of behaviours jailbroken within the attack's depth; queries: mean prompts sent to the target until "
+            "success (or all rounds). A Best-of-N query draws N samples (`samples_per_query` in attack.csv).")
+    markdown = f"## Table 4: PAIR against the deployed targets\n\n{markdown_table(header, rows)}\n\n{note}\n"
+    return markdown, csv_table(["student", "run", "target", "asr", "mean_queries", "mean_samples", "samples_per_query"], csv_rows)
+
+
+def write_report(configurations: list[Configuration], out: Path, *, seed: int = 0, resamples: int = RESAMPLES,
+                 directories: list[str | Path] = ()) -> dict:
     """report.md, table.csv, configurations.csv and every figure its runs allow, in `out`; returns their paths."""
     out.mkdir(parents=True, exist_ok=True)
     tables_md, tables_csv = render_tables(configurations, seed=seed, resamples=resamples)
+    attack_md, attack_csv = attack_table(directories)
     configs_md, configs_csv = render_configurations(configurations)
     drawn, figure_lines = draw_figures(configurations, out)
     markdown = (
         f"# Best-of-N latent attribution: {len(configurations)} configuration(s)\n\n"
         f"Mean relative drop vs `first` across configurations, with the 95% interval of a paired bootstrap "
         f"({resamples} resamples, prompts resampled within each configuration, seed {seed}). A positive ASR drop is "
-        f"the safety gained; a positive utility drop is the utility lost.\n\n{tables_md}\n"
+        f"the safety gained; a positive utility drop is the utility lost.\n\n{tables_md}\n{attack_md}\n"
         f"## Per configuration\n\n{configs_md}\n\nMcNemar: exact, two-sided, against `first` on the same prompts.\n\n"
         f"## Figures\n\n" + "\n\n".join(figure_lines) + "\n"
     )
     files = {"report": out / "report.md", "table": out / "table.csv", "configurations": out / "configurations.csv"}
-    for key, text in (("report", markdown), ("table", tables_csv), ("configurations", configs_csv)):
-        write_text_atomic(files[key], text)
+    if attack_csv:
+        files["attack"] = out / "attack.csv"
+    for key, text in (("report", markdown), ("table", tables_csv), ("configurations", configs_csv), ("attack", attack_csv)):
+        if key in files:
+            write_text_atomic(files[key], text)
     return {**files, **drawn}
 
 
@@ -314,7 +346,7 @@ def log_to_wandb(files: dict, project: str, out: Path) -> str:
     import wandb
 
     run = wandb.init(project=project, job_type="report", dir=str(out), mode=os.environ.get("WANDB_MODE", "offline"))
-    for key in ("table", "configurations"):
+    for key in (k for k in ("table", "configurations", "attack") if k in files):
         rows = list(csv.reader(io.StringIO(files[key].read_text())))
         run.log({f"report/{key}": wandb.Table(columns=rows[0], data=rows[1:])})
     for key, path in files.items():
@@ -344,7 +376,7 @@ def main(argv: list[str] | None = None) -> None:
             raise UserError(f"--resamples={args.resamples}: set it to an integer of at least 1")
         configurations = find_configurations(args.dirs)
         out = args.out or Path(args.dirs[0])
-        files = write_report(configurations, out, seed=args.seed, resamples=args.resamples)
+        files = write_report(configurations, out, seed=args.seed, resamples=args.resamples, directories=args.dirs)
         if args.wandb_project:
             log_to_wandb(files, args.wandb_project, out)
     except UserError as exc:
