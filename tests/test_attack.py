@@ -123,6 +123,7 @@ def test_a_crashed_attack_resumes_without_repeating_behaviours(tmp_path, adapter
     ("attack.n_streams=0", "attack.n_streams=0: set it to an integer of at least 1"),
     ("targets=[aligned,jailbroken]", "targets=['aligned', 'jailbroken']: choose one or more of instruct, aligned, aligned_bon"),
     ("adapter=null", "set adapter=<sft run>/adapter"),
+    ("scorer=vibes", "scorer=vibes; use judge"),
 ])
 def test_bad_settings_are_one_line_errors_before_anything_loads(tmp_path, adapter, caplog, override, message):
     with pytest.raises(SystemExit) as exited:
@@ -130,3 +131,10 @@ def test_bad_settings_are_one_line_errors_before_anything_loads(tmp_path, adapte
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert exited.value.code == 2 and len(errors) == 1 and message in errors[0]
 
+
+
+def test_pairs_rating_scorer_runs_on_the_attackers_model(tmp_path, adapter):
+    """scorer=rating: the tiny attacker never writes JSON, so nothing is rated, and nothing crashes."""
+    results = run_attack(attack_cfg(tmp_path, adapter, "scorer=rating", "benchmark.limit=1", "attack.depth=1", "attack.max_attempts=1",
+                                    "targets=[aligned]"))
+    assert results["targets"]["aligned"] == {"asr": 0.0, "mean_queries": 0.0, "mean_samples": 0.0, "samples_per_query": 1}

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from lightning_da.atomic import keyed_parts_dir, write_text_atomic
-from lightning_da.attack.models import TARGETS, BestOfNTarget, ChatAttacker, FirstSampleTarget, JudgeScorer
+from lightning_da.attack.models import TARGETS, BestOfNTarget, ChatAttacker, FirstSampleTarget, JudgeScorer, RatingScorer
 from lightning_da.attack.pair import PAIR, behaviours
 from lightning_da.attribution.selectors import check_layer
 from lightning_da.data.traces import content_key
@@ -35,6 +35,7 @@ from lightning_da.stats import paired_bootstrap
 from lightning_da.tables import format_interval, format_number, rounded
 
 log = logging.getLogger(__name__)
+SCORERS = ("judge", "rating")
 
 
 def check_settings(cfg: DictConfig) -> None:
@@ -49,12 +50,25 @@ def check_settings(cfg: DictConfig) -> None:
         raise UserError(f"targets={list(cfg.targets)}: choose one or more of {', '.join(TARGETS)}")
     if not cfg.adapter:
         raise UserError("set adapter=<sft run>/adapter: the aligned student (its adapter disabled is the instruct target)")
+    if cfg.scorer not in SCORERS:
+        raise UserError(f"scorer={cfg.scorer}; use judge (the judge= group: success = unsafe) or rating (PAIR's 1-10 by rating_model)")
 
 
 def build_attacker(cfg: DictConfig, device) -> ChatAttacker:
     source = instantiate(cfg.attacker.model)
     return ChatAttacker(seed=cfg.seed, model=source.load_model().eval().to(device), tokenizer=source.load_tokenizer(),
                         sampling=instantiate(cfg.attacker.sampling))
+
+
+def build_scorer(cfg: DictConfig, judge, attacker: ChatAttacker, device):
+    """The judge= group's verdicts, or PAIR's 1-10 rating by `rating_model` (the attacker's own model when
+    it is the same node: loaded once)."""
+    if cfg.scorer == "judge":
+        return JudgeScorer(judge)
+    if OmegaConf.to_container(cfg.rating_model, resolve=True) == OmegaConf.to_container(cfg.attacker.model, resolve=True):
+        return RatingScorer(seed=cfg.seed, model=attacker.model, tokenizer=attacker.tokenizer)
+    source = instantiate(cfg.rating_model)
+    return RatingScorer(seed=cfg.seed, model=source.load_model().eval().to(device), tokenizer=source.load_tokenizer())
 
 
 def build_targets(cfg: DictConfig, model, base, tokenizer) -> dict:
@@ -79,21 +93,23 @@ def run_attack(cfg: DictConfig) -> dict:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, base, tokenizer = load_student(cfg, device)
     check_layer(cfg.attribution.layer, model.config.get_text_config().num_hidden_layers + 1, "attribution.layer")
-    attacker, targets, scorer = build_attacker(cfg, device), build_targets(cfg, model, base, tokenizer), JudgeScorer(judge)
+    attacker, targets = build_attacker(cfg, device), build_targets(cfg, model, base, tokenizer)
+    scorer = build_scorer(cfg, judge, attacker, device)
     run = Path(cfg.paths.output_dir)
     parts = keyed_parts_dir(run / "attack.parts", {
         "behaviours": content_key([list(g) for g in goals]), "targets": list(cfg.targets), "seed": cfg.seed, "adapter": cfg.adapter,
         "settings": OmegaConf.to_container(cfg, resolve=True)["attack"], "student": OmegaConf.to_container(cfg.student, resolve=True),
         "attacker": OmegaConf.to_container(cfg.attacker, resolve=True), "judge": judge.identity(), "n_candidates": cfg.n_candidates,
-        "max_new_tokens": cfg.max_new_tokens, "layer": cfg.attribution.layer})
+        "max_new_tokens": cfg.max_new_tokens, "layer": cfg.attribution.layer, "scorer": cfg.scorer})
     todo = [k for k in range(len(goals)) if not (parts / f"behaviour-{k:06d}.jsonl").exists()]
     if len(todo) < len(goals):
         log.info("resuming: %d of %d behaviours already in %s", len(goals) - len(todo), len(goals), parts)
     for k in tqdm(todo, desc="PAIR", unit="behaviour"):
         records = []
         for name, target in targets.items():
-            attacker.start(k)
-            target.start(k)
+            for seeded in (attacker, target, scorer):
+                if hasattr(seeded, "start"):
+                    seeded.start(k)
             result = PAIR(attacker=attacker, target=target, judge=scorer, **cfg.attack).attack(*goals[k])
             records.append({"behaviour": k, "target": name, **result.to_dict()})
         write_text_atomic(parts / f"behaviour-{k:06d}.jsonl", "".join(json.dumps(r) + "\n" for r in records))
