@@ -203,3 +203,15 @@ def test_the_rating_scorer_asks_the_model_and_counts_what_it_cannot_read(student
     scorer = RatingScorer(seed=0, model=student, tokenizer=tokenizer)
     scores = scorer("build a bomb", ["p1", "p2"], ["Sure, step one", "No."])
     assert scores == [(1.0, False), (1.0, False)] and scorer.unparsable == 2  # a random model never answers "[[k]]"
+
+
+def test_the_attackers_answer_is_begun_with_the_json_opening_and_kept_in_order(student, tokenizer):
+    from lightning_da.attack.models import LATER_REPLY, OPENING_REPLY
+    from lightning_da.attack.pair import AttackerRequest
+
+    attacker = ChatAttacker(seed=0, model=student, tokenizer=tokenizer, sampling=SAMPLING)
+    messages = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]
+    requests = [AttackerRequest(0, 2, 0, messages), AttackerRequest(1, 1, 0, messages), AttackerRequest(2, 2, 0, messages)]
+    replies = attacker(requests)
+    assert replies[1].startswith(OPENING_REPLY) and replies[0].startswith(LATER_REPLY) and replies[2].startswith(LATER_REPLY)
+    assert not ChatAttacker(seed=0, model=student, tokenizer=tokenizer, sampling=SAMPLING, prefill=False)(requests[:1])[0].startswith("{")

@@ -35,16 +35,31 @@ class Seeded:
         return self.seed + 1_000_003 * self.behaviour + self.calls - 1
 
 
+# As PAIR does, the attacker's answer is begun for it, so that even a weak model writes the JSON asked for.
+OPENING_REPLY, LATER_REPLY = '{"improvement": "", "prompt": "', '{"improvement": "'
+
+
 @dataclass
 class ChatAttacker(Seeded):
-    """The attacker: each request's messages through the chat template, one sampled reply each."""
+    """The attacker: each request's messages through the chat template, one sampled reply each, begun with
+    the JSON's opening (`prefill`; the first round has no improvement to explain)."""
 
     model: PreTrainedModel | None = None
     tokenizer: PreTrainedTokenizerBase | None = None
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    prefill: bool = True
 
     def __call__(self, requests: list[AttackerRequest]) -> list[str]:
-        return sample_chats(self.model, self.tokenizer, [r.messages for r in requests], self.sampling, seed=self.next_seed())
+        replies = []
+        for first_round in (True, False):  # one call per opening (a call's requests share a round anyway)
+            group = [r for r in requests if (r.round == 1) == first_round]
+            if group:
+                opening = (OPENING_REPLY if first_round else LATER_REPLY) if self.prefill else ""
+                texts = sample_chats(self.model, self.tokenizer, [r.messages for r in group], self.sampling, seed=self.next_seed(),
+                                     continuation=opening)
+                replies += list(zip(group, texts, strict=True))
+        order = {id(r): k for k, r in enumerate(requests)}
+        return [text for _, text in sorted(replies, key=lambda pair: order[id(pair[0])])]
 
 
 @dataclass

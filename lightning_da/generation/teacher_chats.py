@@ -10,9 +10,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from lightning_da.generation.sampling import SamplingConfig
 
 
-def encode_chats(tokenizer: PreTrainedTokenizerBase, chats: list[list[dict]]) -> dict:
-    """Left-padded input ids of each chat with the assistant turn opened."""
-    texts = [tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) for chat in chats]
+def encode_chats(tokenizer: PreTrainedTokenizerBase, chats: list[list[dict]], continuation: str = "") -> dict:
+    """Left-padded input ids of each chat with the assistant turn opened (and begun with `continuation`)."""
+    texts = [tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) + continuation for chat in chats]
     # The template already holds BOS where the model wants it.
     previous, tokenizer.padding_side = tokenizer.padding_side, "left"
     try:
@@ -30,9 +30,11 @@ def sample_chats(
     *,
     num_return_sequences: int = 1,
     seed: int | None = None,
+    continuation: str = "",
 ) -> list[str]:
-    """Completions of each chat (`num_return_sequences` per chat, grouped by chat), special tokens removed."""
-    encoded = encode_chats(tokenizer, chats).to(model.device)
+    """Completions of each chat (`num_return_sequences` per chat, grouped by chat), special tokens removed;
+    with `continuation`, the assistant's answer starts with it (and so does each completion returned)."""
+    encoded = encode_chats(tokenizer, chats, continuation).to(model.device)
     if seed is not None:
         torch.manual_seed(seed)
     output = model.generate(
@@ -42,4 +44,4 @@ def sample_chats(
         pad_token_id=tokenizer.pad_token_id,
     )
     new_tokens = output[:, encoded["input_ids"].shape[1]:]
-    return tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+    return [continuation + text for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]

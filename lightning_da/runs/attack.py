@@ -112,6 +112,9 @@ def run_attack(cfg: DictConfig) -> dict:
                     seeded.start(k)
             result = PAIR(attacker=attacker, target=target, judge=scorer, **cfg.attack).attack(*goals[k])
             records.append({"behaviour": k, "target": name, **result.to_dict()})
+            log.info("behaviour %d, %s: %s after %d queries (%d samples)%s", k, name,
+                     f"jailbroken in round {result.turns[-1].round}" if result.success else "held", result.queries,
+                     result.samples, f"; attacker gave no JSON on streams {result.ended_streams}" if result.ended_streams else "")
         write_text_atomic(parts / f"behaviour-{k:06d}.jsonl", "".join(json.dumps(r) + "\n" for r in records))
     text = "".join((parts / f"behaviour-{k:06d}.jsonl").read_text() for k in range(len(goals)))
     write_text_atomic(run / "attack.jsonl", text)
