@@ -98,7 +98,7 @@ def run_attack(cfg: DictConfig) -> dict:
     run = Path(cfg.paths.output_dir)
     parts = keyed_parts_dir(run / "attack.parts", {
         "behaviours": content_key([list(g) for g in goals]), "targets": list(cfg.targets), "seed": cfg.seed, "adapter": cfg.adapter,
-        "settings": OmegaConf.to_container(cfg, resolve=True)["attack"], "student": OmegaConf.to_container(cfg.student, resolve=True),
+        "settings": OmegaConf.to_container(cfg.attack), "student": OmegaConf.to_container(cfg.student, resolve=True),
         "attacker": OmegaConf.to_container(cfg.attacker, resolve=True), "judge": judge.identity(), "n_candidates": cfg.n_candidates,
         "max_new_tokens": cfg.max_new_tokens, "layer": cfg.attribution.layer, "scorer": cfg.scorer})
     todo = [k for k in range(len(goals)) if not (parts / f"behaviour-{k:06d}.jsonl").exists()]
