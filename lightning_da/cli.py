@@ -6,7 +6,9 @@ composed, so `--help` and `--cfg job` answer without loading torch."""
 
 from __future__ import annotations
 
+import functools
 import os
+import sys
 
 import hydra
 from omegaconf import DictConfig
@@ -14,6 +16,36 @@ from omegaconf import DictConfig
 from lightning_da.errors import run_or_exit
 
 
+def check_choices(argv: list[str]) -> None:
+    """Every `group=name` on the command line names a file of that config group, else one line naming the
+    choices and exit 2, before Hydra composes anything (its own message runs to a screenful)."""
+    from lightning_da.conf import CONF_DIR
+
+    for arg in argv:
+        key, _, value = arg.lstrip("+~").partition("=")
+        group = key.split("@")[0]
+        if not value or group.startswith("hydra") or "/" in group or not (CONF_DIR / group).is_dir() or "(" in value:
+            continue
+        choices = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+        unknown = [name for name in value.split(",") if name not in choices and name != "null"]
+        if unknown:
+            print(f"error: unknown {group}={','.join(unknown)}; choose from {', '.join(choices)} (lightning_da/conf/{group}/)",
+                  file=sys.stderr)
+            sys.exit(2)
+
+
+def _checked(main):
+    """A Hydra main whose config-group choices are checked first (`check_choices`)."""
+
+    @functools.wraps(main)
+    def run(*args, **kwargs):
+        check_choices(sys.argv[1:])
+        return main(*args, **kwargs)
+
+    return run
+
+
+@_checked
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def train(cfg: DictConfig) -> None:
     """Distil a reasoning teacher's safety reasoning into a student (or `algorithm=grpo`: the RL stage)."""
@@ -23,6 +55,7 @@ def train(cfg: DictConfig) -> None:
     run_or_exit(run_train, cfg, name="train")
 
 
+@_checked
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 def evaluate(cfg: DictConfig) -> None:
     """Best-of-N latent attribution on a benchmark, every selector side by side."""
@@ -32,6 +65,7 @@ def evaluate(cfg: DictConfig) -> None:
     run_or_exit(run_evaluate, cfg, name="evaluate")
 
 
+@_checked
 @hydra.main(version_base="1.3", config_path="conf", config_name="generate")
 def generate(cfg: DictConfig) -> None:
     """Latent Best-of-N generation: N candidates per prompt, the one least like the base kept."""
@@ -40,6 +74,7 @@ def generate(cfg: DictConfig) -> None:
     run_or_exit(run_generate, cfg, name="generate")
 
 
+@_checked
 @hydra.main(version_base="1.3", config_path="conf", config_name="attack")
 def attack(cfg: DictConfig) -> None:
     """PAIR against the deployed targets (the instruct model, the aligned student, with latent Best-of-N)."""
@@ -49,6 +84,7 @@ def attack(cfg: DictConfig) -> None:
     run_or_exit(run_attack, cfg, name="attack")
 
 
+@_checked
 @hydra.main(version_base="1.3", config_path="conf", config_name="plan")
 def plan(cfg: DictConfig) -> None:
     """A whole study, one command per stage (experiment=paper, or paper_miniature offline)."""

@@ -73,8 +73,8 @@ def test_unknown_config_name_fails_clearly(compose_train):
     result = subprocess.run(
         [sys.executable, "train.py", "student=nope", "--cfg", "job"], cwd=ROOT, capture_output=True, text=True
     )
-    assert result.returncode != 0
-    assert "Could not find 'student/nope'" in result.stderr and "qwen2_5_0_5b" in result.stderr
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0  # one line, before Hydra composes
+    assert "unknown student=nope; choose from" in result.stderr and "qwen2_5_0_5b" in result.stderr
 
 
 def test_sft_grid_experiment_is_the_papers_grid(compose_train):
@@ -117,3 +117,26 @@ def test_grpo_grid_experiment_is_the_papers_grid_and_starts_from_the_sft_grid(co
     assert "    init_adapter: outputs/sft_grid/r1_llama_8b__gemma3_1b/adapter" in out
     sft = OmegaConf.to_container(OmegaConf.load(CONF / "experiment" / "sft_grid.yaml").hydra.sweep)
     assert (sft["dir"], sft["subdir"]) == ("outputs/sft_grid", "${hydra:runtime.choices.teacher}__${hydra:runtime.choices.student}")
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["attacker=nope"], "unknown attacker=nope; choose from qwen2_5_7b, smollm2_135m, tiny_random"),
+    (["-m", "student=tiny_random,nope"], "unknown student=nope; choose from"),
+    (["data@data.harmful=nope"], "unknown data=nope; choose from rl_mixture, star_41k, strongreject"),
+    (["+benchmark=xyz"], "unknown benchmark=xyz; choose from advbench"),
+])
+def test_an_unknown_config_name_is_one_line_naming_the_choices(argv, message, capsys):
+    from lightning_da.cli import check_choices
+
+    with pytest.raises(SystemExit) as exited:
+        check_choices(argv)
+    err = capsys.readouterr().err.strip()
+    assert exited.value.code == 2 and err.count("\n") == 0 and message in err
+
+
+def test_known_names_values_and_hydra_groups_pass_the_choice_check():
+    from lightning_da.cli import check_choices
+
+    check_choices(["student=tiny_random", "teacher=qwq,r1_qwen_14b", "benchmark.limit=3", "hydra/launcher=joblib", "seed=1",
+                   "+judge.refusals=[e]", "~logger", "experiment=paper", "trainer=null"])
+
