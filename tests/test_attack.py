@@ -124,6 +124,7 @@ def test_a_crashed_attack_resumes_without_repeating_behaviours(tmp_path, adapter
     ("targets=[aligned,jailbroken]", "targets=['aligned', 'jailbroken']: choose one or more of instruct, aligned, aligned_bon"),
     ("adapter=null", "set adapter=<sft run>/adapter"),
     ("scorer=vibes", "scorer=vibes; use judge"),
+    ("attacker=teacher", "attacker=teacher attacks with a teacher's model: set teacher=<name>"),
 ])
 def test_bad_settings_are_one_line_errors_before_anything_loads(tmp_path, adapter, caplog, override, message):
     with pytest.raises(SystemExit) as exited:
@@ -138,3 +139,10 @@ def test_pairs_rating_scorer_runs_on_the_attackers_model(tmp_path, adapter):
     results = run_attack(attack_cfg(tmp_path, adapter, "scorer=rating", "benchmark.limit=1", "attack.depth=1", "attack.max_attempts=1",
                                     "targets=[aligned]"))
     assert results["targets"]["aligned"] == {"asr": 0.0, "mean_queries": 0.0, "mean_samples": 0.0, "samples_per_query": 1}
+
+
+def test_any_teacher_or_the_student_can_attack(tmp_path, adapter):
+    teacher = attack_cfg(tmp_path, adapter, "attacker=teacher", "teacher=r1_qwen_14b")
+    assert (teacher.attacker.model.name, teacher.attacker.sampling.temperature) == ("deepseek-ai/DeepSeek-R1-Distill-Qwen-14B", 1.0)
+    student = attack_cfg(tmp_path, adapter, "attacker=student")
+    assert student.attacker.model._target_.endswith("TinyRandomLlama") and student.attacker.sampling.max_new_tokens == 500

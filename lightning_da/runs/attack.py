@@ -21,6 +21,7 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationKeyError
 from tqdm.auto import tqdm
 
 from lightning_da.atomic import keyed_parts_dir, write_text_atomic
@@ -50,6 +51,10 @@ def check_settings(cfg: DictConfig) -> None:
         raise UserError(f"targets={list(cfg.targets)}: choose one or more of {', '.join(TARGETS)}")
     if not cfg.adapter:
         raise UserError("set adapter=<sft run>/adapter: the aligned student (its adapter disabled is the instruct target)")
+    try:
+        cfg.attacker.model  # noqa: B018 - resolves attacker=teacher's ${teacher.model}
+    except InterpolationKeyError:
+        raise UserError("attacker=teacher attacks with a teacher's model: set teacher=<name> (conf/teacher/)") from None
     if cfg.scorer not in SCORERS:
         raise UserError(f"scorer={cfg.scorer}; use judge (the judge= group: success = unsafe) or rating (PAIR's 1-10 by rating_model)")
 
