@@ -146,3 +146,28 @@ def test_any_teacher_or_the_student_can_attack(tmp_path, adapter):
     assert (teacher.attacker.model.name, teacher.attacker.sampling.temperature) == ("deepseek-ai/DeepSeek-R1-Distill-Qwen-14B", 1.0)
     student = attack_cfg(tmp_path, adapter, "attacker=student")
     assert student.attacker.model._target_.endswith("TinyRandomLlama") and student.attacker.sampling.max_new_tokens == 500
+
+
+def test_a_large_attacker_runs_on_vllm(tmp_path, adapter, monkeypatch):
+    """generation.backend=vllm: the attacker's chats go through the engine (here the in-repo stand-in, with
+    vLLM's interface), its answer begun with the JSON opening; the targets stay on the loaded student."""
+    import sys
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent / "stand_ins"))
+    log = tmp_path / "vllm.jsonl"
+    monkeypatch.setenv("VLLM_STAND_IN_LOG", str(log))
+    try:
+        results = run_attack(attack_cfg(tmp_path, adapter, "generation.backend=vllm", "benchmark.limit=1", "attack.depth=1",
+                                        "attack.max_attempts=1", "targets=[aligned]", f"paths.cache_dir={tmp_path / 'cache'}"))
+    finally:
+        for name in [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]:
+            del sys.modules[name]
+    engine, *requests = [json.loads(line) for line in log.read_text().splitlines()]
+    assert engine["model"] and len(requests) == 2  # one request per stream of the one attempt
+    from lightning_da.attack.models import OPENING_REPLY
+    from lightning_da.models import TinyRandomLlama
+
+    tokenizer = TinyRandomLlama().load_tokenizer()
+    assert all(tokenizer.decode(r["prompt_token_ids"]).endswith(OPENING_REPLY) for r in requests)
+    assert results["n_behaviours"] == 1

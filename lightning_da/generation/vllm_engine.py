@@ -152,12 +152,12 @@ class VLLMGenerator:
                                  seed=seed, progress=progress)
 
     def sample_chats(self, tokenizer: PreTrainedTokenizerBase, chats: list[list[dict]], sampling: SamplingConfig, *,
-                     num_return_sequences: int = 1, seed: int = 0) -> list[str]:
+                     num_return_sequences: int = 1, seed: int = 0, continuation: str = "") -> list[str]:
         """Completions of each chat, grouped by chat, special tokens removed: as `generation.sample_chats`."""
-        texts = [tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) for chat in chats]
+        texts = [tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) + continuation for chat in chats]
         ids = tokenizer(texts, add_special_tokens=False)["input_ids"]  # the template holds BOS where wanted
         completions = self.generate_ids(ids, tokenizer, n=num_return_sequences, sampling=sampling, seed=seed)
-        return tokenizer.batch_decode([c.ids for row in completions for c in row], skip_special_tokens=True)
+        return [continuation + t for t in tokenizer.batch_decode([c.ids for row in completions for c in row], skip_special_tokens=True)]
 
 
 

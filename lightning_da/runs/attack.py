@@ -15,6 +15,7 @@ import itertools
 import json
 import logging
 import shutil
+from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -30,6 +31,7 @@ from lightning_da.attack.pair import PAIR, behaviours
 from lightning_da.attribution.selectors import check_layer
 from lightning_da.data.traces import content_key
 from lightning_da.errors import UserError, check_at_least
+from lightning_da.generation import VLLMGenerator, check_backend, sample_chats
 from lightning_da.latent_best_of_n import LatentBestOfN
 from lightning_da.models.student import load_student, student_sampling
 from lightning_da.stats import paired_bootstrap
@@ -59,10 +61,19 @@ def check_settings(cfg: DictConfig) -> None:
         raise UserError(f"scorer={cfg.scorer}; use judge (the judge= group: success = unsafe) or rating (PAIR's 1-10 by rating_model)")
 
 
+def chat_sampler(cfg: DictConfig, node: DictConfig, device):
+    """`sample(chats, sampling, seed=, continuation=)` for the model `node`: a vLLM engine under
+    `generation.backend=vllm` (large attackers), else Hugging Face `generate` on it loaded here."""
+    source = instantiate(node)
+    tokenizer = source.load_tokenizer()
+    if check_backend(cfg.generation):
+        engine = VLLMGenerator(source, instantiate(cfg.generation.vllm), cache_dir=cfg.paths.cache_dir, seed=cfg.seed)
+        return partial(engine.sample_chats, tokenizer)
+    return partial(sample_chats, source.load_model().eval().to(device), tokenizer)
+
+
 def build_attacker(cfg: DictConfig, device) -> ChatAttacker:
-    source = instantiate(cfg.attacker.model)
-    return ChatAttacker(seed=cfg.seed, model=source.load_model().eval().to(device), tokenizer=source.load_tokenizer(),
-                        sampling=instantiate(cfg.attacker.sampling))
+    return ChatAttacker(seed=cfg.seed, sample=chat_sampler(cfg, cfg.attacker.model, device), sampling=instantiate(cfg.attacker.sampling))
 
 
 def build_scorer(cfg: DictConfig, judge, attacker: ChatAttacker, device):
@@ -71,9 +82,8 @@ def build_scorer(cfg: DictConfig, judge, attacker: ChatAttacker, device):
     if cfg.scorer == "judge":
         return JudgeScorer(judge)
     if OmegaConf.to_container(cfg.rating_model, resolve=True) == OmegaConf.to_container(cfg.attacker.model, resolve=True):
-        return RatingScorer(seed=cfg.seed, model=attacker.model, tokenizer=attacker.tokenizer)
-    source = instantiate(cfg.rating_model)
-    return RatingScorer(seed=cfg.seed, model=source.load_model().eval().to(device), tokenizer=source.load_tokenizer())
+        return RatingScorer(seed=cfg.seed, sample=attacker.sample)
+    return RatingScorer(seed=cfg.seed, sample=chat_sampler(cfg, cfg.rating_model, device))
 
 
 def build_targets(cfg: DictConfig, model, base, tokenizer) -> dict:
