@@ -120,7 +120,7 @@ def test_grpo_grid_experiment_is_the_papers_grid_and_starts_from_the_sft_grid(co
 
 
 @pytest.mark.parametrize(("argv", "message"), [
-    (["attacker=nope"], "unknown attacker=nope; choose from qwen2_5_7b, smollm2_135m, tiny_random"),
+    (["attacker=nope"], "unknown attacker=nope; choose from qwen2_5_7b, smollm2_135m, student, teacher, tiny_random"),
     (["-m", "student=tiny_random,nope"], "unknown student=nope; choose from"),
     (["data@data.harmful=nope"], "unknown data=nope; choose from rl_mixture, star_41k, strongreject"),
     (["+benchmark=xyz"], "unknown benchmark=xyz; choose from advbench"),
