@@ -24,11 +24,6 @@ def _pyplot():
     return plt
 
 
-def MaxNLocator(**kwargs):  # noqa: N802 - matplotlib's class, imported lazily like pyplot
-    from matplotlib.ticker import MaxNLocator as locator
-
-    return locator(**kwargs)
-
 
 def save(figure, path: Path) -> None:
     """Whole or not at all, as every other output."""
@@ -44,9 +39,14 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else math.nan
 
 
-def _grid(panels: int) -> tuple[int, int]:
-    columns = min(panels, 3)
-    return -(-panels // columns), columns
+def _panels(count: int, width: float, height: float):
+    """(figure, the first `count` axes) of a grid up to 3 wide, each panel `width` x `height`; the rest hidden."""
+    columns = min(count, 3)
+    rows = -(-count // columns)
+    figure, axes = _pyplot().subplots(rows, columns, figsize=(width * columns, height * rows), squeeze=False)
+    for ax in axes.flat[count:]:
+        ax.axis("off")
+    return figure, list(axes.flat[:count])
 
 
 def heatmaps(configurations: list, kind: str, path: Path, *, rate: str) -> str | None:
@@ -57,12 +57,8 @@ def heatmaps(configurations: list, kind: str, path: Path, *, rate: str) -> str |
         return f"no SFT evaluations on a {kind} benchmark: run evaluate.py adapter=<sft run>/adapter on one"
     teachers_alone = [c for c in configurations if c.kind == kind and c.stage == "teacher"]
     benchmarks = list(dict.fromkeys(c.benchmark for c in distilled))
-    plt = _pyplot()
-    rows, columns = _grid(len(benchmarks))
-    figure, axes = plt.subplots(rows, columns, figsize=(5.5 * columns, 4 * rows), squeeze=False)
-    for ax in axes.flat[len(benchmarks):]:
-        ax.axis("off")
-    for ax, benchmark in zip(axes.flat, benchmarks, strict=False):
+    figure, axes = _panels(len(benchmarks), 5.5, 4)
+    for ax, benchmark in zip(axes, benchmarks, strict=True):
         group = [c for c in distilled if c.benchmark == benchmark]
         teachers = list(dict.fromkeys(c.teacher for c in group))
         students = list(dict.fromkeys(c.student for c in group)) + ["teacher itself"]
@@ -177,7 +173,7 @@ def by_layer_lines(configurations: list, path: Path, *, value: Callable, ylabel:
     if reference is not None:
         ax.axhline(reference[0], color="black", linestyle="--", linewidth=1, label=reference[1])
     ax.set_xlabel("layer (0 = embeddings)")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(_pyplot().MaxNLocator(integer=True))
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend(fontsize=7, loc="best")
@@ -191,17 +187,13 @@ def by_layer_panels(configurations: list, path: Path) -> bool:
     group = [c for c in configurations if c.results.by_layer]
     if not group:
         return False
-    plt = _pyplot()
-    rows, columns = _grid(len(group))
-    figure, axes = plt.subplots(rows, columns, figsize=(4.5 * columns, 3.2 * rows), squeeze=False)
-    for ax in axes.flat[len(group):]:
-        ax.axis("off")
-    for ax, c in zip(axes.flat, group, strict=False):
+    figure, axes = _panels(len(group), 4.5, 3.2)
+    for ax, c in zip(axes, group, strict=True):
         ax.plot(c.results.by_layer, color="black", linewidth=1.5, label="latent choice")
         ax.axhline(c.results.rates["first"], color="grey", linestyle="--", linewidth=1, label="first")
         ax.set_title(c.label, fontsize=8)
         ax.set_xlabel("layer", fontsize=8)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(_pyplot().MaxNLocator(integer=True))
         ax.set_ylabel(f"{c.rate_name} (%)", fontsize=8)
         ax.legend(fontsize=6)
     save(figure, path)
