@@ -57,7 +57,7 @@ def test_candidates_equal_hf_with_the_adapter(engine_log, tiny_source, tokenizer
     assert [r["prompt_token_ids"] for r in requests] == [prefix_ids(tokenizer, p) for p in PROMPTS]
 
 
-def test_settings_reach_the_engine_and_each_prompt_has_its_own_seed(engine_log, tiny_source, tokenizer, tmp_path):
+def test_settings_reach_the_engine_and_no_two_samples_share_a_seed(engine_log, tiny_source, tokenizer, tmp_path):
     settings = VLLMSettings(tensor_parallel_size=2, gpu_memory_utilization=0.3, max_model_len=512)
     generator = VLLMGenerator(tiny_source, settings, cache_dir=tmp_path / "cache")
     sampling = SamplingConfig(temperature=0.9, top_p=0.95, top_k=None, max_new_tokens=6)
@@ -66,12 +66,52 @@ def test_settings_reach_the_engine_and_each_prompt_has_its_own_seed(engine_log, 
     assert ids(rest) == ids(whole)[1:]  # what a prompt samples does not depend on the others in the call
 
     engine, *requests = engine_log()
-    assert {k: engine[k] for k in ("tensor_parallel_size", "gpu_memory_utilization", "max_model_len")} == {
-        "tensor_parallel_size": 2, "gpu_memory_utilization": 0.3, "max_model_len": 512}
-    assert [r["seed"] for r in requests] == [10, 11, 12, 11, 12]
+    assert {k: engine[k] for k in ("tensor_parallel_size", "gpu_memory_utilization", "max_model_len", "backend")} == {
+        "tensor_parallel_size": 2, "gpu_memory_utilization": 0.3, "max_model_len": 512, "backend": None}
+    # vLLM seeds a request's sample j `seed + j`: prompt i's request goes as (seed + i) n, so the nine
+    # samples of the first call have nine streams (with seed + i, prompt 1's sample 0 would be prompt 0's sample 1).
+    assert [r["seed"] for r in requests] == [30, 33, 36, 33, 36]
+    streams = [r["seed"] + j for r in requests[:3] for j in range(r["n"])]
+    assert len(set(streams)) == 9
     assert {(r["n"], r["temperature"], r["top_p"], r["top_k"], r["max_tokens"]) for r in requests} == {(3, 0.9, 0.95, -1, 6)}
     assert tokenizer.eos_token_id in requests[0]["stop_token_ids"]
     assert all(len(row) == 3 for row in whole)
+    assert len({tuple(c.ids) for c in whole[0]}) > 1  # three streams, not one copied
+
+
+def test_greedy_sends_one_sample_a_request_and_copies_it(engine_log, tiny_source, tokenizer, tmp_path):
+    """vLLM refuses n > 1 with greedy sampling ("n must be 1 when using greedy sampling"), as the stand-in does."""
+    import vllm
+
+    with pytest.raises(ValueError, match="n must be 1 when using greedy sampling"):
+        vllm.SamplingParams(n=2, temperature=0.0)
+    generator = VLLMGenerator(tiny_source, VLLMSettings(), cache_dir=tmp_path / "cache")
+    out = generator.sample_completions(tokenizer, PROMPTS, n=3, sampling=GREEDY, seed=0, progress=False)
+    assert [len(row) for row in out] == [3, 3, 3] and all(c.ids == row[0].ids for row in out for c in row)
+    assert {r["n"] for r in engine_log() if r["event"] == "request"} == {1}
+
+
+def test_the_stand_in_refuses_what_vllm_refuses(engine_log, tiny_source, tokenizer, tmp_path):
+    import vllm
+
+    with pytest.raises(TypeError, match="unexpected keyword argument 'max_num_tokens'"):
+        vllm.LLM(str(tiny_source.local_dir()), max_num_tokens=8)
+    for bad, message in (({"temperature": 2.5}, "temperature must be in"), ({"top_p": 0.0}, "top_p must be in"),
+                         ({"top_k": -2}, "top_k must be"), ({"max_tokens": 0}, "max_tokens must be")):
+        with pytest.raises(ValueError, match=message):
+            vllm.SamplingParams(**bad)
+    generator = VLLMGenerator(tiny_source, VLLMSettings(max_model_len=8), cache_dir=tmp_path / "cache")
+    with pytest.raises(ValueError, match="longer than the maximum model length of 8"):
+        generator.sample_completions(tokenizer, PROMPTS[:1], n=1, sampling=GREEDY, progress=False)
+    hot = SamplingConfig(temperature=2.5, max_new_tokens=4)
+    with pytest.raises(UserError, match="sampling temperature 2.5: vLLM samples at temperatures up to 2.0"):
+        generator.sample_completions(tokenizer, PROMPTS[:1], n=1, sampling=hot, progress=False)
+
+
+def test_max_model_len_defaults_to_what_fits(engine_log, tiny_source, tmp_path):
+    """-1 (the default): vLLM's own choice, the model's context as far as memory allows."""
+    VLLMGenerator(tiny_source, VLLMSettings(), cache_dir=tmp_path / "cache")
+    assert engine_log()[0]["max_model_len"] == -1
 
 
 def test_teacher_chats_are_decoded_as_the_hf_backend_does(engine_log, tiny_source, tokenizer, tmp_path):
@@ -87,6 +127,9 @@ def test_teacher_chats_are_decoded_as_the_hf_backend_does(engine_log, tiny_sourc
     ({"gpu_memory_utilization": 1.5}, "gpu_memory_utilization=1.5: set a fraction in (0, 1]"),
     ({"tensor_parallel_size": 0}, "tensor_parallel_size=0: set it to an integer of at least 1"),
     ({"lora": "fuse"}, "generation.vllm.lora=fuse: use one of auto, request, merge"),
+    ({"max_lora_rank": 48}, "generation.vllm.max_lora_rank=48: vLLM takes one of 1, 8, 16, 32, 64, 128, 256, 320, 512"),
+    ({"max_model_len": 0}, "generation.vllm.max_model_len=0: set the longest sequence in tokens, or -1"),
+    ({"max_model_len": None}, "generation.vllm.max_model_len=None: set the longest sequence in tokens, or -1"),
 ])
 def test_bad_engine_settings_name_the_key(setting, message):
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)").replace("]", r"\]")):
@@ -138,3 +181,18 @@ def test_an_adapter_rank_above_max_lora_rank_names_the_setting(engine_log, tiny_
     adapter = random_adapter(tmp_path / "adapter", tiny_source.load_model(), r=16, modules_to_save=None)
     with pytest.raises(UserError, match="rank 16 exceeds generation.vllm.max_lora_rank=8; raise it"):
         VLLMGenerator(tiny_source, VLLMSettings(max_lora_rank=8), adapter=adapter, cache_dir=tmp_path / "cache")
+
+
+@pytest.mark.parametrize(("change", "reason"), [({"use_dora": True}, "DoRA"), ({"bias": "all"}, "a LoRA bias"),
+                                                ({"init_lora_weights": "pissa"}, "init_lora_weights=pissa")])
+def test_an_adapter_vllm_cannot_load_is_merged_or_named(engine_log, tiny_source, tmp_path, change, reason):
+    """vLLM refuses DoRA, a bias and base-modifying inits as LoRA requests: `auto` merges such an adapter (the
+    stand-in would refuse the request), `request` names why before the engine starts."""
+    adapter = Path(random_adapter(tmp_path / "adapter", tiny_source.load_model(), modules_to_save=None))
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json.dumps({**config, **change}))
+    with pytest.raises(UserError, match=f"vLLM cannot load .* as LoRA \\({reason}\\); set generation.vllm.lora=auto"):
+        VLLMGenerator(tiny_source, VLLMSettings(lora="request"), adapter=adapter, cache_dir=tmp_path / "cache")
+    from lightning_da.generation.vllm_engine import _adapter_mode
+
+    assert _adapter_mode(adapter, VLLMSettings()) == "merge"

@@ -30,7 +30,7 @@ import json
 import math
 from collections import defaultdict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -38,67 +38,24 @@ import torch
 from lightning_da.algorithms.adapter import AdapterModule
 from lightning_da.algorithms.grpo_losses import (
     AGGREGATIONS,
+    IS_MODES,
     SCALES,
     GRPOLoss,
     combine_rewards,
     group_advantages,
     high_entropy_mask,
     nanstd,
+    sampling_correction,
 )
+from lightning_da.algorithms.rollouts import Rollouts, trim
 from lightning_da.errors import UserError, check_at_least
-from lightning_da.formats import pad_ids, prefix_ids
+from lightning_da.formats import prefix_ids
 from lightning_da.fsdp import shards_model
 from lightning_da.generation import SamplingConfig, sample_completions
 from lightning_da.models.lora import apply_lora, load_adapter
 
 REFERENCES = ("base", "init_adapter")
 KEY = "algorithm.module"
-
-
-@dataclass
-class Rollouts:
-    """One flat record of B = P prompts x G rollouts, a prompt's G consecutive: the prompt rows and their
-    prefix ids (P), each rollout's completion ids, text and truncation, and its rewards (B, F)."""
-
-    rows: list[dict]
-    prompt_ids: list[list[int]]
-    completion_ids: list[list[int]]
-    texts: list[str]
-    truncated: torch.Tensor
-    rewards: torch.Tensor
-
-    @property
-    def num_generations(self) -> int:
-        return len(self.completion_ids) // len(self.rows)
-
-    @property
-    def group_ids(self) -> torch.Tensor:
-        """(B,) the prompt each rollout answers."""
-        return torch.arange(len(self.rows)).repeat_interleave(self.num_generations)
-
-    def groups(self, keep: list[int]) -> Rollouts:
-        """The rollouts of the prompts `keep`, in that order."""
-        g = self.num_generations
-        index = [k * g + j for k in keep for j in range(g)]
-        return Rollouts([self.rows[k] for k in keep], [self.prompt_ids[k] for k in keep], [self.completion_ids[i] for i in index],
-                        [self.texts[i] for i in index], self.truncated[index], self.rewards[index])
-
-    @staticmethod
-    def cat(parts: list[Rollouts]) -> Rollouts:
-        return Rollouts([r for p in parts for r in p.rows], [x for p in parts for x in p.prompt_ids],
-                        [x for p in parts for x in p.completion_ids], [t for p in parts for t in p.texts],
-                        torch.cat([p.truncated for p in parts]), torch.cat([p.rewards for p in parts]))
-
-    def tensors(self, pad: int) -> tuple[torch.Tensor, ...]:
-        """(prompt ids, prompt mask) left-padded and (completion ids, completion mask) right-padded, (B, .) each."""
-        prompts = [ids for ids in self.prompt_ids for _ in range(self.num_generations)]
-        return (*pad_ids(prompts, pad, left=True), *pad_ids(self.completion_ids, pad, left=False))
-
-
-def _trim(p_ids, p_mask, c_ids, c_mask, l_mask):
-    """A micro-batch without the padding columns none of its rows needs."""
-    keep_p, keep_c = int(p_mask.sum(1).max()), max(1, int(c_mask.sum(1).max()))
-    return p_ids[:, -keep_p:], p_mask[:, -keep_p:], c_ids[:, :keep_c], c_mask[:, :keep_c], l_mask[:, :keep_c]
 
 
 class GRPOModule(AdapterModule):
@@ -114,7 +71,9 @@ class GRPOModule(AdapterModule):
                  multi_objective_aggregation: str = "sum_then_normalize", dynamic_sampling: bool = False,
                  max_generation_rounds: int = 4, mask_truncated_completions: bool = False, max_grad_norm: float | None = 1.0,
                  log_completions_steps: int = 10, completions_file: str | None = None, warmup_ratio: float = 0.0,
-                 gradient_checkpointing: bool = False, seed: int = 0):
+                 gradient_checkpointing: bool = False, seed: int = 0, vllm_importance_sampling_correction: bool = True,
+                 vllm_importance_sampling_mode: str = "sequence_mask", vllm_importance_sampling_clip_min: float | None = None,
+                 vllm_importance_sampling_clip_max: float | None = 3.0, rollout_engine: Callable | None = None):
         super().__init__(student, optimizer=optimizer, scheduler=scheduler, warmup_ratio=warmup_ratio,
                          gradient_checkpointing=gradient_checkpointing)
         self.automatic_optimization = False
@@ -132,6 +91,15 @@ class GRPOModule(AdapterModule):
         self._buffer: list[Rollouts] = []
         self._rounds = 0
         self._reference_weights: dict[str, torch.Tensor] | None = None
+        # generation.backend=vllm: the colocated engine's factory (`PolicyEngine`), built once the policy is
+        self.rollout_engine, self._engine = rollout_engine, None
+        self.correction = None
+        if rollout_engine is not None and vllm_importance_sampling_correction:
+            if loss_type == "vespo" and vllm_importance_sampling_mode.startswith("sequence"):
+                raise UserError(f"{KEY}.loss_type=vespo weighs whole sequences itself; with vLLM set "
+                                f"{KEY}.vllm_importance_sampling_mode=token_truncate or token_mask")
+            self.correction = {"mode": vllm_importance_sampling_mode, "clip_min": vllm_importance_sampling_clip_min,
+                               "clip_max": vllm_importance_sampling_clip_max}
 
     # -- the policy ---------------------------------------------------------------------------
 
@@ -152,6 +120,8 @@ class GRPOModule(AdapterModule):
         return shards_model(self.trainer) and self.trainer.world_size > 1
 
     def on_fit_start(self) -> None:
+        if self.rollout_engine is not None and self._engine is None:
+            self._engine = self.rollout_engine(policy=self.model)
         if self._reference_weights is not None and self._sharded():
             # FSDP gathers each layer from its own copy of the shards, not from the parameters swapped here.
             raise UserError(f"{KEY}.reference=init_adapter cannot run under trainer=fsdp; use {KEY}.reference=base, or trainer=ddp")
@@ -206,17 +176,23 @@ class GRPOModule(AdapterModule):
 
     @torch.no_grad()
     def rollouts(self, rows: list[dict], seed: int) -> Rollouts:
-        """G rollouts for each prompt row, decoded, and scored by every reward function."""
-        with self._eval_mode():
-            sampled = sample_completions(self.model, self.tokenizer, [r["prompt"] for r in rows], n=self.num_generations,
-                                         sampling=self.sampling, batch_size=self.generation_batch_size, seed=seed,
-                                         progress=False, synced_gpus=self._sharded())
+        """G rollouts for each prompt row (from the vLLM engine, which first gets the policy's current weights, or
+        from the policy itself), decoded, and scored by every reward function."""
+        prompt_ids = [prefix_ids(self.tokenizer, r["prompt"]) for r in rows]
+        if self._engine is not None:
+            sampled = self._engine.sample(self.model, self.global_step, prompt_ids, self.tokenizer, n=self.num_generations,
+                                          sampling=self.sampling, seed=seed)
+        else:
+            with self._eval_mode():
+                sampled = sample_completions(self.model, self.tokenizer, [r["prompt"] for r in rows], n=self.num_generations,
+                                             sampling=self.sampling, batch_size=self.generation_batch_size, seed=seed,
+                                             progress=False, synced_gpus=self._sharded())
         completions = [c for row in sampled for c in row]
         ids = [c.ids for c in completions]
         texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
         rewards = self._rewards(rows, texts, ids)
-        return Rollouts(rows, [prefix_ids(self.tokenizer, r["prompt"]) for r in rows], ids, texts,
-                        torch.tensor([c.truncated for c in completions]), rewards)
+        return Rollouts(rows, prompt_ids, ids, texts, torch.tensor([c.truncated for c in completions]), rewards,
+                        [c.logprobs for c in completions] if self._engine is not None else None)
 
     def _rewards(self, rows: list[dict], texts: list[str], ids: list[list[int]]) -> torch.Tensor:
         """(B, F): every reward function on every rollout, NaN where one does not apply."""
@@ -279,34 +255,60 @@ class GRPOModule(AdapterModule):
         advantages, everyone = self._advantages(rollouts.rewards)
         n_rollouts = len(rollouts.completion_ids)
         micro = [slice(i, i + self.micro_batch_size) for i in range(0, n_rollouts, self.micro_batch_size)]
-        batches = [_trim(*(t[part] for t in tensors)) for part in micro]
+        batches = [trim(*(t[part] for t in tensors)) for part in micro]
         num_items = float(self.trainer.strategy.reduce(tensors[4].sum().float(), reduce_op="sum"))
         totals = (n_rollouts, float(tensors[4].sum()))
         old, ref = self._fixed_logps(batches)
+        ratios = self._sampling_ratios(rollouts, micro, batches, old)
         stats: dict[str, float] = defaultdict(float)
         for _ in range(self.num_iterations):
             for k, part in enumerate(micro):
-                self._accumulate(batches[k], old[k], ref[k], advantages[part], num_items, totals, len(micro), stats)
+                self._accumulate(batches[k], old[k], ref[k], advantages[part], num_items, totals, len(micro), stats, ratios[k])
             self._optimizer_step()
         self._log_step(rollouts, advantages, everyone, c_mask, stats)
         return torch.tensor(stats["loss"])
 
     @torch.no_grad()
     def _fixed_logps(self, batches: list[tuple]) -> tuple[list, list]:
-        """Per micro-batch: the old policy's log-probabilities (only with num_iterations > 1; else the
-        current ones, detached, are the old) and the reference's (only with beta > 0)."""
+        """Per micro-batch: the old policy's log-probabilities (only with num_iterations > 1 or the vLLM correction,
+        as TRL; else the current ones, detached, are the old) and the reference's (only with beta > 0)."""
         old, ref = [None] * len(batches), [None] * len(batches)
         with self._eval_mode():
             for k, (p_ids, p_mask, c_ids, c_mask, _) in enumerate(batches):
-                if self.num_iterations > 1:
+                if self.num_iterations > 1 or self.correction is not None:
                     old[k] = self.token_logps(p_ids, p_mask, c_ids, c_mask)[0]
                 if self.loss.beta > 0:
                     with self.reference_policy():
                         ref[k] = self.token_logps(p_ids, p_mask, c_ids, c_mask)[0]
         return old, ref
 
+    def _sampling_ratios(self, rollouts: Rollouts, micro: list[slice], batches: list[tuple], old: list) -> list:
+        """Per micro-batch, the vLLM correction's weights (`sampling_correction`; None without it), and TRL's
+        `sampling/*` metrics of the gap between the engine's and the trainer's log-probabilities."""
+        sampling = rollouts.sampling_tensor()
+        if self.correction is None or sampling is None:
+            return [None] * len(batches)
+        ratios, gaps, kept = [], [], []
+        for part, batch, old_logp in zip(micro, batches, old, strict=True):
+            mask = batch[4]
+            engine = sampling[part][:, : mask.size(1)].to(old_logp)
+            ratios.append(sampling_correction(old_logp, engine, mask, **self.correction))
+            gap = (old_logp - engine).abs()[mask.bool()]
+            gaps.append(gap[~gap.isnan()])
+            kept.append(ratios[-1].flatten() if self.correction["mode"].startswith("sequence") else ratios[-1][mask.bool()])
+        gap, kept = torch.cat(gaps), torch.cat(kept)
+        zero = torch.zeros((), device=self.device)
+        name = "train/sampling/"
+        for key, value, reduce in ((f"{name}sampling_logp_difference/mean", gap.mean() if gap.numel() else zero, "mean"),
+                                   (f"{name}sampling_logp_difference/max", gap.max() if gap.numel() else zero, "max"),
+                                   (f"{name}importance_sampling_ratio/min", kept.min() if kept.numel() else zero, "min"),
+                                   (f"{name}importance_sampling_ratio/mean", kept.mean() if kept.numel() else zero, "mean"),
+                                   (f"{name}importance_sampling_ratio/max", kept.max() if kept.numel() else zero, "max")):
+            self.log(key, float(value), sync_dist=True, reduce_fx=reduce, batch_size=len(rollouts.completion_ids))
+        return ratios
+
     def _accumulate(self, batch: tuple, old, ref, advantages, num_items: float, totals: tuple[int, float], micro_batches: int,
-                    stats: dict) -> None:
+                    stats: dict, sampling_ratio: torch.Tensor | None = None) -> None:
         """One micro-batch's backward, scaled so the step's gradient is the whole batch's (`GRPOLoss.accumulation_scale`,
         `totals`: this rank's rollouts and counted tokens); its share of the logged statistics."""
         p_ids, p_mask, c_ids, c_mask, l_mask = batch
@@ -315,7 +317,7 @@ class GRPOModule(AdapterModule):
         if self.loss.top_entropy_quantile < 1:
             keep = high_entropy_mask(entropy, l_mask, self.loss.top_entropy_quantile, pool=self._every_rank(entropy[l_mask.bool()]))
         terms = self.loss(logp, old if old is not None else logp.detach(), advantages, l_mask, ref_logp=ref, num_items=num_items,
-                          world_size=self.trainer.world_size, entropy_mask=keep)
+                          world_size=self.trainer.world_size, entropy_mask=keep, sampling_ratio=sampling_ratio)
         scale = self.loss.accumulation_scale(len(c_ids), float(l_mask.sum()), *totals)
         self.manual_backward(terms.loss * scale)
         share = 1.0 / (micro_batches * self.num_iterations)
@@ -441,6 +443,13 @@ def check_settings(settings: Mapping) -> GRPOLoss:
         raise UserError(f"GRPO trains a LoRA adapter: set {KEY}.init_adapter=<sft run>/adapter, or {KEY}.lora")
     if not s["rewards"]:
         raise UserError(f"{KEY}.rewards is empty; add one from conf/reward/")
+    mode, low, high = (s[f"vllm_importance_sampling_{k}"] for k in ("mode", "clip_min", "clip_max"))
+    if mode not in IS_MODES:
+        raise UserError(f"{KEY}.vllm_importance_sampling_mode={mode}; use one of {', '.join(IS_MODES)}")
+    if high is not None and not high > 0 or low is not None and not (low >= 0 and (high is None or low < high)):
+        raise UserError(f"{KEY}.vllm_importance_sampling_clip_min={low}, _clip_max={high}: set 0 <= min < max (null: no bound)")
+    if mode.endswith("truncate") and low is None and high is None:
+        raise UserError(f"{KEY}.vllm_importance_sampling_mode={mode} truncates to a bound: set _clip_max (TRL's 3.0)")
     return GRPOLoss(**{f.name: s[f.name] for f in fields(GRPOLoss) if f.name in s},
                     max_completion_length=getattr(s["sampling"], "max_new_tokens", None))
 
@@ -448,4 +457,4 @@ def check_settings(settings: Mapping) -> GRPOLoss:
 # The module's settings and their defaults, as its signature gives them (rewards and sampling are required).
 SETTINGS = {name: (None if p.default is inspect.Parameter.empty else p.default)
             for name, p in inspect.signature(GRPOModule.__init__).parameters.items()
-            if name not in ("self", "student", "tokenizer", "optimizer", "scheduler", "completions_file")}
+            if name not in ("self", "student", "tokenizer", "optimizer", "scheduler", "completions_file", "rollout_engine")}

@@ -49,6 +49,7 @@ import torch
 
 from lightning_da.errors import UserError
 
+IS_MODES = ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask")  # TRL's vllm_importance_sampling_mode
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "gspo", "cispo", "sapo", "luspo", "vespo")
 SEQUENCE_LEVEL = ("gspo", "luspo")  # one importance ratio per sequence
 SCALES = ("group", "batch", "none")
@@ -114,20 +115,49 @@ def k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     return torch.exp(delta) - delta - 1
 
 
+@torch.no_grad()
+def sampling_correction(old_logp: torch.Tensor, sampling_logp: torch.Tensor, mask: torch.Tensor, *, mode: str = "sequence_mask",
+                        clip_min: float | None = None, clip_max: float | None = 3.0) -> torch.Tensor:
+    """The importance-sampling weight of rollouts sampled by an engine (vLLM) whose log-probabilities
+    `sampling_logp` differ from the trainer's for the same policy, `old_logp` (TRL's
+    `vllm_importance_sampling_correction`); gradient-free. With d_t = (old_t - sampling_t) mask_t (NaN -> 0):
+
+        token_*     rho_t = exp(d_t)                      (B, T)
+        sequence_*  rho = exp(sum_t d_t)                  (B, 1)
+        *_truncate  rho clamped to [clip_min, clip_max]
+        *_mask      rho set to 0 outside [clip_min, clip_max] (a missing bound: none that side)
+
+    Every loss type multiplies its per-token policy term by rho (not the KL term); vespo puts it into its
+    sequence weight instead (`gamma_weights`)."""
+    diff = torch.nan_to_num((old_logp - sampling_logp) * mask, nan=0.0)
+    ratio = torch.exp(diff.sum(-1, keepdim=True) if mode.startswith("sequence") else diff)
+    if mode.endswith("truncate"):
+        return torch.clamp(ratio, min=clip_min, max=clip_max)
+    low = -math.inf if clip_min is None else clip_min
+    high = math.inf if clip_max is None else clip_max
+    return ratio.masked_fill((ratio < low) | (ratio > high), 0.0)
+
+
 LOG_W_MIN = math.log(1e-8)  # VESPO's floor of the sequence log-weight, as TRL (and the paper's code) clamp it
 
 
 @torch.no_grad()
 def gamma_weights(advantages: torch.Tensor, log_ratio: torch.Tensor, mask: torch.Tensor, *, k_pos: float = 2.0,
-                  lambda_pos: float = 3.0, k_neg: float = 3.0, lambda_neg: float = 2.0) -> torch.Tensor:
+                  lambda_pos: float = 3.0, k_neg: float = 3.0, lambda_neg: float = 2.0,
+                  sampling_ratio: torch.Tensor | None = None) -> torch.Tensor:
     """VESPO's sequence weights (B, 1), gradient-free: with log w = the sequence's summed per-token log-ratio
     (each token's clamped to [-20, 20], the sum to [log 1e-8, 20]),
 
         phi(w) = exp(lambda + k log w - lambda w)      (= e^lambda w^k e^(-lambda w), so phi(1) = 1)
 
-    with (k, lambda) = (k_pos, lambda_pos) where A >= 0, else (k_neg, lambda_neg); lambda floored at 1e-4."""
+    with (k, lambda) = (k_pos, lambda_pos) where A >= 0, else (k_neg, lambda_neg); lambda floored at 1e-4.
+    `sampling_ratio` (`sampling_correction`'s, token level): its logs (each clamped to [log 1e-8, 20]) join the
+    sum, making w the weight against the engine that sampled, as TRL does."""
     adv = advantages.reshape(-1, 1)
-    log_w = torch.sum(torch.clamp(log_ratio, -20.0, 20.0) * mask, dim=-1, keepdim=True).clamp(LOG_W_MIN, 20.0)
+    log_w = torch.sum(torch.clamp(log_ratio, -20.0, 20.0) * mask, dim=-1, keepdim=True)
+    if sampling_ratio is not None:
+        log_w = log_w + torch.clamp(torch.log(sampling_ratio), LOG_W_MIN, 20.0).sum(-1, keepdim=True)
+    log_w = log_w.clamp(LOG_W_MIN, 20.0)
     positive = adv >= 0
     k = torch.where(positive, k_pos, k_neg).to(log_w.dtype)
     lam = torch.where(positive, lambda_pos, lambda_neg).to(log_w.dtype).clamp(min=1e-4)
@@ -216,21 +246,25 @@ class GRPOLoss:
 
     def __call__(self, logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, *,
                  ref_logp: torch.Tensor | None = None, num_items: float | None = None, world_size: int = 1,
-                 entropy_mask: torch.Tensor | None = None) -> LossTerms:
+                 entropy_mask: torch.Tensor | None = None, sampling_ratio: torch.Tensor | None = None) -> LossTerms:
         """One micro-batch's loss. `num_items` (completion tokens of the whole generation batch, all ranks and
         accumulation steps) and `world_size` are needed by dapo, cispo and vespo; `entropy_mask` (B, T)
         (`high_entropy_mask`) keeps only those tokens in the policy term (not in the KL term, nor in the
-        normalisers). To accumulate micro-batches, scale each by `accumulation_scale`."""
+        normalisers); `sampling_ratio` (`sampling_correction`) weighs the policy term of each token (vespo:
+        its sequence weight). To accumulate micro-batches, scale each by `accumulation_scale`."""
         mask = mask.to(logp.dtype)
         adv = advantages[:, None]
         log_ratio = logp - old_logp
         seq_log_ratio = ((log_ratio * mask).sum(1) / mask.sum(1).clamp(min=1.0))[:, None]
         ratio = torch.exp(seq_log_ratio if self.loss_type in SEQUENCE_LEVEL else log_ratio)
         phi = gamma_weights(advantages, log_ratio, mask, k_pos=self.vespo_k_pos, lambda_pos=self.vespo_lambda_pos,
-                            k_neg=self.vespo_k_neg, lambda_neg=self.vespo_lambda_neg) if self.loss_type == "vespo" else None
+                            k_neg=self.vespo_k_neg, lambda_neg=self.vespo_lambda_neg,
+                            sampling_ratio=sampling_ratio) if self.loss_type == "vespo" else None
         per_token = self._surrogate(ratio, adv, logp, phi)
         if entropy_mask is not None:
             per_token = per_token * entropy_mask
+        if sampling_ratio is not None and self.loss_type != "vespo":
+            per_token = per_token * sampling_ratio
         kl = None
         if self.beta != 0.0:
             if ref_logp is None:
@@ -301,7 +335,7 @@ class GRPOLoss:
 
 def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, *,
               ref_logp: torch.Tensor | None = None, num_items: float | None = None, world_size: int = 1,
-              entropy_mask: torch.Tensor | None = None, **settings) -> LossTerms:
+              entropy_mask: torch.Tensor | None = None, sampling_ratio: torch.Tensor | None = None, **settings) -> LossTerms:
     """One micro-batch's loss with the `GRPOLoss` settings given by keyword."""
     return GRPOLoss(**settings)(logp, old_logp, advantages, mask, ref_logp=ref_logp, num_items=num_items,
-                                world_size=world_size, entropy_mask=entropy_mask)
+                                world_size=world_size, entropy_mask=entropy_mask, sampling_ratio=sampling_ratio)

@@ -23,11 +23,13 @@ from lightning_da.models.hidden_states import FinalTokenStates
 class Completion:
     """A sampled continuation: its token ids up to and including the first EOS, and whether
     `max_new_tokens` cut it before any EOS. `state`: the sampling model's `hidden_states[layer]` of
-    its final token (the last prompt token when the response is empty), when sampling was asked for it."""
+    its final token (the last prompt token when the response is empty), when sampling was asked for it.
+    `logprobs`: the sampling engine's log-probability of each token of `ids` (vLLM's, for GRPO's correction)."""
 
     ids: list[int]
     truncated: bool
     state: torch.Tensor | None = None
+    logprobs: list[float] | None = None
 
     @property
     def response_ids(self) -> list[int]:

@@ -1,14 +1,23 @@
-"""The vLLM generation backend (`generation.backend=vllm`, extra `vllm`): teacher traces and Best-of-N
-candidates from a vLLM engine instead of Hugging Face `generate`.
+"""The vLLM generation backend (`generation.backend=vllm`, extra `vllm`): teacher traces, Best-of-N
+candidates, PAIR's attacker and GRPO's rollouts (`lightning_da.generation.colocated`) from a vLLM
+engine instead of Hugging Face `generate`.
 
 Prompts go in as token ids (the chat template and `<think>` prefix of `lightning_da.formats`, the
 same ids the `hf` backend and the scoring pass use) and completions come back as the sampled ids,
-decoded here by the tokenizer, as in the `hf` backend. Each prompt's request carries its own seed
-(`seed + its index`), so what it samples does not depend on batching or on other ranks.
+decoded here by the tokenizer, as in the `hf` backend. Each prompt's request carries its own seed,
+so what it samples does not depend on batching or on other ranks: vLLM seeds a request's j-th sample
+`seed + j`, so prompt i's request is seeded `(seed + i) n` and no two samples share a random stream.
+Greedy requests go with n = 1 (vLLM refuses more) and the completion is copied n times.
+
+Under data parallelism (`trainer=ddp`) each rank starts its own engine on its own GPU, as TRL's
+colocate mode does: vLLM's `external_launcher` backend on the rank's `LOCAL_RANK`, and with
+`tensor_parallel_size` k > 1 each group of k consecutive ranks shares one engine, every rank of it
+sending the group's prompts (vLLM's tensor parallel workers run in lockstep) and keeping its own.
 
 An adapter reaches vLLM as a LoRA request when vLLM can load it; vLLM loads no adapter with
-`modules_to_save` (the paper's adapter trains lm_head in full), so such an adapter is merged into
-a copy of the student once (`lora: auto`), cached by the adapter's content.
+`modules_to_save` (the paper's adapter trains lm_head in full), DoRA, a LoRA bias or a base-modifying
+initialisation (PiSSA, OLoRA, ...), so such an adapter is merged into a copy of the student once
+(`lora: auto`), cached by the adapter's content.
 """
 
 from __future__ import annotations
@@ -16,10 +25,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+import torch
 from hydra.utils import instantiate
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
@@ -34,29 +45,40 @@ from lightning_da.models.student import evaluated_node
 log = logging.getLogger(__name__)
 
 LORA_MODES = ("auto", "request", "merge")
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's `max_lora_rank` choices
+LORA_INITS = ("gaussian", "eva", "orthogonal", "mica", "lora_ga")  # named inits vLLM loads (the rest modify the base)
+MAX_TEMPERATURE = 2.0  # vLLM refuses a higher one
 
 
 @dataclass
 class VLLMSettings:
     """The engine's settings (`generation.vllm`): tensor parallelism across GPUs, the share of each GPU's
-    memory vLLM may take (leave room for the scoring model in evaluate.py), the longest sequence, and
-    how an adapter is applied (`auto`: a LoRA request, or merged when vLLM cannot load it)."""
+    memory vLLM may take (leave room for the scoring model in evaluate.py, for training in GRPO), the
+    longest sequence (-1: the model's context, or the longest that fits in that memory), how an adapter is
+    applied (`auto`: a LoRA request, or merged when vLLM cannot load it), and whether GRPO's engine sleeps
+    (vLLM's sleep mode, level 2: weights and cache freed) while the policy trains."""
 
     tensor_parallel_size: int = 1
-    gpu_memory_utilization: float = 0.5
-    max_model_len: int | None = None
+    gpu_memory_utilization: float = 0.9
+    max_model_len: int = -1
     dtype: str = "auto"
     enforce_eager: bool = False
     lora: str = "auto"
     max_lora_rank: int = 64
+    sleep_mode: bool = True
 
     def __post_init__(self) -> None:
         check_at_least(self.tensor_parallel_size, "generation.vllm.tensor_parallel_size")
-        check_at_least(self.max_model_len, "generation.vllm.max_model_len", optional=True)
+        if self.max_model_len is None or (self.max_model_len != -1 and self.max_model_len < 1):
+            raise UserError(f"generation.vllm.max_model_len={self.max_model_len}: set the longest sequence in tokens, "
+                            "or -1 for the model's context as far as memory allows")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise UserError(f"generation.vllm.gpu_memory_utilization={self.gpu_memory_utilization}: set a fraction in (0, 1]")
         if self.lora not in LORA_MODES:
             raise UserError(f"generation.vllm.lora={self.lora}: use one of {', '.join(LORA_MODES)}")
+        if self.max_lora_rank not in LORA_RANKS:
+            raise UserError(f"generation.vllm.max_lora_rank={self.max_lora_rank}: vLLM takes one of "
+                            f"{', '.join(map(str, LORA_RANKS))}")
 
 
 BACKENDS = ("hf", "vllm")
@@ -78,14 +100,32 @@ def import_vllm():
     return vllm
 
 
+def request_blockers(config: dict) -> list[str]:
+    """Why vLLM cannot load an adapter (its adapter_config.json) as a LoRA request; empty if it can."""
+    init = config.get("init_lora_weights", True)
+    reasons = {
+        "it trains whole modules (modules_to_save)": bool(config.get("modules_to_save")),
+        "DoRA": bool(config.get("use_dora")),
+        "a LoRA bias": bool(config.get("lora_bias")) or config.get("bias", "none") != "none",
+        f"init_lora_weights={init}": isinstance(init, str) and init.lower() not in LORA_INITS,
+    }
+    return [reason for reason, applies in reasons.items() if applies]
+
+
 def _adapter_mode(adapter_dir: Path, settings: VLLMSettings) -> str:
-    """`merge` or `request`; a request needs vLLM's `max_lora_rank` to cover the adapter's rank."""
+    """`merge` or `request`; a request needs what vLLM loads and its `max_lora_rank` to cover the adapter's rank."""
     config = json.loads((adapter_dir / "adapter_config.json").read_text())
-    mode = settings.lora if settings.lora != "auto" else "merge" if config.get("modules_to_save") else "request"
-    if mode == "request" and config.get("r", 0) > settings.max_lora_rank:
-        raise UserError(f"the adapter's LoRA rank {config['r']} exceeds generation.vllm.max_lora_rank="
+    blockers = request_blockers(config)
+    if settings.lora == "merge" or (settings.lora == "auto" and blockers):
+        return "merge"
+    if blockers:
+        raise UserError(f"generation.vllm.lora=request: vLLM cannot load {adapter_dir} as LoRA ({', '.join(blockers)}); "
+                        "set generation.vllm.lora=auto to merge it")
+    rank = max([config.get("r", 0), *(config.get("rank_pattern") or {}).values()])
+    if rank > settings.max_lora_rank:
+        raise UserError(f"the adapter's LoRA rank {rank} exceeds generation.vllm.max_lora_rank="
                         f"{settings.max_lora_rank}; raise it, or set generation.vllm.lora=merge")
-    return mode
+    return "request"
 
 
 def merged_student(source, adapter_dir: str | Path, cache_dir: str | Path) -> Path:
@@ -103,14 +143,58 @@ def merged_student(source, adapter_dir: str | Path, cache_dir: str | Path) -> Pa
     return target
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where this process's engine runs: its rank among `world` data-parallel processes, its GPU
+    (`local_rank`), and its tensor-parallel group (None alone)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    tp_group: object | None = None
+
+    @staticmethod
+    def here(tensor_parallel_size: int, *, launcher: bool) -> tuple[Placement, dict]:
+        """This process's placement and the engine's keyword arguments for it. `launcher`: start vLLM under
+        `external_launcher` even alone (its model then lives in this process, where GRPO loads weights into it)."""
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if distributed else (0, 1)
+        if (world > 1 or launcher) and world % tensor_parallel_size:
+            raise UserError(f"generation.vllm.tensor_parallel_size={tensor_parallel_size} must divide the {world} "
+                            "data-parallel ranks (trainer.devices x trainer.num_nodes), as each group of that many ranks "
+                            "shares one engine")
+        if world == 1 and not launcher:
+            return Placement(), {}  # vLLM's own workers, tensor parallel across this machine's GPUs
+        local_rank = int(os.environ.get("LOCAL_RANK", torch.cuda.current_device() if torch.cuda.is_available() else 0))
+        os.environ.update(RANK=str(rank), LOCAL_RANK=str(local_rank), WORLD_SIZE=str(world))
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", "29500")
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local_rank)
+        tp_group = None
+        if tensor_parallel_size > 1:  # a collective: every rank builds its engine at the same point
+            tp_group, _ = torch.distributed.new_subgroups_by_enumeration(
+                [list(range(k, k + tensor_parallel_size)) for k in range(0, world, tensor_parallel_size)])
+        # One seed per tensor-parallel group: its workers must sample alike.
+        return Placement(rank, world, local_rank, tp_group), {"distributed_executor_backend": "external_launcher",
+                                                              "seed": rank // tensor_parallel_size}
+
+
+def request_seed(seed: int, index: int, n: int) -> int:
+    """The seed of prompt `index`'s request of `n` samples: vLLM seeds sample j `request seed + j`, so
+    spacing the requests by n gives every sample of every prompt its own stream."""
+    return batch_seed(seed, index) * n
+
+
 class VLLMGenerator:
-    """A vLLM engine on `source` (a model source of `lightning_da.models`), with `adapter` applied."""
+    """A vLLM engine on `source` (a model source of `lightning_da.models`), with `adapter` applied;
+    `model_dir` instead of the source's own directory, `engine_args` added to vLLM's (GRPO's engine)."""
 
     def __init__(self, source, settings: VLLMSettings, *, adapter: str | Path | None = None, cache_dir: str | Path,
-                 seed: int = 0):
+                 seed: int = 0, model_dir: str | Path | None = None, engine_args: dict | None = None):
         vllm = import_vllm()
-        self.vllm = vllm
-        model_dir, self.lora_request = source.local_dir(), None
+        self.vllm, self.settings = vllm, settings
+        model_dir, self.lora_request = model_dir or source.local_dir(), None
         if adapter is not None:
             check_adapter_dir(adapter)
             if _adapter_mode(Path(adapter), settings) == "merge":
@@ -120,30 +204,46 @@ class VLLMGenerator:
 
                 self.lora_request = LoRARequest("adapter", 1, str(adapter))
         self.model_dir = model_dir
+        self.placement, placed = Placement.here(settings.tensor_parallel_size, launcher=bool(engine_args))
         self.llm = vllm.LLM(
             model=str(model_dir), tokenizer=str(model_dir), trust_remote_code=getattr(source, "trust_remote_code", False),
             tensor_parallel_size=settings.tensor_parallel_size, gpu_memory_utilization=settings.gpu_memory_utilization,
             max_model_len=settings.max_model_len, dtype=settings.dtype, enforce_eager=settings.enforce_eager,
-            enable_lora=self.lora_request is not None, max_lora_rank=settings.max_lora_rank, seed=seed,
+            enable_lora=self.lora_request is not None, max_lora_rank=settings.max_lora_rank,
+            **{"seed": seed, **placed, **(engine_args or {})},
         )
 
-    def _params(self, sampling: SamplingConfig, *, n: int, seed: int, stop_token_ids: list[int]):
+    def _params(self, sampling: SamplingConfig, *, n: int, seed: int, stop_token_ids: list[int], logprobs: bool):
         common = {"n": n, "max_tokens": sampling.max_new_tokens, "seed": seed, "stop_token_ids": stop_token_ids,
-                  "repetition_penalty": 1.0}
+                  "repetition_penalty": 1.0, "logprobs": 0 if logprobs else None}  # 0: the sampled token's only
         if not sampling.do_sample:
             return self.vllm.SamplingParams(temperature=0.0, **common)
         return self.vllm.SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p,
                                         top_k=sampling.top_k or -1, **common)  # -1: no top-k cut
 
     def generate_ids(self, prompt_ids: list[list[int]], tokenizer: PreTrainedTokenizerBase, *, n: int,
-                     sampling: SamplingConfig, seed: int, progress: bool = True) -> list[list[Completion]]:
-        """`n` completions of each prompt (token ids), prompt i seeded `seed + i`; each ends at its first
-        EOS (kept, as in the `hf` backend) or is `truncated` by `max_new_tokens`."""
+                     sampling: SamplingConfig, seed: int, progress: bool = True, logprobs: bool = False) -> list[list[Completion]]:
+        """`n` completions of each prompt (token ids), prompt i's request seeded `request_seed(seed, i, n)`; each
+        ends at its first EOS (kept, as in the `hf` backend) or is `truncated` by `max_new_tokens`. `logprobs`:
+        each completion also carries the engine's log-probability of each sampled token (after temperature)."""
+        if sampling.do_sample and not sampling.temperature <= MAX_TEMPERATURE:
+            raise UserError(f"sampling temperature {sampling.temperature}: vLLM samples at temperatures up to "
+                            f"{MAX_TEMPERATURE}; lower it, or use generation.backend=hf")
         eos = _eos_ids(self.model_dir, tokenizer)
-        params = [self._params(sampling, n=n, seed=batch_seed(seed, i), stop_token_ids=eos) for i in range(len(prompt_ids))]
-        outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids], params,
-                                    lora_request=self.lora_request, use_tqdm=progress)
-        return [[Completion(list(o.token_ids), o.finish_reason == "length") for o in out.outputs] for out in outputs]
+        per_request = 1 if not sampling.do_sample else n  # vLLM samples greedily once per request
+        requests = [(ids, request_seed(seed, i, n)) for i, ids in enumerate(prompt_ids)]
+        mine = slice(0, len(requests))
+        if self.placement.tp_group is not None:  # the group's engine takes every member's prompts
+            parts = [None] * self.settings.tensor_parallel_size
+            torch.distributed.all_gather_object(parts, requests, group=self.placement.tp_group)
+            member = torch.distributed.get_rank(group=self.placement.tp_group)
+            first = sum(len(part) for part in parts[:member])
+            requests, mine = [r for part in parts for r in part], slice(first, first + len(requests))
+        params = [self._params(sampling, n=per_request, seed=s, stop_token_ids=eos, logprobs=logprobs) for _, s in requests]
+        outputs = self.llm.generate([{"prompt_token_ids": ids} for ids, _ in requests], params,
+                                    lora_request=self.lora_request, use_tqdm=progress)[mine]
+        rows = [[_completion(o, logprobs) for o in out.outputs] for out in outputs]
+        return [[replace(row[0]) for _ in range(n)] if per_request == 1 else row for row in rows]
 
     def sample_completions(self, tokenizer: PreTrainedTokenizerBase, prompts: list[str], *, n: int,
                            sampling: SamplingConfig, seed: int = 0, progress: bool = True, **_) -> list[list[Completion]]:
@@ -159,6 +259,15 @@ class VLLMGenerator:
         completions = self.generate_ids(ids, tokenizer, n=num_return_sequences, sampling=sampling, seed=seed)
         return [continuation + t for t in tokenizer.batch_decode([c.ids for row in completions for c in row], skip_special_tokens=True)]
 
+
+def _completion(output, logprobs: bool) -> Completion:
+    """A vLLM `CompletionOutput` as a `Completion`; with `logprobs`, each sampled token's (vLLM gives one dict per
+    position, keyed by token id, holding the sampled token)."""
+    ids = list(output.token_ids)
+    completion = Completion(ids, output.finish_reason == "length")
+    if logprobs:
+        completion.logprobs = [position[token].logprob for position, token in zip(output.logprobs, ids, strict=True)]
+    return completion
 
 
 def _eos_ids(model_dir: str | Path, tokenizer: PreTrainedTokenizerBase) -> list[int]:

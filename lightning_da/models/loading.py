@@ -208,6 +208,7 @@ class TinyRandomLlama:
     cache_dir: str | None = None
     dtype: str = "float32"
     config_key: str = "model"
+    tie_word_embeddings: bool = False
 
     name = "tiny-random-llama"
 
@@ -232,7 +233,7 @@ class TinyRandomLlama:
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
-            tie_word_embeddings=False,
+            tie_word_embeddings=self.tie_word_embeddings,
         )
         with torch.random.fork_rng():
             torch.manual_seed(self.seed)

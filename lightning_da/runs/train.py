@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -20,6 +21,8 @@ from lightning_da.distributed import check_accelerator
 from lightning_da.errors import UserError
 from lightning_da.fsdp import uses_fsdp
 from lightning_da.generation import check_backend
+from lightning_da.generation.colocated import PolicyEngine
+from lightning_da.generation.vllm_engine import import_vllm
 from lightning_da.models.lora import check_adapter_dir
 from lightning_da.teacher import release_memory, teacher_traces
 
@@ -92,8 +95,17 @@ def _prepare_grpo(cfg: DictConfig, student, tokenizer):
     module = instantiate(cfg.algorithm.module, _partial_=True)(
         student=student, tokenizer=tokenizer,
         completions_file=str(Path(cfg.paths.output_dir) / "completions.jsonl"),
+        rollout_engine=rollout_engine(cfg, student),
     )
     return module, datamodule, {"data/rl_prompts": len(rows)}, lambda logger: None
+
+
+def rollout_engine(cfg: DictConfig, student):
+    """With generation.backend=vllm, what builds each rank's colocated engine once its policy exists; else None."""
+    if not check_backend(cfg.generation):
+        return None
+    import_vllm()  # now, not after the policy loaded
+    return partial(PolicyEngine, student, instantiate(cfg.generation.vllm), cache_dir=cfg.paths.cache_dir, seed=cfg.seed)
 
 
 def _fit(cfg: DictConfig, module, datamodule, tokenizer, data_metrics: dict, log_data, checkpoint: Path | None) -> dict[str, float]:

@@ -1,17 +1,29 @@
 """A stand-in for vLLM, which cannot be installed on CPU machines: `LLM`, `SamplingParams` and the
-outputs with vLLM's call signature and behaviour as lightning_da uses them, sampling with Hugging
+outputs with vLLM 0.33's call signature and behaviour as lightning_da uses them, sampling with Hugging
 Face `generate` on CPU. Put `tests/stand_ins` on the path to use it.
 
-It behaves as vLLM does where the glue could go wrong: prompts as `{"prompt_token_ids": ...}`, one
-seed per request, `n` samples each, stop at `stop_token_ids` (kept in `token_ids`), `finish_reason`
-"stop" or "length", `top_k=-1` for no cut, a LoRA request only with `enable_lora=True`, and no
-adapter with `modules_to_save` ("vLLM only supports modules_to_save being None"). Every engine and
-request is appended to the JSON-lines file named by `$VLLM_STAND_IN_LOG`, for tests to read.
+It is as strict as vLLM where the glue could go wrong (each checked against vLLM's source):
+- `LLM`: an unknown keyword argument is a TypeError (vLLM hands them to `EngineArgs`); `max_lora_rank`
+  one of vLLM's choices; `max_model_len` -1 or None for the model's context; `external_launcher` reads
+  RANK, LOCAL_RANK, MASTER_ADDR and MASTER_PORT from the environment and runs the model in this process
+  (`llm_engine.model_executor.driver_worker.model_runner.model`, there only);
+- `SamplingParams`: vLLM's range checks (temperature in [0, 2], top_p in (0, 1], top_k >= -1, max_tokens
+  >= 1, n >= 1) and "n must be 1 when using greedy sampling";
+- requests: prompts as `{"prompt_token_ids": ...}`, a prompt longer than `max_model_len` refused, sample j
+  of a request seeded `seed + j` (vLLM's child requests), stop at `stop_token_ids` (kept in `token_ids`),
+  `finish_reason` "stop" or "length", `top_k=-1` for no cut, `logprobs=0`: each position's sampled token
+  with its log-probability (`logprobs_mode`: raw logits, or processed: after temperature and top-k/p);
+- LoRA: a request only with `enable_lora=True`, and no adapter vLLM refuses (modules_to_save, DoRA, bias);
+- `load_weights`: Hugging Face names; an unknown one is an error; `lm_head.weight` of a model with tied
+  embeddings is skipped (vLLM's alias of the input embeddings); `sleep(level)` / `wake_up(tags)`: level 1
+  keeps the weights, level 2 discards them (NaN here) until loaded again; generating asleep is an error.
+Every engine, request, load and sleep is appended to the JSON-lines file named by `$VLLM_STAND_IN_LOG`.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +32,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 __version__ = "0.0.0+stand-in"
+
+ENGINE_ARGS = {"max_model_len", "enable_lora", "max_lora_rank", "enable_sleep_mode", "distributed_executor_backend",
+               "logprobs_mode", "max_num_seqs", "max_num_batched_tokens", "disable_log_stats"}
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
 def _record(event: dict) -> None:
@@ -34,11 +50,35 @@ class SamplingParams:
     n: int = 1
     temperature: float = 1.0
     top_p: float = 1.0
-    top_k: int = -1
+    top_k: int = 0
     max_tokens: int | None = 16
     seed: int | None = None
     stop_token_ids: list[int] | None = None
     repetition_penalty: float = 1.0
+    logprobs: int | None = None
+
+    def __post_init__(self):
+        if self.n < 1:
+            raise ValueError(f"n must be at least 1, got {self.n}.")
+        if not 0.0 <= self.temperature <= 2.0:
+            raise ValueError(f"temperature must be in [0, 2], got {self.temperature}.")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}.")
+        if self.top_k < -1:
+            raise ValueError(f"top_k must be 0 (disable), or at least 1, got {self.top_k}.")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be at least 1, got {self.max_tokens}.")
+        if self.logprobs is not None and self.logprobs < 0:
+            raise ValueError(f"logprobs must be non-negative, got {self.logprobs}.")
+        if self.temperature < 1e-5 and self.n > 1:
+            raise ValueError(f"n must be 1 when using greedy sampling, got {self.n}.")
+
+
+@dataclass
+class Logprob:
+    logprob: float
+    rank: int | None = None
+    decoded_token: str | None = None
 
 
 @dataclass
@@ -47,6 +87,7 @@ class CompletionOutput:
     text: str
     token_ids: list[int]
     finish_reason: str
+    logprobs: list[dict[int, Logprob]] | None = None
 
 
 @dataclass
@@ -56,20 +97,91 @@ class RequestOutput:
     outputs: list[CompletionOutput] = field(default_factory=list)
 
 
+class _Model:
+    """The engine's model as GRPO reaches it (`...model_runner.model`): vLLM's `load_weights`."""
+
+    def __init__(self, llm: LLM):
+        self.llm = llm
+
+    def load_weights(self, weights) -> set[str]:
+        params = dict(self.llm.model.named_parameters())
+        tied = self.llm.model.config.tie_word_embeddings
+        loaded = set()
+        for name, tensor in weights:
+            if tied and name.startswith("lm_head."):
+                continue  # vLLM: an alias of the tied input embeddings, skipped
+            if name not in params:
+                raise ValueError(f"There is no module or parameter named {name!r} in {type(self.llm.model).__name__}")
+            with torch.no_grad():
+                params[name].copy_(tensor.to(params[name].device))
+            loaded.add(name)
+        self.llm.weights_asleep = False
+        _record({"event": "load_weights", "names": sorted(loaded), "rank": os.environ.get("RANK"),
+                 "checksum": float(sum(params[n].double().sum() for n in loaded))})
+        return loaded
+
+
+class _Executor:
+    def __init__(self, llm: LLM):
+        self.driver_worker = type("Worker", (), {"model_runner": type("Runner", (), {"model": _Model(llm)})()})()
+
+
 class LLM:
-    def __init__(self, model: str, tokenizer: str | None = None, *, trust_remote_code: bool = False,
-                 tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.9, max_model_len: int | None = None,
-                 dtype: str = "auto", enforce_eager: bool = False, enable_lora: bool = False, max_lora_rank: int = 16,
-                 seed: int = 0, **kwargs):
-        _record({"event": "engine", "model": str(model), "tensor_parallel_size": tensor_parallel_size,
-                 "gpu_memory_utilization": gpu_memory_utilization, "max_model_len": max_model_len, "dtype": dtype,
-                 "enable_lora": enable_lora, "max_lora_rank": max_lora_rank, "trust_remote_code": trust_remote_code})
+    def __init__(self, model: str, *, tokenizer: str | None = None, trust_remote_code: bool = False,
+                 tensor_parallel_size: int = 1, dtype: str = "auto", seed: int = 0, gpu_memory_utilization: float = 0.92,
+                 enforce_eager: bool = False, **kwargs):
+        unknown = sorted(set(kwargs) - ENGINE_ARGS)
+        if unknown:
+            raise TypeError(f"EngineArgs.__init__() got an unexpected keyword argument '{unknown[0]}'")
+        self.enable_lora = kwargs.get("enable_lora", False)
+        self.max_lora_rank = kwargs.get("max_lora_rank", 16)
+        if self.max_lora_rank not in LORA_RANKS:
+            raise ValueError(f"max_lora_rank {self.max_lora_rank} is not one of {LORA_RANKS}")
+        self.enable_sleep_mode = kwargs.get("enable_sleep_mode", False)
+        self.logprobs_mode = kwargs.get("logprobs_mode", "raw_logprobs")
+        backend = kwargs.get("distributed_executor_backend")
+        placement = {}
+        if backend == "external_launcher":
+            placement = {"rank": int(os.environ["RANK"]), "local_rank": int(os.environ["LOCAL_RANK"]),
+                         "master": f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"}
         self.model = AutoModelForCausalLM.from_pretrained(model, trust_remote_code=trust_remote_code).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer or model)
-        self.enable_lora = enable_lora
-        self.max_lora_rank = max_lora_rank
-        self.max_model_len = max_model_len
+        max_model_len = kwargs.get("max_model_len")
+        context = self.model.config.max_position_embeddings
+        if max_model_len is not None and max_model_len != -1 and max_model_len > context:
+            raise ValueError(f"User-specified max_model_len ({max_model_len}) is greater than the derived max_model_len ({context}).")
+        self.max_model_len = context if max_model_len in (None, -1) else max_model_len
         self._adapters: dict[str, torch.nn.Module] = {}
+        self.weights_asleep, self.cache_asleep = False, False
+        if backend == "external_launcher":  # the engine core in this process (vLLM: no V1 multiprocessing)
+            self.llm_engine = type("LLMEngine", (), {"model_executor": _Executor(self)})()
+        _record({"event": "engine", "model": str(model), "tensor_parallel_size": tensor_parallel_size,
+                 "gpu_memory_utilization": gpu_memory_utilization, "max_model_len": max_model_len, "dtype": dtype,
+                 "enable_lora": self.enable_lora, "max_lora_rank": self.max_lora_rank, "trust_remote_code": trust_remote_code,
+                 "seed": seed, "backend": backend, **placement, "enable_sleep_mode": self.enable_sleep_mode,
+                 "logprobs_mode": self.logprobs_mode})
+
+    def sleep(self, level: int = 1) -> None:
+        if not self.enable_sleep_mode:
+            raise ValueError("Sleep mode is not enabled. Enable it with `enable_sleep_mode=True`.")
+        if level == 2:
+            with torch.no_grad():
+                for param in self.model.parameters():
+                    param.fill_(math.nan)  # discarded: what a woken engine holds until weights are loaded
+            self.weights_asleep = True
+        self.cache_asleep = True
+        _record({"event": "sleep", "level": level})
+
+    def wake_up(self, tags: list[str] | None = None) -> bool:
+        tags = tags or ["weights", "kv_cache"]
+        if "kv_cache" in tags:
+            self.cache_asleep = False
+        _record({"event": "wake_up", "tags": tags})
+        return not self.cache_asleep
+
+    def reset_prefix_cache(self) -> bool:
+        _record({"event": "reset_prefix_cache"})
+        return True
 
     def _with_lora(self, lora_request):
         if lora_request is None:
@@ -78,7 +190,9 @@ class LLM:
             raise ValueError("LoRA is not enabled! Set `enable_lora=True`")
         config = json.loads((Path(lora_request.lora_path) / "adapter_config.json").read_text())
         if config.get("modules_to_save"):
-            raise ValueError("vLLM only supports modules_to_save being None.")
+            raise ValueError("vLLM only supports modules_to_save being either None or ['classifier', 'score'].")
+        if config.get("use_dora") or config.get("lora_bias") or config.get("bias", "none") != "none":
+            raise ValueError("vLLM does not yet support DoRA. vLLM does not support LoRA bias (lora_bias).")
         if config["r"] > self.max_lora_rank:
             raise ValueError(f"LoRA rank {config['r']} is greater than max_lora_rank {self.max_lora_rank}.")
         if lora_request.lora_path not in self._adapters:
@@ -89,29 +203,45 @@ class LLM:
 
     @torch.no_grad()
     def generate(self, prompts, sampling_params=None, *, use_tqdm: bool = True, lora_request=None) -> list[RequestOutput]:
+        if self.cache_asleep or self.weights_asleep:
+            raise RuntimeError("the engine is asleep (weights or KV cache); wake_up() and load the weights first")
         prompts = prompts if isinstance(prompts, list) else [prompts]
         params = sampling_params if isinstance(sampling_params, list) else [sampling_params or SamplingParams()] * len(prompts)
         model = self._with_lora(lora_request)
         outputs = []
         for index, (prompt, p) in enumerate(zip(prompts, params, strict=True)):
             ids = list(prompt["prompt_token_ids"])
+            if len(ids) >= self.max_model_len:
+                raise ValueError(f"The decoder prompt (length {len(ids)}) is longer than the maximum model length of "
+                                 f"{self.max_model_len}.")
             _record({"event": "request", "prompt_token_ids": ids, "seed": p.seed, "n": p.n, "temperature": p.temperature,
                      "top_p": p.top_p, "top_k": p.top_k, "max_tokens": p.max_tokens, "stop_token_ids": p.stop_token_ids,
-                     "lora_path": getattr(lora_request, "lora_path", None)})
-            stop = set(p.stop_token_ids or []) | {self.tokenizer.eos_token_id}
-            if p.seed is not None:
-                torch.manual_seed(p.seed)
-            sampled = p.temperature > 0
-            settings = {"do_sample": True, "temperature": p.temperature, "top_p": p.top_p,
-                        "top_k": p.top_k if p.top_k > 0 else 0} if sampled else {"do_sample": False}
-            generated = model.generate(input_ids=torch.tensor([ids]).repeat(p.n, 1), attention_mask=torch.ones(p.n, len(ids), dtype=torch.long),
-                                       max_new_tokens=p.max_tokens, eos_token_id=sorted(stop), pad_token_id=self.tokenizer.pad_token_id or 0,
-                                       repetition_penalty=p.repetition_penalty, **settings)[:, len(ids):]
+                     "logprobs": p.logprobs, "lora_path": getattr(lora_request, "lora_path", None)})
             request = RequestOutput(str(index), ids)
-            for k, row in enumerate(generated.tolist()):
-                end = next((i for i, token in enumerate(row) if token in stop), None)
-                row = row if end is None else row[: end + 1]
-                request.outputs.append(CompletionOutput(k, self.tokenizer.decode(row, skip_special_tokens=True), row,
-                                                        "length" if end is None else "stop"))
+            for k in range(p.n):
+                if p.seed is not None:
+                    torch.manual_seed(p.seed + k)  # vLLM's child request k
+                request.outputs.append(self._sample(model, ids, p, k))
             outputs.append(request)
         return outputs
+
+    def _sample(self, model, ids: list[int], p: SamplingParams, index: int) -> CompletionOutput:
+        stop = set(p.stop_token_ids or []) | {self.tokenizer.eos_token_id}
+        sampled = p.temperature > 0
+        settings = {"do_sample": True, "temperature": p.temperature, "top_p": p.top_p,
+                    "top_k": p.top_k if p.top_k > 0 else 0} if sampled else {"do_sample": False}
+        max_tokens = min(p.max_tokens, self.max_model_len - len(ids))
+        out = model.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                             max_new_tokens=max_tokens, eos_token_id=sorted(stop), pad_token_id=self.tokenizer.pad_token_id or 0,
+                             repetition_penalty=p.repetition_penalty, return_dict_in_generate=True, output_scores=True,
+                             output_logits=True, **settings)
+        row = out.sequences[0, len(ids):].tolist()
+        end = next((i for i, token in enumerate(row) if token in stop), None)
+        row = row if end is None else row[: end + 1]
+        logprobs = None
+        if p.logprobs is not None:
+            steps = out.scores if self.logprobs_mode.startswith("processed") else out.logits
+            logprobs = [{token: Logprob(float(torch.log_softmax(step[0].float(), -1)[token]), 1)}
+                        for step, token in zip(steps, row, strict=False)]
+        return CompletionOutput(index, self.tokenizer.decode(row, skip_special_tokens=True), row,
+                                "length" if end is None else "stop", logprobs)
