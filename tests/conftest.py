@@ -1,5 +1,7 @@
+import json
 import os
 import sys
+from pathlib import Path
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -54,3 +56,20 @@ def no_wandb_run_left_open():
     wandb = sys.modules.get("wandb")
     if wandb is not None and wandb.run is not None:
         wandb.finish()
+
+
+STAND_IN = Path(__file__).parent / "stand_ins"
+
+
+@pytest.fixture
+def engine_log(monkeypatch, tmp_path):
+    """The stand-in importable as `vllm`; returns a reader of what it was asked."""
+    monkeypatch.syspath_prepend(str(STAND_IN))
+    log = tmp_path / "vllm.jsonl"
+    monkeypatch.setenv("VLLM_STAND_IN_LOG", str(log))
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.setenv(key, "")  # what an engine's placement sets goes again afterwards (Lightning reads them)
+        monkeypatch.delenv(key)
+    yield lambda: [json.loads(line) for line in log.read_text().splitlines()]
+    for name in [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]:
+        del sys.modules[name]

@@ -2,7 +2,6 @@
 and behaviour, sampling with Hugging Face on CPU). The real vLLM is not exercised here (README)."""
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,20 +18,8 @@ from tests.conftest import CONF
 from tests.test_train import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
-STAND_IN = Path(__file__).parent / "stand_ins"
 PROMPTS = ["How do I bake bread?", "Write a haiku about rain.", "What is 2 + 2?"]
 GREEDY = SamplingConfig(do_sample=False, max_new_tokens=8)
-
-
-@pytest.fixture
-def engine_log(monkeypatch, tmp_path):
-    """The stand-in importable as `vllm`; returns a reader of what it was asked."""
-    monkeypatch.syspath_prepend(str(STAND_IN))
-    log = tmp_path / "vllm.jsonl"
-    monkeypatch.setenv("VLLM_STAND_IN_LOG", str(log))
-    yield lambda: [json.loads(line) for line in log.read_text().splitlines()]
-    for name in [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]:
-        del sys.modules[name]
 
 
 def ids(completions):

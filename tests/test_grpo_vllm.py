@@ -1,0 +1,258 @@
+"""GRPO's rollouts from a colocated vLLM engine (generation.backend=vllm) through the in-repo stand-in
+(tests/stand_ins/vllm: vLLM's calls, checks and weight loading, sampling with Hugging Face on CPU), and
+TRL's importance-sampling correction of the engine's log-probabilities."""
+
+import math
+import sys
+from functools import partial
+
+import pytest
+import torch
+
+from lightning_da.algorithms.grpo import check_settings
+from lightning_da.algorithms.grpo_losses import GRPOLoss, gamma_weights, sampling_correction
+from lightning_da.errors import UserError
+from lightning_da.formats import prefix_ids
+from lightning_da.generation import SamplingConfig, VLLMSettings, sample_completions
+from lightning_da.generation.colocated import PolicyEngine, policy_weights
+from lightning_da.generation.vllm_engine import request_seed
+from lightning_da.models import TinyRandomLlama
+from lightning_da.models.lora import load_adapter, random_adapter
+from tests.test_grpo import ROWS, fit, low_token_reward, make_module, trainable
+
+GREEDY = SamplingConfig(do_sample=False, temperature=1.0, max_new_tokens=8)
+TIED = TinyRandomLlama(seed=1, tie_word_embeddings=True)
+
+
+def engine_factory(tmp_path, source=TIED, **settings):
+    return partial(PolicyEngine, source, VLLMSettings(**settings), cache_dir=tmp_path / "cache", seed=0)
+
+
+def tied_module(tokenizer, tmp_path, **overrides):
+    """The paper's adapter (lm_head trained in full) on a student whose lm_head is tied to its embeddings."""
+    adapter = random_adapter(tmp_path / "sft", TIED.load_model(), scale=0.05)
+    module = make_module(tokenizer, adapter, **overrides)
+    module.student = TIED
+    return module
+
+
+# -- the weights the engine gets ------------------------------------------------------------------
+
+
+def test_policy_weights_are_peft_merged_weights_under_the_plain_names(tokenizer, tmp_path):
+    """Independent of ours: peft's own merge_and_unload of the same adapter, the trained lm_head in place."""
+    adapter = random_adapter(tmp_path / "a", TIED.load_model(), scale=0.05)
+    policy = load_adapter(TIED.load_model(), adapter, trainable=True)
+    ours = dict(policy_weights(policy))
+    merged = load_adapter(TIED.load_model(), adapter).merge_and_unload()
+    expected = dict(merged.named_parameters(remove_duplicate=False))
+    expected["lm_head.weight"] = merged.lm_head.weight
+    assert set(ours) == set(expected)
+    assert max(float((ours[n] - expected[n]).abs().max()) for n in ours) < 1e-6
+    assert not torch.equal(ours["lm_head.weight"], ours["model.embed_tokens.weight"])  # the trained head is its own
+
+
+def test_the_engine_sleeps_between_rollouts_and_loads_only_a_new_policy(engine_log, tokenizer, tmp_path):
+    policy = load_adapter(TIED.load_model(), random_adapter(tmp_path / "a", TIED.load_model()), trainable=True)
+    prompts = [prefix_ids(tokenizer, r["prompt"]) for r in ROWS[:2]]
+    for sleep_mode in (False, True):
+        engine = PolicyEngine(TIED, VLLMSettings(sleep_mode=sleep_mode), policy=policy, cache_dir=tmp_path / "cache")
+        for _ in range(2):  # the same policy version twice
+            engine.sample(policy, 0, prompts, tokenizer, n=2, sampling=GREEDY, seed=0)
+    events = [e["event"] + (f"{e.get('level', '')}{e.get('tags', '')}" if e["event"] in ("sleep", "wake_up") else "")
+              for e in engine_log() if e["event"] != "request"]
+    awake, asleep = events[: events.index("engine", 1)], events[events.index("engine", 1):]
+    assert awake == ["engine", "load_weights", "reset_prefix_cache"]  # loaded once: the version did not change
+    one_rollout = ["wake_up['weights']", "load_weights", "reset_prefix_cache", "wake_up['kv_cache']", "sleep2"]
+    assert asleep == ["engine", "sleep2", *one_rollout, *one_rollout]  # level 2 frees the weights: loaded each time
+    engines = [e for e in engine_log() if e["event"] == "engine"]
+    assert all(e["logprobs_mode"] == "processed_logprobs" and e["backend"] == "external_launcher" for e in engines)
+    assert all("untied" in e["model"] for e in engines)  # the tied student's engine can hold a trained lm_head
+
+
+@pytest.mark.parametrize("sleep_mode", [True, False])
+def test_after_an_optimizer_step_rollouts_come_from_the_updated_policy(engine_log, tokenizer, tmp_path, sleep_mode):
+    """The check peers failed (rollouts kept coming from the base model): after a real optimizer step, the
+    engine's greedy rollouts equal Hugging Face's from the updated policy token for token, and differ from
+    the policy's before the step. Asleep between rollouts the engine reloads every time; awake, when the
+    policy's version (its optimizer steps) moved on."""
+    module = tied_module(tokenizer, tmp_path, lr=5e-2, rollout_engine=engine_factory(tmp_path, sleep_mode=sleep_mode),
+                         num_generations=2)
+    rows = ROWS[:4]
+    prompts = [r["prompt"] for r in rows]
+    module.configure_model()
+    module.model.eval()
+    before = sample_completions(module.model, tokenizer, prompts, n=1, sampling=GREEDY, progress=False)
+    weights = trainable(module)
+    fit(module, tokenizer, steps=1)
+    assert module.global_step == 1
+    assert any(not torch.equal(weights[n], p) for n, p in trainable(module).items() if "lm_head" in n)
+
+    module.sampling = GREEDY
+    engine = module.rollouts(rows, seed=0)
+    module.model.eval()
+    hf = sample_completions(module.model, tokenizer, prompts, n=2, sampling=GREEDY, progress=False)
+    assert engine.completion_ids == [c.ids for row in hf for c in row]
+    assert [row[0].ids for row in before] != engine.completion_ids[::2]
+    loads = [e for e in engine_log() if e["event"] == "load_weights"]
+    assert "lm_head.weight" in loads[-1]["names"] and len(loads[-1]["names"]) == len(dict(policy_weights(module.model)))
+
+
+# -- training on the engine's rollouts ----------------------------------------------------------------
+
+
+def test_training_on_engine_rollouts_logs_trls_sampling_metrics_and_seeds_each_request(engine_log, tokenizer, tmp_path):
+    module = make_module(tokenizer, random_adapter(tmp_path / "a", TinyRandomLlama(seed=1).load_model(), scale=0.05),
+                         rollout_engine=engine_factory(tmp_path, TinyRandomLlama(seed=1)), loss_type="dapo")
+    trainer = fit(module, tokenizer, steps=2)
+    metrics = trainer.callback_metrics
+    for key in ("sampling_logp_difference/mean", "sampling_logp_difference/max", "importance_sampling_ratio/min",
+                "importance_sampling_ratio/mean", "importance_sampling_ratio/max"):
+        assert f"train/sampling/{key}" in metrics, sorted(metrics)
+    # The stand-in samples the same float32 weights: the gap is rounding, every sequence kept.
+    assert float(metrics["train/sampling/sampling_logp_difference/max"]) < 1e-4
+    assert abs(float(metrics["train/sampling/importance_sampling_ratio/mean"]) - 1) < 1e-3
+    requests = [e for e in engine_log() if e["event"] == "request"]
+    step_seeds = [module.seed + 10_000 * step for step in (0, 1)]  # one rank; the seed per (seed, step, rank, round)
+    assert [r["seed"] for r in requests] == [request_seed(s, i, 4) for s in step_seeds for i in range(2)]
+    assert {r["n"] for r in requests} == {4} and {r["logprobs"] for r in requests} == {0}
+
+
+@pytest.mark.parametrize("backend", ["hf", "vllm"])
+def test_a_resumed_run_on_either_backend_equals_an_uninterrupted_one(request, tokenizer, tmp_path, backend):
+    """The engine gets the resumed policy's weights before its first rollout, and the same request seeds."""
+    import contextlib
+
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from lightning_da.data.rl import RLPromptDataModule
+
+    if backend == "vllm":
+        request.getfixturevalue("engine_log")
+    adapter = random_adapter(tmp_path / "a", TinyRandomLlama(seed=1).load_model(), scale=0.05)
+
+    class Crash(Exception):
+        pass
+
+    class CrashAt(L.Callback):
+        def on_train_batch_start(self, trainer, *args):
+            if trainer.global_step == 2:
+                raise Crash
+
+    def run(directory, ckpt_path=None, crash=False):
+        engine = engine_factory(tmp_path, TinyRandomLlama(seed=1)) if backend == "vllm" else None
+        module = make_module(tokenizer, adapter, lr=1e-2, rollout_engine=engine)
+        callbacks = [ModelCheckpoint(dirpath=directory, save_last=True, every_n_train_steps=1), *([CrashAt()] if crash else [])]
+        trainer = L.Trainer(accelerator="cpu", max_steps=4, logger=False, callbacks=callbacks, enable_progress_bar=False,
+                            enable_model_summary=False, num_sanity_val_steps=0, max_epochs=2)
+        with contextlib.suppress(Crash):
+            trainer.fit(module, datamodule=RLPromptDataModule(ROWS, tokenizer, prompts_per_step=2), ckpt_path=ckpt_path,
+                        weights_only=True)
+        return trainable(module)
+
+    whole = run(tmp_path / "whole")
+    run(tmp_path / "first", crash=True)
+    resumed = run(tmp_path / "second", ckpt_path=tmp_path / "first" / "last.ckpt")
+    assert max(float((whole[n] - resumed[n]).abs().max()) for n in whole) < 1e-6
+
+
+# -- the importance-sampling correction against TRL's definition -------------------------------------
+
+
+def trl_is_ratio(old, sampling, mask, mode, clip_min, clip_max):
+    """TRL 1.16 `_generate_and_score_completions`, the vLLM importance-sampling block, transcribed."""
+    per_token_logps_diff = torch.nan_to_num((old - sampling) * mask, nan=0.0)
+    if mode in ["sequence_mask", "sequence_truncate"]:
+        logps_diff = per_token_logps_diff.sum(dim=-1, keepdim=True)
+    else:
+        logps_diff = per_token_logps_diff
+    ratio = torch.exp(logps_diff)
+    if mode in ["sequence_truncate", "token_truncate"]:
+        return torch.clamp(ratio, min=clip_min, max=clip_max)
+    min_val = clip_min if clip_min is not None else -math.inf
+    max_val = clip_max if clip_max is not None else math.inf
+    return ratio.masked_fill((ratio < min_val) | (ratio > max_val), value=0.0)
+
+
+def batch(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    logp = -torch.rand(4, 6, generator=g, dtype=torch.float64) * 3
+    sampling = logp + torch.randn(4, 6, generator=g, dtype=torch.float64) * 0.4
+    sampling[1, 2] = math.nan  # a token the engine could not score
+    mask = torch.tensor([[1] * 6, [1] * 4 + [0] * 2, [1] * 2 + [0] * 4, [1] * 5 + [0]], dtype=torch.float64)
+    return logp, sampling, mask
+
+
+@pytest.mark.parametrize("mode", ["token_truncate", "token_mask", "sequence_truncate", "sequence_mask"])
+@pytest.mark.parametrize(("clip_min", "clip_max"), [(None, 3.0), (0.5, 2.0), (0.9, None)])
+def test_sampling_correction_is_trls(mode, clip_min, clip_max):
+    old, sampling, mask = batch()
+    ours = sampling_correction(old, sampling, mask, mode=mode, clip_min=clip_min, clip_max=clip_max)
+    expected = trl_is_ratio(old, sampling, mask, mode, clip_min, clip_max)
+    assert ours.shape == expected.shape == ((4, 1) if mode.startswith("sequence") else (4, 6))
+    assert torch.equal(ours, expected)
+    assert (ours == 0).any() or mode.endswith("truncate") or clip_min is None  # the bounds bite on this batch
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dapo", "cispo", "vespo"])
+def test_the_correction_weighs_the_policy_term_as_trl_does(loss_type):
+    """TRL: per_token_loss * importance_sampling_ratio after the entropy mask and before the KL term; vespo
+    adds the ratio's logs to its sequence log-weight instead (TRL's `get_gamma_weights`)."""
+    logp, sampling, mask = batch(1)
+    old = logp.detach() + torch.randn(4, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(2)) * 0.1
+    ref = logp.detach() - 0.05
+    adv = torch.tensor([1.0, -0.5, 0.25, -1.0], dtype=torch.float64)
+    ratio = sampling_correction(old, sampling, mask, mode="token_truncate", clip_max=3.0)
+    loss = GRPOLoss(loss_type=loss_type, beta=0.04, use_bias_correction_kl=False, epsilon_high=5.0 if loss_type == "cispo" else None)
+    got = loss(logp, old, adv, mask, ref_logp=ref, num_items=float(mask.sum()), sampling_ratio=ratio).loss
+    # TRL's per-token loss by hand.
+    r = torch.exp(logp - old)
+    a = adv[:, None]
+    if loss_type == "vespo":
+        log_w = (torch.clamp(logp - old, -20, 20) * mask).sum(-1, keepdim=True)
+        log_w = (log_w + torch.clamp(torch.log(ratio), math.log(1e-8), 20.0).sum(-1, keepdim=True)).clamp(math.log(1e-8), 20.0)
+        k, lam = torch.where(a >= 0, 2.0, 3.0), torch.where(a >= 0, 3.0, 2.0)
+        per_token = -torch.exp(lam + k * log_w - lam * torch.exp(log_w)) * a * logp
+    elif loss_type == "cispo":
+        per_token = -torch.clamp(r, max=5.0) * a * logp * ratio
+    else:
+        per_token = -torch.min(r * a, torch.clamp(r, 0.8, 1.2) * a) * ratio
+    d = ref - logp
+    per_token = per_token + 0.04 * (torch.exp(d) - d - 1)
+    if loss_type == "grpo":
+        expected = ((per_token * mask).sum(1) / mask.sum(1)).mean()
+    else:
+        expected = (per_token * mask).sum() / mask.sum()
+    assert abs(float(got - expected)) < 1e-12
+    phi = gamma_weights(adv, logp - old, mask, sampling_ratio=ratio)
+    assert phi.shape == (4, 1)
+
+
+# -- settings --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("setting", "message"), [
+    ({"vllm_importance_sampling_mode": "token"}, "vllm_importance_sampling_mode=token; use one of token_truncate, token_mask"),
+    ({"vllm_importance_sampling_clip_max": 0.0}, "clip_min=None, _clip_max=0.0: set 0 <= min < max"),
+    ({"vllm_importance_sampling_clip_min": 2.0, "vllm_importance_sampling_clip_max": 1.5}, "set 0 <= min < max"),
+    ({"vllm_importance_sampling_mode": "token_truncate", "vllm_importance_sampling_clip_max": None}, "truncates to a bound"),
+])
+def test_bad_correction_settings_are_one_line(setting, message):
+    base = {"rewards": {"r": {"fn": low_token_reward}}, "lora": {"r": 8}, "sampling": GREEDY}
+    with pytest.raises(UserError, match=message.replace("(", r"\(")):
+        check_settings({**base, **setting})
+
+
+def test_vespo_with_a_sequence_correction_is_refused(tokenizer, tmp_path):
+    with pytest.raises(UserError, match="loss_type=vespo weighs whole sequences itself; with vLLM set"):
+        make_module(tokenizer, None, lora={"r": 8}, loss_type="vespo", rollout_engine=engine_factory(tmp_path))
+
+
+def test_a_missing_vllm_is_one_line_before_the_policy_loads(compose_train, monkeypatch):
+    from lightning_da.runs.train import rollout_engine
+
+    monkeypatch.setitem(sys.modules, "vllm", None)
+    cfg = compose_train("algorithm=grpo", "student=tiny_random", "generation.backend=vllm")
+    with pytest.raises(UserError, match="generation.backend=vllm needs vLLM"):
+        rollout_engine(cfg, TinyRandomLlama())
