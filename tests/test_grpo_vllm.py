@@ -2,9 +2,11 @@
 (tests/stand_ins/vllm: vLLM's calls, checks and weight loading, sampling with Hugging Face on CPU), and
 TRL's importance-sampling correction of the engine's log-probabilities."""
 
+import json
 import math
 import sys
 from functools import partial
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,6 +24,7 @@ from tests.test_grpo import ROWS, fit, low_token_reward, make_module, trainable
 
 GREEDY = SamplingConfig(do_sample=False, temperature=1.0, max_new_tokens=8)
 TIED = TinyRandomLlama(seed=1, tie_word_embeddings=True)
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def engine_factory(tmp_path, source=TIED, **settings):
@@ -256,3 +259,83 @@ def test_a_missing_vllm_is_one_line_before_the_policy_loads(compose_train, monke
     cfg = compose_train("algorithm=grpo", "student=tiny_random", "generation.backend=vllm")
     with pytest.raises(UserError, match="generation.backend=vllm needs vLLM"):
         rollout_engine(cfg, TinyRandomLlama())
+
+
+class OffsetEngine(PolicyEngine):
+    """An engine whose log-probabilities sit `offset` below the trainer's on every token (a large mismatch)."""
+
+    offset = 2.0
+
+    def sample(self, *args, **kwargs):
+        rows = super().sample(*args, **kwargs)
+        for c in (c for row in rows for c in row):
+            c.logprobs = [lp - self.offset for lp in c.logprobs]
+        return rows
+
+
+def test_a_sequence_far_off_the_engines_distribution_is_masked_out_of_the_step(engine_log, tokenizer, tmp_path):
+    """sequence_mask (TRL's default): exp(2 x tokens) > 3 on every rollout, so every sequence weighs 0, the step
+    has no gradient, and the policy stays; the metrics say why. Without the correction the same step moves it."""
+    source = TinyRandomLlama(seed=1)
+    adapter = random_adapter(tmp_path / "a", source.load_model(), scale=0.05)
+    factory = partial(OffsetEngine, source, VLLMSettings(), cache_dir=tmp_path / "cache", seed=0)
+    moved = {}
+    for correction in (True, False):
+        module = make_module(tokenizer, adapter, loss_type="dapo", rollout_engine=factory,
+                             vllm_importance_sampling_correction=correction)
+        module.configure_model()
+        before = trainable(module)
+        trainer = fit(module, tokenizer, steps=1)
+        moved[correction] = max(float((before[n] - p).abs().max()) for n, p in trainable(module).items())
+    assert moved[True] == 0.0 and moved[False] > 1e-4
+    metrics = trainer.callback_metrics  # of the uncorrected run: no correction, no sampling metrics
+    assert "train/sampling/importance_sampling_ratio/max" not in metrics
+
+
+def cli(run, *overrides):
+    import os
+    import subprocess
+
+    from tests.conftest import STAND_IN
+
+    log = run.parent / f"{run.name}.vllm.jsonl"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(STAND_IN), os.environ.get("PYTHONPATH", "")]),
+           "VLLM_STAND_IN_LOG": str(log)}
+    done = subprocess.run([sys.executable, "train.py", *overrides, f"hydra.run.dir={run}", f"paths.cache_dir={run.parent / 'cache'}"],
+                          cwd=ROOT, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return [json.loads(line) for line in log.read_text().splitlines()]
+
+
+def loads_by_rank(events) -> dict[str, list[str]]:
+    """Each rank's loads, as digests of the bytes its engine holds after each."""
+    digests = {}
+    for e in events:
+        if e["event"] == "load_weights":
+            digests.setdefault(e["rank"], []).append(e["digest"])
+    return digests
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trainer", ["ddp", "fsdp"])
+def test_every_rank_has_its_own_engine_with_the_same_weights(tmp_path, trainer):
+    """2 gloo ranks through the real CLI: each rank's engine under vLLM's external launcher on its LOCAL_RANK;
+    every load gives both engines the same weights (under FSDP gathered from the shards); with
+    tensor_parallel_size=2 (ddp) the two ranks share one engine, both sending the group's prompts."""
+    from tests.test_fsdp import GRPO
+
+    tp = 2 if trainer == "ddp" else 1
+    events = cli(tmp_path / "run", *GRPO, f"trainer={trainer}", "generation.backend=vllm", f"generation.vllm.tensor_parallel_size={tp}")
+    engines = sorted((e for e in events if e["event"] == "engine"), key=lambda e: e["rank"])
+    assert [(e["rank"], e["local_rank"], e["backend"], e["seed"]) for e in engines] == [
+        (0, 0, "external_launcher", 0), (1, 1, "external_launcher", 1 // tp)]
+    digests = loads_by_rank(events)
+    assert len(digests["0"]) == 3 and digests["0"] == digests["1"]  # sleep mode: a full load each of 3 steps, bit for bit
+    assert len(set(digests["0"])) == 3  # each step's policy differs from the last
+    requests = [e for e in events if e["event"] == "request"]
+    if tp == 2:  # each request twice: once from each rank of the group, the same prompts and seeds
+        assert len(requests) == 2 * 2 * 2 * 3 and len({json.dumps(r, sort_keys=True) for r in requests}) == len(requests) // 2
+    else:
+        assert len(requests) == 2 * 2 * 3 and len({r["seed"] for r in requests}) == len(requests)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["train/sampling/importance_sampling_ratio/min"] > 0.99

@@ -22,6 +22,7 @@ Every engine, request, load and sleep is appended to the JSON-lines file named b
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -116,8 +117,10 @@ class _Model:
                 params[name].copy_(tensor.to(params[name].device))
             loaded.add(name)
         self.llm.weights_asleep = False
-        _record({"event": "load_weights", "names": sorted(loaded), "rank": os.environ.get("RANK"),
-                 "checksum": float(sum(params[n].double().sum() for n in loaded))})
+        digest = hashlib.sha256()
+        for name in sorted(loaded):
+            digest.update(params[name].detach().numpy().tobytes())
+        _record({"event": "load_weights", "names": sorted(loaded), "rank": os.environ.get("RANK"), "digest": digest.hexdigest()})
         return loaded
 
 
