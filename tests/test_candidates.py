@@ -2,7 +2,7 @@ import torch
 
 from lightning_da.formats import encode_candidate, prefix_ids
 from lightning_da.generation import SamplingConfig, sample_candidates
-from lightning_da.models.cache import CACHE_KEYWORD
+from lightning_da.models.versions import CACHE_KEYWORD
 
 PROMPTS = ["Hi", "Tell me a long story about a dragon and a knight, please."]
 

@@ -13,6 +13,7 @@ import torch
 
 from lightning_da.distributed import all_gather_objects
 from lightning_da.fsdp import shards_model
+from lightning_da.models.versions import enable_activation_checkpointing
 
 
 class AdapterModule(L.LightningModule):
@@ -34,7 +35,7 @@ class AdapterModule(L.LightningModule):
     def load_student(self):
         model = self.student.load_model()
         if self.gradient_checkpointing:
-            model.activation_checkpointing_enable()
+            enable_activation_checkpointing(model)
             model.enable_input_require_grads()
         return model
 

@@ -21,8 +21,8 @@ from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 from lightning_da.attribution.scoring import adapter_disabled, by_prompt, ending_in, repeat_cache, suffix_batch, suffix_chunks
 from lightning_da.attribution.selectors import least_similar
 from lightning_da.generation import Completion, SamplingConfig, flatten_candidates, sample_completions
-from lightning_da.models.cache import with_cache
 from lightning_da.models.hidden_states import run_until
+from lightning_da.models.versions import with_cache
 
 # Positions (all rows together) per base forward. No vocabulary-sized buffer exists on this path, so a
 # chunk can be far longer than the scoring pass's: the attention scores (rows x heads x chunk x length) bound it.

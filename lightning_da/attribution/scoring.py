@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from lightning_da.formats import prefix_ids
-from lightning_da.models.cache import with_cache
+from lightning_da.models.versions import with_cache
 
 
 @dataclass

@@ -15,8 +15,8 @@ from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from lightning_da.formats import eos_ids, pad_ids, prefix_ids
 from lightning_da.generation.sampling import SamplingConfig
-from lightning_da.models.cache import with_cache
 from lightning_da.models.hidden_states import FinalTokenStates
+from lightning_da.models.versions import with_cache
 
 
 @dataclass
