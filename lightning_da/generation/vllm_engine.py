@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 import os
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -167,9 +168,12 @@ class Placement:
             return Placement(), {}  # vLLM's own workers, tensor parallel across this machine's GPUs
         local_rank = int(os.environ.get("LOCAL_RANK", torch.cuda.current_device() if torch.cuda.is_available() else 0))
         os.environ.update(RANK=str(rank), LOCAL_RANK=str(local_rank), WORLD_SIZE=str(world))
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", "29500")
+        if "MASTER_PORT" not in os.environ:  # alone: vLLM starts its own process group on a free port
+            os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
         if torch.cuda.is_available():
+            if tensor_parallel_size > torch.cuda.device_count():
+                raise UserError(f"generation.vllm.tensor_parallel_size={tensor_parallel_size}: a group shares one node, "
+                                f"which has {torch.cuda.device_count()} GPUs")
             torch.cuda.set_device(local_rank)
         tp_group = None
         if tensor_parallel_size > 1:  # a collective: every rank builds its engine at the same point
@@ -178,6 +182,12 @@ class Placement:
         # One seed per tensor-parallel group: its workers must sample alike.
         return Placement(rank, world, local_rank, tp_group), {"distributed_executor_backend": "external_launcher",
                                                               "seed": rank // tensor_parallel_size}
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def request_seed(seed: int, index: int, n: int) -> int:
