@@ -10,7 +10,10 @@ every group (the share of low token ids), so that every step has a gradient.
 (a) Losses. One fixed batch of rollouts (one prompt, G sampled completions, random advantages,
     old log-probabilities a little off the current ones so that clipping happens): for every
     loss_type both implement, and for beta > 0 with delta set (KL with and without
-    use_bias_correction_kl) and top_entropy_quantile < 1, our `GRPOLoss` on
+    use_bias_correction_kl), top_entropy_quantile < 1 and vLLM's importance-sampling correction
+    (our `sampling_correction` weights from an engine's log-probabilities, given to TRL as its
+    `importance_sampling_ratio` with use_vllm on; the weights themselves are checked against TRL's
+    code, transcribed, in tests/test_grpo_vllm.py), our `GRPOLoss` on
     `GRPOModule.token_logps` against TRL's `_compute_loss` on the same inputs. Prints the loss
     difference and the largest difference of any trainable gradient (LoRA and lm_head). (One
     prompt: TRL feeds no position ids, so a left-padded prompt would be scored at shifted
@@ -68,9 +71,16 @@ LOSS_CASES = [
     ("grpo top entropy 0.2", {"loss_type": "grpo", "top_entropy_quantile": 0.2}, {"loss_type": "grpo", "top_entropy_quantile": 0.2}),
     ("dapo top entropy 0.5 beta .04", {"loss_type": "dapo", "top_entropy_quantile": 0.5, "beta": 0.04},
      {"loss_type": "dapo", "top_entropy_quantile": 0.5, "beta": 0.04}),
+    # vLLM's importance-sampling correction: our weights (`sampling_correction`, from an engine's log-probs) go
+    # to TRL as its inputs["importance_sampling_ratio"], with use_vllm and the correction on.
+    *[(f"{loss} vLLM IS {mode}", {"loss_type": loss, "sampling_correction": mode},
+       {"loss_type": loss, "use_vllm": True, "vllm_importance_sampling_correction": True})
+      for loss, mode in (("grpo", "token_truncate"), ("grpo", "sequence_mask"), ("dapo", "sequence_truncate"),
+                         ("cispo", "token_mask"), ("vespo", "token_truncate"))],
 ]
 TRL_DEFAULTS = {"loss_type": "grpo", "importance_sampling_level": "token", "epsilon_low": 0.2, "epsilon_high": 0.2, "beta": 0.0,
-                "top_entropy_quantile": 1.0, "delta": None, "use_bias_correction_kl": True}
+                "top_entropy_quantile": 1.0, "delta": None, "use_bias_correction_kl": True, "use_vllm": False,
+                "vllm_importance_sampling_correction": False}
 
 
 def judge_safety(prompts, completions, **kwargs):
@@ -144,7 +154,7 @@ def grads(model) -> dict[str, torch.Tensor]:
 
 
 def exactness(adapter: str, tokenizer, work: Path, g: int, max_new_tokens: int) -> None:
-    from lightning_da.algorithms.grpo_losses import GRPOLoss, high_entropy_mask
+    from lightning_da.algorithms.grpo_losses import GRPOLoss, high_entropy_mask, sampling_correction
     from lightning_da.formats import pad_ids, prefix_ids
     from lightning_da.generation import SamplingConfig, sample_completions
 
@@ -165,6 +175,7 @@ def exactness(adapter: str, tokenizer, work: Path, g: int, max_new_tokens: int) 
         with module.reference_policy():
             ref, _ = module.token_logps(prompt_ids, prompt_mask, completion_ids, completion_mask)
     old = current + torch.randn(current.shape, generator=generator, dtype=torch.float64) * 0.2
+    engine = old + torch.randn(current.shape, generator=generator, dtype=torch.float64) * 0.05  # a vLLM engine's log-probs
     trainer = trl_trainer(model, tokenizer, [prompt], work, g=g, max_new_tokens=max_new_tokens, steps=1, micro=g)
     trainer.current_gradient_accumulation_steps = 1
     num_items = float(completion_mask.sum())
@@ -177,13 +188,19 @@ def exactness(adapter: str, tokenizer, work: Path, g: int, max_new_tokens: int) 
     print(f"{'case':<32}{'loss':>11}{'|loss diff|':>13}{'|grad diff|':>13}{'|loss diff|':>13}{'|grad diff|':>13}{'max |grad|':>12}")
     worst = [0.0, 0.0]
     for label, ours, theirs in LOSS_CASES:
-        loss_fn = GRPOLoss(**ours, max_completion_length=max_new_tokens)
+        mode = ours.get("sampling_correction")
+        loss_fn = GRPOLoss(**{k: v for k, v in ours.items() if k != "sampling_correction"}, max_completion_length=max_new_tokens)
+        ratio = sampling_correction(old, engine, completion_mask, mode=mode, clip_max=3.0) if mode else None
+        inputs.pop("importance_sampling_ratio", None)
+        if mode:
+            inputs["importance_sampling_ratio"] = ratio
         set_trl(trainer, theirs)
 
-        def ours_loss(loss_fn=loss_fn):
+        def ours_loss(loss_fn=loss_fn, ratio=ratio):
             logp, entropy = module.token_logps(prompt_ids, prompt_mask, completion_ids, completion_mask, entropy=True)
             keep = high_entropy_mask(entropy, completion_mask, loss_fn.top_entropy_quantile) if loss_fn.top_entropy_quantile < 1 else None
-            return loss_fn(logp, old, advantages, completion_mask, ref_logp=ref, num_items=num_items, entropy_mask=keep).loss
+            return loss_fn(logp, old, advantages, completion_mask, ref_logp=ref, num_items=num_items, entropy_mask=keep,
+                           sampling_ratio=ratio).loss
 
         def trl_loss_on_our_logps():
             logp, entropy = module.token_logps(prompt_ids, prompt_mask, completion_ids, completion_mask, entropy=True)

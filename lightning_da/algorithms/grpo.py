@@ -20,6 +20,10 @@ How GRPO maps onto Lightning's loop (manual optimization):
   eval mode like the sampling.
 - The reference forward runs once per rollout batch, only when `beta` > 0.
 - Log-probabilities are of logits / sampling temperature, the distribution the rollouts came from.
+- With `generation.backend=vllm` the rollouts come from this rank's colocated vLLM engine
+  (`generation.colocated`), which gets the policy's weights before sampling. Its log-probabilities
+  differ a little from the trainer's, so the old log-probabilities are always computed (as with mu > 1)
+  and TRL's importance-sampling correction weighs the policy term (`grpo_losses.sampling_correction`).
 """
 
 from __future__ import annotations
@@ -91,7 +95,7 @@ class GRPOModule(AdapterModule):
         self._buffer: list[Rollouts] = []
         self._rounds = 0
         self._reference_weights: dict[str, torch.Tensor] | None = None
-        # generation.backend=vllm: the colocated engine's factory (`PolicyEngine`), built once the policy is
+        # generation.backend=vllm: the colocated engine's factory (`PolicyEngine`), built in on_fit_start
         self.rollout_engine, self._engine = rollout_engine, None
         self.correction = None
         if rollout_engine is not None and vllm_importance_sampling_correction:
