@@ -73,3 +73,17 @@ def engine_log(monkeypatch, tmp_path):
     yield lambda: [json.loads(line) for line in log.read_text().splitlines()]
     for name in [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]:
         del sys.modules[name]
+
+
+def stand_in_cli(script: str, run: Path, *overrides: str) -> list[dict]:
+    """`script` (train.py, evaluate.py) through the real CLI with the vLLM stand-in importable as `vllm`, its
+    processes and their ranks too; returns what the engines were asked."""
+    import subprocess
+
+    log = run.parent / f"{run.name}.vllm.jsonl"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(STAND_IN), os.environ.get("PYTHONPATH", "")]),
+           "VLLM_STAND_IN_LOG": str(log)}
+    done = subprocess.run([sys.executable, script, *overrides, f"hydra.run.dir={run}", f"paths.cache_dir={run.parent / 'cache'}"],
+                          cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return [json.loads(line) for line in log.read_text().splitlines()]

@@ -6,7 +6,6 @@ import json
 import math
 import sys
 from functools import partial
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,11 +19,11 @@ from lightning_da.generation.colocated import PolicyEngine, policy_weights
 from lightning_da.generation.vllm_engine import request_seed
 from lightning_da.models import TinyRandomLlama
 from lightning_da.models.lora import load_adapter, random_adapter
+from tests.conftest import stand_in_cli
 from tests.test_grpo import ROWS, fit, low_token_reward, make_module, trainable
 
 GREEDY = SamplingConfig(do_sample=False, temperature=1.0, max_new_tokens=8)
 TIED = TinyRandomLlama(seed=1, tie_word_embeddings=True)
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def engine_factory(tmp_path, source=TIED, **settings):
@@ -292,21 +291,6 @@ def test_a_sequence_far_off_the_engines_distribution_is_masked_out_of_the_step(e
     assert "train/sampling/importance_sampling_ratio/max" not in metrics
 
 
-def cli(run, *overrides):
-    import os
-    import subprocess
-
-    from tests.conftest import STAND_IN
-
-    log = run.parent / f"{run.name}.vllm.jsonl"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(STAND_IN), os.environ.get("PYTHONPATH", "")]),
-           "VLLM_STAND_IN_LOG": str(log)}
-    done = subprocess.run([sys.executable, "train.py", *overrides, f"hydra.run.dir={run}", f"paths.cache_dir={run.parent / 'cache'}"],
-                          cwd=ROOT, env=env, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return [json.loads(line) for line in log.read_text().splitlines()]
-
-
 def loads_by_rank(events) -> dict[str, list[str]]:
     """Each rank's loads, as digests of the bytes its engine holds after each."""
     digests = {}
@@ -325,7 +309,7 @@ def test_every_rank_has_its_own_engine_with_the_same_weights(tmp_path, trainer):
     from tests.test_fsdp import GRPO
 
     tp = 2 if trainer == "ddp" else 1
-    events = cli(tmp_path / "run", *GRPO, f"trainer={trainer}", "generation.backend=vllm", f"generation.vllm.tensor_parallel_size={tp}")
+    events = stand_in_cli("train.py", tmp_path / "run", *GRPO, f"trainer={trainer}", "generation.backend=vllm", f"generation.vllm.tensor_parallel_size={tp}")
     engines = sorted((e for e in events if e["event"] == "engine"), key=lambda e: e["rank"])
     assert [(e["rank"], e["local_rank"], e["backend"], e["seed"]) for e in engines] == [
         (0, 0, "external_launcher", 0), (1, 1, "external_launcher", 1 // tp)]

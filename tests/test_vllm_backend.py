@@ -183,3 +183,22 @@ def test_an_adapter_vllm_cannot_load_is_merged_or_named(engine_log, tiny_source,
     from lightning_da.generation.vllm_engine import _adapter_mode
 
     assert _adapter_mode(adapter, VLLMSettings()) == "merge"
+
+
+@pytest.mark.slow
+def test_evaluate_under_ddp_each_rank_has_its_engine_and_equals_one_process(tmp_path, tiny_source):
+    """trainer=ddp on 2 gloo ranks: each rank's engine under vLLM's external launcher on its own LOCAL_RANK (not
+    all on the first GPU), each sampling its whole batches; the candidates are one process's, prompt for prompt."""
+    from tests.conftest import stand_in_cli
+
+    adapter = random_adapter(tmp_path / "adapter", tiny_source.load_model())
+    common = ["student=tiny_random", f"adapter={adapter}", "attribution.layer=1", "n_candidates=3", "max_new_tokens=6",
+              "benchmark.limit=7", "batch_size=2", "logger=csv", "trainer.accelerator=cpu", "generation.backend=vllm"]
+    alone = stand_in_cli("evaluate.py", tmp_path / "one", *common)
+    ranks = stand_in_cli("evaluate.py", tmp_path / "ddp", *common, "trainer=ddp", "trainer.devices=2")
+    assert [(e["backend"], e.get("local_rank")) for e in alone if e["event"] == "engine"] == [(None, None)]
+    engines = sorted((e for e in ranks if e["event"] == "engine"), key=lambda e: e["rank"])
+    assert [(e["rank"], e["local_rank"], e["backend"]) for e in engines] == [(0, 0, "external_launcher"), (1, 1, "external_launcher")]
+    candidates = [[json.loads(line)["candidates"] for line in (tmp_path / run / "candidates.jsonl").read_text().splitlines()]
+                  for run in ("one", "ddp")]
+    assert candidates[0] == candidates[1] and len(candidates[0]) == 7
