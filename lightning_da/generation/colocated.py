@@ -1,6 +1,6 @@
 """GRPO's rollouts from a vLLM engine colocated with the trainer (`generation.backend=vllm` with
 `algorithm=grpo`), as TRL's colocate mode: one engine per rank on the rank's own GPU (see
-`vllm_engine.Placement`), taking `generation.vllm.gpu_memory_utilization` of it while awake.
+`vllm_engine.placement`), taking `generation.vllm.gpu_memory_utilization` of it while awake.
 
 The engine samples from the current policy. Before a rollout that follows an optimizer step (and
 before every rollout with `sleep_mode`, whose level 2 frees the engine's weights while the policy

@@ -144,44 +144,33 @@ def merged_student(source, adapter_dir: str | Path, cache_dir: str | Path) -> Pa
     return target
 
 
-@dataclass(frozen=True)
-class Placement:
-    """Where this process's engine runs: its rank among `world` data-parallel processes, its GPU
-    (`local_rank`), and its tensor-parallel group (None alone)."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    tp_group: object | None = None
-
-    @staticmethod
-    def here(tensor_parallel_size: int, *, launcher: bool) -> tuple[Placement, dict]:
-        """This process's placement and the engine's keyword arguments for it. `launcher`: start vLLM under
-        `external_launcher` even alone (its model then lives in this process, where GRPO loads weights into it)."""
-        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-        rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if distributed else (0, 1)
-        if (world > 1 or launcher) and world % tensor_parallel_size:
-            raise UserError(f"generation.vllm.tensor_parallel_size={tensor_parallel_size} must divide the {world} "
-                            "data-parallel ranks (trainer.devices x trainer.num_nodes), as each group of that many ranks "
-                            "shares one engine")
-        if world == 1 and not launcher:
-            return Placement(), {}  # vLLM's own workers, tensor parallel across this machine's GPUs
-        local_rank = int(os.environ.get("LOCAL_RANK", torch.cuda.current_device() if torch.cuda.is_available() else 0))
-        os.environ.update(RANK=str(rank), LOCAL_RANK=str(local_rank), WORLD_SIZE=str(world))
-        if "MASTER_PORT" not in os.environ:  # alone: vLLM starts its own process group on a free port
-            os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
-        if torch.cuda.is_available():
-            if tensor_parallel_size > torch.cuda.device_count():
-                raise UserError(f"generation.vllm.tensor_parallel_size={tensor_parallel_size}: a group shares one node, "
-                                f"which has {torch.cuda.device_count()} GPUs")
-            torch.cuda.set_device(local_rank)
-        tp_group = None
-        if tensor_parallel_size > 1:  # a collective: every rank builds its engine at the same point
-            tp_group, _ = torch.distributed.new_subgroups_by_enumeration(
-                [list(range(k, k + tensor_parallel_size)) for k in range(0, world, tensor_parallel_size)])
-        # One seed per tensor-parallel group: its workers must sample alike.
-        return Placement(rank, world, local_rank, tp_group), {"distributed_executor_backend": "external_launcher",
-                                                              "seed": rank // tensor_parallel_size}
+def placement(tensor_parallel_size: int, *, launcher: bool) -> tuple[object | None, dict]:
+    """Where this process's engine runs: its tensor-parallel group (None alone) and the engine's keyword arguments
+    for it. Under data parallelism, vLLM's `external_launcher` on this rank's GPU (LOCAL_RANK); `launcher`: that
+    even alone (the engine's model then lives in this process, where GRPO loads weights into it)."""
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if distributed else (0, 1)
+    if (world > 1 or launcher) and world % tensor_parallel_size:
+        raise UserError(f"generation.vllm.tensor_parallel_size={tensor_parallel_size} must divide the {world} "
+                        "data-parallel ranks (trainer.devices x trainer.num_nodes), as each group of that many ranks "
+                        "shares one engine")
+    if world == 1 and not launcher:
+        return None, {}  # vLLM's own workers, tensor parallel across this machine's GPUs
+    local_rank = int(os.environ.get("LOCAL_RANK", torch.cuda.current_device() if torch.cuda.is_available() else 0))
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(local_rank), WORLD_SIZE=str(world))
+    if "MASTER_PORT" not in os.environ:  # alone: vLLM starts its own process group on a free port
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+    if torch.cuda.is_available():
+        if tensor_parallel_size > torch.cuda.device_count():
+            raise UserError(f"generation.vllm.tensor_parallel_size={tensor_parallel_size}: a group shares one node, "
+                            f"which has {torch.cuda.device_count()} GPUs")
+        torch.cuda.set_device(local_rank)
+    tp_group = None
+    if tensor_parallel_size > 1:  # a collective: every rank builds its engine at the same point
+        tp_group, _ = torch.distributed.new_subgroups_by_enumeration(
+            [list(range(k, k + tensor_parallel_size)) for k in range(0, world, tensor_parallel_size)])
+    # One seed per tensor-parallel group: its workers must sample alike.
+    return tp_group, {"distributed_executor_backend": "external_launcher", "seed": rank // tensor_parallel_size}
 
 
 def _free_port() -> int:
@@ -214,7 +203,7 @@ class VLLMGenerator:
 
                 self.lora_request = LoRARequest("adapter", 1, str(adapter))
         self.model_dir = model_dir
-        self.placement, placed = Placement.here(settings.tensor_parallel_size, launcher=bool(engine_args))
+        self.tp_group, placed = placement(settings.tensor_parallel_size, launcher=bool(engine_args))
         self.llm = vllm.LLM(
             model=str(model_dir), tokenizer=str(model_dir), trust_remote_code=getattr(source, "trust_remote_code", False),
             tensor_parallel_size=settings.tensor_parallel_size, gpu_memory_utilization=settings.gpu_memory_utilization,
@@ -243,10 +232,10 @@ class VLLMGenerator:
         per_request = 1 if not sampling.do_sample else n  # vLLM samples greedily once per request
         requests = [(ids, request_seed(seed, i, n)) for i, ids in enumerate(prompt_ids)]
         mine = slice(0, len(requests))
-        if self.placement.tp_group is not None:  # the group's engine takes every member's prompts
+        if self.tp_group is not None:  # the group's engine takes every member's prompts
             parts = [None] * self.settings.tensor_parallel_size
-            torch.distributed.all_gather_object(parts, requests, group=self.placement.tp_group)
-            member = torch.distributed.get_rank(group=self.placement.tp_group)
+            torch.distributed.all_gather_object(parts, requests, group=self.tp_group)
+            member = torch.distributed.get_rank(group=self.tp_group)
             first = sum(len(part) for part in parts[:member])
             requests, mine = [r for part in parts for r in part], slice(first, first + len(requests))
         params = [self._params(sampling, n=per_request, seed=s, stop_token_ids=eos, logprobs=logprobs) for _, s in requests]
