@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -75,17 +76,9 @@ def pick(values: torch.Tensor, *, highest: bool) -> torch.Tensor:
     return near.to(torch.uint8).argmax(-1)  # the first of the ties
 
 
-def _argmin(values: torch.Tensor) -> torch.Tensor:
-    return pick(values, highest=False)
-
-
-def _argmax(values: torch.Tensor) -> torch.Tensor:
-    return pick(values, highest=True)
-
-
 def least_similar(cosine: torch.Tensor) -> torch.Tensor:
     """The method's pick along the last axis (the N candidates): the lowest cosine (ties to the first)."""
-    return _argmin(cosine)
+    return pick(cosine, highest=False)
 
 
 def latent_choice_by_layer(scores: CandidateScores) -> torch.Tensor:
@@ -141,88 +134,80 @@ class LatentSimilarity(Selector):
         return Choice(least_similar(scores.cosine[:, :, self.layer]), layer=self.layer)
 
 
+class ScoreSelector(Selector):
+    """The candidate with the highest (`highest`) or lowest of one per-candidate score of `CandidateScores`
+    (`score`, a field name), ties to the first (`pick`)."""
+
+    score: ClassVar[str]
+    highest: ClassVar[bool]
+
+    def choose(self, scores: CandidateScores, bad: torch.Tensor | None = None) -> Choice:
+        return Choice(pick(getattr(scores, self.score), highest=self.highest))
+
+
 @dataclass
-class KL(Selector):
+class KL(ScoreSelector):
     """The candidate whose token distributions diverge most from the base's: KL(FT || base), highest."""
 
     name: str = "kl"
-    needs_base = True
-
-    def choose(self, scores: CandidateScores, bad: torch.Tensor | None = None) -> Choice:
-        return Choice(_argmax(scores.kl))
+    score, highest, needs_base = "kl", True, True
 
 
 @dataclass
-class ReverseKL(Selector):
+class ReverseKL(ScoreSelector):
     """The same from the base's side: KL(base || FT), highest."""
 
     name: str = "reverse_kl"
-    needs_base = True
-
-    def choose(self, scores: CandidateScores, bad: torch.Tensor | None = None) -> Choice:
-        return Choice(_argmax(scores.reverse_kl))
+    score, highest, needs_base = "reverse_kl", True, True
 
 
 @dataclass
-class BasePerplexity(Selector):
+class BasePerplexity(ScoreSelector):
     """The response the base finds least likely: the base's perplexity of it, highest."""
 
     name: str = "base_perplexity"
-    needs_base = True
-
-    def choose(self, scores: CandidateScores, bad: torch.Tensor | None = None) -> Choice:
-        return Choice(_argmax(scores.base_perplexity))
+    score, highest, needs_base = "base_perplexity", True, True
 
 
 @dataclass
-class Perplexity(Selector):
+class Perplexity(ScoreSelector):
     """The fine-tuned model's most likely response: lowest perplexity."""
 
     name: str = "perplexity"
-
-    def choose(self, scores: CandidateScores, bad: torch.Tensor | None = None) -> Choice:
-        return Choice(_argmin(scores.perplexity))
+    score, highest = "perplexity", False
 
 
 @dataclass
-class HighPerplexity(Selector):
+class HighPerplexity(ScoreSelector):
     """The opposite sign: the fine-tuned model's least likely response, highest perplexity."""
 
     name: str = "high_perplexity"
-
-    def choose(self, scores: CandidateScores, bad: torch.Tensor | None = None) -> Choice:
-        return Choice(_argmax(scores.perplexity))
+    score, highest = "perplexity", True
 
 
 @dataclass
-class SelfCertainty(Selector):
+class SelfCertainty(ScoreSelector):
     """Kang et al. 2025: the response the model is most certain of, highest KL(uniform || p)."""
 
     name: str = "self_certainty"
-
-    def choose(self, scores: CandidateScores, bad: torch.Tensor | None = None) -> Choice:
-        return Choice(_argmax(scores.self_certainty))
+    score, highest = "self_certainty", True
 
 
 @dataclass
-class LowSelfCertainty(Selector):
+class LowSelfCertainty(ScoreSelector):
     """The opposite sign: the response the model is least certain of, lowest self-certainty."""
 
     name: str = "low_self_certainty"
-
-    def choose(self, scores: CandidateScores, bad: torch.Tensor | None = None) -> Choice:
-        return Choice(_argmin(scores.self_certainty))
+    score, highest = "self_certainty", False
 
 
 @dataclass
-class Gini(Selector):
+class Gini(ScoreSelector):
     """The response whose next-token distributions are most concentrated: mean Gini impurity, lowest
     (a confidence score, like perplexity's)."""
 
     name: str = "gini"
-
-    def choose(self, scores: CandidateScores, bad: torch.Tensor | None = None) -> Choice:
-        return Choice(_argmin(scores.gini))
+    score, highest = "gini", False
 
 
 @dataclass

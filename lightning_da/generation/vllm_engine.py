@@ -203,6 +203,7 @@ class VLLMGenerator:
 
                 self.lora_request = LoRARequest("adapter", 1, str(adapter))
         self.model_dir = model_dir
+        self._eos: list[int] | None = None  # read from the model's files at the first request, not at every one
         self.tp_group, placed = placement(settings.tensor_parallel_size, launcher=bool(engine_args))
         self.llm = vllm.LLM(
             model=str(model_dir), tokenizer=str(model_dir), trust_remote_code=getattr(source, "trust_remote_code", False),
@@ -228,7 +229,9 @@ class VLLMGenerator:
         if sampling.do_sample and not sampling.temperature <= MAX_TEMPERATURE:
             raise UserError(f"sampling temperature {sampling.temperature}: vLLM samples at temperatures up to "
                             f"{MAX_TEMPERATURE}; lower it, or use generation.backend=hf")
-        eos = _eos_ids(self.model_dir, tokenizer)
+        if self._eos is None:
+            self._eos = _eos_ids(self.model_dir, tokenizer)
+        eos = self._eos
         per_request = 1 if not sampling.do_sample else n  # vLLM samples greedily once per request
         requests = [(ids, request_seed(seed, i, n)) for i, ids in enumerate(prompt_ids)]
         mine = slice(0, len(requests))
