@@ -1,6 +1,8 @@
 """The paper's figures, drawn from evaluate.py runs for report.py (PAPER.md section 7). Each function
 takes the configurations (report.Configuration) and a PNG path, writes the figure whole or not at all,
-and returns None, or, when the runs it needs are missing, the one line that says which.
+and returns None, or, when the runs it needs are missing, the one line that says which. The numbers each
+figure shows come from a function of their own (`heatmap_grid`, `first_vs_majority_bars`, `density_values`,
+`layer_series`), which the tests assert.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
-
 
 
 def save(figure, path: Path) -> None:
@@ -49,9 +50,25 @@ def _panels(count: int, width: float, height: float):
     return figure, list(axes.flat[:count])
 
 
+def heatmap_grid(configurations: list, kind: str, benchmark: str) -> tuple[list[str], list[str], torch.Tensor]:
+    """One panel of Figures 3 and 4: the teachers (rows), the students then "teacher itself" (columns), and
+    `first`'s rate in each cell, the mean over the SFT evaluations of that pair on `benchmark` (the last column:
+    the teacher's own, evaluated `as_is`); NaN where nothing was evaluated."""
+    group = [c for c in configurations if c.kind == kind and c.stage == "sft" and c.benchmark == benchmark]
+    alone = [c for c in configurations if c.kind == kind and c.stage == "teacher" and c.benchmark == benchmark]
+    teachers = list(dict.fromkeys(c.teacher for c in group))
+    students = list(dict.fromkeys(c.student for c in group)) + ["teacher itself"]
+    grid = torch.full((len(teachers), len(students)), math.nan)
+    for t, teacher in enumerate(teachers):
+        for s, student in enumerate(students[:-1]):
+            grid[t, s] = _mean([c.results.rates["first"] for c in group if c.teacher == teacher and c.student == student])
+        grid[t, -1] = _mean([c.results.rates["first"] for c in alone if c.teacher == teacher])
+    return teachers, students, grid
+
+
 def heatmaps(configurations: list, kind: str, path: Path, *, rate: str) -> str | None:
     """Figures 3 and 4: per benchmark of `kind`, `first`'s rate per (teacher, student) after SFT, beside
-    each teacher's own rate (evaluated `as_is`), one panel per benchmark."""
+    each teacher's own rate (evaluated `as_is`), one panel per benchmark (`heatmap_grid`)."""
     distilled = [c for c in configurations if c.kind == kind and c.stage == "sft"]
     if not distilled:
         return f"no SFT evaluations on a {kind} benchmark: run evaluate.py adapter=<sft run>/adapter on one"
@@ -59,14 +76,7 @@ def heatmaps(configurations: list, kind: str, path: Path, *, rate: str) -> str |
     benchmarks = list(dict.fromkeys(c.benchmark for c in distilled))
     figure, axes = _panels(len(benchmarks), 5.5, 4)
     for ax, benchmark in zip(axes, benchmarks, strict=True):
-        group = [c for c in distilled if c.benchmark == benchmark]
-        teachers = list(dict.fromkeys(c.teacher for c in group))
-        students = list(dict.fromkeys(c.student for c in group)) + ["teacher itself"]
-        grid = torch.full((len(teachers), len(students)), math.nan)
-        for t, teacher in enumerate(teachers):
-            for s, student in enumerate(students[:-1]):
-                grid[t, s] = _mean([c.results.rates["first"] for c in group if c.teacher == teacher and c.student == student])
-            grid[t, -1] = _mean([c.results.rates["first"] for c in teachers_alone if c.teacher == teacher and c.benchmark == benchmark])
+        teachers, students, grid = heatmap_grid(configurations, kind, benchmark)
         image = ax.imshow(grid.numpy(), cmap="Reds" if kind == "safety" else "Greens", vmin=0, vmax=100, aspect="auto")
         for t in range(len(teachers)):
             for s in range(len(students)):
@@ -83,19 +93,30 @@ def heatmaps(configurations: list, kind: str, path: Path, *, rate: str) -> str |
     return None
 
 
+FIGURE5_SELECTORS = ("first", "majority_vote")
+
+
+def first_vs_majority_bars(configurations: list) -> dict[str, dict[str, float]]:
+    """Figure 5's bars: {selector: {student: its ASR}}, the mean over the student's SFT evaluations on safety
+    benchmarks that compared majority voting."""
+    group = [c for c in configurations if c.kind == "safety" and c.stage == "sft" and "majority_vote" in c.results.rates]
+    students = list(dict.fromkeys(c.student for c in group))
+    return {selector: {s: _mean([c.results.rates[selector] for c in group if c.student == s]) for s in students}
+            for selector in FIGURE5_SELECTORS}
+
+
 def first_vs_majority(configurations: list, path: Path) -> str | None:
     """Figure 5: per student, the ASR of the first sample and of majority voting (unsafe iff more than half
-    of the N samples are), averaged over its SFT evaluations on safety benchmarks."""
-    group = [c for c in configurations if c.kind == "safety" and c.stage == "sft" and "majority_vote" in c.results.rates]
-    if not group:
+    of the N samples are), averaged over its SFT evaluations on safety benchmarks (`first_vs_majority_bars`)."""
+    bars = first_vs_majority_bars(configurations)
+    students = list(bars["first"])
+    if not students:
         return "no SFT evaluation on a safety benchmark with majority_vote compared: Figure 5 needs one"
-    students = list(dict.fromkeys(c.student for c in group))
     plt = _pyplot()
     figure, ax = plt.subplots(figsize=(max(5, 1.4 * len(students) + 2), 4))
     width = 0.38
-    for offset, (selector, color) in ((-width / 2, ("first", "#7f8c8d")), (width / 2, ("majority_vote", "#8e44ad"))):
-        values = [_mean([c.results.rates[selector] for c in group if c.student == s]) for s in students]
-        ax.bar([i + offset for i in range(len(students))], values, width, label=selector, color=color)
+    for offset, selector, color in ((-width / 2, "first", "#7f8c8d"), (width / 2, "majority_vote", "#8e44ad")):
+        ax.bar([i + offset for i in range(len(students))], list(bars[selector].values()), width, label=selector, color=color)
     ax.set_xticks(range(len(students)), students, rotation=20, ha="right")
     ax.set_ylabel("ASR (%)")
     ax.set_title("First sample vs majority vote, per student (after SFT)")
@@ -113,8 +134,9 @@ DENSITY_PANELS: list[tuple[str, Callable[[dict, int], list[float]]]] = [
 ]
 
 
-def _candidate_values(configurations: list) -> tuple[dict[str, tuple[list, list]], int | None]:
-    """Each panel's values for unsafe and safe candidates, pooled over the configurations' candidates.jsonl."""
+def density_values(configurations: list) -> tuple[dict[str, tuple[list, list]], int | None]:
+    """Figure 6's numbers: each panel's values for unsafe and safe candidates (a candidate's `flags`), pooled over
+    the configurations' candidates.jsonl; and the cosine's layer (the last configuration's, clipped to the model)."""
     pooled = {title: ([], []) for title, _ in DENSITY_PANELS}
     layer = None
     for c in configurations:
@@ -136,7 +158,7 @@ def densities(configurations: list, path: Path) -> str | None:
     unsafe vs safe candidates, pooled over the SFT evaluations on safety benchmarks (one panel each)."""
     group = [c for c in configurations if c.kind == "safety" and c.stage == "sft" and c.results.evaluated
              and c.results.evaluated.get("base")]
-    pooled, layer = _candidate_values(group)
+    pooled, layer = density_values(group)
     if not any(unsafe and safe for unsafe, safe in pooled.values()):
         return "no SFT evaluation on a safety benchmark with both safe and unsafe candidates: Figure 6 needs one"
     plt = _pyplot()
@@ -157,19 +179,27 @@ def densities(configurations: list, path: Path) -> str | None:
     return None
 
 
+def layer_series(configurations: list, value: Callable) -> tuple[list[tuple[str, list[float]]], list[float]]:
+    """The by-layer figures' lines: (label, `value(c)`) per configuration with a value (a list per layer; None
+    leaves it out), and their mean over the layers all of them have (NaN left out)."""
+    series = [(c.label, v) for c in configurations if (v := value(c))]
+    if not series:
+        return [], []
+    depth = min(len(v) for _, v in series)
+    return series, torch.tensor([v[:depth] for _, v in series], dtype=torch.float64).nanmean(0).tolist()
+
+
 def by_layer_lines(configurations: list, path: Path, *, value: Callable, ylabel: str, title: str,
                    reference: tuple[float, str] | None = None) -> bool:
     """One line per configuration (`value(c)`: a list per layer, or None to leave it out) and their mean."""
-    series = [(c, v) for c in configurations if (v := value(c))]
+    series, mean = layer_series(configurations, value)
     if not series:
         return False
     plt = _pyplot()
     figure, ax = plt.subplots(figsize=(8, 5))
-    for c, values in series:
-        ax.plot(values, alpha=0.5, linewidth=1, label=c.label)
-    depth = min(len(v) for _, v in series)
-    ax.plot(torch.tensor([v[:depth] for _, v in series], dtype=torch.float64).nanmean(0).tolist(), color="black", linewidth=2.5,
-            label=f"mean of {len(series)}")
+    for label, values in series:
+        ax.plot(values, alpha=0.5, linewidth=1, label=label)
+    ax.plot(mean, color="black", linewidth=2.5, label=f"mean of {len(series)}")
     if reference is not None:
         ax.axhline(reference[0], color="black", linestyle="--", linewidth=1, label=reference[1])
     ax.set_xlabel("layer (0 = embeddings)")

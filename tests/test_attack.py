@@ -116,6 +116,11 @@ def test_a_crashed_attack_resumes_without_repeating_behaviours(tmp_path, adapter
     resumed = run_attack(attack_cfg(tmp_path / "resumed", adapter))
     assert set(attacked) == {2}  # only the behaviour not finished
     assert resumed == whole
+    # Record by record: every turn's prompt, the target's sampled response and the judge's score, as if never stopped.
+    records = {run: [json.loads(line) for line in (tmp_path / run / "run" / "attack.jsonl").read_text().splitlines()]
+               for run in ("whole", "resumed")}
+    assert records["resumed"] == records["whole"] and len(records["whole"]) == 9
+    assert all(turn["response"] for r in records["whole"] for turn in r["turns"])  # responses, not only a summary
 
 
 @pytest.mark.parametrize(("override", "message"), [

@@ -15,10 +15,12 @@ from lightning_da.algorithms.grpo_losses import (
     LOSS_TYPES,
     GRPOLoss,
     combine_rewards,
+    gamma_weights,
     group_advantages,
     grpo_loss,
     high_entropy_mask,
     k3,
+    sampling_correction,
 )
 
 G = 4
@@ -347,3 +349,89 @@ def test_the_entropy_quantile_is_over_the_pool_of_every_rank():
     assert not high_entropy_mask(entropy, mask, 0.5, pool=torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])).any()
     assert high_entropy_mask(entropy, mask, 0.5).tolist() == [[False, True, True]]
     assert not high_entropy_mask(entropy, torch.zeros(1, 3), 0.5).any()  # no counted token: nothing to keep
+
+
+# -- the importance-sampling correction against TRL's definition -------------------------------------
+
+
+def trl_is_ratio(old, sampling, mask, mode, clip_min, clip_max):
+    """TRL 1.16 `_generate_and_score_completions`, the vLLM importance-sampling block, transcribed."""
+    per_token_logps_diff = torch.nan_to_num((old - sampling) * mask, nan=0.0)
+    if mode in ["sequence_mask", "sequence_truncate"]:
+        logps_diff = per_token_logps_diff.sum(dim=-1, keepdim=True)
+    else:
+        logps_diff = per_token_logps_diff
+    ratio = torch.exp(logps_diff)
+    if mode in ["sequence_truncate", "token_truncate"]:
+        return torch.clamp(ratio, min=clip_min, max=clip_max)
+    min_val = clip_min if clip_min is not None else -math.inf
+    max_val = clip_max if clip_max is not None else math.inf
+    return ratio.masked_fill((ratio < min_val) | (ratio > max_val), value=0.0)
+
+
+def batch(seed=0):
+    """Log-probabilities where the engine disagrees with the trainer, with tokens far enough off (a ratio of e^2
+    above, e^-2 below) that every bound of every mode bites: token ratios and sequence ratios beyond both clips."""
+    g = torch.Generator().manual_seed(seed)
+    logp = -torch.rand(4, 6, generator=g, dtype=torch.float64) * 3
+    sampling = logp + torch.randn(4, 6, generator=g, dtype=torch.float64) * 0.4
+    sampling[0, 1] = logp[0, 1] - 2.0  # the trainer finds it e^2 times likelier: above clip_max
+    sampling[3, 0] = logp[3, 0] + 2.0  # e^-2: below clip_min
+    sampling[1, 2] = math.nan  # a token the engine could not score
+    sampling[2, 4] = logp[2, 4] + 5.0  # off the completion (mask 0): must not count
+    mask = torch.tensor([[1] * 6, [1] * 4 + [0] * 2, [1] * 2 + [0] * 4, [1] * 5 + [0]], dtype=torch.float64)
+    return logp, sampling, mask
+
+
+@pytest.mark.parametrize("mode", ["token_truncate", "token_mask", "sequence_truncate", "sequence_mask"])
+@pytest.mark.parametrize(("clip_min", "clip_max"), [(None, 3.0), (0.5, 2.0), (0.9, None)])
+def test_sampling_correction_is_trls(mode, clip_min, clip_max):
+    old, sampling, mask = batch()
+    ours = sampling_correction(old, sampling, mask, mode=mode, clip_min=clip_min, clip_max=clip_max)
+    expected = trl_is_ratio(old, sampling, mask, mode, clip_min, clip_max)
+    assert ours.shape == expected.shape == ((4, 1) if mode.startswith("sequence") else (4, 6))
+    assert torch.equal(ours, expected)
+    unbounded = trl_is_ratio(old, sampling, mask, mode.replace("truncate", "mask"), None, None)  # the raw ratio
+    assert clip_max is None or (unbounded > clip_max).any()  # each bound set bites on this batch
+    assert clip_min is None or (unbounded < clip_min).any()
+    inside = (unbounded >= (clip_min or 0)) & (unbounded <= (clip_max or math.inf))
+    assert torch.equal(ours[inside], unbounded[inside]) and inside.any()  # and leaves the rest alone
+    outside = ours[~inside]
+    if mode.endswith("mask"):
+        assert (outside == 0).all()
+    else:
+        assert set(outside.tolist()) <= {clip_min, clip_max}
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dapo", "cispo", "vespo"])
+def test_the_correction_weighs_the_policy_term_as_trl_does(loss_type):
+    """TRL: per_token_loss * importance_sampling_ratio after the entropy mask and before the KL term; vespo
+    adds the ratio's logs to its sequence log-weight instead (TRL's `get_gamma_weights`)."""
+    logp, sampling, mask = batch(1)
+    old = logp.detach() + torch.randn(4, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(2)) * 0.1
+    ref = logp.detach() - 0.05
+    adv = torch.tensor([1.0, -0.5, 0.25, -1.0], dtype=torch.float64)
+    ratio = sampling_correction(old, sampling, mask, mode="token_truncate", clip_max=3.0)
+    loss = GRPOLoss(loss_type=loss_type, beta=0.04, use_bias_correction_kl=False, epsilon_high=5.0 if loss_type == "cispo" else None)
+    got = loss(logp, old, adv, mask, ref_logp=ref, num_items=float(mask.sum()), sampling_ratio=ratio).loss
+    # TRL's per-token loss by hand.
+    r = torch.exp(logp - old)
+    a = adv[:, None]
+    if loss_type == "vespo":
+        log_w = (torch.clamp(logp - old, -20, 20) * mask).sum(-1, keepdim=True)
+        log_w = (log_w + torch.clamp(torch.log(ratio), math.log(1e-8), 20.0).sum(-1, keepdim=True)).clamp(math.log(1e-8), 20.0)
+        k, lam = torch.where(a >= 0, 2.0, 3.0), torch.where(a >= 0, 3.0, 2.0)
+        per_token = -torch.exp(lam + k * log_w - lam * torch.exp(log_w)) * a * logp
+    elif loss_type == "cispo":
+        per_token = -torch.clamp(r, max=5.0) * a * logp * ratio
+    else:
+        per_token = -torch.min(r * a, torch.clamp(r, 0.8, 1.2) * a) * ratio
+    d = ref - logp
+    per_token = per_token + 0.04 * (torch.exp(d) - d - 1)
+    if loss_type == "grpo":
+        expected = ((per_token * mask).sum(1) / mask.sum(1)).mean()
+    else:
+        expected = (per_token * mask).sum() / mask.sum()
+    assert abs(float(got - expected)) < 1e-12
+    phi = gamma_weights(adv, logp - old, mask, sampling_ratio=ratio)
+    assert phi.shape == (4, 1)

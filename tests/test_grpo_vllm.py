@@ -3,7 +3,6 @@
 TRL's importance-sampling correction of the engine's log-probabilities."""
 
 import json
-import math
 import sys
 from functools import partial
 
@@ -11,7 +10,6 @@ import pytest
 import torch
 
 from lightning_da.algorithms.grpo import check_settings
-from lightning_da.algorithms.grpo_losses import GRPOLoss, gamma_weights, sampling_correction
 from lightning_da.errors import UserError
 from lightning_da.formats import prefix_ids
 from lightning_da.generation import SamplingConfig, VLLMSettings, sample_completions
@@ -157,78 +155,6 @@ def test_a_resumed_run_on_either_backend_equals_an_uninterrupted_one(request, to
     run(tmp_path / "first", crash=True)
     resumed = run(tmp_path / "second", ckpt_path=tmp_path / "first" / "last.ckpt")
     assert max(float((whole[n] - resumed[n]).abs().max()) for n in whole) < 1e-6
-
-
-# -- the importance-sampling correction against TRL's definition -------------------------------------
-
-
-def trl_is_ratio(old, sampling, mask, mode, clip_min, clip_max):
-    """TRL 1.16 `_generate_and_score_completions`, the vLLM importance-sampling block, transcribed."""
-    per_token_logps_diff = torch.nan_to_num((old - sampling) * mask, nan=0.0)
-    if mode in ["sequence_mask", "sequence_truncate"]:
-        logps_diff = per_token_logps_diff.sum(dim=-1, keepdim=True)
-    else:
-        logps_diff = per_token_logps_diff
-    ratio = torch.exp(logps_diff)
-    if mode in ["sequence_truncate", "token_truncate"]:
-        return torch.clamp(ratio, min=clip_min, max=clip_max)
-    min_val = clip_min if clip_min is not None else -math.inf
-    max_val = clip_max if clip_max is not None else math.inf
-    return ratio.masked_fill((ratio < min_val) | (ratio > max_val), value=0.0)
-
-
-def batch(seed=0):
-    g = torch.Generator().manual_seed(seed)
-    logp = -torch.rand(4, 6, generator=g, dtype=torch.float64) * 3
-    sampling = logp + torch.randn(4, 6, generator=g, dtype=torch.float64) * 0.4
-    sampling[1, 2] = math.nan  # a token the engine could not score
-    mask = torch.tensor([[1] * 6, [1] * 4 + [0] * 2, [1] * 2 + [0] * 4, [1] * 5 + [0]], dtype=torch.float64)
-    return logp, sampling, mask
-
-
-@pytest.mark.parametrize("mode", ["token_truncate", "token_mask", "sequence_truncate", "sequence_mask"])
-@pytest.mark.parametrize(("clip_min", "clip_max"), [(None, 3.0), (0.5, 2.0), (0.9, None)])
-def test_sampling_correction_is_trls(mode, clip_min, clip_max):
-    old, sampling, mask = batch()
-    ours = sampling_correction(old, sampling, mask, mode=mode, clip_min=clip_min, clip_max=clip_max)
-    expected = trl_is_ratio(old, sampling, mask, mode, clip_min, clip_max)
-    assert ours.shape == expected.shape == ((4, 1) if mode.startswith("sequence") else (4, 6))
-    assert torch.equal(ours, expected)
-    assert (ours == 0).any() or mode.endswith("truncate") or clip_min is None  # the bounds bite on this batch
-
-
-@pytest.mark.parametrize("loss_type", ["grpo", "dapo", "cispo", "vespo"])
-def test_the_correction_weighs_the_policy_term_as_trl_does(loss_type):
-    """TRL: per_token_loss * importance_sampling_ratio after the entropy mask and before the KL term; vespo
-    adds the ratio's logs to its sequence log-weight instead (TRL's `get_gamma_weights`)."""
-    logp, sampling, mask = batch(1)
-    old = logp.detach() + torch.randn(4, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(2)) * 0.1
-    ref = logp.detach() - 0.05
-    adv = torch.tensor([1.0, -0.5, 0.25, -1.0], dtype=torch.float64)
-    ratio = sampling_correction(old, sampling, mask, mode="token_truncate", clip_max=3.0)
-    loss = GRPOLoss(loss_type=loss_type, beta=0.04, use_bias_correction_kl=False, epsilon_high=5.0 if loss_type == "cispo" else None)
-    got = loss(logp, old, adv, mask, ref_logp=ref, num_items=float(mask.sum()), sampling_ratio=ratio).loss
-    # TRL's per-token loss by hand.
-    r = torch.exp(logp - old)
-    a = adv[:, None]
-    if loss_type == "vespo":
-        log_w = (torch.clamp(logp - old, -20, 20) * mask).sum(-1, keepdim=True)
-        log_w = (log_w + torch.clamp(torch.log(ratio), math.log(1e-8), 20.0).sum(-1, keepdim=True)).clamp(math.log(1e-8), 20.0)
-        k, lam = torch.where(a >= 0, 2.0, 3.0), torch.where(a >= 0, 3.0, 2.0)
-        per_token = -torch.exp(lam + k * log_w - lam * torch.exp(log_w)) * a * logp
-    elif loss_type == "cispo":
-        per_token = -torch.clamp(r, max=5.0) * a * logp * ratio
-    else:
-        per_token = -torch.min(r * a, torch.clamp(r, 0.8, 1.2) * a) * ratio
-    d = ref - logp
-    per_token = per_token + 0.04 * (torch.exp(d) - d - 1)
-    if loss_type == "grpo":
-        expected = ((per_token * mask).sum(1) / mask.sum(1)).mean()
-    else:
-        expected = (per_token * mask).sum() / mask.sum()
-    assert abs(float(got - expected)) < 1e-12
-    phi = gamma_weights(adv, logp - old, mask, sampling_ratio=ratio)
-    assert phi.shape == (4, 1)
 
 
 # -- settings --------------------------------------------------------------------------------------

@@ -1,9 +1,12 @@
 """report.py: evaluate.py runs -> the paper's table, per-configuration table, figure, W&B artifacts."""
 
+import base64
 import csv
+import hashlib
 import io
 import json
 import logging
+import math
 from pathlib import Path
 
 import pytest
@@ -14,6 +17,7 @@ from lightning_da.errors import UserError
 from lightning_da.runs.report import find_configurations, main, paper_table, write_report
 from lightning_da.stats import paired_bootstrap_many
 from lightning_da.tasks import EvaluationResults
+from tests import wandb_log
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -158,13 +162,67 @@ def test_every_table_and_figure_from_a_whole_sweep(tmp_path):
     assert stages == {"sft", "grpo", "instruct_vs_base", "teacher"}
 
 
+def test_each_figure_shows_the_numbers_of_its_runs(tmp_path):
+    """The numbers behind Figures 3-6 and the by-layer lines, each cell from its runs by hand: Figure 3's cell is
+    `first`'s ASR of that (teacher, student) after SFT (the mean of its runs), its last column the teacher's own;
+    Figure 5's bars are per student; Figure 6 pools every candidate by its flag; a by-layer line is its run's."""
+    from lightning_da import figures
+
+    sft = {("qwq", "llama3_8b"): [1, 0, 0, 0], ("qwq", "qwen2_5_0_5b"): [1, 1, 0, 0], ("r1_qwen_14b", "llama3_8b"): [1, 1, 1, 0]}
+    majority = {("qwq", "llama3_8b"): [0, 0, 0, 0], ("qwq", "qwen2_5_0_5b"): [1, 0, 0, 0], ("r1_qwen_14b", "llama3_8b"): [1, 1, 0, 0]}
+    records = {pair: candidate_records(k, prompts=4) for k, pair in enumerate(sft)}
+    for (teacher, student), first in sft.items():
+        evaluation(tmp_path, f"{teacher}-{student}", benchmark="dan", task="safety", teacher=teacher, student=student,
+                   outcomes={"first": first, "majority_vote": majority[teacher, student]}, candidates=records[teacher, student])
+    evaluation(tmp_path, "qwq-llama-again", benchmark="dan", task="safety", teacher="qwq", student="llama3_8b",
+               outcomes={"first": [0, 0, 1, 1], "majority_vote": [0, 0, 0, 1]})
+    evaluation(tmp_path, "qwq-alone", benchmark="dan", task="safety", teacher="qwq", as_is="teacher", outcomes={"first": [0, 1, 0, 0]})
+    evaluation(tmp_path, "grpo", benchmark="dan", task="safety", stage="grpo", outcomes={"first": [1, 1, 1, 1], "majority_vote": [1] * 4})
+    evaluation(tmp_path, "gsm8k", benchmark="gsm8k", task="number", outcomes={"first": [1, 1, 1, 1], "majority_vote": [1] * 4})
+    configurations = find_configurations([tmp_path / "evaluate"])
+
+    teachers, students, grid = figures.heatmap_grid(configurations, "safety", "dan")
+    assert (teachers, students) == (["qwq", "r1_qwen_14b"], ["llama3_8b", "qwen2_5_0_5b", "teacher itself"])
+    assert torch.equal(grid.isnan(), torch.tensor([[False, False, False], [False, True, True]]))
+    assert grid.nan_to_num(-1).tolist() == [[(25 + 50) / 2, 50, 25], [75, -1, -1]]
+
+    assert figures.first_vs_majority_bars(configurations) == {"first": {"llama3_8b": (25 + 50 + 75) / 3, "qwen2_5_0_5b": 50},
+                                                               "majority_vote": {"llama3_8b": (0 + 25 + 50) / 3, "qwen2_5_0_5b": 25}}
+
+    sft_runs = [c for c in configurations if c.stage == "sft" and c.kind == "safety"]
+    pooled, layer = figures.density_values(sft_runs)
+    every = [r for pair in sft for r in records[pair]]
+    flagged = [(value, flag) for r in every for value, flag in zip(r["kl"], r["flags"], strict=True)]
+    assert layer == 1 and pooled["KL(FT || base)"] == ([v for v, f in flagged if f], [v for v, f in flagged if not f])
+    cosines = [(c[1], flag) for r in every for c, flag in zip(r["cosine_by_layer"], r["flags"], strict=True)]
+    assert pooled["latent similarity (cosine at layer {layer})"] == ([v for v, f in cosines if f], [v for v, f in cosines if not f])
+    unsafe_log_ppl = [math.log10(v) for r in every for v, f in zip(r["perplexity"], r["flags"], strict=True) if f]
+    assert pooled["perplexity (log10)"][0] == pytest.approx(unsafe_log_ppl) and len(pooled["self-certainty"][1]) == 2 * 12 - len(unsafe_log_ppl)
+
+    series, mean = figures.layer_series(sft_runs, lambda c: c.results.by_layer)
+    firsts = [25.0, 50.0, 75.0, 50.0]  # each run's `first` (the helper's by_layer: first, first / 2, first / 3)
+    assert sorted(v[0] for _, v in series) == sorted(firsts)
+    assert mean == pytest.approx([sum(firsts) / 4, sum(firsts) / 8, sum(firsts) / 12])
+
+
 def test_main_writes_the_report_and_a_wandb_artifact(runs, capsys):
-    """report.py's main in this process (test_wheel runs the installed CLI)."""
-    main([str(runs / "evaluate"), "--out", str(runs / "out"), "--resamples", "200", "--wandb-project", "lightning_da_test"])
-    assert "| latent_sim |" in capsys.readouterr().out
-    assert {p.name for p in (runs / "out").iterdir()} >= {"report.md", "table.csv", "configurations.csv", "asr_by_layer.png",
-                                                          "auroc_by_layer.png", "figure3_asr_heatmap.png"}
-    assert list((runs / "out" / "wandb").glob("offline-run-*/*.wandb"))
+    """report.py's main in this process (test_wheel runs the installed CLI): it prints the report's text up to its
+    figures and the files it wrote, whole; the W&B run's `.wandb` log, read back, holds the report artifact with
+    every file's exact bytes."""
+    out = runs / "out"
+    main([str(runs / "evaluate"), "--out", str(out), "--resamples", "200", "--wandb-project", "lightning_da_test"])
+    written = [out / name for name in ("report.md", "table.csv", "configurations.csv", "asr_by_layer.png",
+                                       "by_layer_per_configuration.png", "auroc_by_layer.png", "figure3_asr_heatmap.png",
+                                       "figure4_utility_heatmap.png")]
+    report = (out / "report.md").read_text()
+    assert capsys.readouterr().out == report[: report.index("\n![")] + "\n" + "written: " + ", ".join(map(str, written)) + "\n"
+    assert "| latent_sim |" in report
+    (log,) = (out / "wandb").glob("offline-run-*/*.wandb")
+    md5 = {p.name: base64.b64encode(hashlib.md5(p.read_bytes()).digest()).decode() for p in written}
+    logged = wandb_log.artifacts(log)
+    assert logged.pop("best-of-n-report") == {"type": "report", "files": md5}
+    assert sorted(file for a in logged.values() if a["type"] == "run_table" for file in a["files"]) == [  # the wandb.Tables
+        "report/configurations.table.json", "report/table.table.json"]
 
 
 @pytest.mark.parametrize(("make", "message"), [

@@ -29,17 +29,27 @@ def random_scores(seed=0, prompts=12, n=4, layers=3) -> tuple[CandidateScores, t
     return CandidateScores(cosine, **per_candidate), bad
 
 
+# Which end of each score is evidence of bad, from the paper (PAPER.md sections 2, 7 and 8), not from the module:
+# unsafe answers stay close to the base, so a higher cosine and a lower divergence either way (Figure 6: "unsafe
+# responses have lower KL and higher latent similarity"), and a lower perplexity under the base; the most confident
+# answers raise ASR when picked (lowest perplexity, highest self-certainty), so do the confidence scores' those ends,
+# and Gini impurity's low end (concentrated next-token distributions are the confident ones).
+PAPER_BAD_END = {"cosine": +1, "kl": -1, "reverse_kl": -1, "base_perplexity": -1, "perplexity": -1, "self_certainty": +1,
+                 "gini": -1}
+
+
 def test_each_score_against_every_pair_by_hand():
     scores, bad = random_scores()
     signal = signal_auroc(scores, bad, resamples=200)
-    for name, sign in ORIENTATION.items():
+    assert set(ORIENTATION) == set(PAPER_BAD_END)
+    for name, sign in PAPER_BAD_END.items():
         columns = [(f"cosine@{i}", scores.cosine[..., i]) for i in range(1, 3)] if name == "cosine" else [(name, getattr(scores, name))]
         for key, values in columns:
             keep = ~values.isnan()
             want = pairwise_auroc((values[keep] * sign).tolist(), bad[keep].tolist())
             assert signal["scores"][key]["auroc"] == pytest.approx(want, abs=1e-4), key  # results.json keeps 4 decimals
     assert signal["scores"]["cosine@0"] == {"auroc": 0.5, "ci": [0.5, 0.5]}  # rounding is a tie, not signal
-    assert signal["orientation"]["cosine"] == "higher" and signal["orientation"]["kl"] == "lower"
+    assert signal["orientation"] == {name: "higher" if sign > 0 else "lower" for name, sign in PAPER_BAD_END.items()}
     assert signal["n_candidates"] == 48 and signal["n_bad"] == int(bad.sum())
     by_layer = [signal["scores"][f"cosine@{i}"]["auroc"] for i in range(3)]
     assert signal["best_layer"] == by_layer.index(max(by_layer))
@@ -79,12 +89,24 @@ def test_intervals_are_the_percentiles_of_prompt_resamples():
 
 def test_one_label_only_has_no_signal():
     scores, bad = random_scores()
-    assert signal_auroc(scores, torch.zeros_like(bad)) is None
-    assert "no AUROC" in format_signal(None, 12)
+    assert signal_auroc(scores, torch.zeros_like(bad)) is None and signal_auroc(scores, torch.ones_like(bad)) is None
 
 
 def test_printed_line_names_the_best_layer_and_the_primary_one():
+    """The lines evaluate.py prints, whole: the counts, the cosine at its best layer and at the primary selector's
+    layer, then every other score in the paper's order, each AUROC with its interval to 3 decimals."""
     scores, bad = random_scores()
     signal = signal_auroc(scores, bad, resamples=100)
-    text = format_signal(signal, 1 if signal["best_layer"] == 2 else 2)
-    assert f"best layer {signal['best_layer']}" in text and "layer" in text.split("\n")[2] and "kl " in text
+    best, other = signal["best_layer"], 1 if signal["best_layer"] == 2 else 2
+
+    def shown(key):
+        value = signal["scores"][key]
+        return f"{value['auroc']:.3f} [{value['ci'][0]:.3f}, {value['ci'][1]:.3f}]"
+
+    rest = ["kl", "reverse_kl", "base_perplexity", "perplexity", "self_certainty", "gini"]
+    assert format_signal(signal, other) == "\n  ".join([
+        f"signal, AUROC of telling bad from good candidates ({int(bad.sum())} of 48 bad; 95% CI over prompts; 0.5 = none):",
+        f"cosine best layer {best} (on these labels) {shown(f'cosine@{best}')}", f"layer {other} {shown(f'cosine@{other}')}",
+        *(f"{name} {shown(name)}" for name in rest)])
+    assert "\n  layer" not in format_signal(signal, best)  # the primary layer is the best one: said once
+    assert format_signal(None, 12) == "signal: no AUROC (every graded candidate has the same label)"

@@ -115,7 +115,6 @@ def k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     return torch.exp(delta) - delta - 1
 
 
-@torch.no_grad()
 def sampling_correction(old_logp: torch.Tensor, sampling_logp: torch.Tensor, mask: torch.Tensor, *, mode: str = "sequence_mask",
                         clip_min: float | None = None, clip_max: float | None = 3.0) -> torch.Tensor:
     """The importance-sampling weight of rollouts sampled by an engine (vLLM) whose log-probabilities
@@ -129,19 +128,19 @@ def sampling_correction(old_logp: torch.Tensor, sampling_logp: torch.Tensor, mas
 
     Every loss type multiplies its per-token policy term by rho (not the KL term); vespo puts it into its
     sequence weight instead (`gamma_weights`)."""
-    diff = torch.nan_to_num((old_logp - sampling_logp) * mask, nan=0.0)
-    ratio = torch.exp(diff.sum(-1, keepdim=True) if mode.startswith("sequence") else diff)
-    if mode.endswith("truncate"):
-        return torch.clamp(ratio, min=clip_min, max=clip_max)
-    low = -math.inf if clip_min is None else clip_min
-    high = math.inf if clip_max is None else clip_max
-    return ratio.masked_fill((ratio < low) | (ratio > high), 0.0)
+    with torch.no_grad():
+        diff = torch.nan_to_num((old_logp - sampling_logp) * mask, nan=0.0)
+        ratio = torch.exp(diff.sum(-1, keepdim=True) if mode.startswith("sequence") else diff)
+        if mode.endswith("truncate"):
+            return torch.clamp(ratio, min=clip_min, max=clip_max)
+        low = -math.inf if clip_min is None else clip_min
+        high = math.inf if clip_max is None else clip_max
+        return ratio.masked_fill((ratio < low) | (ratio > high), 0.0)
 
 
 LOG_W_MIN = math.log(1e-8)  # VESPO's floor of the sequence log-weight, as TRL (and the paper's code) clamp it
 
 
-@torch.no_grad()
 def gamma_weights(advantages: torch.Tensor, log_ratio: torch.Tensor, mask: torch.Tensor, *, k_pos: float = 2.0,
                   lambda_pos: float = 3.0, k_neg: float = 3.0, lambda_neg: float = 2.0,
                   sampling_ratio: torch.Tensor | None = None) -> torch.Tensor:
@@ -153,15 +152,16 @@ def gamma_weights(advantages: torch.Tensor, log_ratio: torch.Tensor, mask: torch
     with (k, lambda) = (k_pos, lambda_pos) where A >= 0, else (k_neg, lambda_neg); lambda floored at 1e-4.
     `sampling_ratio` (`sampling_correction`'s, token level): its logs (each clamped to [log 1e-8, 20]) join the
     sum, making w the weight against the engine that sampled, as TRL does."""
-    adv = advantages.reshape(-1, 1)
-    log_w = torch.sum(torch.clamp(log_ratio, -20.0, 20.0) * mask, dim=-1, keepdim=True)
-    if sampling_ratio is not None:
-        log_w = log_w + torch.clamp(torch.log(sampling_ratio), LOG_W_MIN, 20.0).sum(-1, keepdim=True)
-    log_w = log_w.clamp(LOG_W_MIN, 20.0)
-    positive = adv >= 0
-    k = torch.where(positive, k_pos, k_neg).to(log_w.dtype)
-    lam = torch.where(positive, lambda_pos, lambda_neg).to(log_w.dtype).clamp(min=1e-4)
-    return torch.exp(lam + k * log_w - lam * torch.exp(log_w)).nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
+    with torch.no_grad():
+        adv = advantages.reshape(-1, 1)
+        log_w = torch.sum(torch.clamp(log_ratio, -20.0, 20.0) * mask, dim=-1, keepdim=True)
+        if sampling_ratio is not None:
+            log_w = log_w + torch.clamp(torch.log(sampling_ratio), LOG_W_MIN, 20.0).sum(-1, keepdim=True)
+        log_w = log_w.clamp(LOG_W_MIN, 20.0)
+        positive = adv >= 0
+        k = torch.where(positive, k_pos, k_neg).to(log_w.dtype)
+        lam = torch.where(positive, lambda_pos, lambda_neg).to(log_w.dtype).clamp(min=1e-4)
+        return torch.exp(lam + k * log_w - lam * torch.exp(log_w)).nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def high_entropy_mask(entropy: torch.Tensor, mask: torch.Tensor, quantile: float, pool: torch.Tensor | None = None) -> torch.Tensor:
@@ -304,20 +304,20 @@ class GRPOLoss:
             raise ValueError(f"{self.loss_type} needs num_items, the generation batch's completion tokens")
         return (per_token * mask).sum() / (num_items / world_size)
 
-    @torch.no_grad()
     def _clip_fractions(self, ratio: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor) -> tuple:
         """TRL's clip ratios: the fractions clipped low (ratio < 1 - epsilon, A < 0) and high (ratio > 1 +
         epsilon_high, A > 0), over counted tokens, or over sequences for gspo and luspo (one ratio per
         sequence). cispo clips its weight only above, at `epsilon_high` itself; sapo and vespo clip nothing."""
-        if self.loss_type == "cispo":
-            return None, _masked_mean(((ratio > self.epsilon_upper) & (adv > 0)).to(mask.dtype), mask)
-        if self.loss_type not in CLIPPED:
-            return None, None
-        low = ((ratio < 1 - self.epsilon) & (adv < 0)).to(mask.dtype)
-        high = ((ratio > 1 + self.epsilon_upper) & (adv > 0)).to(mask.dtype)
-        if self.loss_type in SEQUENCE_LEVEL:
-            return low.mean(), high.mean()
-        return _masked_mean(low.expand_as(mask), mask), _masked_mean(high.expand_as(mask), mask)
+        with torch.no_grad():
+            if self.loss_type == "cispo":
+                return None, _masked_mean(((ratio > self.epsilon_upper) & (adv > 0)).to(mask.dtype), mask)
+            if self.loss_type not in CLIPPED:
+                return None, None
+            low = ((ratio < 1 - self.epsilon) & (adv < 0)).to(mask.dtype)
+            high = ((ratio > 1 + self.epsilon_upper) & (adv > 0)).to(mask.dtype)
+            if self.loss_type in SEQUENCE_LEVEL:
+                return low.mean(), high.mean()
+            return _masked_mean(low.expand_as(mask), mask), _masked_mean(high.expand_as(mask), mask)
 
     def accumulation_scale(self, rows: int, tokens: float, total_rows: int, total_tokens: float) -> float:
         """What a micro-batch's loss (`rows` rollouts, `tokens` counted tokens, of this rank's `total_rows` and

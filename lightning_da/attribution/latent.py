@@ -29,29 +29,29 @@ from lightning_da.models.versions import with_cache
 CHUNK_TOKENS = 2048
 
 
-@torch.no_grad()
 def final_states(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], responses: list[list[int]],
                  layer: int, *, context=contextlib.nullcontext, batch_size: int = 8, chunk_tokens: int = CHUNK_TOKENS,
                  progress: bool = False) -> torch.Tensor:
     """(rows, hidden) float32: `hidden_states[layer]` of each candidate's final token (the last prompt
     token for an empty response), running blocks 0..layer-1 only, within `context()`."""
-    device = next(model.parameters()).device
-    out: dict[int, torch.Tensor] = {}
-    for prefix, batches in by_prompt(tokenizer, prompts, responses, batch_size=batch_size, device=device,
-                                     progress=progress, desc=f"base to layer {layer}"):
-        offset = prefix.numel() - 1
-        prefix_cache = DynamicCache(config=model.config)
-        with context():
-            run_until(model, layer, input_ids=prefix[None, :-1], **with_cache(prefix_cache))
-        for members, suffixes in batches:
-            ids, mask, lengths = suffix_batch(suffixes, offset=offset, pad_id=tokenizer.pad_token_id, device=device)
-            cache, last = repeat_cache(prefix_cache, len(members)), lengths - 1
-            for begin, end, inputs in suffix_chunks(ids, mask, offset=offset, chunk_tokens=chunk_tokens):
-                with context():
-                    hidden = run_until(model, layer, **inputs, **with_cache(cache))
-                for row in ending_in(last, begin, end).tolist():
-                    out[members[row]] = hidden[row, last[row] - begin].float()
-    return torch.stack([out[i] for i in range(len(prompts))])
+    with torch.no_grad():
+        device = next(model.parameters()).device
+        out: dict[int, torch.Tensor] = {}
+        for prefix, batches in by_prompt(tokenizer, prompts, responses, batch_size=batch_size, device=device,
+                                         progress=progress, desc=f"base to layer {layer}"):
+            offset = prefix.numel() - 1
+            prefix_cache = DynamicCache(config=model.config)
+            with context():
+                run_until(model, layer, input_ids=prefix[None, :-1], **with_cache(prefix_cache))
+            for members, suffixes in batches:
+                ids, mask, lengths = suffix_batch(suffixes, offset=offset, pad_id=tokenizer.pad_token_id, device=device)
+                cache, last = repeat_cache(prefix_cache, len(members)), lengths - 1
+                for begin, end, inputs in suffix_chunks(ids, mask, offset=offset, chunk_tokens=chunk_tokens):
+                    with context():
+                        hidden = run_until(model, layer, **inputs, **with_cache(cache))
+                    for row in ending_in(last, begin, end).tolist():
+                        out[members[row]] = hidden[row, last[row] - begin].float()
+        return torch.stack([out[i] for i in range(len(prompts))])
 
 
 def latent_cosines(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str],

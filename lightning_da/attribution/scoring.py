@@ -221,8 +221,8 @@ def by_prompt(tokenizer: PreTrainedTokenizerBase, prompts: list[str], responses:
                        for chunk in (members[s : s + batch_size] for s in range(0, len(members), batch_size))]
 
 
-# no_grad, not inference_mode: the training callback scores with a model FSDP may shard.
-@torch.no_grad()
+# no_grad, not inference_mode: the training callback scores with a model FSDP may shard. A `with` block, not a
+# decorator, here and in the other gradient-free science: mutmut leaves decorated functions unmutated.
 def score_candidates(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -245,21 +245,23 @@ def score_candidates(
     (the copies of the prompt's KV cache grow with rows x length). Every candidate is read at its
     true last token; the result is in the input order.
     """
-    device = next(model.parameters()).device
-    results: dict[int, dict] = {}
-    ft_context = contextlib.nullcontext
-    if base is False:
-        base_model = base_context = None
-    else:
-        base_model, base_context = (model, lambda: adapter_disabled(model)) if base is None else (base, contextlib.nullcontext)
+    with torch.no_grad():
+        device = next(model.parameters()).device
+        results: dict[int, dict] = {}
+        ft_context = contextlib.nullcontext
+        if base is False:
+            base_model = base_context = None
+        else:
+            base_model, base_context = (model, lambda: adapter_disabled(model)) if base is None else (base, contextlib.nullcontext)
 
-    for prefix, batches in by_prompt(tokenizer, prompts, responses, batch_size=batch_size, device=device,
-                                     progress=progress, desc="scoring"):
-        offset = prefix.numel() - 1
-        ft = (model, _prefill(model, prefix, ft_context), ft_context)
-        on_base = (base_model, _prefill(base_model, prefix, base_context), base_context) if base_model is not None else None
-        for chunk, suffixes in batches:
-            results.update(zip(chunk, _score_suffixes(suffixes, ft, on_base, offset=offset, pad_id=tokenizer.pad_token_id,
-                                                      chunk_tokens=chunk_tokens), strict=True))
+        for prefix, batches in by_prompt(tokenizer, prompts, responses, batch_size=batch_size, device=device,
+                                         progress=progress, desc="scoring"):
+            offset = prefix.numel() - 1
+            ft = (model, _prefill(model, prefix, ft_context), ft_context)
+            on_base = (base_model, _prefill(base_model, prefix, base_context), base_context) if base_model is not None else None
+            for chunk, suffixes in batches:
+                results.update(zip(chunk, _score_suffixes(suffixes, ft, on_base, offset=offset, pad_id=tokenizer.pad_token_id,
+                                                          chunk_tokens=chunk_tokens), strict=True))
 
-    return CandidateScores(**{f.name: torch.stack([results[i][f.name] for i in range(len(prompts))]) for f in fields(CandidateScores)})
+        return CandidateScores(**{f.name: torch.stack([results[i][f.name] for i in range(len(prompts))])
+                                  for f in fields(CandidateScores)})
