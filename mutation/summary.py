@@ -8,8 +8,10 @@ mutant no test reaches ("no tests") counts as a survivor.
     python mutation/summary.py --min-kill-rate 90   # exit 1 if a module is below it
 
 An equivalent mutant is named by its function and its mutated lines (the `+` lines of `mutmut show`), not by
-mutmut's number, which shifts when the function changes. An entry that matches no mutant (stale), or one that
-the tests kill (not equivalent after all), is reported, so the file stays true.
+mutmut's number, which shifts when the function changes. A rule names a class of them: a line whose `from` text
+became one of `to` (e.g. `strict=True` dropped from a zip of equal lengths), each with its why. An entry or rule
+that matches no mutant (stale), or that matches one the tests kill (not equivalent after all), is reported, so
+the file stays true.
 """
 
 from __future__ import annotations
@@ -17,17 +19,40 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tomllib
 from collections import Counter
 from pathlib import Path
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: mutmut brings `toml`
+    import toml as tomllib
 
 EQUIVALENT = Path(__file__).with_name("equivalent.toml")
 DETECTED = {"killed", "timeout", "segfault", "caught by type check"}  # a test (or the checker) noticed the change
 
 
+def changed(diff: str, sign: str) -> list[str]:
+    """The lines of `mutmut show`'s diff on one side (`-` the original, `+` the mutant), stripped."""
+    return [line[1:].strip() for line in diff.splitlines() if line.startswith(sign) and not line.startswith(sign * 3)]
+
+
 def mutated_lines(diff: str) -> str:
-    """The mutant's own lines in `mutmut show`'s diff, stripped, one per line."""
-    return "\n".join(line[1:].strip() for line in diff.splitlines() if line.startswith("+") and not line.startswith("+++"))
+    """The mutant's own lines, one per line: what an `[[equivalent]]` entry's `mutated` holds."""
+    return "\n".join(changed(diff, "+"))
+
+
+def follows(rule: dict, diff: str) -> bool:
+    """Whether the mutant changed one line, and only by putting one of `rule["to"]` where `rule["from"]` was."""
+    before, after = changed(diff, "-"), changed(diff, "+")
+    if len(before) != 1 or len(after) != 1:
+        return False
+    old, new, start = before[0], after[0], before[0].find(rule["from"])
+    while start != -1:
+        head, tail = old[:start], old[start + len(rule["from"]) :]
+        if any(new == head + to + tail for to in rule["to"]):
+            return True
+        start = old.find(rule["from"], start + 1)
+    return False
 
 
 def function_of(mutant: str) -> str:
@@ -35,53 +60,55 @@ def function_of(mutant: str) -> str:
     return mutant.partition("__mutmut_")[0]
 
 
-def module_of(mutant: str) -> str:
-    """The source file of a mutant, as the table names it (`lightning_da/attribution/signal.py`)."""
-    dotted = function_of(mutant).rpartition(".")[0]
-    return dotted.replace(".", "/") + ".py"
-
-
-def load_results(root: Path) -> dict[str, str]:
-    """Every mutant's status from mutmut's result files under `root`/mutants."""
+def load_results(root: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """Every mutant's status from mutmut's result files under `root`/mutants, and its source file."""
     from mutmut.stats import status_by_exit_code
 
-    statuses = {}
+    statuses, paths = {}, {}
     for meta in sorted((root / "mutants").rglob("*.py.meta")):
+        source = str(meta.relative_to(root / "mutants")).removesuffix(".meta")
         for name, code in json.loads(meta.read_text())["exit_code_by_key"].items():
-            statuses[name] = status_by_exit_code[code]
+            statuses[name], paths[name] = status_by_exit_code[code], source
     if not statuses:
         raise SystemExit("no mutmut results under mutants/: run `make mutants` (or `mutmut run`) first")
-    return statuses
+    return statuses, paths
 
 
-def diff_of(name: str) -> str:
-    from mutmut.mutation.diff_apply import get_diff_for_mutant
-
-    return get_diff_for_mutant(name)
-
-
-def classify(statuses: dict[str, str], entries: list[dict], diff=diff_of) -> tuple[dict[str, str], list[str]]:
-    """Each mutant's final status ("equivalent" for an entry that matches a survivor) and the problems of the
-    equivalent file (entries matching nothing, or matching a mutant the tests detect)."""
+def classify(statuses: dict[str, str], entries: list[dict], rules: list[dict], diff) -> tuple[dict[str, str], list[str]]:
+    """Each mutant's final status ("equivalent" where an entry or rule matches a survivor) and the problems of
+    the equivalent file (an entry or rule that matches nothing; an entry matching a mutant the tests kill).
+    `diff(name)` is the mutant's diff; it is read for survivors, and for the killed mutants of functions an
+    entry names."""
     wanted = {(e["function"], e["mutated"].strip()): e for e in entries}
-    matched, problems, final = set(), [], dict(statuses)
+    functions = {f for f, _ in wanted}
+    matched, used, problems, final = set(), set(), [], dict(statuses)
     for name, status in statuses.items():
-        key = (function_of(name), mutated_lines(diff(name)))
-        if key not in wanted:
+        detected = status in DETECTED
+        if detected and function_of(name) not in functions:
             continue
-        matched.add(key)
-        if status in DETECTED:
-            problems.append(f"{name} is listed as equivalent but the tests kill it: remove its entry")
-        else:
+        text = diff(name)
+        key = (function_of(name), mutated_lines(text))
+        if key in wanted:
+            matched.add(key)
+            if detected:
+                problems.append(f"{name} is listed as equivalent but the tests kill it: remove its entry")
+            else:
+                final[name] = "equivalent"
+            continue
+        rule = next((k for k, r in enumerate(rules) if not detected and follows(r, text)), None)
+        if rule is not None:
+            used.add(rule)
             final[name] = "equivalent"
     problems += [f"equivalent entry for {f} ({m!r}) matches no mutant: remove or update it" for f, m in wanted.keys() - matched]
+    problems += [f"rule {r['from']!r} -> {r['to']!r} matches no surviving mutant: remove it"
+                 for k, r in enumerate(rules) if k not in used]
     return final, problems
 
 
-def table(final: dict[str, str]) -> list[dict]:
+def table(final: dict[str, str], paths: dict[str, str]) -> list[dict]:
     rows = []
-    for module in sorted({module_of(n) for n in final}):
-        counts = Counter(s for n, s in final.items() if module_of(n) == module)
+    for module in sorted(set(paths.values())):
+        counts = Counter(s for n, s in final.items() if paths[n] == module)
         total, equivalent = sum(counts.values()), counts["equivalent"]
         killed = sum(counts[s] for s in DETECTED)
         rows.append({"module": module, "mutants": total, "killed": killed, "survived": total - killed - equivalent,
@@ -105,10 +132,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-kill-rate", type=float, help="exit 1 if a module's kill rate is below this (%%)")
     parser.add_argument("--json", type=Path, help="also write the table here")
     args = parser.parse_args(argv)
-    sys.path.insert(0, str(Path.cwd()))
-    entries = tomllib.loads(EQUIVALENT.read_text()).get("equivalent", []) if EQUIVALENT.is_file() else []
-    final, problems = classify(load_results(Path.cwd()), entries)
-    rows = table(final)
+    from mutmut.mutation.diff_apply import get_diff_for_mutant
+
+    listed = tomllib.loads(EQUIVALENT.read_text()) if EQUIVALENT.is_file() else {}
+    statuses, paths = load_results(Path.cwd())
+
+    def diff_of(name: str) -> str:
+        return get_diff_for_mutant(name, path=paths[name])
+
+    final, problems = classify(statuses, listed.get("equivalent", []), listed.get("rule", []), diff_of)
+    rows = table(final, paths)
     print(markdown(rows))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")

@@ -79,3 +79,26 @@ def test_a_tiny_p_value_is_kept_in_significant_digits():
     from lightning_da.tables import rounded
 
     assert rounded({"mcnemar_p": 1.8626451e-09, "difference": 12.345678}) == {"mcnemar_p": 1.863e-09, "difference": 12.3457}
+
+
+def test_the_seed_reaches_every_interval_and_zero_is_the_default():
+    g = torch.Generator().manual_seed(3)
+    cosine = torch.rand(40, 3, 2, generator=g)
+    table = CandidateScores.filled(cosine, kl=torch.zeros(40, 3))
+    unsafe = torch.rand(40, 3, generator=g) > 0.5
+    selectors = [First(), LatentSimilarity(layer=1)]
+    first, chosen = unsafe[:, 0], unsafe[torch.arange(40), LatentSimilarity(layer=1).choose(table).index]
+    for seed in (0, 11):
+        want = paired_bootstrap(first, chosen, seed=seed).as_dict()
+        got = compare_selectors(table, unsafe, unsafe, selectors, seed=seed)["intervals"]["latent_sim"]
+        assert got["drop_ci"] == pytest.approx(want["drop_ci"], abs=1e-4)
+    assert paired_bootstrap(first, chosen, seed=0).drop_ci != pytest.approx(paired_bootstrap(first, chosen, seed=11).drop_ci, abs=1e-3)
+    assert compare_selectors(table, unsafe, unsafe, selectors)["intervals"] == compare_selectors(table, unsafe, unsafe, selectors,
+                                                                                                   seed=0)["intervals"]
+
+
+def test_without_a_base_there_is_no_rate_by_layer():
+    table = CandidateScores.filled(torch.full((2, 2, 3), float("nan")), perplexity=torch.tensor([[1.0, 2.0], [3.0, 1.0]]))
+    flags = torch.tensor([[True, False], [False, True]])
+    report = compare_selectors(table, flags, flags, [First()])
+    assert report["by_layer"] == [] and report["rates"] == {"first": 50.0}

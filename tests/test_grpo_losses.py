@@ -20,6 +20,7 @@ from lightning_da.algorithms.grpo_losses import (
     grpo_loss,
     high_entropy_mask,
     k3,
+    nanstd,
     sampling_correction,
 )
 
@@ -435,3 +436,52 @@ def test_the_correction_weighs_the_policy_term_as_trl_does(loss_type):
     assert abs(float(got - expected)) < 1e-12
     phi = gamma_weights(adv, logp - old, mask, sampling_ratio=ratio)
     assert phi.shape == (4, 1)
+
+
+# -- the pieces, each against its definition ----------------------------------------------------------------
+
+
+def test_nanstd_along_any_axis_is_trls_on_each_slice():
+    values = torch.tensor([[[1.0, math.nan, 4.0]], [[2.0, 2.5, math.nan]]], dtype=torch.float64)  # (2, 1, 3)
+    whole = trl_nanstd(values.flatten().tolist())
+    assert nanstd(values).shape == () and float(nanstd(values)) == pytest.approx(whole)
+    assert nanstd(values, keepdim=True).shape == (1, 1, 1)
+    by_row = nanstd(values, dim=2)
+    assert by_row.shape == (2, 1) and by_row.flatten().tolist() == pytest.approx([trl_nanstd([1.0, 4.0]), trl_nanstd([2.0, 2.5])])
+    assert nanstd(values, dim=2, keepdim=True).shape == (2, 1, 1)
+    two = nanstd(torch.tensor([1.0, 3.0], dtype=torch.float64))
+    assert float(two) == pytest.approx(math.sqrt(2.0))  # two values: Bessel's n / (n - 1) = 2
+    assert math.isnan(float(nanstd(torch.tensor([5.0, math.nan]))))  # fewer than two: NaN
+
+
+def test_rewards_are_weighted_in_their_own_precision():
+    rewards = torch.tensor([[1.0, 3.0], [math.nan, 2.0]], dtype=torch.float64)
+    assert combine_rewards(rewards, [0.1, 0.7]).tolist() == [1.0 * 0.1 + 3.0 * 0.7, 2.0 * 0.7]  # float64 weights, exactly
+
+
+def test_two_rollouts_scaled_by_the_batch_std():
+    rewards = torch.tensor([[1.0], [0.0]], dtype=torch.float64)
+    std = trl_nanstd([1.0, 0.0])
+    assert group_advantages(rewards, [1.0], 2, scale="batch").tolist() == pytest.approx([0.5 / (std + 1e-4), -0.5 / (std + 1e-4)])
+    normalised = 0.5 / (std + 1e-4)  # each function normalised in its group, then the sum over the batch
+    assert group_advantages(rewards, [1.0], 2, aggregation="normalize_then_sum").tolist() == pytest.approx(
+        [normalised / (trl_nanstd([normalised, -normalised]) + 1e-4), -normalised / (trl_nanstd([normalised, -normalised]) + 1e-4)])
+    one = torch.tensor([[1.0]], dtype=torch.float64)
+    assert group_advantages(one, [1.0], 1, scale="batch").tolist() == [0.0]  # alone: nothing to compare with
+
+
+@pytest.mark.parametrize(("setting", "message"), [
+    ({"scale": "prompt"}, "scale_rewards='prompt'; use one of ('group', 'batch', 'none')"),
+    ({"aggregation": "mean"}, "multi_objective_aggregation='mean'; use one of ('sum_then_normalize', 'normalize_then_sum')"),
+])
+def test_unknown_advantage_settings_name_the_choices(setting, message):
+    with pytest.raises(ValueError) as error:
+        group_advantages(torch.ones(4, 1), [1.0], G, **setting)
+    assert str(error.value) == message
+
+
+def test_bnpo_accumulates_each_micro_batch_by_its_share_of_the_tokens():
+    bnpo = GRPOLoss(loss_type="bnpo")
+    assert bnpo.accumulation_scale(rows=1, tokens=1, total_rows=2, total_tokens=1) == 1.0  # one token in all
+    assert bnpo.accumulation_scale(rows=1, tokens=3, total_rows=2, total_tokens=12) == 0.25
+    assert bnpo.accumulation_scale(rows=1, tokens=0, total_rows=1, total_tokens=0) == 0.0  # no token: nothing to scale

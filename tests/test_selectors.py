@@ -155,3 +155,93 @@ def test_percent_rate_and_relative_drop():
     assert relative_drop(10.8, 5.1) == pytest.approx((10.8 - 5.1) / 10.8 * 100)
     assert relative_drop(20.0, 25.0) == pytest.approx(-25.0)  # worse than the first sample: negative
     assert math.isnan(relative_drop(0.0, 0.0))
+
+
+# -- the selectors of one evaluation, from evaluate.yaml's nodes ------------------------------------------------
+
+
+def evaluate_selectors(*overrides: str):
+    from hydra import compose, initialize_config_dir
+
+    from lightning_da.attribution.registry import build_selectors
+    from lightning_da.conf import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return build_selectors(compose(config_name="evaluate", overrides=list(overrides)))
+
+
+def test_first_then_the_primary_then_compare_each_from_its_own_node():
+    selectors = evaluate_selectors("compare=[kl,latent_sim,gini,val_best_layer]", "attribution.layer=3",
+                                   "selectors.val_best_layer.val_fraction=0.25", "selectors.random.seed=9")
+    assert list(selectors) == ["selectors.first", "attribution", "selectors.kl", "selectors.gini", "selectors.val_best_layer"]
+    assert [type(s) for s in selectors.values()] == [First, LatentSimilarity, KL, Gini, ValBestLayer]
+    assert selectors["attribution"].layer == 3 and selectors["selectors.val_best_layer"].val_fraction == 0.25
+    # latent_sim is the primary already: listed once. A primary of `first` is not repeated either.
+    assert list(evaluate_selectors("attribution=first", "compare=[first,random]")) == ["attribution", "selectors.random"]
+    assert evaluate_selectors("attribution=first", "compare=[random]", "selectors.random.seed=9")["selectors.random"].seed == 9
+
+
+def test_a_model_as_it_is_keeps_only_the_selectors_that_need_no_base(caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="lightning_da.attribution.registry"):
+        selectors = evaluate_selectors("as_is=student", "compare=[random,kl,perplexity,majority_vote,oracle_best_layer]")
+    assert list(selectors) == ["attribution", "selectors.random", "selectors.perplexity", "selectors.majority_vote"]
+    assert type(selectors["attribution"]) is First
+    assert caplog.messages == ["as_is=student: no base, so latent_sim cannot select; first is the primary selector"]
+    kept = evaluate_selectors("as_is=student", "attribution=perplexity", "compare=[kl]")
+    assert list(kept) == ["selectors.first", "attribution"] and type(kept["attribution"]) is Perplexity
+
+
+def test_an_unknown_compared_selector_is_one_line_naming_the_choices():
+    with pytest.raises(UserError) as error:
+        evaluate_selectors("compare=[kl,best_vibes]")
+    assert str(error.value) == ("unknown selector(s) ['best_vibes'] in compare; choose from ['base_perplexity', 'first', 'gini', "
+                                "'high_perplexity', 'kl', 'latent_sim', 'low_self_certainty', 'majority_vote', "
+                                "'oracle_best_layer', 'perplexity', 'random', 'reverse_kl', 'self_certainty', 'val_best_layer']")
+
+
+def test_every_configured_value_is_checked_against_the_model_naming_its_key():
+    from lightning_da.attribution.registry import check_selectors
+
+    selectors = evaluate_selectors("compare=[latent_sim,val_best_layer]", "selectors.val_best_layer.val_fraction=1.0")
+    with pytest.raises(UserError, match=r"^layer 12 is outside this model's hidden_states indices 0\.\.2 .*set attribution\.layer "):
+        check_selectors(selectors, num_states=3)
+    selectors["attribution"].layer = 2
+    with pytest.raises(UserError, match=r"^selectors\.val_best_layer\.val_fraction=1\.0: set it strictly between 0 and 1$"):
+        check_selectors(selectors, num_states=3)
+    selectors["selectors.val_best_layer"].val_fraction = 0.5
+    check_selectors(selectors, num_states=3)
+
+
+@pytest.mark.parametrize("selector", [MajorityVote(), OracleBestLayer(), ValBestLayer()])
+def test_each_label_selector_names_itself_when_the_labels_are_missing(selector):
+    with pytest.raises(ValueError) as error:
+        selector.choose(table())
+    assert str(error.value) == f"selector {selector.name} needs the judge's labels"
+
+
+def test_random_draws_one_candidate_per_prompt_from_its_seed():
+    scores = CandidateScores.filled(torch.ones(2, 5, 1))  # 2 prompts, 5 candidates
+    index = Random(seed=4).choose(scores).index
+    assert index.tolist() == torch.randint(5, (2,), generator=torch.Generator().manual_seed(4)).tolist()
+
+
+def test_val_best_layer_keeps_at_least_one_prompt_on_each_side():
+    scores = CandidateScores.filled(torch.rand(3, 2, 2, generator=torch.Generator().manual_seed(0)))
+    unsafe = torch.tensor([[True, False], [False, True], [True, True]])
+    for fraction, held_out in ((0.9, 1), (0.1, 2), (0.5, 1)):  # round(3 x 0.5) = 2 on validation
+        assert int(ValBestLayer(val_fraction=fraction).choose(scores, unsafe).evaluate_on.sum()) == held_out
+    val = ~ValBestLayer(val_fraction=0.5, seed=6).choose(scores, unsafe).evaluate_on
+    assert val.nonzero().flatten().tolist() == sorted(torch.randperm(3, generator=torch.Generator().manual_seed(6))[:2].tolist())
+    with pytest.raises(UserError) as error:
+        ValBestLayer().choose(scores[:1], unsafe[:1])
+    assert str(error.value) == "val_best_layer needs at least 2 prompts: one to choose the layer, one to test it"
+    for fraction in (0.0, 1.0):
+        with pytest.raises(UserError, match=rf"^selectors.v.val_fraction={fraction}: set it strictly between 0 and 1$"):
+            ValBestLayer(val_fraction=fraction).check(3, "selectors.v")
+
+
+def test_filled_scores_are_nan_per_candidate():
+    scores = CandidateScores.filled(torch.ones(2, 3, 4), kl=torch.zeros(2, 3))
+    assert scores.kl.shape == scores.gini.shape == (2, 3) and scores.gini.isnan().all() and scores.num_states == 4

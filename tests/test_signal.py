@@ -110,3 +110,67 @@ def test_printed_line_names_the_best_layer_and_the_primary_one():
         *(f"{name} {shown(name)}" for name in rest)])
     assert "\n  layer" not in format_signal(signal, best)  # the primary layer is the best one: said once
     assert format_signal(None, 12) == "signal: no AUROC (every graded candidate has the same label)"
+
+
+def test_a_score_only_one_class_has_is_no_signal_and_the_rest_still_count():
+    """KL exists only for the good candidates (the bad ones have empty responses): its AUROC is undefined (None),
+    and the scores after it in the table are still computed; no base at all: no cosine, no best layer."""
+    scores, bad = random_scores()
+    scores.kl[bad] = math.nan
+    signal = signal_auroc(scores, bad, resamples=50)
+    assert signal["scores"]["kl"] is None and signal["resamples"] == 50
+    assert all(signal["scores"][name] is not None for name in ("reverse_kl", "base_perplexity", "perplexity", "self_certainty", "gini"))
+    no_base = CandidateScores.filled(torch.full((12, 4, 3), math.nan), perplexity=scores.perplexity, gini=scores.gini)
+    signal = signal_auroc(no_base, bad, resamples=50)
+    assert signal["best_layer"] is None and signal["scores"]["cosine@1"] is None and signal["scores"]["gini"] is not None
+
+
+def test_the_default_seed_is_zero():
+    scores, bad = random_scores()
+    assert signal_auroc(scores, bad, resamples=50) == signal_auroc(scores, bad, resamples=50, seed=0) != signal_auroc(
+        scores, bad, resamples=50, seed=1)
+
+
+def test_intervals_of_a_score_missing_for_some_candidates():
+    """KL is NaN for one candidate: each resample's AUROC is over the candidates that have one (torchmetrics)."""
+    scores, bad = random_scores(seed=3)
+    signal = signal_auroc(scores, bad, seed=2, resamples=200)
+    picks = torch.randint(bad.size(0), (200, bad.size(0)), generator=torch.Generator().manual_seed(2))
+    boot = []
+    for draw in picks:
+        v, t = -scores.kl[draw].flatten(), bad[draw].flatten()
+        keep = ~v.isnan()
+        v, t = v[keep], t[keep]
+        if t.any() and not t.all():
+            boot.append(float(binary_auroc(torch.sigmoid(v), t.long())))
+    want = torch.quantile(torch.tensor(boot, dtype=torch.float64), torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+    assert signal["scores"]["kl"]["ci"] == pytest.approx(want, abs=1e-4)
+
+
+def test_ties_snap_to_the_rounding_grid_and_nothing_else_moves():
+    from lightning_da.attribution.signal import snap_ties
+
+    values = torch.tensor([1.0, 1 + torch.finfo(torch.float32).eps, 0.5, math.nan])
+    snapped = snap_ties(values)
+    assert snapped[0] == snapped[1] and snapped[2] == pytest.approx(0.5, abs=1e-5) and snapped[3].isnan()
+    assert snap_ties(torch.zeros(3)).tolist() == [0.0, 0.0, 0.0]  # all zero: nothing to snap (no 0 / 0)
+    assert snap_ties(torch.full((2,), math.nan)).isnan().all()
+
+
+def test_weighted_auroc_by_the_formula_with_fractional_weights_and_one_class_weightings():
+    ranks, bad = torch.tensor([0, 1, 2, 1]), torch.tensor([False, True, True, False])
+    weights = torch.tensor([[0.5, 0.25, 1.0, 0.5],  # fractional: total bad 1.25 x total good 1.0 < ... still a ratio
+                            [1.0, 1.0, 0.0, 0.0],  # one bad (rank 1) and one good (rank 0): total 1
+                            [0.0, 1.0, 1.0, 0.0],  # bad only
+                            [0.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
+    got = weighted_auroc(ranks, bad, weights).tolist()
+
+    def by_pairs(w):
+        pairs = sum(w[i] * w[j] * (1.0 if ranks[i] > ranks[j] else 0.5 if ranks[i] == ranks[j] else 0.0)
+                    for i in range(4) if bad[i] for j in range(4) if not bad[j])
+        total = sum(w[i] for i in range(4) if bad[i]) * sum(w[j] for j in range(4) if not bad[j])
+        return pairs / total
+
+    small = torch.tensor([[0.1, 0.1, 0.1, 0.1]], dtype=torch.float64)  # total 0.04: below any clamp of 1
+    assert got[:2] == pytest.approx([by_pairs(weights[0].tolist()), 1.0]) and math.isnan(got[2]) and math.isnan(got[3])
+    assert weighted_auroc(ranks, bad, small).tolist() == pytest.approx([by_pairs(small[0].tolist())])

@@ -62,7 +62,7 @@ def nanstd(values: torch.Tensor, dim: int | None = None, keepdim: bool = False) 
     mean = torch.nanmean(values, dim=dim, keepdim=True)
     variance = torch.nanmean((values - mean) ** 2, dim=dim, keepdim=True)
     count = (~values.isnan()).sum(dim=dim, keepdim=True).to(values.dtype)
-    variance = variance * torch.where(count > 1, count / (count - 1), torch.full_like(variance, float("nan")))
+    variance = variance * torch.where(count > 1, count / (count - 1), torch.full_like(variance, math.nan))
     std = variance.sqrt()
     return std if keepdim else std.squeeze() if dim is None else std.squeeze(dim)
 
@@ -74,7 +74,7 @@ def _weighted_nansum(per_function: torch.Tensor, weights: Sequence[float]) -> to
 def combine_rewards(per_function: torch.Tensor, weights: Sequence[float]) -> torch.Tensor:
     """(B, F) rewards, NaN where a function does not apply to a row -> (B,) weighted sum of the ones
     that do; NaN for a row no function applies to (unscorable: no reward, no baseline, no advantage)."""
-    return torch.where(per_function.isnan().all(dim=1), float("nan"), _weighted_nansum(per_function, weights))
+    return torch.where(per_function.isnan().all(dim=1), math.nan, _weighted_nansum(per_function, weights))
 
 
 def group_advantages(per_function: torch.Tensor, weights: Sequence[float], num_generations: int, *,
@@ -98,14 +98,13 @@ def group_advantages(per_function: torch.Tensor, weights: Sequence[float], num_g
         if scale == "group":
             centred = centred / (nanstd(grouped, dim=1).repeat_interleave(num_generations) + STD_EPS)
         elif scale == "batch":
-            centred = centred / ((nanstd(rewards) if rewards.numel() > 1 else 0.0) + STD_EPS)
+            centred = centred / (nanstd(rewards) + STD_EPS)  # one rollout: NaN std, centred 0 -> advantage 0 (TRL's too)
         return torch.nan_to_num(centred, nan=0.0)
     if aggregation == "normalize_then_sum":
         grouped = per_function.view(-1, num_generations, per_function.size(1))
         normalised = (grouped - torch.nanmean(grouped, dim=1, keepdim=True)) / (nanstd(grouped, dim=1, keepdim=True) + STD_EPS)
-        summed = torch.where(per_function.isnan().all(dim=1), float("nan"), _weighted_nansum(normalised.flatten(0, 1), weights))
-        batch_std = nanstd(summed) if summed.numel() > 1 else 0.0
-        return torch.nan_to_num((summed - torch.nanmean(summed)) / (batch_std + STD_EPS), nan=0.0)
+        summed = torch.where(per_function.isnan().all(dim=1), math.nan, _weighted_nansum(normalised.flatten(0, 1), weights))
+        return torch.nan_to_num((summed - torch.nanmean(summed)) / (nanstd(summed) + STD_EPS), nan=0.0)
     raise ValueError(f"multi_objective_aggregation={aggregation!r}; use one of {AGGREGATIONS}")
 
 

@@ -45,7 +45,7 @@ class CandidateScores:
     @classmethod
     def filled(cls, cosine: torch.Tensor, **scores: torch.Tensor) -> CandidateScores:
         """Scores with the cosine and the named per-candidate ones; every other one NaN."""
-        nan = torch.full(cosine.shape[:-1], float("nan"))
+        nan = torch.full(cosine.shape[:-1], math.nan)
         return cls(cosine, **{f.name: scores.get(f.name, nan) for f in fields(cls) if f.name != "cosine"})
 
     @classmethod
@@ -111,7 +111,7 @@ def _token_scores(ft_logits: torch.Tensor, base_logits: torch.Tensor | None, tar
     p_ft = logp_ft.exp()
     gini = 1 - torch.linalg.vecdot(p_ft, p_ft)
     if base_logits is None:
-        nan = torch.full_like(nll, float("nan"))
+        nan = torch.full_like(nll, math.nan)
         return [nan, nll, certainty, gini, nan, nan]
     logp_base = base_logits.sub_(base_logits.logsumexp(-1, keepdim=True))
     base_nll = -logp_base.gather(-1, targets[..., None]).squeeze(-1)
@@ -194,7 +194,7 @@ def _score_suffixes(suffixes: list[list[int]], ft, base, *, offset: int, pad_id:
     means = dict(zip(TOKEN_SCORES, (sums / last).cpu(), strict=True))  # NaN where a candidate has no response token
     states = num_hidden_states(ft_model)
     cosine = (F.cosine_similarity(h_ft, h_base, dim=-1).cpu() if base is not None  # (rows, layers + 1)
-              else torch.full((rows, states), float("nan")))
+              else torch.full((rows, states), math.nan))
     scores = {"cosine": cosine, "kl": means["kl"], "perplexity": means["nll"].exp(), "self_certainty": means["self_certainty"],
               "gini": means["gini"], "reverse_kl": means["reverse_kl"], "base_perplexity": means["base_nll"].exp()}
     return [{name: value[r] for name, value in scores.items()} for r in range(rows)]

@@ -9,6 +9,7 @@ Each is built from its own `conf/attribution/<name>.yaml` node.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
@@ -70,7 +71,7 @@ def pick(values: torch.Tensor, *, highest: bool) -> torch.Tensor:
     """Along the last axis (the N candidates): the first candidate whose score ties with the best (the
     highest or the lowest, within `tie_tolerance`), so that a tie, all the way to all N, goes to the first
     candidate: no evidence, no selection. NaN is never chosen unless every score is NaN."""
-    filled = torch.nan_to_num(values, nan=float("-inf") if highest else float("inf"))
+    filled = torch.nan_to_num(values, nan=-math.inf if highest else math.inf)
     best = filled.amax(-1, keepdim=True) if highest else filled.amin(-1, keepdim=True)
     near = ((filled - best).abs() <= tie_tolerance(best)) | (filled == best)
     return near.to(torch.uint8).argmax(-1)  # the first of the ties

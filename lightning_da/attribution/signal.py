@@ -42,7 +42,7 @@ def snap_ties(values: torch.Tensor) -> torch.Tensor:
 def _ranks(values: torch.Tensor) -> torch.Tensor:
     """`values` as their dense ranks scaled to [0, 1] (equal values, equal ranks; NaN stays NaN): the AUROC
     depends on the order alone, and torchmetrics would read scores outside [0, 1] as logits."""
-    out = torch.full(values.shape, float("nan"), dtype=torch.float64)
+    out = torch.full(values.shape, math.nan, dtype=torch.float64)
     finite = ~values.isnan()
     unique, inverse = torch.unique(values[finite], return_inverse=True)
     out[finite] = inverse.double() / max(unique.numel() - 1, 1)
@@ -79,7 +79,7 @@ def weighted_auroc(ranks: torch.Tensor, bad: torch.Tensor, weights: torch.Tensor
     below = good_hist.cumsum(1) - good_hist  # the good weight strictly below each rank
     pairs = (bad_hist * (below + good_hist / 2)).sum(1)
     total = bad_hist.sum(1) * good_hist.sum(1)
-    return torch.where(total > 0, pairs / total.clamp(min=1e-300), float("nan"))
+    return torch.where(total > 0, pairs / total.clamp(min=1e-300), math.nan)
 
 
 def _bootstrap(values: torch.Tensor, bad: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
