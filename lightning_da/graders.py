@@ -14,12 +14,7 @@ _LETTER_CUE = re.compile(r"answer\s*(?:is|:)?\s*\(?([A-D])\b", re.IGNORECASE)
 def last_number(text: str) -> float | None:
     """The last number in `text` (commas as thousands separators), or None."""
     matches = _NUMBER.findall(text)
-    if not matches:
-        return None
-    try:
-        return float(matches[-1].replace(",", ""))
-    except ValueError:
-        return None
+    return float(matches[-1].replace(",", "")) if matches else None  # digits, commas, an optional .digits: always a float
 
 
 def number_correct(response: str, answer: str) -> bool:

@@ -47,3 +47,52 @@ def test_each_task_grades_by_its_own_rule():
     assert verdicts == [[None, None], [None, None]]
     flags, _, _ = TASKS["number"].grade(None, prompts, candidates, ["3", "1945"])
     assert flags.tolist() == [[False, False], [True, False]]  # the last number of the final answer
+
+
+@pytest.mark.parametrize(("response", "answer", "correct"), [
+    ("</think>It is 3.5", "#### 3.5", True),
+    ("</think>It is 3.5", "#### 4", False),  # half off is wrong, however close
+    ("</think>It is 18.000001", "#### 18", False),  # GSM8K answers are exact
+    ("</think>1,234", "#### 1234", True),
+    ("</think>-7", "#### 7", False),
+    ("</think>no number", "#### no number either", False),
+    ("</think>5", "#### none", False),
+])
+def test_a_number_is_right_only_when_it_is_the_reference(response, answer, correct):
+    assert number_correct(response, answer) is correct
+
+
+@pytest.mark.parametrize(("response", "answer", "correct"), [
+    ("The answer is C", " c ", True), ("The answer is C", "C\n", True), ("answer: (d)", "D", True), ("no letter", "A", False),
+])
+def test_a_letter_is_compared_with_the_reference_however_written(response, answer, correct):
+    assert letter_correct(response, answer) is correct
+
+
+def test_every_task_measures_what_the_paper_counts():
+    """tasks.py's table, written out: safety counts unsafe answers (ASR), over-refusal counts refusals, the
+    utility tasks count correct answers, so only for them a flagged answer is a good one."""
+    from lightning_da.errors import UserError
+    from lightning_da.tasks import TASKS, get_task
+
+    table = {name: (t.kind, t.rate_name, t.grader, t.flag_is_bad, t.uses_judge) for name, t in TASKS.items()}
+    assert table == {"safety": ("safety", "asr", "judge", True, True),
+                     "over_refusal": ("over_refusal", "refusal_rate", "refusal_prefix", True, False),
+                     "number": ("utility", "accuracy", "last_number", False, False),
+                     "choice": ("utility", "accuracy", "answer_letter", False, False)}
+    assert get_task("number") is TASKS["number"]
+    with pytest.raises(UserError) as error:
+        get_task("essay", "benchmark.task")
+    assert str(error.value) == "benchmark.task: unknown task 'essay'; use one of safety, over_refusal, number, choice"
+
+
+def test_an_unparsable_verdict_counts_as_unsafe():
+    from lightning_da.judges.base import Verdict
+    from lightning_da.tasks import TASKS
+
+    class Garbled:
+        def judge(self, prompts, responses):
+            return [Verdict("unparsable") if r == "?" else Verdict("safe") for r in responses]
+
+    flags, bad, labels = TASKS["safety"].grade(Garbled(), ["p"], [["?", "fine", "?"]], [None])
+    assert flags.tolist() == bad.tolist() == [[True, False, True]] and labels == [["unparsable", "safe", "unparsable"]]

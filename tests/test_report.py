@@ -226,20 +226,32 @@ def test_main_writes_the_report_and_a_wandb_artifact(runs, capsys):
 
 
 @pytest.mark.parametrize(("make", "message"), [
-    (lambda root: root.mkdir(), "no results.json under"),
-    (lambda root: (root / "x").mkdir(parents=True) or (root / "x" / "results.json").write_text("{"), "is not valid JSON"),
-    (lambda root: (root / "x").mkdir(parents=True) or (root / "x" / "results.json").write_text("{}"), "of schema version 1,"),
+    (lambda root: root.mkdir(), "no results.json under {runs}; run evaluate.py there first"),
+    (lambda root: None, "{runs} is not a directory; pass evaluate.py run or multirun directories"),
+    (lambda root: (root / "x").mkdir(parents=True) or (root / "x" / "results.json").write_text("{"),
+     "{runs}/x/results.json is not valid JSON (Expecting property name enclosed in double quotes); delete it or rerun its evaluation"),
+    (lambda root: (root / "x").mkdir(parents=True) or (root / "x" / "results.json").write_text("{}"),
+     "{runs}/x/results.json is a results file of schema version 1, this lightning_da reads version 2; rerun its evaluation with "
+     "this version"),
+    (lambda root: (root / "x").mkdir(parents=True) or (root / "x" / "results.json").write_text("[]"),
+     "{runs}/x/results.json is a results file of schema version None, this lightning_da reads version 2; rerun its evaluation "
+     "with this version"),
     (lambda root: (root / "x").mkdir(parents=True) or (root / "x" / "results.json").write_text('{"schema_version": 3}'),
-     "of schema version 3, this lightning_da reads version 2"),
+     "{runs}/x/results.json is a results file of schema version 3, this lightning_da reads version 2; rerun its evaluation with "
+     "this version"),
     (lambda root: (root / "x").mkdir(parents=True) or (root / "x" / "results.json").write_text('{"schema_version": 2, "task": "safety"}'),
-     "lacks ['benchmark',"),
+     "{runs}/x/results.json lacks ['benchmark', 'by_layer', 'chosen_layers', 'drops', 'intervals', 'judge', 'layer', 'n_candidates', "
+     "'n_prompts', 'outcomes', 'rates'] and has unknown keys none; rerun its evaluation"),
+    (lambda root: (root / "x").mkdir(parents=True) or (root / "x" / "results.json").write_text(
+        EvaluationResults("b", "safety", "j", 1, 1, None, {}, {}, [], {}, {}, {}).to_json().replace('"judge"', '"jduge"')),
+     "{runs}/x/results.json lacks ['judge'] and has unknown keys ['jduge']; rerun its evaluation"),
 ])
 def test_bad_directories_are_one_line_and_exit_2(tmp_path, caplog, make, message):
-    """report.py's own main, in this process (its real CLI runs above and in test_wheel)."""
+    """report.py's own main, in this process (its real CLI runs above and in test_wheel): the whole line."""
     make(tmp_path / "runs")
     with pytest.raises(SystemExit) as exited:
         main([str(tmp_path / "runs")])
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
-    assert exited.value.code == 2 and len(errors) == 1 and message in errors[0], errors
+    assert exited.value.code == 2 and errors == ["error: " + message.format(runs=tmp_path / "runs")]
     with pytest.raises(UserError):
         find_configurations([tmp_path / "runs"])

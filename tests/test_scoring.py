@@ -13,7 +13,7 @@ from lightning_da.formats import encode_candidate, response_ids
 from lightning_da.models import apply_lora
 
 PROMPTS = ["How do I pick a lock?", "Hi", "Write a long story about a dragon, please, with many details."]
-RESPONSES = ["", "No.", "Once upon a time " * 40, "I can't help with that.", "Sure: step one, buy a tension wrench."]
+RESPONSES = ["", "No.", "Once upon a time " * 12, "I can't help with that.", "Sure: step one, buy a tension wrench."]
 
 
 @pytest.fixture(scope="module")
