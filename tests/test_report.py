@@ -255,3 +255,92 @@ def test_bad_directories_are_one_line_and_exit_2(tmp_path, caplog, make, message
     assert exited.value.code == 2 and errors == ["error: " + message.format(runs=tmp_path / "runs")]
     with pytest.raises(UserError):
         find_configurations([tmp_path / "runs"])
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """The figures report.py draws, kept as matplotlib objects when saved (their PNGs are written as usual)."""
+    from lightning_da import figures
+
+    kept = {}
+    original = figures.save
+
+    def save(figure, path):
+        kept[Path(path).stem] = {"axes": [ax for ax in figure.axes if ax.get_visible() and ax.axison and ax.get_label() != "<colorbar>"],
+                                 "size": tuple(figure.get_size_inches())}
+        original(figure, path)
+
+    monkeypatch.setattr(figures, "save", save)
+    return kept
+
+
+def texts(ax) -> dict:
+    """What a reader reads on one panel: title, axis labels, tick labels, legend entries, the text in the panel."""
+    legend = ax.get_legend()
+    return {"title": ax.get_title(), "x": ax.get_xlabel(), "y": ax.get_ylabel(),
+            "xticks": [t.get_text() for t in ax.get_xticklabels()], "yticks": [t.get_text() for t in ax.get_yticklabels()],
+            "legend": [t.get_text() for t in legend.get_texts()] if legend else [], "text": [t.get_text() for t in ax.texts]}
+
+
+def test_each_figure_says_what_it_shows(tmp_path, drawn):
+    """Figures 3-6 drawn from a small sweep, read back from the drawn axes: every title, axis label, tick label,
+    legend entry and cell text, and the values each plots, from the runs by hand."""
+    from lightning_da import figures
+
+    sft = {("qwq", "llama3_8b"): [1, 0, 0, 0], ("r1_qwen_14b", "llama3_8b"): [1, 1, 1, 0]}
+    for k, ((teacher, student), first) in enumerate(sft.items()):
+        evaluation(tmp_path, f"{teacher}-{student}", benchmark="dan", task="safety", teacher=teacher, student=student,
+                   outcomes={"first": first, "majority_vote": [0, 0, 0, k]}, candidates=candidate_records(k, prompts=4))
+    evaluation(tmp_path, "qwq-alone", benchmark="dan", task="safety", teacher="qwq", as_is="teacher", outcomes={"first": [0, 1, 1, 1]})
+    evaluation(tmp_path, "gsm8k", benchmark="gsm8k", task="number", outcomes={"first": [1, 1, 0, 1]})
+    configurations = find_configurations([tmp_path / "evaluate"])
+    out = tmp_path / "figures"
+    out.mkdir()
+
+    note = figures.heatmaps(configurations, "safety", out / "figure3.png", rate="ASR")
+    assert note == ("no evaluation of teacher(s) r1_qwen_14b as it is: their column reads n/a "
+                    "(evaluate.py as_is=teacher teacher=<name>)")
+    (ax,) = drawn["figure3"]["axes"]
+    assert texts(ax) == {"title": "dan: ASR of the first sample (%)", "x": "", "y": "", "xticks": ["llama3_8b", "teacher itself"],
+                         "yticks": ["qwq", "r1_qwen_14b"], "legend": [], "text": ["25", "75", "75", "n/a"]}
+    image = ax.get_images()[0]
+    assert image.get_clim() == (0, 100) and image.get_cmap().name == "Reds"
+    assert figures.heatmaps(configurations, "utility", out / "figure4.png", rate="accuracy") == (
+        "no evaluation of teacher(s) qwq as it is: their column reads n/a (evaluate.py as_is=teacher teacher=<name>)")
+    (ax,) = drawn["figure4"]["axes"]
+    assert texts(ax)["title"] == "gsm8k: accuracy of the first sample (%)" and ax.get_images()[0].get_cmap().name == "Greens"
+    assert texts(ax)["text"] == ["75", "n/a"]
+
+    assert figures.first_vs_majority(configurations, out / "figure5.png") is None
+    (ax,) = drawn["figure5"]["axes"]
+    assert texts(ax) == {"title": "First sample vs majority vote, per student (after SFT)", "x": "", "y": "ASR (%)",
+                         "xticks": ["llama3_8b"], "yticks": texts(ax)["yticks"], "legend": ["first", "majority_vote"], "text": []}
+    bars = [(round(p.get_x() + p.get_width() / 2, 6), p.get_height()) for p in ax.patches]
+    assert [h for _, h in bars] == [50.0, 12.5] and bars[0][0] < 0 < bars[1][0]  # first left of majority_vote, at the student
+
+    assert figures.densities(configurations, out / "figure6.png") is None
+    axes = drawn["figure6"]["axes"]
+    assert [texts(ax)["title"] for ax in axes] == ["perplexity (log10)", "self-certainty", "KL(FT || base)",
+                                                    "latent similarity (cosine at layer 1)"]
+    records = candidate_records(0, prompts=4) + candidate_records(1, prompts=4)
+    unsafe = sum(f for r in records for f in r["flags"])
+    assert all(texts(ax)["legend"] == [f"unsafe ({unsafe})", f"safe ({2 * 8 - unsafe})"] and texts(ax)["y"] == "density" for ax in axes)
+    for ax in axes:  # each histogram is a density: its bars' areas sum to 1 per class, over 30 equal bins spanning the values
+        unsafe_bars, safe_bars = ax.containers
+        for bars in (unsafe_bars, safe_bars):
+            assert len(bars) == 30 and sum(p.get_height() * p.get_width() for p in bars) == pytest.approx(1.0)
+
+    lines = figures.by_layer_lines([c for c in configurations if c.kind == "safety" and c.results.by_layer], out / "lines.png",
+                                   value=lambda c: c.results.by_layer, ylabel="ASR (%)", title="by layer", reference=(40.0, "first"))
+    assert lines is True
+    (ax,) = drawn["lines"]["axes"]
+    assert texts(ax)["x"] == "layer (0 = embeddings)" and texts(ax)["legend"][-2:] == ["mean of 2", "first"]
+    assert [list(line.get_ydata()) for line in ax.get_lines()][:3] == [[25.0, 12.5, 25 / 3], [75.0, 37.5, 25.0], [50.0, 25.0, 50 / 3]]
+    assert list(ax.get_lines()[3].get_ydata()) == [40.0, 40.0]  # the reference line
+    assert figures.by_layer_panels([c for c in configurations if c.results.by_layer], out / "panels.png") is True
+    panels = drawn["panels"]["axes"]
+    assert [texts(ax)["title"] for ax in panels] == ["qwq -> llama3_8b (sft), dan", "r1_qwen_14b -> llama3_8b (sft), dan"]
+    assert [(texts(ax)["y"], texts(ax)["x"], texts(ax)["legend"]) for ax in panels] == [("asr (%)", "layer", ["latent choice", "first"])] * 2
+    assert [[list(line.get_ydata()) for line in ax.get_lines()] for ax in panels] == [
+        [[25.0, 12.5, 25 / 3], [25.0, 25.0]], [[75.0, 37.5, 25.0], [75.0, 75.0]]]
+    assert figures.by_layer_panels([], out / "none.png") is False and not (out / "none.png").exists()
