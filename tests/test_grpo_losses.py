@@ -485,3 +485,78 @@ def test_bnpo_accumulates_each_micro_batch_by_its_share_of_the_tokens():
     assert bnpo.accumulation_scale(rows=1, tokens=1, total_rows=2, total_tokens=1) == 1.0  # one token in all
     assert bnpo.accumulation_scale(rows=1, tokens=3, total_rows=2, total_tokens=12) == 0.25
     assert bnpo.accumulation_scale(rows=1, tokens=0, total_rows=1, total_tokens=0) == 0.0  # no token: nothing to scale
+
+
+def test_the_correction_defaults_to_trls_and_keeps_a_ratio_on_its_bound():
+    """TRL 1.16's GRPOConfig: vllm_importance_sampling_mode "sequence_mask", clip_max 3.0, clip_min None; its
+    masks drop ratios strictly outside [C_min, C_max], so a ratio exactly on a bound stays."""
+    old, sampling, mask = batch()
+    assert torch.equal(sampling_correction(old, sampling, mask), trl_is_ratio(old, sampling, mask, "sequence_mask", None, 3.0))
+    on_bounds = torch.zeros(1, 3, dtype=torch.float64)
+    on_bounds[0, 0], on_bounds[0, 1] = math.log(2.0), math.log(0.5)  # exactly 2 and 1/2 (powers of two)
+    ratio = sampling_correction(on_bounds, torch.zeros_like(on_bounds), torch.ones_like(on_bounds), mode="token_mask",
+                                clip_min=0.5, clip_max=2.0)
+    assert ratio.tolist() == [[2.0, 0.5, 1.0]]
+
+
+def trl_gamma_weights(adv, log_ratio, mask, sampling_ratio=None, k_pos=2.0, lambda_pos=3.0, k_neg=3.0, lambda_neg=2.0):
+    """TRL 1.16's `get_gamma_weights` (VESPO), one sequence at a time in Python floats: the per-token log-ratios
+    clamped to [-20, 20] and summed over the mask, the engine's log-ratios clamped to [log 1e-8, 20] added, the
+    sum clamped to [log 1e-8, 20]; (k, lambda) by A >= 0, lambda floored at 1e-4 (TRL picks them with
+    `torch.where` on Python floats: in float32, whatever the log-ratios' dtype); phi = exp(lambda + k log w -
+    lambda w), an overflow read as 0."""
+
+    def float32(x):
+        return float(torch.tensor(x, dtype=torch.float32))
+
+    low, out = math.log(1e-8), []
+    for b in range(len(adv)):
+        log_w = sum(min(max(x, -20.0), 20.0) * m for x, m in zip(log_ratio[b], mask[b], strict=True))
+        if sampling_ratio is not None:
+            log_w += sum(min(max(math.log(r), low), 20.0) for r in sampling_ratio[b])
+        log_w = min(max(log_w, low), 20.0)
+        k, lam = (k_pos, lambda_pos) if adv[b] >= 0 else (k_neg, lambda_neg)
+        k, lam = float32(k), max(float32(lam), float32(1e-4))
+        exponent = lam + k * log_w - lam * math.exp(log_w)
+        out.append(0.0 if exponent > 709 else math.exp(exponent))
+    return out
+
+
+def test_gamma_weights_are_trls_with_every_clamp_biting():
+    log_ratio = torch.tensor([[0.1, -0.2, 0.05],  # A > 0, nothing clamped
+                              [25.0, -0.5, 0.0],  # a token above 20; the sum 19.5
+                              [-25.0, 3.0, 0.0],  # a token below -20; the sum below log 1e-8
+                              [15.0, 10.0, 9.0],  # the sum above 20 (the last token masked out)
+                              [0.3, 0.3, 0.3]], dtype=torch.float64)  # A = 0 counts as positive
+    mask = torch.tensor([[1, 1, 1], [1, 1, 1], [1, 1, 1], [1, 1, 0], [1, 1, 1]], dtype=torch.float64)
+    adv = torch.tensor([1.0, -1.0, 0.5, -0.5, 0.0], dtype=torch.float64)
+    settings = {"k_pos": 0.3, "lambda_pos": 0.7, "k_neg": 1.3, "lambda_neg": 0.9}
+    got = gamma_weights(adv, log_ratio, mask, **settings)
+    assert got.shape == (5, 1) and got.dtype == torch.float64
+    assert got.flatten().tolist() == pytest.approx(trl_gamma_weights(adv.tolist(), log_ratio.tolist(), mask.tolist(), **settings), rel=1e-12)
+    assert gamma_weights(adv, log_ratio, mask).flatten().tolist() == pytest.approx(  # TRL's defaults (2, 3, 3, 2)
+        trl_gamma_weights(adv.tolist(), log_ratio.tolist(), mask.tolist()), rel=1e-12)
+    sampling = torch.tensor([[1e-10, 1.0, 1.0], [math.exp(25.0), 1.0, 1.0], [0.5, 2.0, 1.0], [1.0, 1.0, 1.0], [1.0, 1.0, 1.5]],
+                            dtype=torch.float64)  # an engine's ratio below 1e-8 and one above e^20
+    assert gamma_weights(adv, log_ratio * 0.01, mask, sampling_ratio=sampling).flatten().tolist() == pytest.approx(
+        trl_gamma_weights(adv.tolist(), (log_ratio * 0.01).tolist(), mask.tolist(), sampling.tolist()), rel=1e-12)
+
+
+def test_gamma_weights_read_an_overflow_or_nan_as_zero_and_floor_lambda():
+    log_ratio = torch.tensor([[20.0], [math.nan], [1.0]], dtype=torch.float64)
+    mask = torch.ones(3, 1, dtype=torch.float64)
+    adv = torch.tensor([1.0, 1.0, -1.0], dtype=torch.float64)
+    got = gamma_weights(adv, log_ratio, mask, k_pos=100.0, lambda_pos=1e-6, lambda_neg=1e-9)
+    # row 0: lambda floored to 1e-4, exponent 1e-4 + 2000 - 1e-4 e^20 overflows: 0; row 1: NaN: 0
+    assert got[:2].tolist() == [[0.0], [0.0]]
+    floor = float(torch.tensor(1e-4, dtype=torch.float32))  # TRL's clamp of a float32 lambda
+    assert float(got[2]) == pytest.approx(math.exp(floor + 3.0 * 1.0 - floor * math.e), rel=1e-12)  # k_neg 3, lambda floored
+
+
+def test_no_counted_token_keeps_none_and_a_half_precision_pool_has_a_quantile():
+    mask = torch.zeros(2, 3)
+    kept = high_entropy_mask(torch.rand(2, 3), mask, 0.5)
+    assert kept.dtype == torch.bool and not kept.any()
+    entropy = torch.tensor([[0.5, 1.5, 2.5], [3.5, 0.25, 1.0]], dtype=torch.bfloat16)
+    mask = torch.ones(2, 3)
+    assert high_entropy_mask(entropy, mask, 0.5).tolist() == high_entropy_mask(entropy.float(), mask, 0.5).tolist()

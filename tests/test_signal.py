@@ -174,3 +174,21 @@ def test_weighted_auroc_by_the_formula_with_fractional_weights_and_one_class_wei
     small = torch.tensor([[0.1, 0.1, 0.1, 0.1]], dtype=torch.float64)  # total 0.04: below any clamp of 1
     assert got[:2] == pytest.approx([by_pairs(weights[0].tolist()), 1.0]) and math.isnan(got[2]) and math.isnan(got[3])
     assert weighted_auroc(ranks, bad, small).tolist() == pytest.approx([by_pairs(small[0].tolist())])
+
+
+def test_a_primary_layer_without_an_auroc_reads_n_a():
+    signal = {"n_bad": 3, "n_candidates": 8, "best_layer": 2,
+              "scores": {"cosine@1": None, "cosine@2": {"auroc": 0.75, "ci": [0.5, 1.0]}, "kl": None, "gini": {"auroc": 0.25, "ci": [0.0, 0.5]}}}
+    assert format_signal(signal, 1) == ("signal, AUROC of telling bad from good candidates (3 of 8 bad; 95% CI over prompts; 0.5 = none):"
+                                        "\n  cosine best layer 2 (on these labels) 0.750 [0.500, 1.000]\n  layer 1 n/a"
+                                        "\n  gini 0.250 [0.000, 0.500]")
+
+
+def test_scores_become_dense_ranks_within_0_and_1():
+    """What torchmetrics is given: equal scores equal, NaN kept, the order kept, and every value in [0, 1] (outside
+    it torchmetrics reads scores as logits, and float32's sigmoid turns large ones into ties)."""
+    from lightning_da.attribution.signal import _ranks
+
+    assert _ranks(torch.tensor([3.0, -1.0, 3.0, 7.0, math.nan])).tolist()[:4] == [0.5, 0.0, 0.5, 1.0]
+    assert _ranks(torch.tensor([2.0, math.nan]))[1].isnan() and _ranks(torch.tensor([2.0, 2.0])).tolist() == [0.0, 0.0]
+    assert _ranks(torch.arange(41.0)).tolist() == [i / 40 for i in range(41)]

@@ -158,8 +158,8 @@ def gamma_weights(advantages: torch.Tensor, log_ratio: torch.Tensor, mask: torch
             log_w = log_w + torch.clamp(torch.log(sampling_ratio), LOG_W_MIN, 20.0).sum(-1, keepdim=True)
         log_w = log_w.clamp(LOG_W_MIN, 20.0)
         positive = adv >= 0
-        k = torch.where(positive, k_pos, k_neg).to(log_w.dtype)
-        lam = torch.where(positive, lambda_pos, lambda_neg).to(log_w.dtype).clamp(min=1e-4)
+        k = torch.where(positive, k_pos, k_neg)  # float32, as TRL's: the product with log_w promotes it
+        lam = torch.where(positive, lambda_pos, lambda_neg).clamp(min=1e-4)
         return torch.exp(lam + k * log_w - lam * torch.exp(log_w)).nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
 
 

@@ -137,6 +137,6 @@ def format_signal(signal: dict | None, layer: int | None) -> str:
         parts.append(f"cosine best layer {best} (on these labels) {shown(f'cosine@{best}')}")
         if layer is not None and layer != signal["best_layer"]:
             parts.append(f"layer {layer} {shown(f'cosine@{layer}')}")
-    parts += [f"{name} {shown(name)}" for name in ORIENTATION if name != "cosine" and scores.get(name) is not None]
+    parts += [f"{name} {shown(name)}" for name in ORIENTATION if scores.get(name) is not None]  # cosine's are per layer
     return (f"signal, AUROC of telling bad from good candidates ({signal['n_bad']} of {signal['n_candidates']} bad; "
             f"95% CI over prompts; 0.5 = none):\n  " + "\n  ".join(parts))
