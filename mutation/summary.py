@@ -9,7 +9,8 @@ mutant no test reaches ("no tests") counts as a survivor.
 
 An equivalent mutant is named by its function and its mutated lines (the `+` lines of `mutmut show`), not by
 mutmut's number, which shifts when the function changes. A rule names a class of them: a line whose `from` text
-became one of `to` (e.g. `strict=True` dropped from a zip of equal lengths), each with its why. An entry or rule
+became one of `to` (e.g. `strict=True` dropped from a zip of equal lengths; `to = "*"`: any change of that text),
+each with its why. An entry or rule
 that matches no mutant (stale), or that matches one the tests kill (not equivalent after all), is reported, so
 the file stays true.
 """
@@ -42,14 +43,17 @@ def mutated_lines(diff: str) -> str:
 
 
 def follows(rule: dict, diff: str) -> bool:
-    """Whether the mutant changed one line, and only by putting one of `rule["to"]` where `rule["from"]` was."""
+    """Whether the mutant changed one line, and only by putting one of `rule["to"]` where `rule["from"]` was
+    (`to = "*"`: anything, the argument dropped included)."""
     before, after = changed(diff, "-"), changed(diff, "+")
     if len(before) != 1 or len(after) != 1:
         return False
     old, new, start = before[0], after[0], before[0].find(rule["from"])
     while start != -1:
         head, tail = old[:start], old[start + len(rule["from"]) :]
-        if any(new == head + to + tail for to in rule["to"]):
+        if rule["to"] == "*" and new.startswith(head) and new.endswith(tail) and len(new) >= len(head) + len(tail):
+            return True  # any change within the span
+        if rule["to"] != "*" and any(new == head + to + tail for to in rule["to"]):
             return True
         start = old.find(rule["from"], start + 1)
     return False

@@ -53,6 +53,7 @@ def test_each_task_grades_by_its_own_rule():
     ("</think>It is 3.5", "#### 3.5", True),
     ("</think>It is 3.5", "#### 4", False),  # half off is wrong, however close
     ("</think>It is 18.000001", "#### 18", False),  # GSM8K answers are exact
+    ("</think>0.000001", "#### 0", False),  # a millionth off is off
     ("</think>1,234", "#### 1234", True),
     ("</think>-7", "#### 7", False),
     ("</think>no number", "#### no number either", False),

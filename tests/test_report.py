@@ -205,24 +205,78 @@ def test_each_figure_shows_the_numbers_of_its_runs(tmp_path):
     assert mean == pytest.approx([sum(firsts) / 4, sum(firsts) / 8, sum(firsts) / 12])
 
 
-def test_main_writes_the_report_and_a_wandb_artifact(runs, capsys):
+def test_main_writes_the_report_and_a_wandb_artifact(runs, capsys, monkeypatch):
     """report.py's main in this process (test_wheel runs the installed CLI): it prints the report's text up to its
-    figures and the files it wrote, whole; the W&B run's `.wandb` log, read back, holds the report artifact with
-    every file's exact bytes."""
+    figures and the files it wrote, whole; the W&B run (offline when WANDB_MODE is unset), read back from its
+    `.wandb` log, is a `report` job in the project asked for, holding the report artifact with every file's exact
+    bytes, each table's rows as its CSV has them, and each figure's exact PNG."""
+    monkeypatch.delenv("WANDB_MODE", raising=False)
     out = runs / "out"
-    main([str(runs / "evaluate"), "--out", str(out), "--resamples", "200", "--wandb-project", "lightning_da_test"])
+    main([str(runs / "evaluate"), "--out", str(out), "--resamples", "200", "--seed", "3", "--wandb-project", "lightning_da_test"])
     written = [out / name for name in ("report.md", "table.csv", "configurations.csv", "asr_by_layer.png",
                                        "by_layer_per_configuration.png", "auroc_by_layer.png", "figure3_asr_heatmap.png",
                                        "figure4_utility_heatmap.png")]
     report = (out / "report.md").read_text()
     assert capsys.readouterr().out == report[: report.index("\n![")] + "\n" + "written: " + ", ".join(map(str, written)) + "\n"
-    assert "| latent_sim |" in report
+    assert "| latent_sim |" in report and "(200 resamples, prompts resampled within each configuration, seed 3)" in report
     (log,) = (out / "wandb").glob("offline-run-*/*.wandb")
     md5 = {p.name: base64.b64encode(hashlib.md5(p.read_bytes()).digest()).decode() for p in written}
     logged = wandb_log.artifacts(log)
     assert logged.pop("best-of-n-report") == {"type": "report", "files": md5}
     assert sorted(file for a in logged.values() if a["type"] == "run_table" for file in a["files"]) == [  # the wandb.Tables
         "report/configurations.table.json", "report/table.table.json"]
+    run, history = wandb_log.run_and_history(log)
+    assert run == ("lightning_da_test", "report")
+    for name in ("table", "configurations"):
+        table = json.loads((log.parent / "files" / history[f"report/{name}/path"]).read_text())
+        rows = list(csv.reader(io.StringIO((out / f"{name}.csv").read_text())))
+        assert (table["columns"], [[str(v) for v in row] for row in table["data"]]) == (rows[0], rows[1:])
+    for path in written[3:]:
+        assert history[f"report/{path.stem}/_type"] == "image-file"
+        assert history[f"report/{path.stem}/sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_the_command_line_defaults_and_help(runs, capsys, monkeypatch):
+    """Without --out the report lands in the first directory, with the bootstrap's 10,000 resamples and seed 0;
+    --resamples 1 is the least it takes; --help says what each option does."""
+    main([str(runs / "evaluate" / "a"), str(runs / "evaluate" / "b")])
+    report = (runs / "evaluate" / "a" / "report.md").read_text()
+    assert "# Best-of-N latent attribution: 2 configuration(s)" in report
+    assert "(10000 resamples, prompts resampled within each configuration, seed 0)" in report
+    main([str(runs / "evaluate" / "c"), "--resamples", "1"])
+    assert "(1 resamples," in (runs / "evaluate" / "c" / "report.md").read_text()
+    capsys.readouterr()
+    monkeypatch.setenv("COLUMNS", "200")
+    with pytest.raises(SystemExit) as exited:
+        main(["--help"])
+    assert exited.value.code == 0 and capsys.readouterr().out == (
+        "usage: report.py [-h] [--out OUT] [--seed SEED] [--resamples RESAMPLES] [--wandb-project WANDB_PROJECT] dirs [dirs ...]\n\n"
+        "Aggregate evaluate.py runs: report.md, table.csv, configurations.csv, asr_by_layer.png\n\n"
+        "positional arguments:\n"
+        "  dirs                  evaluate.py run or multirun directories (searched for results.json)\n\n"
+        "options:\n"
+        "  -h, --help            show this help message and exit\n"
+        "  --out OUT             where to write (default: the first directory)\n"
+        "  --seed SEED           the bootstrap's seed\n"
+        "  --resamples RESAMPLES\n"
+        "                        bootstrap resamples\n"
+        "  --wandb-project WANDB_PROJECT\n"
+        "                        also log the tables and figure as W&B artifacts to this project\n")
+
+
+def test_an_error_is_one_plain_line_on_stderr(tmp_path, capsys):
+    """As the CLI prints it: the root logger set up by main itself (pytest's own handlers set aside)."""
+    import logging
+
+    handlers, logging.root.handlers = logging.root.handlers, []
+    try:
+        with pytest.raises(SystemExit) as exited:
+            main([str(tmp_path / "runs"), "--resamples", "0"])
+    finally:
+        for handler in logging.root.handlers:
+            handler.close()
+        logging.root.handlers = handlers
+    assert exited.value.code == 2 and capsys.readouterr().err == "error: --resamples=0: set it to an integer of at least 1\n"
 
 
 @pytest.mark.parametrize(("make", "message"), [
@@ -344,3 +398,23 @@ def test_each_figure_says_what_it_shows(tmp_path, drawn):
     assert [[list(line.get_ydata()) for line in ax.get_lines()] for ax in panels] == [
         [[25.0, 12.5, 25 / 3], [25.0, 25.0]], [[75.0, 37.5, 25.0], [75.0, 75.0]]]
     assert figures.by_layer_panels([], out / "none.png") is False and not (out / "none.png").exists()
+
+
+def test_panels_fill_rows_of_three_and_a_panel_without_spread_says_so(tmp_path, drawn):
+    """Four benchmarks: two rows of three panels, the last two hidden. A density panel whose values are all
+    equal says there is no spread to show; one with no value at all says so too."""
+    from lightning_da import figures
+
+    for benchmark in ("dan", "wildjailbreak", "strongreject", "harmbench"):
+        evaluation(tmp_path, benchmark, benchmark=benchmark, task="safety", outcomes={"first": [1, 0], "majority_vote": [0, 0]})
+    flat = [{"flags": [True, False], "perplexity": [None, 0.0], "self_certainty": [0.1, 0.9], "kl": [0.5, 0.5],
+             "cosine_by_layer": [[1.0, 0.2], [1.0, 0.4]]}]
+    evaluation(tmp_path, "flat", benchmark="dan", task="safety", outcomes={"first": [1], "majority_vote": [0]}, candidates=flat)
+    configurations = find_configurations([tmp_path / "evaluate"])
+    figures.heatmaps(configurations, "safety", tmp_path / "heat.png", rate="ASR")
+    assert [texts(ax)["title"].split(":")[0] for ax in drawn["heat"]["axes"]] == ["dan", "harmbench", "strongreject", "wildjailbreak"]
+    assert drawn["heat"]["size"] == pytest.approx((5.5 * 3, 4 * 2))  # the grid: 3 columns, 2 rows
+    figures.densities(configurations, tmp_path / "densities.png")
+    panels = {texts(ax)["title"]: texts(ax)["text"] for ax in drawn["densities"]["axes"]}
+    assert panels == {"perplexity (log10)": ["no values"], "self-certainty": [], "KL(FT || base)": ["no spread to show"],
+                      "latent similarity (cosine at layer 1)": []}

@@ -39,3 +39,17 @@ def artifacts(path: Path) -> dict[str, dict]:
     """Each artifact the run logged: name -> {"type", "files": {path: digest}} (W&B's digest: base64 MD5)."""
     return {r.artifact.name: {"type": r.artifact.type, "files": {e.path: e.digest for e in r.artifact.manifest.contents}}
             for r in records(path) if r.WhichOneof("record_type") == "artifact"}
+
+
+def run_and_history(path: Path) -> tuple[tuple[str, str], dict]:
+    """(project, job_type) of the run, and every value its history logged, by key (`a/b` for nested keys), as JSON."""
+    import json
+
+    run, history = None, {}
+    for r in records(path):
+        kind = r.WhichOneof("record_type")
+        if kind == "run":
+            run = (r.run.project, r.run.job_type)
+        elif kind == "history":
+            history.update({item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in r.history.item})
+    return run, history

@@ -361,7 +361,6 @@ def log_to_wandb(files: dict, project: str, out: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = argparse.ArgumentParser(prog="report.py", description="Aggregate evaluate.py runs: report.md, table.csv, "
                                      "configurations.csv, asr_by_layer.png")
     parser.add_argument("dirs", nargs="+", help="evaluate.py run or multirun directories (searched for results.json)")
@@ -370,7 +369,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--resamples", type=int, default=RESAMPLES, help="bootstrap resamples")
     parser.add_argument("--wandb-project", help="also log the tables and figure as W&B artifacts to this project")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(format="%(message)s")  # the one line an error prints
     try:
         if args.resamples < 1:
             raise UserError(f"--resamples={args.resamples}: set it to an integer of at least 1")
