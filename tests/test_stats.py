@@ -86,3 +86,45 @@ def test_identical_outcomes_give_a_zero_interval_and_p_one():
 def test_no_flagged_prompt_for_first_has_no_drop():
     result = paired_bootstrap([0, 0, 0], [0, 1, 0], resamples=100)
     assert result.drop is None and result.drop_ci is None and result.difference == pytest.approx(100 / 3)
+
+
+def test_the_defaults_are_10000_resamples_seed_0_and_a_95_percent_interval():
+    first, method = [1, 1, 0, 1, 0, 1, 1, 0], [0, 1, 0, 0, 0, 1, 1, 1]
+    difference, drop, undefined = numpy_bootstrap([first], [method], 10_000, 0)
+    result = paired_bootstrap(first, method)
+    assert result.difference_ci == pytest.approx(tuple(difference)) and result.drop_ci == pytest.approx(tuple(drop))
+    assert paired_bootstrap_many([first], [method]) == result
+
+
+def test_the_confidence_sets_the_percentiles():
+    first, method = [1, 1, 0, 1, 0, 1, 1, 0, 1, 1], [0, 1, 0, 0, 0, 1, 1, 1, 0, 0]
+    result = paired_bootstrap(first, method, resamples=3000, seed=2, confidence=0.8)
+    index = torch.randint(10, (3000, 10), generator=torch.Generator().manual_seed(2)).numpy()
+    f, m = np.asarray(first, float)[index].mean(1) * 100, np.asarray(method, float)[index].mean(1) * 100
+    assert result.difference_ci == pytest.approx(tuple(np.percentile(m - f, [10, 90])))
+    usable = f > 0
+    assert result.drop_ci == pytest.approx(tuple(np.percentile(((f - m) / np.where(usable, f, 1) * 100)[usable], [10, 90])))
+    assert result.undefined_resamples == int((~usable).sum())
+
+
+def test_a_resample_without_a_flagged_first_is_counted_and_left_out():
+    first, method = [1, 0, 0, 0, 0, 0], [0, 0, 0, 0, 1, 0]  # 1 of 6: many resamples draw no flagged prompt
+    result = paired_bootstrap(first, method, resamples=400, seed=1)
+    _, drop, undefined = numpy_bootstrap([first], [method], 400, 1)
+    assert undefined > 0 and result.undefined_resamples == undefined and result.drop_ci == pytest.approx(tuple(drop))
+
+
+@pytest.mark.parametrize(("first", "method"), [([1, 0, 1], [1, 0]), ([], [])])
+def test_unpaired_outcomes_are_refused(first, method):
+    with pytest.raises(ValueError) as error:
+        paired_bootstrap(first, method)
+    assert str(error.value) == f"paired outcomes need the same nonzero number of prompts, got {len(first)} and {len(method)}"
+
+
+def test_as_dict_writes_intervals_as_lists():
+    result = paired_bootstrap([1, 0, 1], [0, 0, 1], resamples=50)
+    assert result.as_dict() == {"difference": result.difference, "difference_ci": list(result.difference_ci), "drop": result.drop,
+                                "drop_ci": list(result.drop_ci), "mcnemar_p": result.mcnemar_p,
+                                "undefined_resamples": result.undefined_resamples}
+    none = paired_bootstrap([0, 0], [0, 1], resamples=10).as_dict()
+    assert none["drop"] is None and none["drop_ci"] is None and isinstance(none["difference_ci"], list)
