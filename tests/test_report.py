@@ -346,7 +346,11 @@ def test_each_figure_says_what_it_shows(tmp_path, drawn):
         evaluation(tmp_path, f"{teacher}-{student}", benchmark="dan", task="safety", teacher=teacher, student=student,
                    outcomes={"first": first, "majority_vote": [0, 0, 0, k]}, candidates=candidate_records(k, prompts=4))
     evaluation(tmp_path, "qwq-alone", benchmark="dan", task="safety", teacher="qwq", as_is="teacher", outcomes={"first": [0, 1, 1, 1]})
-    evaluation(tmp_path, "gsm8k", benchmark="gsm8k", task="number", outcomes={"first": [1, 1, 0, 1]})
+    evaluation(tmp_path, "gsm8k", benchmark="gsm8k", task="number", outcomes={"first": [1, 1, 0, 1]}, candidates=candidate_records(7))
+    # Not in Figure 6: after GRPO, and a teacher as it is (no base), whatever their candidates.
+    evaluation(tmp_path, "grpo", benchmark="dan", task="safety", stage="grpo", outcomes={"first": [1, 1]}, candidates=candidate_records(8))
+    evaluation(tmp_path, "r1-alone", benchmark="xstest", task="over_refusal", teacher="r1_qwen_14b", as_is="teacher",
+               outcomes={"first": [1, 1]}, candidates=candidate_records(9))
     configurations = find_configurations([tmp_path / "evaluate"])
     out = tmp_path / "figures"
     out.mkdir()
@@ -369,11 +373,15 @@ def test_each_figure_says_what_it_shows(tmp_path, drawn):
     (ax,) = drawn["figure5"]["axes"]
     assert texts(ax) == {"title": "First sample vs majority vote, per student (after SFT)", "x": "", "y": "ASR (%)",
                          "xticks": ["llama3_8b"], "yticks": texts(ax)["yticks"], "legend": ["first", "majority_vote"], "text": []}
-    bars = [(round(p.get_x() + p.get_width() / 2, 6), p.get_height()) for p in ax.patches]
-    assert [h for _, h in bars] == [50.0, 12.5] and bars[0][0] < 0 < bars[1][0]  # first left of majority_vote, at the student
+    first, majority = ax.patches
+    assert (first.get_height(), majority.get_height()) == (50.0, 12.5)
+    # side by side, first on the left, the pair centred on the student's tick
+    assert first.get_x() + first.get_width() == pytest.approx(majority.get_x()) and first.get_width() == pytest.approx(majority.get_width())
+    assert first.get_x() + first.get_width() == pytest.approx(ax.get_xticks()[0])
 
     assert figures.densities(configurations, out / "figure6.png") is None
     axes = drawn["figure6"]["axes"]
+    assert len({round(ax.get_position().y0, 6) for ax in axes}) == 1  # one row of panels
     assert [texts(ax)["title"] for ax in axes] == ["perplexity (log10)", "self-certainty", "KL(FT || base)",
                                                     "latent similarity (cosine at layer 1)"]
     records = candidate_records(0, prompts=4) + candidate_records(1, prompts=4)
@@ -384,14 +392,15 @@ def test_each_figure_says_what_it_shows(tmp_path, drawn):
         for bars in (unsafe_bars, safe_bars):
             assert len(bars) == 30 and sum(p.get_height() * p.get_width() for p in bars) == pytest.approx(1.0)
 
-    lines = figures.by_layer_lines([c for c in configurations if c.kind == "safety" and c.results.by_layer], out / "lines.png",
+    distilled = [c for c in configurations if c.kind == "safety" and c.stage == "sft" and c.results.by_layer]
+    lines = figures.by_layer_lines(distilled, out / "lines.png",
                                    value=lambda c: c.results.by_layer, ylabel="ASR (%)", title="by layer", reference=(40.0, "first"))
     assert lines is True
     (ax,) = drawn["lines"]["axes"]
     assert texts(ax)["x"] == "layer (0 = embeddings)" and texts(ax)["legend"][-2:] == ["mean of 2", "first"]
     assert [list(line.get_ydata()) for line in ax.get_lines()][:3] == [[25.0, 12.5, 25 / 3], [75.0, 37.5, 25.0], [50.0, 25.0, 50 / 3]]
     assert list(ax.get_lines()[3].get_ydata()) == [40.0, 40.0]  # the reference line
-    assert figures.by_layer_panels([c for c in configurations if c.results.by_layer], out / "panels.png") is True
+    assert figures.by_layer_panels(distilled, out / "panels.png") is True
     panels = drawn["panels"]["axes"]
     assert [texts(ax)["title"] for ax in panels] == ["qwq -> llama3_8b (sft), dan", "r1_qwen_14b -> llama3_8b (sft), dan"]
     assert [(texts(ax)["y"], texts(ax)["x"], texts(ax)["legend"]) for ax in panels] == [("asr (%)", "layer", ["latent choice", "first"])] * 2
