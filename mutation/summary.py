@@ -6,6 +6,7 @@ mutant no test reaches ("no tests") counts as a survivor.
     python mutation/summary.py                      # the table (run from the repository root, after mutmut run)
     python mutation/summary.py --survivors          # and the diff of every surviving, non-equivalent mutant
     python mutation/summary.py --min-kill-rate 90   # exit 1 if a module is below it
+    mutmut run $(python mutation/summary.py --names)   # rerun the survivors after strengthening the tests
 
 An equivalent mutant is named by its function and its mutated lines (the `+` lines of `mutmut show`), not by
 mutmut's number, which shifts when the function changes. A rule names a class of them: a line whose `from` text
@@ -133,6 +134,7 @@ def markdown(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--survivors", action="store_true", help="print each surviving non-equivalent mutant's diff")
+    parser.add_argument("--names", action="store_true", help="print only the surviving non-equivalent mutants' names")
     parser.add_argument("--min-kill-rate", type=float, help="exit 1 if a module's kill rate is below this (%%)")
     parser.add_argument("--json", type=Path, help="also write the table here")
     args = parser.parse_args(argv)
@@ -145,12 +147,16 @@ def main(argv: list[str] | None = None) -> int:
         return get_diff_for_mutant(name, path=paths[name])
 
     final, problems = classify(statuses, listed.get("equivalent", []), listed.get("rule", []), diff_of)
+    survivors = sorted(n for n, s in final.items() if s not in DETECTED and s != "equivalent")
+    if args.names:
+        print("\n".join(survivors))
+        return 0
     rows = table(final, paths)
     print(markdown(rows))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
     if args.survivors:
-        for name in sorted(n for n, s in final.items() if s not in DETECTED and s != "equivalent"):
+        for name in survivors:
             print(f"\n# {name}: {final[name]}\n{diff_of(name)}")
     for problem in problems:
         print("equivalent.toml:", problem, file=sys.stderr)
