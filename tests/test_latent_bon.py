@@ -291,3 +291,19 @@ def test_generate_resumes_after_a_crash(adapter_dir, tmp_path, monkeypatch):
         run_generate(config("mixed"))
     with pytest.raises(UserError, match="holds the parts of other work"):
         run_generate(config("mixed", "n_candidates=2"))
+
+
+def test_a_blocks_time_is_split_between_sampling_and_selection(student, tokenizer):
+    """`LatentBlock`'s seconds: sampling then selecting, each a part of the block's own wall time."""
+    import time
+
+    from lightning_da.attribution.latent import latent_block
+
+    started = time.perf_counter()
+    block = latent_block(student, tokenizer, PROMPTS[:2], n=3, layer=1, sampling=SamplingConfig(temperature=1.0, max_new_tokens=6),
+                         seed=0)
+    elapsed = time.perf_counter() - started
+    assert 0 < block.sampling_s and 0 < block.selection_s and block.sampling_s + block.selection_s <= elapsed
+    assert block.cosines.shape == (2, 3)
+    assert block.chosen.tolist() == [row.index(min(row)) for row in block.cosines.tolist()]  # the least base-like
+    assert all(c.state is None for row in block.completions for c in row)  # states are dropped once scored
