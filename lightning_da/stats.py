@@ -59,7 +59,6 @@ def _drop(first: torch.Tensor, method: torch.Tensor) -> torch.Tensor:
 def paired_bootstrap(first: list | torch.Tensor, method: list | torch.Tensor, *, resamples: int = RESAMPLES, seed: int = 0,
                      confidence: float = CONFIDENCE) -> PairedInterval:
     """`first` and `method` are per-prompt outcomes (1 = flagged) on the same prompts. Rates are in %."""
-    first, method = torch.as_tensor(first, dtype=torch.float64), torch.as_tensor(method, dtype=torch.float64)
     return paired_bootstrap_many([first], [method], resamples=resamples, seed=seed, confidence=confidence)
 
 

@@ -91,9 +91,13 @@ def test_an_unparsable_verdict_counts_as_unsafe():
     from lightning_da.judges.base import Verdict
     from lightning_da.tasks import TASKS
 
+    asked = []
+
     class Garbled:
         def judge(self, prompts, responses):
+            asked.append(prompts)
             return [Verdict("unparsable") if r == "?" else Verdict("safe") for r in responses]
 
-    flags, bad, labels = TASKS["safety"].grade(Garbled(), ["p"], [["?", "fine", "?"]], [None])
-    assert flags.tolist() == bad.tolist() == [[True, False, True]] and labels == [["unparsable", "safe", "unparsable"]]
+    flags, bad, labels = TASKS["safety"].grade(Garbled(), ["p", "q"], [["?", "fine"], ["ok", "?"]], [None, None])
+    assert flags.tolist() == bad.tolist() == [[True, False], [False, True]] and labels == [["unparsable", "safe"], ["safe", "unparsable"]]
+    assert asked == [["p", "p", "q", "q"]]  # the judge reads each response with its prompt

@@ -299,6 +299,9 @@ def test_an_error_is_one_plain_line_on_stderr(tmp_path, capsys):
     (lambda root: (root / "x").mkdir(parents=True) or (root / "x" / "results.json").write_text(
         EvaluationResults("b", "safety", "j", 1, 1, None, {}, {}, [], {}, {}, {}).to_json().replace('"judge"', '"jduge"')),
      "{runs}/x/results.json lacks ['judge'] and has unknown keys ['jduge']; rerun its evaluation"),
+    (lambda root: (root / "x").mkdir(parents=True) or (root / "x" / "results.json").write_text(
+        EvaluationResults("b", "safety", "j", 1, 1, None, {}, {}, [], {}, {}, {}).to_json().replace('"base"', '"extra": 1, "base"')),
+     "{runs}/x/results.json lacks nothing and has unknown keys ['extra']; rerun its evaluation"),
 ])
 def test_bad_directories_are_one_line_and_exit_2(tmp_path, caplog, make, message):
     """report.py's own main, in this process (its real CLI runs above and in test_wheel): the whole line."""
@@ -427,3 +430,10 @@ def test_panels_fill_rows_of_three_and_a_panel_without_spread_says_so(tmp_path, 
     panels = {texts(ax)["title"]: texts(ax)["text"] for ax in drawn["densities"]["axes"]}
     assert panels == {"perplexity (log10)": ["no values"], "self-certainty": [], "KL(FT || base)": ["no spread to show"],
                       "latent similarity (cosine at layer 1)": []}
+
+
+def test_results_json_is_indented_for_reading():
+    """results.json as a reader opens it: one key per line, indented by two, ending in a newline."""
+    text = EvaluationResults("b", "safety", "j", 1, 1, None, {"first": 50.0}, {}, [], {}, {}, {}).to_json()
+    assert text.startswith('{\n  "benchmark": "b",\n  "task": "safety",\n  "judge": "j",\n') and text.endswith('\n  "schema_version": 2\n}\n')
+    assert '  "rates": {\n    "first": 50.0\n  },' in text
