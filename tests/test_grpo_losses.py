@@ -560,3 +560,48 @@ def test_no_counted_token_keeps_none_and_a_half_precision_pool_has_a_quantile():
     entropy = torch.tensor([[0.5, 1.5, 2.5], [3.5, 0.25, 1.0]], dtype=torch.bfloat16)
     mask = torch.ones(2, 3)
     assert high_entropy_mask(entropy, mask, 0.5).tolist() == high_entropy_mask(entropy.float(), mask, 0.5).tolist()
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"loss_type": "ppo"}, "algorithm.module.loss_type=ppo; use one of grpo, bnpo, dr_grpo, dapo, gspo, cispo, sapo, luspo, vespo"),
+    ({"epsilon": 0.0}, "algorithm.module.epsilon=0.0: set it between 0 and 1 (the ratio is clipped to 1 - epsilon below)"),
+    ({"epsilon": 1.0}, "algorithm.module.epsilon=1.0: set it between 0 and 1 (the ratio is clipped to 1 - epsilon below)"),
+    ({"epsilon_high": 0.0}, "algorithm.module.epsilon_high=0.0: set it above 0, or null for epsilon"),
+    ({"delta": 1.0}, "algorithm.module.delta=1.0: set it above 1 (the cap of the unclipped ratio), or null for none"),
+    ({"beta": -0.01}, "algorithm.module.beta=-0.01: set it to 0 (no KL penalty) or above"),
+    ({"top_entropy_quantile": -0.1}, "algorithm.module.top_entropy_quantile=-0.1: set a fraction of the tokens, from 0 (the "
+                                     "highest-entropy one) to 1 (all)"),
+    ({"top_entropy_quantile": 1.5}, "algorithm.module.top_entropy_quantile=1.5: set a fraction of the tokens, from 0 (the "
+                                    "highest-entropy one) to 1 (all)"),
+    ({"sapo_temperature_pos": 0.0}, "algorithm.module.sapo_temperature_pos=0.0: set it above 0"),
+    ({"sapo_temperature_neg": 0.0}, "algorithm.module.sapo_temperature_neg=0.0: set it above 0"),
+    ({"vespo_k_pos": -1.0}, "algorithm.module.vespo_k_pos=-1.0: set it to at least 0"),
+    ({"vespo_k_neg": -1.0}, "algorithm.module.vespo_k_neg=-1.0: set it to at least 0"),
+    ({"vespo_lambda_pos": 0.0}, "algorithm.module.vespo_lambda_pos=0.0: set it above 0"),
+    ({"vespo_lambda_neg": 0.0}, "algorithm.module.vespo_lambda_neg=0.0: set it above 0"),
+    ({"loss_type": "dr_grpo"}, "loss_type=dr_grpo needs algorithm.module.sampling.max_new_tokens (its normaliser)"),
+])
+def test_every_loss_setting_out_of_range_is_one_line_naming_its_key(settings, message):
+    from lightning_da.errors import UserError
+
+    with pytest.raises(UserError) as error:
+        GRPOLoss(**settings)
+    assert str(error.value) == message
+
+
+def test_the_edges_of_every_range_are_accepted():
+    for settings in ({"epsilon": 0.999}, {"epsilon_high": 1e-6}, {"delta": 1.0001}, {"beta": 0.0}, {"top_entropy_quantile": 0.0},
+                     {"top_entropy_quantile": 1.0}, {"vespo_k_pos": 0.0, "vespo_k_neg": 0.0}, {"loss_type": "dr_grpo", "max_completion_length": 1}):
+        GRPOLoss(**settings)
+    assert GRPOLoss(epsilon=0.3).epsilon_upper == 0.3 and GRPOLoss(epsilon=0.3, epsilon_high=0.28).epsilon_upper == 0.28
+
+
+def test_missing_inputs_name_what_is_missing():
+    logp = torch.zeros(1, 2)
+    with pytest.raises(ValueError) as error:
+        grpo_loss(logp, logp, torch.ones(1), torch.ones(1, 2), beta=0.1)
+    assert str(error.value) == "beta > 0 needs the reference's log-probabilities"
+    for loss_type in ("dapo", "cispo", "vespo"):
+        with pytest.raises(ValueError) as error:
+            grpo_loss(logp, logp, torch.ones(1), torch.ones(1, 2), loss_type=loss_type)
+        assert str(error.value) == f"{loss_type} needs num_items, the generation batch's completion tokens"
