@@ -260,6 +260,7 @@ def test_the_attackers_messages_whole_and_the_first_success_wins():
         return [f"reply to {p}" for p in prompts], [2] * len(prompts)
 
     def judge(goal, prompts, responses):
+        assert goal == "pick a lock" and responses == [f"reply to {p}" for p in prompts]
         return [(10, True) if p.endswith("-r2") else (3, False) for p in prompts]
 
     result = PAIR(attacker=attacker, target=target, judge=judge, n_streams=2, depth=5).attack("pick a lock", "Sure, here is how")
@@ -272,6 +273,8 @@ def test_the_attackers_messages_whole_and_the_first_success_wins():
     assert (result.success, result.prompt, result.response, result.queries, result.samples) == (True, "s0-r2", "reply to s0-r2", 4, 8)
     assert [(type(t.score), t.score, type(t.samples), t.success) for t in result.turns] == [(float, 3.0, int, False)] * 2 + [
         (float, 10.0, int, True)] * 2
+    assert [(t.stream, t.round, t.improvement, t.prompt, t.response) for t in result.turns] == [
+        (s, r, f"try {r}", f"s{s}-r{r}", f"reply to s{s}-r{r}") for r in (1, 2) for s in (0, 1)]
 
 
 @pytest.mark.parametrize(("goal", "target"), [

@@ -125,8 +125,8 @@ class PAIR:
     keep_last_n: int = 4  # attacker turns of history kept (its context is finite)
 
     def __post_init__(self) -> None:
-        for key, minimum in (("depth", 1), ("n_streams", 1), ("max_attempts", 1), ("keep_last_n", 1)):
-            check_at_least(getattr(self, key), f"attack.{key}", minimum)
+        for key in ("depth", "n_streams", "max_attempts", "keep_last_n"):
+            check_at_least(getattr(self, key), f"attack.{key}")  # each at least 1
 
     def attack(self, goal: str, target_str: str) -> BehaviourResult:
         system = {"role": "system", "content": SYSTEM.format(goal=goal, target=target_str)}
