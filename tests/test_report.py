@@ -437,3 +437,54 @@ def test_results_json_is_indented_for_reading():
     text = EvaluationResults("b", "safety", "j", 1, 1, None, {"first": 50.0}, {}, [], {}, {}, {}).to_json()
     assert text.startswith('{\n  "benchmark": "b",\n  "task": "safety",\n  "judge": "j",\n') and text.endswith('\n  "schema_version": 2\n}\n')
     assert '  "rates": {\n    "first": 50.0\n  },' in text
+
+
+def test_the_configuration_table_has_the_base_row_and_each_selectors_interval(tmp_path):
+    """Per configuration: the base student's `first` (its change read from the student's side: base - student),
+    then every selector's rate, drop, intervals and McNemar p, in Markdown and CSV alike."""
+    from lightning_da.runs.report import render_configurations
+
+    run = evaluation(tmp_path, "a", benchmark="dan", task="safety", outcomes={"first": [1, 1, 0, 0], "latent_sim": [1, 0, 0, 0]})
+    data = json.loads((run / "results.json").read_text())
+    data["base"] = {"first": 75.0, "student_vs_base": {"difference": -25.0, "difference_ci": [-50.0, 10.0], "mcnemar_p": 0.5,
+                                                       "drop": None, "drop_ci": None, "undefined_resamples": 0}}
+    data["intervals"] = {"latent_sim": {"difference": -25.0, "difference_ci": [-75.0, 0.0], "drop": 50.0, "drop_ci": [0.0, 100.0],
+                                        "mcnemar_p": 1.0, "undefined_resamples": 0}}
+    (run / "results.json").write_text(json.dumps(data))
+    markdown, table = render_configurations(find_configurations([tmp_path / "evaluate"]))
+    assert markdown.splitlines() == [
+        "| teacher | student | stage | benchmark | selector | rate | drop | drop 95% CI | diff (points) | diff 95% CI | McNemar p |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| qwq | llama3_8b | sft | dan | base student: first | 75.0% asr |  |  | 25.0 | [-10.0, 50.0] | 0.5 |",
+        "| qwq | llama3_8b | sft | dan | first | 50.0% asr | 0.0% |  |  |  |  |",
+        "| qwq | llama3_8b | sft | dan | latent_sim | 25.0% asr | 50.0% | [0.0, 100.0] | -25.0 | [-75.0, 0.0] | 1 |"]
+    assert table.splitlines() == [
+        "teacher,student,stage,benchmark,selector,rate_name,rate,drop,drop_low,drop_high,difference,difference_low,difference_high,"
+        "mcnemar_p",
+        "qwq,llama3_8b,sft,dan,base student: first,asr,75.0,,,,25.0,-10.0,50.0,0.5",
+        "qwq,llama3_8b,sft,dan,first,asr,50.0,0.0,,,,,,",
+        "qwq,llama3_8b,sft,dan,latent_sim,asr,25.0,50.0,0.0,100.0,-25.0,-75.0,0.0,1.0"]
+
+
+def test_the_tables_csv_row_by_row_and_the_footnote_of_resamples_without_a_drop(runs):
+    """table.csv: per stage, benchmark and selector, the mean drop and difference with their intervals and McNemar's
+    p, pooled over the benchmark's configurations (`paired_bootstrap_many` on each one's outcomes)."""
+    from lightning_da.runs.report import render_tables
+    from lightning_da.tables import rounded
+
+    markdown, table = render_tables(find_configurations([runs / "evaluate"]), seed=4, resamples=300)
+    safety = rounded(paired_bootstrap_many([[1, 1, 1, 0], [0, 0, 0]], [[0, 1, 0, 0], [0, 1, 0]], seed=4, resamples=300).as_dict())
+    utility = rounded(paired_bootstrap_many([[1, 1, 0, 1]], [[1, 0, 0, 1]], seed=4, resamples=300).as_dict())
+
+    def row(stage, benchmark, kind, cell, n):
+        return [stage, benchmark, kind, "latent_sim", cell["drop"], *cell["drop_ci"], cell["difference"], *cell["difference_ci"],
+                cell["mcnemar_p"], n]
+
+    assert list(csv.reader(io.StringIO(table))) == [
+        ["stage", "benchmark", "drop_of", "selector", "drop", "drop_low", "drop_high", "difference", "difference_low", "difference_high",
+         "mcnemar_p", "n"],
+        [str(v) for v in row("sft", "strongreject", "ASR", safety, 1)], [str(v) for v in row("sft", "gsm8k", "utility", utility, 1)]]
+    assert markdown.startswith("## Table 1: after SFT\n\n| selector | strongreject ASR drop [95% CI] (n) | gsm8k utility drop [95% CI] (n) |")
+    assert (f"- strongreject: the drop's interval leaves out the bootstrap resamples that drew no prompt flagged for `first` "
+            f"(up to {safety['undefined_resamples']}).") in markdown and safety["undefined_resamples"] > 0
+    assert "## Table 2: after GRPO\n\nNot produced: no grpo runs among these (evaluate.py adapter=<grpo run>/adapter).\n" in markdown
