@@ -52,9 +52,10 @@ def follows(rule: dict, diff: str) -> bool:
     old, new, start = before[0], after[0], before[0].find(rule["from"])
     while start != -1:
         head, tail = old[:start], old[start + len(rule["from"]) :]
-        if rule["to"] == "*" and new.startswith(head) and new.endswith(tail) and len(new) >= len(head) + len(tail):
+        dropped = {head + tail.removeprefix(", "), head.removesuffix(", ") + tail}  # an argument removed with its comma
+        if rule["to"] == "*" and (new in dropped or new.startswith(head) and new.endswith(tail) and len(new) >= len(head) + len(tail)):
             return True  # any change within the span
-        if rule["to"] != "*" and any(new == head + to + tail for to in rule["to"]):
+        if rule["to"] != "*" and (any(new == head + to + tail for to in rule["to"]) or "" in rule["to"] and new in dropped):
             return True
         start = old.find(rule["from"], start + 1)
     return False

@@ -9,6 +9,8 @@ DIFFS = {
     "m.x_f__mutmut_3": "--- a\n+++ b\n-    ax.set_title(t, fontsize=10)\n+    ax.set_title(t, fontsize=11)",
     "m.x_f__mutmut_4": "--- a\n+++ b\n-    ax.set_title(t, fontsize=10)\n+    ax.set_title(None, fontsize=10)",
     "m.x_g__mutmut_1": "--- a\n+++ b\n-    y = 2 * x\n+    y = 2 / x",
+    "m.x_h__mutmut_1": "--- a\n+++ b\n-    ax.text(s, t, v, ha=\"center\", va=\"center\")\n+    ax.text(s, t, v, va=\"center\")",
+    "m.x_h__mutmut_2": "--- a\n+++ b\n-    ax.text(s, t, v, ha=\"center\", va=\"center\")\n+    ax.text(s, t, va=\"center\")",
 }
 
 
@@ -17,6 +19,8 @@ def test_a_rule_covers_only_the_change_it_names():
     assert follows(strict, DIFFS["m.x_f__mutmut_1"]) and not follows(strict, DIFFS["m.x_f__mutmut_2"])
     styling = {"from": "fontsize=10", "to": "*"}
     assert follows(styling, DIFFS["m.x_f__mutmut_3"]) and not follows(styling, DIFFS["m.x_f__mutmut_4"])  # the title is not styling
+    alignment = {"from": 'ha="center"', "to": "*"}
+    assert follows(alignment, DIFFS["m.x_h__mutmut_1"]) and not follows(alignment, DIFFS["m.x_h__mutmut_2"])  # the text is content
 
 
 def test_survivors_covered_are_equivalent_and_what_the_file_gets_wrong_is_reported():
