@@ -24,9 +24,7 @@ def mcnemar_exact(first: torch.Tensor, method: torch.Tensor) -> float:
     first, method = first.bool(), method.bool()
     only_first, only_method = int((first & ~method).sum()), int((~first & method).sum())
     n, k = only_first + only_method, min(only_first, only_method)
-    if n == 0:
-        return 1.0
-    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n)
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n)  # n = 0: 2 / 1, capped at 1
 
 
 @dataclass

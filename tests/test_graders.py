@@ -83,6 +83,9 @@ def test_every_task_measures_what_the_paper_counts():
                      "choice": ("utility", "accuracy", "answer_letter", False, False)}
     assert get_task("number") is TASKS["number"]
     with pytest.raises(UserError) as error:
+        get_task("essay")
+    assert str(error.value) == "task: unknown task 'essay'; use one of safety, over_refusal, number, choice"
+    with pytest.raises(UserError) as error:
         get_task("essay", "benchmark.task")
     assert str(error.value) == "benchmark.task: unknown task 'essay'; use one of safety, over_refusal, number, choice"
 

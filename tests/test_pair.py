@@ -103,6 +103,8 @@ def test_zero_depth_or_streams_is_a_one_line_error(key):
     ('{"improvement": {"why": 1}, "prompt": "p"}', ('{"why": 1}', "p")),  # not a string: kept as its JSON
     ('{"improvement": "a", "prompt": "   "}', None),
     ('{"prompt": "p"', None),
+    ('{oops {"improvement": "i", "prompt": "p"} and a stray {', ("i", "p")),  # the next brace after a bad one, not the last
+    ('{{"prompt": "p"}', ("", "p")),  # a brace right after a bad one
     ('{"improvement": "a", "prompt": ""}', None),
     ('{"improvement": "a", "prompt": 3}', None),
     ('{"improvement": "a", "prompt": "unterminated', None),

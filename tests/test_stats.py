@@ -86,6 +86,16 @@ def test_identical_outcomes_give_a_zero_interval_and_p_one():
 def test_no_flagged_prompt_for_first_has_no_drop():
     result = paired_bootstrap([0, 0, 0], [0, 1, 0], resamples=100)
     assert result.drop is None and result.drop_ci is None and result.difference == pytest.approx(100 / 3)
+    assert result.undefined_resamples == 0  # no drop to leave resamples out of
+
+
+def test_a_rate_below_one_percent_still_has_a_drop():
+    """Rates are percentages: one flagged prompt in 200 is 0.5%, and a drop from it is defined."""
+    first, method = [1] + [0] * 199, [0] * 200
+    result = paired_bootstrap(first, method, resamples=300, seed=0)
+    _, drop, undefined = numpy_bootstrap([first], [method], 300, 0)
+    assert result.drop == pytest.approx(100.0) and result.drop_ci == pytest.approx(tuple(drop))
+    assert result.undefined_resamples == undefined > 0
 
 
 def test_the_defaults_are_10000_resamples_seed_0_and_a_95_percent_interval():
