@@ -62,7 +62,7 @@ test-vllm-compat: $(COMPAT)/.installed
 	$(COMPAT)/bin/python -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
 	$(COMPAT)/bin/python -m pytest -q -n auto --dist worksteal $(COMPAT_TESTS)
 
-# Mutation testing (not in CI; about half an hour on 2 cores): mutmut mutates the modules that carry the science
+# Mutation testing (not in CI; close to three hours on 2 cores): mutmut mutates the modules that carry the science
 # ([tool.mutmut] in pyproject.toml) and runs, for each mutant, only the fast tests that reach the mutated function;
 # then the table per module, the equivalent mutants (mutation/equivalent.toml) set apart. From scratch each time:
 # a verdict cached before a test changed would not be the tests' verdict now.
