@@ -250,3 +250,12 @@ def test_val_best_layer_keeps_at_least_one_prompt_on_each_side():
 def test_filled_scores_are_nan_per_candidate():
     scores = CandidateScores.filled(torch.ones(2, 3, 4), kl=torch.zeros(2, 3))
     assert scores.kl.shape == scores.gini.shape == (2, 3) and scores.gini.isnan().all() and scores.num_states == 4
+
+
+def test_the_tie_tolerance_is_relative_to_the_score():
+    """16 units of float32 rounding *relative* to the best score: at 4.0 a gap of 10 relative units is a tie, at 0.25
+    a gap of 20 is not, whatever their absolute sizes (40 eps and 5 eps)."""
+    eps = torch.finfo(torch.float32).eps
+    assert pick(torch.tensor([[4.0, 4.0 - 40 * eps]]), highest=False).tolist() == [0]
+    assert pick(torch.tensor([[0.25, 0.25 - 5 * eps]]), highest=False).tolist() == [1]
+    assert pick(torch.tensor([[-4.0, -4.0 + 40 * eps]]), highest=True).tolist() == [0]  # negative scores: by magnitude
