@@ -22,6 +22,7 @@ from lightning_da.algorithms.grpo_losses import (
     k3,
     nanstd,
     sampling_correction,
+    vespo_log_weight,
 )
 
 G = 4
@@ -543,11 +544,11 @@ def test_gamma_weights_are_trls_with_every_clamp_biting():
 
 
 def test_gamma_weights_read_an_overflow_or_nan_as_zero_and_floor_lambda():
-    log_ratio = torch.tensor([[20.0], [math.nan], [1.0]], dtype=torch.float64)
+    log_ratio = torch.tensor([[10.0], [math.nan], [1.0]], dtype=torch.float64)
     mask = torch.ones(3, 1, dtype=torch.float64)
     adv = torch.tensor([1.0, 1.0, -1.0], dtype=torch.float64)
     got = gamma_weights(adv, log_ratio, mask, k_pos=100.0, lambda_pos=1e-6, lambda_neg=1e-9)
-    # row 0: lambda floored to 1e-4, exponent 1e-4 + 2000 - 1e-4 e^20 overflows: 0; row 1: NaN: 0
+    # row 0: lambda floored to 1e-4, exponent 1e-4 + 1000 - 1e-4 e^10 (about 998) overflows: 0; row 1: NaN: 0
     assert got[:2].tolist() == [[0.0], [0.0]]
     floor = float(torch.tensor(1e-4, dtype=torch.float32))  # TRL's clamp of a float32 lambda
     assert float(got[2]) == pytest.approx(math.exp(floor + 3.0 * 1.0 - floor * math.e), rel=1e-12)  # k_neg 3, lambda floored
@@ -605,3 +606,59 @@ def test_missing_inputs_name_what_is_missing():
         with pytest.raises(ValueError) as error:
             grpo_loss(logp, logp, torch.ones(1), torch.ones(1, 2), loss_type=loss_type)
         assert str(error.value) == f"{loss_type} needs num_items, the generation batch's completion tokens"
+
+
+def test_vespos_log_weight_clamps_each_token_the_engines_ratio_and_the_sum():
+    """TRL's `get_gamma_weights` before phi: tokens clamped to [-20, 20] and summed over the mask, the engine's
+    log-ratios clamped to [log 1e-8, 20] and added, the sum clamped to [log 1e-8, 20]."""
+    low = math.log(1e-8)
+    log_ratio = torch.tensor([[25.0, -10.0, 3.0],  # a token above 20: 20 - 10 (the masked 3 left out)
+                              [-25.0, 10.0, 0.0],  # a token below -20: -20 + 10
+                              [15.0, 10.0, 0.0],  # the sum above 20
+                              [-15.0, -10.0, 0.0]], dtype=torch.float64)  # the sum below log 1e-8
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1], [1, 1, 1], [1, 1, 1]], dtype=torch.float64)
+    assert vespo_log_weight(log_ratio, mask).flatten().tolist() == [10.0, -10.0, 20.0, low]
+    sampling = torch.tensor([[1e-10, 1.0, 1.0], [math.exp(25.0), 1.0, 1.0], [1.0, 1.0, 1.0], [1.0, 1.0, 1.0]], dtype=torch.float64)
+    got = vespo_log_weight(log_ratio * 0.1, mask, sampling).flatten().tolist()  # 1e-10 is floored at 1e-8, e^25 capped at e^20
+    assert got == pytest.approx([1.5 + low, -1.5 + 20.0, 2.5, -2.5])
+
+
+def test_the_loss_terms_carry_the_kl_and_the_vespo_weight_only_where_they_exist():
+    logp = -torch.rand(2, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    old, ref = logp - 0.1, logp + 0.2
+    adv, mask = torch.tensor([1.0, -1.0], dtype=torch.float64), torch.tensor([[1, 1, 1], [1, 0, 0]], dtype=torch.float64)
+    plain = grpo_loss(logp, old, adv, mask)
+    assert plain.kl is None and plain.phi is None
+    d = ref - logp
+    penalised = grpo_loss(logp, old, adv, mask, ref_logp=ref, beta=0.1, use_bias_correction_kl=False)
+    assert float(penalised.kl) == pytest.approx(float(((torch.exp(d) - d - 1) * mask).sum() / 4))  # the mean over counted tokens
+    settings = {"vespo_k_pos": 1.5, "vespo_lambda_pos": 2.5, "vespo_k_neg": 2.5, "vespo_lambda_neg": 1.5}
+    vespo = grpo_loss(logp, old, adv, mask, loss_type="vespo", num_items=4.0, **settings)
+    want = gamma_weights(adv, logp - old, mask, k_pos=1.5, lambda_pos=2.5, k_neg=2.5, lambda_neg=1.5).mean()
+    assert float(vespo.phi) == pytest.approx(float(want)) and vespo.kl is None
+    ratio = torch.full((2, 3), 0.5, dtype=torch.float64)
+    assert float(grpo_loss(logp, old, adv, mask, sampling_ratio=ratio).loss) == pytest.approx(float(plain.loss) * 0.5)
+    one = grpo_loss(logp[:1, :1], old[:1, :1], adv[:1], mask[:1, :1], ref_logp=ref[:1, :1], beta=0.1, use_bias_correction_kl=False)
+    assert float(one.kl) == pytest.approx(float(torch.exp(d[0, 0]) - d[0, 0] - 1))  # one counted token: its own k3
+
+
+def test_the_clip_is_two_sided_and_counted_strictly_outside_as_trl_counts():
+    """TRL: low-clipped where ratio < 1 - epsilon with A < 0, high-clipped where ratio > 1 + epsilon_high with A > 0
+    (cispo: ratio > epsilon_high); a ratio on the bound or an advantage of 0 is not clipped. A ratio below 1 - epsilon
+    with A < 0 costs the clipped value (the pessimistic min)."""
+    log = torch.log(torch.tensor([[0.5, 2.0, 0.25, 4.0]], dtype=torch.float64))  # exactly representable ratios
+    mask = torch.ones(1, 4, dtype=torch.float64)
+    for adv in (-1.0, 0.0, 1.0):
+        terms = grpo_loss(log, torch.zeros_like(log), torch.tensor([adv], dtype=torch.float64), mask, loss_type="bnpo", epsilon=0.5,
+                          epsilon_high=1.0)
+        assert (float(terms.clip_low), float(terms.clip_high)) == ((0.25, 0.0) if adv < 0 else (0.0, 0.25) if adv > 0 else (0.0, 0.0))
+    cispo = grpo_loss(log, torch.zeros_like(log), torch.tensor([1.0], dtype=torch.float64), mask, loss_type="cispo", epsilon_high=2.0,
+                      num_items=4.0)
+    assert float(cispo.clip_high) == 0.25  # 4.0 only: 2.0 sits on the cap
+    zero = grpo_loss(log, torch.zeros_like(log), torch.tensor([0.0], dtype=torch.float64), mask, loss_type="cispo", epsilon_high=2.0,
+                     num_items=4.0)
+    assert float(zero.clip_high) == 0.0
+    below = torch.log(torch.tensor([[0.5]], dtype=torch.float64))
+    loss = grpo_loss(below, torch.zeros_like(below), torch.tensor([-1.0], dtype=torch.float64), torch.ones(1, 1, dtype=torch.float64),
+                     epsilon=0.2).loss
+    assert float(loss) == pytest.approx(0.8)  # -min(0.5 x -1, 0.8 x -1)

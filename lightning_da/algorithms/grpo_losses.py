@@ -140,11 +140,22 @@ def sampling_correction(old_logp: torch.Tensor, sampling_logp: torch.Tensor, mas
 LOG_W_MIN = math.log(1e-8)  # VESPO's floor of the sequence log-weight, as TRL (and the paper's code) clamp it
 
 
+def vespo_log_weight(log_ratio: torch.Tensor, mask: torch.Tensor, sampling_ratio: torch.Tensor | None = None) -> torch.Tensor:
+    """VESPO's sequence log-weight log w (B, 1), gradient-free: the per-token log-ratios, each clamped to [-20, 20],
+    summed over the mask; plus, with `sampling_ratio`, its logs, each clamped to [log 1e-8, 20]; the sum clamped to
+    [log 1e-8, 20] (TRL's `get_gamma_weights`)."""
+    with torch.no_grad():
+        log_w = torch.sum(torch.clamp(log_ratio, -20.0, 20.0) * mask, dim=-1, keepdim=True)
+        if sampling_ratio is not None:
+            log_w = log_w + torch.clamp(torch.log(sampling_ratio), LOG_W_MIN, 20.0).sum(-1, keepdim=True)
+        return log_w.clamp(LOG_W_MIN, 20.0)
+
+
 def gamma_weights(advantages: torch.Tensor, log_ratio: torch.Tensor, mask: torch.Tensor, *, k_pos: float = 2.0,
                   lambda_pos: float = 3.0, k_neg: float = 3.0, lambda_neg: float = 2.0,
                   sampling_ratio: torch.Tensor | None = None) -> torch.Tensor:
-    """VESPO's sequence weights (B, 1), gradient-free: with log w = the sequence's summed per-token log-ratio
-    (each token's clamped to [-20, 20], the sum to [log 1e-8, 20]),
+    """VESPO's sequence weights (B, 1), gradient-free: with log w = `vespo_log_weight` (the sequence's summed
+    per-token log-ratio, each token's clamped to [-20, 20], the sum to [log 1e-8, 20]),
 
         phi(w) = exp(lambda + k log w - lambda w)      (= e^lambda w^k e^(-lambda w), so phi(1) = 1)
 
@@ -153,10 +164,7 @@ def gamma_weights(advantages: torch.Tensor, log_ratio: torch.Tensor, mask: torch
     sum, making w the weight against the engine that sampled, as TRL does."""
     with torch.no_grad():
         adv = advantages.reshape(-1, 1)
-        log_w = torch.sum(torch.clamp(log_ratio, -20.0, 20.0) * mask, dim=-1, keepdim=True)
-        if sampling_ratio is not None:
-            log_w = log_w + torch.clamp(torch.log(sampling_ratio), LOG_W_MIN, 20.0).sum(-1, keepdim=True)
-        log_w = log_w.clamp(LOG_W_MIN, 20.0)
+        log_w = vespo_log_weight(log_ratio, mask, sampling_ratio)
         positive = adv >= 0
         k = torch.where(positive, k_pos, k_neg)  # float32, as TRL's: the product with log_w promotes it
         lam = torch.where(positive, lambda_pos, lambda_neg).clamp(min=1e-4)
