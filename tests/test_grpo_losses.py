@@ -662,3 +662,14 @@ def test_the_clip_is_two_sided_and_counted_strictly_outside_as_trl_counts():
     loss = grpo_loss(below, torch.zeros_like(below), torch.tensor([-1.0], dtype=torch.float64), torch.ones(1, 1, dtype=torch.float64),
                      epsilon=0.2).loss
     assert float(loss) == pytest.approx(0.8)  # -min(0.5 x -1, 0.8 x -1)
+
+
+def test_delta_caps_the_unclipped_ratio_and_the_default_cap_of_the_correction_is_three():
+    """Two-sided GRPO (`delta`): with A < 0 a ratio of 2 costs min(2, delta) |A|, not 2 |A|. TRL's default C_max is 3:
+    a sequence 3.5 times likelier under the trainer is masked, one 2.5 times is kept."""
+    two = torch.log(torch.tensor([[2.0]], dtype=torch.float64))
+    loss = grpo_loss(two, torch.zeros_like(two), torch.tensor([-1.0], dtype=torch.float64), torch.ones(1, 1, dtype=torch.float64),
+                     delta=1.5).loss
+    assert float(loss) == pytest.approx(1.5)
+    old = torch.log(torch.tensor([[3.5], [2.5]], dtype=torch.float64))
+    assert sampling_correction(old, torch.zeros_like(old), torch.ones_like(old)).flatten().tolist() == pytest.approx([0.0, 2.5])

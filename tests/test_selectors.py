@@ -259,3 +259,12 @@ def test_the_tie_tolerance_is_relative_to_the_score():
     assert pick(torch.tensor([[4.0, 4.0 - 40 * eps]]), highest=False).tolist() == [0]
     assert pick(torch.tensor([[0.25, 0.25 - 5 * eps]]), highest=False).tolist() == [1]
     assert pick(torch.tensor([[-4.0, -4.0 + 40 * eps]]), highest=True).tolist() == [0]  # negative scores: by magnitude
+
+
+def test_pick_works_along_the_last_axis_and_a_gap_of_exactly_the_tolerance_is_a_tie():
+    eps = torch.finfo(torch.float32).eps
+    values = torch.rand(2, 3, 4, generator=torch.Generator().manual_seed(0))
+    for highest in (True, False):
+        want = [[row.index(max(row) if highest else min(row)) for row in block] for block in values.tolist()]
+        assert pick(values, highest=highest).tolist() == want
+    assert pick(torch.tensor([[0.5 + 8 * eps, 0.5]]), highest=False).tolist() == [0]  # 16 units relative to 0.5: a tie

@@ -192,3 +192,4 @@ def test_scores_become_dense_ranks_within_0_and_1():
     assert _ranks(torch.tensor([3.0, -1.0, 3.0, 7.0, math.nan])).tolist()[:4] == [0.5, 0.0, 0.5, 1.0]
     assert _ranks(torch.tensor([2.0, math.nan]))[1].isnan() and _ranks(torch.tensor([2.0, 2.0])).tolist() == [0.0, 0.0]
     assert _ranks(torch.arange(41.0)).tolist() == [i / 40 for i in range(41)]
+    assert _ranks(torch.tensor([5.0, 1.0])).tolist() == [1.0, 0.0]  # two values: the ends of [0, 1]
