@@ -210,9 +210,14 @@ def test_main_writes_the_report_and_a_wandb_artifact(runs, capsys, monkeypatch):
     figures and the files it wrote, whole; the W&B run (offline when WANDB_MODE is unset), read back from its
     `.wandb` log, is a `report` job in the project asked for, holding the report artifact with every file's exact
     bytes, each table's rows as its CSV has them, and each figure's exact PNG."""
+    import wandb
+
     monkeypatch.delenv("WANDB_MODE", raising=False)
     out = runs / "out"
-    main([str(runs / "evaluate"), "--out", str(out), "--resamples", "200", "--seed", "3", "--wandb-project", "lightning_da_test"])
+    try:
+        main([str(runs / "evaluate"), "--out", str(out), "--resamples", "200", "--seed", "3", "--wandb-project", "lightning_da_test"])
+    finally:
+        wandb.teardown()  # W&B's settings outlive the run: the next one in this process reads WANDB_MODE afresh
     written = [out / name for name in ("report.md", "table.csv", "configurations.csv", "asr_by_layer.png",
                                        "by_layer_per_configuration.png", "auroc_by_layer.png", "figure3_asr_heatmap.png",
                                        "figure4_utility_heatmap.png")]
