@@ -493,3 +493,19 @@ def test_the_tables_csv_row_by_row_and_the_footnote_of_resamples_without_a_drop(
     assert (f"- strongreject: the drop's interval leaves out the bootstrap resamples that drew no prompt flagged for `first` "
             f"(up to {safety['undefined_resamples']}).") in markdown and safety["undefined_resamples"] > 0
     assert "## Table 2: after GRPO\n\nNot produced: no grpo runs among these (evaluate.py adapter=<grpo run>/adapter).\n" in markdown
+
+
+def test_figure_6_reads_the_papers_layer_12_when_a_run_names_none_clipped_to_the_model(tmp_path):
+    """A run whose primary selector has no layer (e.g. kl): the cosine panel reads the paper's headline layer 12, or
+    the model's last hidden_states index when it has fewer (here 2 of 0..2)."""
+    from lightning_da import figures
+
+    records = candidate_records(0, prompts=4)
+    run = evaluation(tmp_path, "kl", benchmark="dan", task="safety", outcomes={"first": [1, 0, 1, 0]}, candidates=records)
+    data = json.loads((run / "results.json").read_text())
+    data["layer"] = None
+    (run / "results.json").write_text(json.dumps(data))
+    pooled, layer = figures.density_values(find_configurations([tmp_path / "evaluate"]))
+    flagged = [(c[2], f) for r in records for c, f in zip(r["cosine_by_layer"], r["flags"], strict=True)]
+    assert layer == 12 and pooled["latent similarity (cosine at layer {layer})"] == ([v for v, f in flagged if f],
+                                                                                     [v for v, f in flagged if not f])
