@@ -117,13 +117,24 @@ def test_k3_is_the_estimator():
     assert (k3(torch.randn(100), torch.randn(100)) >= 0).all()
 
 
-def trl_vespo_phi(log_ratios: list[float], adv: float, k_pos=2.0, lambda_pos=3.0, k_neg=3.0, lambda_neg=2.0) -> float:
-    """TRL 1.16's `get_gamma_weights` for one sequence: log w = the sum of its per-token log-ratios (each
-    clamped to [-20, 20]), clamped to [log 1e-8, 20]; phi = exp(lambda + k log w - lambda w), (k, lambda) by
-    the advantage's sign (A >= 0: the positive pair)."""
-    log_w = min(max(sum(min(max(x, -20.0), 20.0) for x in log_ratios), math.log(1e-8)), 20.0)
+def trl_vespo_phi(log_ratios: list[float], adv: float, k_pos=2.0, lambda_pos=3.0, k_neg=3.0, lambda_neg=2.0,
+                  sampling_ratios: list[float] = ()) -> float:
+    """TRL 1.16's `get_gamma_weights` for one sequence: log w = the sum of its per-token log-ratios (each clamped to
+    [-20, 20]) plus the logs of the engine's ratios (each clamped to [log 1e-8, 20]), clamped to [log 1e-8, 20];
+    phi = exp(lambda + k log w - lambda w), (k, lambda) by the advantage's sign (A >= 0: the positive pair), picked by
+    TRL's `torch.where` on Python floats (so in float32 whatever the log-ratios' dtype), lambda floored at 1e-4;
+    an overflow read as 0."""
+
+    def float32(x):
+        return float(torch.tensor(x, dtype=torch.float32))
+
+    low = math.log(1e-8)
+    log_w = sum(min(max(x, -20.0), 20.0) for x in log_ratios) + sum(min(max(math.log(r), low), 20.0) for r in sampling_ratios)
+    log_w = min(max(log_w, low), 20.0)
     k, lam = (k_pos, lambda_pos) if adv >= 0 else (k_neg, lambda_neg)
-    return math.exp(lam + k * log_w - lam * math.exp(log_w))
+    k, lam = float32(k), max(float32(lam), float32(1e-4))
+    exponent = lam + k * log_w - lam * math.exp(log_w)
+    return 0.0 if exponent > 709 else math.exp(exponent)
 
 
 def reference_loss(logp, old, adv, mask, loss_type, *, eps=0.2, eps_high=0.28, delta=None, beta=0.0, ref=None,
@@ -420,10 +431,8 @@ def test_the_correction_weighs_the_policy_term_as_trl_does(loss_type):
     r = torch.exp(logp - old)
     a = adv[:, None]
     if loss_type == "vespo":
-        log_w = (torch.clamp(logp - old, -20, 20) * mask).sum(-1, keepdim=True)
-        log_w = (log_w + torch.clamp(torch.log(ratio), math.log(1e-8), 20.0).sum(-1, keepdim=True)).clamp(math.log(1e-8), 20.0)
-        k, lam = torch.where(a >= 0, 2.0, 3.0), torch.where(a >= 0, 3.0, 2.0)
-        per_token = -torch.exp(lam + k * log_w - lam * torch.exp(log_w)) * a * logp
+        phi = trl_gamma_weights(adv.tolist(), (logp - old).tolist(), mask.tolist(), ratio.tolist())
+        per_token = -torch.tensor(phi, dtype=torch.float64)[:, None] * a * logp
     elif loss_type == "cispo":
         per_token = -torch.clamp(r, max=5.0) * a * logp * ratio
     else:
@@ -500,27 +509,10 @@ def test_the_correction_defaults_to_trls_and_keeps_a_ratio_on_its_bound():
     assert ratio.tolist() == [[2.0, 0.5, 1.0]]
 
 
-def trl_gamma_weights(adv, log_ratio, mask, sampling_ratio=None, k_pos=2.0, lambda_pos=3.0, k_neg=3.0, lambda_neg=2.0):
-    """TRL 1.16's `get_gamma_weights` (VESPO), one sequence at a time in Python floats: the per-token log-ratios
-    clamped to [-20, 20] and summed over the mask, the engine's log-ratios clamped to [log 1e-8, 20] added, the
-    sum clamped to [log 1e-8, 20]; (k, lambda) by A >= 0, lambda floored at 1e-4 (TRL picks them with
-    `torch.where` on Python floats: in float32, whatever the log-ratios' dtype); phi = exp(lambda + k log w -
-    lambda w), an overflow read as 0."""
-
-    def float32(x):
-        return float(torch.tensor(x, dtype=torch.float32))
-
-    low, out = math.log(1e-8), []
-    for b in range(len(adv)):
-        log_w = sum(min(max(x, -20.0), 20.0) * m for x, m in zip(log_ratio[b], mask[b], strict=True))
-        if sampling_ratio is not None:
-            log_w += sum(min(max(math.log(r), low), 20.0) for r in sampling_ratio[b])
-        log_w = min(max(log_w, low), 20.0)
-        k, lam = (k_pos, lambda_pos) if adv[b] >= 0 else (k_neg, lambda_neg)
-        k, lam = float32(k), max(float32(lam), float32(1e-4))
-        exponent = lam + k * log_w - lam * math.exp(log_w)
-        out.append(0.0 if exponent > 709 else math.exp(exponent))
-    return out
+def trl_gamma_weights(adv, log_ratio, mask, sampling_ratio=None, **settings):
+    """`trl_vespo_phi` of each row of a batch, over its counted tokens."""
+    return [trl_vespo_phi([x for x, m in zip(row, counted, strict=True) if m], a, sampling_ratios=ratios, **settings)
+            for a, row, counted, ratios in zip(adv, log_ratio, mask, sampling_ratio or [()] * len(adv), strict=True)]
 
 
 def test_gamma_weights_are_trls_with_every_clamp_biting():

@@ -2,6 +2,7 @@
 
 import base64
 import csv
+import dataclasses
 import hashlib
 import io
 import json
@@ -284,28 +285,39 @@ def test_an_error_is_one_plain_line_on_stderr(tmp_path, capsys):
     assert exited.value.code == 2 and capsys.readouterr().err == "error: --resamples=0: set it to an integer of at least 1\n"
 
 
+MINIMAL = EvaluationResults("b", "safety", "j", 1, 1, None, {}, {}, [], {}, {}, {})
+
+
+def results_json(text: str):
+    """A maker of a run directory `x` whose results.json holds `text`."""
+
+    def make(root: Path) -> None:
+        (root / "x").mkdir(parents=True)
+        (root / "x" / "results.json").write_text(text)
+
+    return make
+
+
 @pytest.mark.parametrize(("make", "message"), [
     (lambda root: root.mkdir(), "no results.json under {runs}; run evaluate.py there first"),
     (lambda root: None, "{runs} is not a directory; pass evaluate.py run or multirun directories"),
-    (lambda root: (root / "x").mkdir(parents=True) or (root / "x" / "results.json").write_text("{"),
+    (results_json("{"),
      "{runs}/x/results.json is not valid JSON (Expecting property name enclosed in double quotes); delete it or rerun its evaluation"),
-    (lambda root: (root / "x").mkdir(parents=True) or (root / "x" / "results.json").write_text("{}"),
+    (results_json("{}"),
      "{runs}/x/results.json is a results file of schema version 1, this lightning_da reads version 2; rerun its evaluation with "
      "this version"),
-    (lambda root: (root / "x").mkdir(parents=True) or (root / "x" / "results.json").write_text("[]"),
+    (results_json("[]"),
      "{runs}/x/results.json is a results file of schema version None, this lightning_da reads version 2; rerun its evaluation "
      "with this version"),
-    (lambda root: (root / "x").mkdir(parents=True) or (root / "x" / "results.json").write_text('{"schema_version": 3}'),
+    (results_json('{"schema_version": 3}'),
      "{runs}/x/results.json is a results file of schema version 3, this lightning_da reads version 2; rerun its evaluation with "
      "this version"),
-    (lambda root: (root / "x").mkdir(parents=True) or (root / "x" / "results.json").write_text('{"schema_version": 2, "task": "safety"}'),
+    (results_json('{"schema_version": 2, "task": "safety"}'),
      "{runs}/x/results.json lacks ['benchmark', 'by_layer', 'chosen_layers', 'drops', 'intervals', 'judge', 'layer', 'n_candidates', "
      "'n_prompts', 'outcomes', 'rates'] and has unknown keys none; rerun its evaluation"),
-    (lambda root: (root / "x").mkdir(parents=True) or (root / "x" / "results.json").write_text(
-        EvaluationResults("b", "safety", "j", 1, 1, None, {}, {}, [], {}, {}, {}).to_json().replace('"judge"', '"jduge"')),
+    (results_json(MINIMAL.to_json().replace('"judge"', '"jduge"')),
      "{runs}/x/results.json lacks ['judge'] and has unknown keys ['jduge']; rerun its evaluation"),
-    (lambda root: (root / "x").mkdir(parents=True) or (root / "x" / "results.json").write_text(
-        EvaluationResults("b", "safety", "j", 1, 1, None, {}, {}, [], {}, {}, {}).to_json().replace('"base"', '"extra": 1, "base"')),
+    (results_json(MINIMAL.to_json().replace('"base"', '"extra": 1, "base"')),
      "{runs}/x/results.json lacks nothing and has unknown keys ['extra']; rerun its evaluation"),
 ])
 def test_bad_directories_are_one_line_and_exit_2(tmp_path, caplog, make, message):
@@ -439,7 +451,7 @@ def test_panels_fill_rows_of_three_and_a_panel_without_spread_says_so(tmp_path, 
 
 def test_results_json_is_indented_for_reading():
     """results.json as a reader opens it: one key per line, indented by two, ending in a newline."""
-    text = EvaluationResults("b", "safety", "j", 1, 1, None, {"first": 50.0}, {}, [], {}, {}, {}).to_json()
+    text = dataclasses.replace(MINIMAL, rates={"first": 50.0}).to_json()
     assert text.startswith('{\n  "benchmark": "b",\n  "task": "safety",\n  "judge": "j",\n') and text.endswith('\n  "schema_version": 2\n}\n')
     assert '  "rates": {\n    "first": 50.0\n  },' in text
 
