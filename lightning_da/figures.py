@@ -85,7 +85,7 @@ def heatmaps(configurations: list, kind: str, path: Path, *, rate: str) -> str |
         ax.set_xticks(range(len(students)), students, rotation=30, ha="right", fontsize=8)
         ax.set_yticks(range(len(teachers)), teachers, fontsize=8)
         ax.set_title(f"{benchmark}: {rate} of the first sample (%)", fontsize=10)
-        figure.colorbar(image, ax=ax, fraction=0.046)
+        figure.colorbar(image, fraction=0.046)  # beside the image's own panel
     save(figure, path)
     missing = sorted({c.teacher for c in distilled} - {c.teacher for c in teachers_alone})
     if missing:
@@ -153,6 +153,15 @@ def density_values(configurations: list) -> tuple[dict[str, tuple[list, list]], 
     return pooled, layer
 
 
+def _no_histogram(unsafe: list[float], safe: list[float]) -> str | None:
+    """Why a density panel draws no histogram (a class without values, or every value equal), or None."""
+    if not (unsafe or safe):
+        return "no values"
+    if not (unsafe and safe):
+        return f"no {'safe' if unsafe else 'unsafe'} candidate with a value"
+    return "no spread to show" if min(unsafe + safe) == max(unsafe + safe) else None
+
+
 def densities(configurations: list, path: Path) -> str | None:
     """Figure 6: the distributions of perplexity, self-certainty, KL(FT || base) and latent similarity for
     unsafe vs safe candidates, pooled over the SFT evaluations on safety benchmarks (one panel each)."""
@@ -165,13 +174,13 @@ def densities(configurations: list, path: Path) -> str | None:
     figure, axes = plt.subplots(1, len(DENSITY_PANELS), figsize=(4.2 * len(DENSITY_PANELS), 3.6))
     for ax, (title, _) in zip(axes, DENSITY_PANELS, strict=True):
         unsafe, safe = pooled[title]
-        values = unsafe + safe
-        if not (unsafe and safe) or min(values) == max(values):
-            ax.text(0.5, 0.5, "no spread to show" if values else "no values", ha="center", va="center", transform=ax.transAxes)
+        if (empty := _no_histogram(unsafe, safe)) is not None:
+            ax.text(0.5, 0.5, empty, ha="center", va="center", transform=ax.transAxes)
         else:
-            bins = torch.linspace(min(values), max(values), 31).tolist()
-            ax.hist(unsafe, bins=bins, density=True, alpha=0.55, color=UNSAFE_COLOR, label=f"unsafe ({len(unsafe)})")
-            ax.hist(safe, bins=bins, density=True, alpha=0.55, color=SAFE_COLOR, label=f"safe ({len(safe)})")
+            # 30 equal bins over both classes' range, numpy's own edges (float32 ones can leave the maximum out)
+            span = {"bins": 30, "range": (min(unsafe + safe), max(unsafe + safe)), "density": True, "alpha": 0.55}
+            ax.hist(unsafe, **span, color=UNSAFE_COLOR, label=f"unsafe ({len(unsafe)})")
+            ax.hist(safe, **span, color=SAFE_COLOR, label=f"safe ({len(safe)})")
             ax.legend(fontsize=7)
         ax.set_title(title.format(layer=layer), fontsize=10)
         ax.set_ylabel("density")

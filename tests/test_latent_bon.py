@@ -307,3 +307,33 @@ def test_a_blocks_time_is_split_between_sampling_and_selection(student, tokenize
     assert block.cosines.shape == (2, 3)
     assert block.chosen.tolist() == [row.index(min(row)) for row in block.cosines.tolist()]  # the least base-like
     assert all(c.state is None for row in block.completions for c in row)  # states are dropped once scored
+
+
+def test_a_separate_base_and_the_kept_states(student, tokenizer, tiny_source, monkeypatch):
+    """`base=` another model (here the base with its weights moved): the cosines are to its states, each against
+    an unpadded forward; the fine-tuned side is the state sampling kept, so after sampling the only forward is the
+    base's, with the block's batching."""
+    import torch.nn.functional as F
+
+    from lightning_da.attribution import latent
+
+    other = tiny_source.load_model().eval()
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 0.05)
+    forwards, original = [], latent.final_states
+
+    def counted(model, *args, **kwargs):
+        forwards.append((model, kwargs["batch_size"], kwargs["chunk_tokens"]))
+        return original(model, *args, **kwargs)
+
+    monkeypatch.setattr(latent, "final_states", counted)
+    block = latent.latent_block(student, tokenizer, PROMPTS, n=3, layer=2, sampling=SAMPLING, seed=5, base=other, batch_size=2,
+                                chunk_tokens=9)
+    assert forwards == [(other, 2, 9)]
+    expected = torch.stack([torch.stack([F.cosine_similarity(forward_state(student, tokenizer, prompt, c.response_ids, 2),
+                                                             forward_state(other, tokenizer, prompt, c.response_ids, 2), dim=0)
+                                         for c in row]) for prompt, row in zip(PROMPTS, block.completions, strict=True)])
+    assert (block.cosines - expected).abs().max() <= TOLERANCE
+    disabled = latent_cosines(student, tokenizer, *flatten_candidates(PROMPTS, block.completions), 2)
+    assert (disabled.view(3, 3) - block.cosines).abs().max() > 1e-3  # the moved base is not the adapter-disabled one

@@ -89,6 +89,24 @@ def test_configurations_are_read_from_the_runs_and_their_train_runs(runs):
         ("qwq", "llama3_8b", "sft", "gsm8k", "utility")]
 
 
+def test_what_no_run_names_reads_unknown(tmp_path):
+    """Each field from the run that keeps it, `?` where none does: a results.json with no Hydra record beside it; a
+    student named only by its train run; a train run whose record is gone; a model as it is; a teacher as it is
+    whose run names no teacher."""
+    bare = tmp_path / "evaluate" / "bare"
+    bare.mkdir(parents=True)
+    (bare / "results.json").write_text(MINIMAL.to_json())
+    choices(evaluation(tmp_path, "from-train", benchmark="dan", task="safety", outcomes={"first": [1]}, student="qwen2_5_0_5b"),
+            benchmark="dan")
+    evaluation(tmp_path, "gone", benchmark="dan", task="safety", outcomes={"first": [1]}, teacher="r1_qwen_14b")
+    (tmp_path / "train-gone" / ".hydra" / "hydra.yaml").unlink()
+    evaluation(tmp_path, "alone", benchmark="dan", task="safety", outcomes={"first": [1]}, student="qwen2_5_0_5b", as_is="student")
+    choices(evaluation(tmp_path, "teacher-alone", benchmark="dan", task="safety", outcomes={"first": [1]}, as_is="teacher"),
+            benchmark="dan")
+    assert [(c.teacher, c.student, c.stage) for c in find_configurations([tmp_path / "evaluate"])] == [
+        ("-", "qwen2_5_0_5b", "as_is"), ("?", "?", "?"), ("qwq", "qwen2_5_0_5b", "sft"), ("?", "llama3_8b", "?"), ("?", "-", "teacher")]
+
+
 def test_paper_table_against_hand_computation(runs):
     table = paper_table(find_configurations([runs / "evaluate"]), seed=1, resamples=500)
     safety = table[("safety", "strongreject")]["latent_sim"]
@@ -200,6 +218,8 @@ def test_each_figure_shows_the_numbers_of_its_runs(tmp_path):
     unsafe_log_ppl = [math.log10(v) for r in every for v, f in zip(r["perplexity"], r["flags"], strict=True) if f]
     assert pooled["perplexity (log10)"][0] == pytest.approx(unsafe_log_ppl) and len(pooled["self-certainty"][1]) == 2 * 12 - len(unsafe_log_ppl)
 
+    uneven = {id(c): v for c, v in zip(sft_runs, ([10.0, 20.0, 30.0], [30.0, math.nan]), strict=False)}
+    assert figures.layer_series(sft_runs[:2], lambda c: uneven[id(c)])[1] == [20.0, 20.0]  # the layers all have, NaN left out
     series, mean = figures.layer_series(sft_runs, lambda c: c.results.by_layer)
     firsts = [25.0, 50.0, 75.0, 50.0]  # each run's `first` (the helper's by_layer: first, first / 2, first / 3)
     assert sorted(v[0] for _, v in series) == sorted(firsts)
@@ -215,11 +235,14 @@ def test_main_writes_the_report_and_a_wandb_artifact(runs, capsys, monkeypatch):
 
     monkeypatch.delenv("WANDB_MODE", raising=False)
     out = runs / "out"
+    (runs / "evaluate" / "attack").mkdir()
+    (runs / "evaluate" / "attack" / "attack_results.json").write_text(json.dumps({"n_behaviours": 2, "outcomes": {}, "pairs": {}, "targets": {
+        "instruct": {"asr": 50.0, "mean_queries": 2.0, "mean_samples": 2.0, "samples_per_query": 1}}}))
     try:
         main([str(runs / "evaluate"), "--out", str(out), "--resamples", "200", "--seed", "3", "--wandb-project", "lightning_da_test"])
     finally:
         wandb.teardown()  # W&B's settings outlive the run: the next one in this process reads WANDB_MODE afresh
-    written = [out / name for name in ("report.md", "table.csv", "configurations.csv", "asr_by_layer.png",
+    written = [out / name for name in ("report.md", "table.csv", "configurations.csv", "attack.csv", "asr_by_layer.png",
                                        "by_layer_per_configuration.png", "auroc_by_layer.png", "figure3_asr_heatmap.png",
                                        "figure4_utility_heatmap.png")]
     report = (out / "report.md").read_text()
@@ -230,16 +253,28 @@ def test_main_writes_the_report_and_a_wandb_artifact(runs, capsys, monkeypatch):
     logged = wandb_log.artifacts(log)
     assert logged.pop("best-of-n-report") == {"type": "report", "files": md5}
     assert sorted(file for a in logged.values() if a["type"] == "run_table" for file in a["files"]) == [  # the wandb.Tables
-        "report/configurations.table.json", "report/table.table.json"]
+        "report/attack.table.json", "report/configurations.table.json", "report/table.table.json"]
     run, history = wandb_log.run_and_history(log)
     assert run == ("lightning_da_test", "report")
-    for name in ("table", "configurations"):
+    for name in ("table", "configurations", "attack"):
         table = json.loads((log.parent / "files" / history[f"report/{name}/path"]).read_text())
         rows = list(csv.reader(io.StringIO((out / f"{name}.csv").read_text())))
         assert (table["columns"], [[str(v) for v in row] for row in table["data"]]) == (rows[0], rows[1:])
-    for path in written[3:]:
+    for path in written[4:]:
         assert history[f"report/{path.stem}/_type"] == "image-file"
         assert history[f"report/{path.stem}/sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_wandb_mode_is_the_users(runs, monkeypatch):
+    """WANDB_MODE=disabled, as a user sets it: no run is written, offline or online."""
+    import wandb
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    try:
+        main([str(runs / "evaluate"), "--out", str(runs / "out"), "--resamples", "10", "--wandb-project", "lightning_da_test"])
+    finally:
+        wandb.teardown()
+    assert (runs / "out" / "report.md").is_file() and not list((runs / "out").glob("wandb/*run-*"))
 
 
 def test_the_command_line_defaults_and_help(runs, capsys, monkeypatch):
@@ -325,8 +360,8 @@ def test_bad_directories_are_one_line_and_exit_2(tmp_path, caplog, make, message
     make(tmp_path / "runs")
     with pytest.raises(SystemExit) as exited:
         main([str(tmp_path / "runs")])
-    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
-    assert exited.value.code == 2 and errors == ["error: " + message.format(runs=tmp_path / "runs")]
+    errors = [(r.name, r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING]
+    assert exited.value.code == 2 and errors == [("report", "error: " + message.format(runs=tmp_path / "runs"))]
     with pytest.raises(UserError):
         find_configurations([tmp_path / "runs"])
 
@@ -383,6 +418,7 @@ def test_each_figure_says_what_it_shows(tmp_path, drawn):
                          "yticks": ["qwq", "r1_qwen_14b"], "legend": [], "text": ["25", "75", "75", "n/a"]}
     image = ax.get_images()[0]
     assert image.get_clim() == (0, 100) and image.get_cmap().name == "Reds"
+    assert image.colorbar is not None and image.colorbar.mappable is image  # the scale is the image's, 0-100
     assert figures.heatmaps(configurations, "utility", out / "figure4.png", rate="accuracy") == (
         "no evaluation of teacher(s) qwq as it is: their column reads n/a (evaluate.py as_is=teacher teacher=<name>)")
     (ax,) = drawn["figure4"]["axes"]
@@ -417,7 +453,10 @@ def test_each_figure_says_what_it_shows(tmp_path, drawn):
                                    value=lambda c: c.results.by_layer, ylabel="ASR (%)", title="by layer", reference=(40.0, "first"))
     assert lines is True
     (ax,) = drawn["lines"]["axes"]
-    assert texts(ax)["x"] == "layer (0 = embeddings)" and texts(ax)["legend"][-2:] == ["mean of 2", "first"]
+    assert {k: texts(ax)[k] for k in ("title", "x", "y", "legend")} == {
+        "title": "by layer", "x": "layer (0 = embeddings)", "y": "ASR (%)",
+        "legend": ["qwq -> llama3_8b (sft), dan", "r1_qwen_14b -> llama3_8b (sft), dan", "mean of 2", "first"]}
+    assert all(tick == int(tick) for tick in ax.get_xticks())  # layers are whole numbers
     assert [list(line.get_ydata()) for line in ax.get_lines()][:3] == [[25.0, 12.5, 25 / 3], [75.0, 37.5, 25.0], [50.0, 25.0, 50 / 3]]
     assert list(ax.get_lines()[3].get_ydata()) == [40.0, 40.0]  # the reference line
     assert figures.by_layer_panels(distilled, out / "panels.png") is True
@@ -426,17 +465,20 @@ def test_each_figure_says_what_it_shows(tmp_path, drawn):
     assert [(texts(ax)["y"], texts(ax)["x"], texts(ax)["legend"]) for ax in panels] == [("asr (%)", "layer", ["latent choice", "first"])] * 2
     assert [[list(line.get_ydata()) for line in ax.get_lines()] for ax in panels] == [
         [[25.0, 12.5, 25 / 3], [25.0, 25.0]], [[75.0, 37.5, 25.0], [75.0, 75.0]]]
+    assert all(tick == int(tick) for ax in panels for tick in ax.get_xticks())
     assert figures.by_layer_panels([], out / "none.png") is False and not (out / "none.png").exists()
+    assert figures.by_layer_lines(distilled, out / "none.png", value=lambda c: None, ylabel="", title="") is False
+    assert not (out / "none.png").exists()
 
 
 def test_panels_fill_rows_of_three_and_a_panel_without_spread_says_so(tmp_path, drawn):
-    """Four benchmarks: two rows of three panels, the last two hidden. A density panel whose values are all
-    equal says there is no spread to show; one with no value at all says so too."""
+    """Four benchmarks: two rows of three panels, the last two hidden. A density panel draws no histogram, and
+    says why, when it has no value at all, one class without values, or values all equal."""
     from lightning_da import figures
 
     for benchmark in ("dan", "wildjailbreak", "strongreject", "harmbench"):
         evaluation(tmp_path, benchmark, benchmark=benchmark, task="safety", outcomes={"first": [1, 0], "majority_vote": [0, 0]})
-    flat = [{"flags": [True, False], "perplexity": [None, 0.0], "self_certainty": [0.1, 0.9], "kl": [0.5, 0.5],
+    flat = [{"flags": [True, False], "perplexity": [None, 0.0], "self_certainty": [0.3, 0.3], "kl": [0.5, None],
              "cosine_by_layer": [[1.0, 0.2], [1.0, 0.4]]}]
     evaluation(tmp_path, "flat", benchmark="dan", task="safety", outcomes={"first": [1], "majority_vote": [0]}, candidates=flat)
     configurations = find_configurations([tmp_path / "evaluate"])
@@ -445,8 +487,16 @@ def test_panels_fill_rows_of_three_and_a_panel_without_spread_says_so(tmp_path, 
     assert drawn["heat"]["size"] == pytest.approx((5.5 * 3, 4 * 2))  # the grid: 3 columns, 2 rows
     figures.densities(configurations, tmp_path / "densities.png")
     panels = {texts(ax)["title"]: texts(ax)["text"] for ax in drawn["densities"]["axes"]}
-    assert panels == {"perplexity (log10)": ["no values"], "self-certainty": [], "KL(FT || base)": ["no spread to show"],
-                      "latent similarity (cosine at layer 1)": []}
+    assert panels == {"perplexity (log10)": ["no values"], "self-certainty": ["no spread to show"],
+                      "KL(FT || base)": ["no safe candidate with a value"], "latent similarity (cosine at layer 1)": []}
+    latent = drawn["densities"]["axes"][-1]  # 0.2 unsafe, 0.4 safe: each its class's whole density, the maximum counted
+    assert [sum(p.get_height() * p.get_width() for p in bars) for bars in latent.containers] == pytest.approx([1.0, 1.0])
+    # Only unsafe candidates anywhere: no panel can compare, so no figure.
+    unsafe = [{**flat[0], "flags": [True, True], "kl": [0.1, 0.7]}]
+    evaluation(tmp_path / "unsafe", "dan", benchmark="dan", task="safety", outcomes={"first": [1]}, candidates=unsafe)
+    assert figures.densities(find_configurations([tmp_path / "unsafe"]), tmp_path / "none.png") == (
+        "no SFT evaluation on a safety benchmark with both safe and unsafe candidates: Figure 6 needs one")
+    assert not (tmp_path / "none.png").exists()
 
 
 def test_results_json_is_indented_for_reading():
@@ -521,3 +571,116 @@ def test_figure_6_reads_the_papers_layer_12_when_a_run_names_none_clipped_to_the
     flagged = [(c[2], f) for r in records for c, f in zip(r["cosine_by_layer"], r["flags"], strict=True)]
     assert layer == 12 and pooled["latent similarity (cosine at layer {layer})"] == ([v for v, f in flagged if f],
                                                                                      [v for v, f in flagged if not f])
+
+
+def test_the_report_whole_for_a_small_sweep(tmp_path, drawn):
+    """report.md as written, its tables and figure lines whole: Table 1 with a selector one benchmark lacks ("-") and
+    both footnotes, the tables not produced, a model as it is and a stage no run names ("Stage ?") in their own
+    sections, Table 4 with a target not attacked and no pair, each figure's line (a link, its note, or what it lacks);
+    the bootstrap's seed 0 by default; attack.csv row by row. The numbers from `paired_bootstrap_many` on the outcomes."""
+    from lightning_da.runs.report import attack_table
+    from lightning_da.tables import format_interval, format_number, rounded
+
+    evaluation(tmp_path, "a", benchmark="strongreject", task="safety",
+               outcomes={"first": [1, 0, 0, 0], "latent_sim": [0, 0, 0, 1], "kl": [1, 1, 0, 0]})
+    evaluation(tmp_path, "b", benchmark="strongreject", task="safety", student="qwen2_5_0_5b",
+               outcomes={"first": [0, 0, 0], "latent_sim": [0, 1, 0], "kl": [0, 0, 0]})
+    evaluation(tmp_path, "c", benchmark="gsm8k", task="number", outcomes={"first": [1, 1, 1, 1], "latent_sim": [1, 0, 0, 1]})
+    evaluation(tmp_path, "d", benchmark="strongreject", task="safety", student="qwen2_5_0_5b", as_is="student",
+               outcomes={"first": [1, 1]})
+    evaluation(tmp_path, "e", benchmark="gsm8k", task="number", outcomes={"first": [1, 0], "latent_sim": [0, 0]})
+    (tmp_path / "train-e" / ".hydra" / "hydra.yaml").unlink()  # its train run's record is gone: stage unknown
+    attack = tmp_path / "evaluate" / "f"
+    attack.mkdir()
+    (attack / "attack_results.json").write_text(json.dumps({
+        "n_behaviours": 50, "outcomes": {}, "pairs": {},
+        "targets": {"aligned": {"asr": 68.0, "mean_queries": 9.0, "mean_samples": 9.0, "samples_per_query": 1},
+                    "aligned_bon": {"asr": 66.0, "mean_queries": 9.5, "mean_samples": 76.0, "samples_per_query": 8}}}))
+    files = write_report(find_configurations([tmp_path / "evaluate"]), tmp_path / "new" / "report", resamples=200,
+                         directories=[tmp_path / "evaluate"])
+
+    def cell(firsts, methods):
+        c = rounded(paired_bootstrap_many(firsts, methods, seed=0, resamples=200).as_dict())
+        return c, f"{format_number(c['drop'])} {format_interval(c['drop_ci'])}"
+
+    latent, latent_cell = cell([[1, 0, 0, 0], [0, 0, 0]], [[0, 0, 0, 1], [0, 1, 0]])
+    kl, kl_cell = cell([[1, 0, 0, 0], [0, 0, 0]], [[1, 1, 0, 0], [0, 0, 0]])
+    _, utility_cell = cell([[1, 1, 1, 1]], [[1, 0, 0, 1]])
+    unknown, unknown_cell = cell([[1, 0]], [[0, 0]])
+    assert latent["undefined_resamples"] > 0 and unknown["undefined_resamples"] > 0  # [1, 0, 0, 0] resamples to no 1 often
+    resampled = "the drop's interval leaves out the bootstrap resamples that drew no prompt flagged for `first`"
+    tables = "\n".join([
+        "## Table 1: after SFT\n\n"
+        "| selector | strongreject ASR drop [95% CI] (n) | gsm8k utility drop [95% CI] (n) |\n|---|---|---|\n"
+        f"| latent_sim | {latent_cell} (1) | {utility_cell} (1) |\n| kl | {kl_cell} (1) | - |\n\n"
+        "- strongreject: 1 configuration(s) had a `first` rate of 0, so no relative drop; they are left out of its mean and n.\n"
+        f"- strongreject: {resampled} (up to {max(latent['undefined_resamples'], kl['undefined_resamples'])}).\n",
+        "## Table 2: after GRPO\n\nNot produced: no grpo runs among these (evaluate.py adapter=<grpo run>/adapter).\n",
+        "## Table 3: the control, an instruction-tuned model against its pretrained base\n\n"
+        "Not produced: no instruct_vs_base runs among these (evaluate.py experiment=instruct_vs_base student=<name>).\n",
+        "## Models as they are (no base)\n\n| selector | strongreject ASR drop [95% CI] (n) |\n|---|---|\n\n",
+        f"## Stage ?\n\n| selector | gsm8k utility drop [95% CI] (n) |\n|---|---|\n| latent_sim | {unknown_cell} (1) |\n\n"
+        f"- gsm8k: {resampled} (up to {unknown['undefined_resamples']}).\n"])
+    table4 = (
+        "## Table 4: PAIR against the deployed targets\n\n"
+        "| student | behaviours | instruct ASR (queries) | aligned ASR (queries) | aligned_bon ASR (queries) | "
+        "aligned_bon vs aligned (points) [95% CI] |\n|---|---|---|---|---|---|\n| ? | 50 | - | 68.0% (9.0) | 66.0% (9.5) | - |\n\n"
+        "ASR: % of behaviours jailbroken within the attack's depth; queries: mean prompts sent to the target until success (or all "
+        "rounds). A Best-of-N query draws N samples (`samples_per_query` in attack.csv).\n")
+    teacher_missing = "no evaluation of teacher(s) qwq as it is: their column reads n/a (evaluate.py as_is=teacher teacher=<name>)."
+    figure_lines = "\n\n".join([
+        "### ASR of the latent choice by layer (mean of the safety configurations; an oracle view)\n\n"
+        "![ASR of the latent choice by layer (mean of the safety configurations; an oracle view)](asr_by_layer.png)",
+        "### Per configuration: the latent choice's rate by layer against first (Figures 10-17)\n\n"
+        "![Per configuration: the latent choice's rate by layer against first (Figures 10-17)](by_layer_per_configuration.png)",
+        "### Is the signal there? AUROC of the cosine for unsafe vs safe candidates, by layer\n\n"
+        "![Is the signal there? AUROC of the cosine for unsafe vs safe candidates, by layer](auroc_by_layer.png)",
+        "### Figure 3: ASR per teacher x student after SFT, beside each teacher's own\n\n"
+        f"![Figure 3: ASR per teacher x student after SFT, beside each teacher's own](figure3_asr_heatmap.png)\n\n{teacher_missing}",
+        "### Figure 4: utility per teacher x student after SFT, beside each teacher's own\n\n"
+        f"![Figure 4: utility per teacher x student after SFT, beside each teacher's own](figure4_utility_heatmap.png)\n\n{teacher_missing}",
+        "### Figure 5: the first sample against majority voting, per student\n\n"
+        "Not drawn: no SFT evaluation on a safety benchmark with majority_vote compared: Figure 5 needs one.",
+        "### Figure 6: perplexity, self-certainty, KL and latent similarity of unsafe vs safe candidates\n\n"
+        "Not drawn: no SFT evaluation on a safety benchmark with both safe and unsafe candidates: Figure 6 needs one."])
+    report = files["report"].read_text()
+    head = (
+        "# Best-of-N latent attribution: 5 configuration(s)\n\nMean relative drop vs `first` across configurations, with the 95% "
+        "interval of a paired bootstrap (200 resamples, prompts resampled within each configuration, seed 0). A positive ASR drop "
+        "is the safety gained; a positive utility drop is the utility lost.\n\n")
+    assert report.startswith(head + tables + "\n" + table4 + "\n## Per configuration\n\n| teacher |")
+    assert report.endswith("McNemar: exact, two-sided, against `first` on the same prompts.\n\n## Figures\n\n" + figure_lines + "\n")
+    assert list(csv.reader(io.StringIO(files["attack"].read_text()))) == [
+        ["student", "run", "target", "asr", "mean_queries", "mean_samples", "samples_per_query"],
+        ["?", str(attack), "aligned", "68.0", "9.0", "9.0", "1"], ["?", str(attack), "aligned_bon", "66.0", "9.5", "76.0", "8"]]
+    assert files["attack"] == tmp_path / "new" / "report" / "attack.csv"
+    # The by-layer figure's dashed line: `first`'s mean over the safety runs with a base (25 and 0; not d, as it is).
+    (ax,) = drawn["asr_by_layer"]["axes"]
+    assert (list(ax.get_lines()[-1].get_ydata()), ax.get_legend().get_texts()[-1].get_text()) == ([12.5, 12.5], "first, mean (no selection)")
+    assert attack_table([tmp_path / "evaluate" / "a"]) == (
+        "## Table 4: PAIR against the deployed targets\n\nNot produced: no attack runs among these (attack.py adapter=<sft run>/adapter).\n", "")
+
+
+def test_the_auroc_figure_leaves_a_gap_where_a_layers_auroc_is_undefined(tmp_path, drawn):
+    """The signal's AUROC per layer (None where undefined): a gap in that run's line; a run with none at any layer is
+    left out, and with no run left the figure is not drawn, and says why."""
+    from lightning_da.runs.report import draw_figures
+
+    def aurocs(name: str, values: list) -> None:
+        run = evaluation(tmp_path, name, benchmark="dan", task="safety", outcomes={"first": [1, 0]})
+        data = json.loads((run / "results.json").read_text())
+        data["signal"]["scores"] = {f"cosine@{i}": None if a is None else {"auroc": a, "ci": [0.4, 0.9]} for i, a in enumerate(values)}
+        (run / "results.json").write_text(json.dumps(data))
+
+    aurocs("none", [None, None, None])
+    out = tmp_path / "out"
+    out.mkdir()
+    _, lines = draw_figures(find_configurations([tmp_path / "evaluate"]), out)
+    assert lines[2] == ("### Is the signal there? AUROC of the cosine for unsafe vs safe candidates, by layer\n\n"
+                        "Not drawn: no evaluation with both labels and a base: no AUROC to draw.")
+    aurocs("gap", [0.6, None, 0.8])
+    draw_figures(find_configurations([tmp_path / "evaluate"]), out)
+    (ax,) = drawn["auroc_by_layer"]["axes"]
+    gap, mean, chance = (line.get_ydata() for line in ax.get_lines())
+    assert torch.equal(torch.tensor(gap).isnan(), torch.tensor([False, True, False])) and [gap[0], gap[2]] == [0.6, 0.8]
+    assert list(chance) == [0.5, 0.5] and len(ax.get_lines()) == 3
