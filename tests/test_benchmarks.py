@@ -117,4 +117,5 @@ def test_demo_preset_moves_the_student_and_keeps_the_pipeline(compose_train):
     cfg = compose_train("experiment=demo")
     assert cfg.data.limit == 60 and cfg.trainer.accumulate_grad_batches == 1
     assert cfg.algorithm.module.optimizer.lr == 2.0e-4 and cfg.algorithm.name == "sft"
+    assert cfg.algorithm.module.lora.target_modules == "all-linear"  # the README's numbers were trained so
     assert cfg.teacher.model._target_.endswith("EmbeddedSmolLM2") and cfg.judge._target_.endswith("RefusalPrefixJudge")

@@ -65,3 +65,24 @@ def test_lora_trains_lm_head_and_adapters_only(tiny_source):
     assert any("lm_head" in n for n in trainable)
     assert any("lora_A" in n for n in trainable)
     assert not any("embed_tokens" in n or "layernorm" in n for n in trainable)
+
+
+def test_the_papers_lora_is_on_peft_default_targets_and_all_linear_is_a_choice(tiny_source, compose_train):
+    """PAPER.md 9: the reference's LoraConfig names no target_modules, so PEFT's default per architecture applies:
+    q_proj and v_proj for Llama (and Qwen2, Gemma 3), plus lm_head trained in full; `lora=all_linear` adapts every
+    linear layer. An architecture PEFT has no default for is a one-line error naming the key."""
+    def adapted(lora):
+        model = apply_lora(tiny_source.load_model(), **lora)
+        return sorted({n.split(".lora_A")[0].rsplit(".", 1)[-1] for n, _ in model.named_parameters() if ".lora_A" in n})
+
+    paper, everywhere = (dict(compose_train(*o).algorithm.module.lora) for o in ([], ["lora=all_linear"]))
+    assert paper == {"r": 32, "alpha": 64, "dropout": 0.05, "target_modules": None, "modules_to_save": ["lm_head"]}
+    assert adapted(paper) == ["q_proj", "v_proj"]
+    assert everywhere == {**paper, "target_modules": "all-linear"}
+    assert adapted(everywhere) == ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
+    model = tiny_source.load_model()
+    model.config.model_type = "no_such_family"
+    with pytest.raises(UserError) as error:
+        apply_lora(model)
+    assert str(error.value) == ("peft has no default LoRA targets for model type 'no_such_family': set "
+                                "algorithm.module.lora.target_modules (e.g. lora=all_linear, or a list of module names)")

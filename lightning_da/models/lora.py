@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
+from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from transformers import PreTrainedModel
 
 from lightning_da.errors import UserError
@@ -21,20 +22,26 @@ def apply_lora(
     r: int = 32,
     alpha: int = 64,
     dropout: float = 0.05,
-    target_modules: str | Sequence[str] = "all-linear",
+    target_modules: str | Sequence[str] | None = None,
     modules_to_save: Sequence[str] | None = ("lm_head",),
 ) -> PeftModel:
-    """The paper's adapter: r 32, alpha 64, dropout 0.05, on every linear layer, lm_head trained in full.
+    """The paper's adapter: r 32, alpha 64, dropout 0.05, lm_head trained in full, on PEFT's default targets
+    for the architecture (`target_modules=None`: q_proj and v_proj for Qwen2, Llama, Gemma 3), as the
+    reference's script leaves them; "all-linear" or a list of names to choose.
 
     With tied embeddings (SmolLM2, Qwen2.5-0.5B) the trained lm_head is a copy: the input
     embeddings stay the base's, and disabling the adapter gives back the base model exactly.
     """
+    model_type = getattr(model.config, "model_type", None)
+    if target_modules is None and model_type not in TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING:
+        raise UserError(f"peft has no default LoRA targets for model type {model_type!r}: set "
+                        f"algorithm.module.lora.target_modules (e.g. lora=all_linear, or a list of module names)")
     config = LoraConfig(
         task_type="CAUSAL_LM",
         r=r,
         lora_alpha=alpha,
         lora_dropout=dropout,
-        target_modules=target_modules if isinstance(target_modules, str) else list(target_modules),
+        target_modules=target_modules if target_modules is None or isinstance(target_modules, str) else list(target_modules),
         modules_to_save=list(modules_to_save) if modules_to_save else None,
     )
     with _untied_lm_head_copy():
@@ -42,12 +49,13 @@ def apply_lora(
 
 
 def random_adapter(path: str | Path, model: PreTrainedModel, *, r: int = 4, alpha: int = 8, scale: float = 0.1, seed: int = 0,
-                   modules_to_save: Sequence[str] | None = ("lm_head",), lora_only: bool = False) -> str:
+                   modules_to_save: Sequence[str] | None = ("lm_head",), lora_only: bool = False,
+                   target_modules: str | Sequence[str] | None = "all-linear") -> str:
     """`model` with a LoRA adapter of random nonzero weights saved to `path` (a fresh adapter is the
     identity, so it tells nothing apart): for tests and benchmarks. `lora_only` leaves the trained
-    copies (`modules_to_save`) as initialised."""
+    copies (`modules_to_save`) as initialised; every linear layer moves unless `target_modules` says less."""
     torch.manual_seed(seed)
-    peft_model = apply_lora(model, r=r, alpha=alpha, dropout=0.0, modules_to_save=modules_to_save)
+    peft_model = apply_lora(model, r=r, alpha=alpha, dropout=0.0, target_modules=target_modules, modules_to_save=modules_to_save)
     with torch.no_grad():
         for name, param in peft_model.named_parameters():
             if param.requires_grad and (not lora_only or "lora_" in name):
