@@ -110,3 +110,33 @@ def test_chunks_are_even_and_within_the_budget(width, rows, budget):
     n = -(-width // length)
     assert length <= per_row and n == -(-width // per_row)  # within the budget, no more forwards than needed
     assert n * length - width < n  # chunks differ by at most one position: no 32 + 1
+
+
+def test_token_scores_against_their_formulas_on_peaked_distributions():
+    """`_token_scores` on small logits peaked enough that 1 - sum p^2 is far from 1 (a near-uniform vocabulary
+    hides Gini's sign), each per-token score written out in float64 from PAPER.md section 8: KL(FT || base), the
+    NLL of the target under FT, self-certainty mean_v -(log p_v + log V), Gini 1 - sum p^2, KL(base || FT), the
+    NLL under the base; without a base, the three of FT alone and NaN for the rest."""
+    from lightning_da.attribution.scoring import TOKEN_SCORES, _token_scores
+
+    g = torch.Generator().manual_seed(3)
+    ft, base = torch.randn(2, 5, 7, generator=g) * 4, torch.randn(2, 5, 7, generator=g) * 4
+    targets = torch.randint(0, 7, (2, 5), generator=g)
+    p, q = ft.double().softmax(-1), base.double().softmax(-1)
+    picked = targets[..., None]
+    expected = {
+        "kl": (p * (p.log() - q.log())).sum(-1),
+        "nll": -p.gather(-1, picked).squeeze(-1).log(),
+        "self_certainty": (-(p.log() + math.log(7))).mean(-1),
+        "gini": 1 - (p**2).sum(-1),
+        "reverse_kl": (q * (q.log() - p.log())).sum(-1),
+        "base_nll": -q.gather(-1, picked).squeeze(-1).log(),
+    }
+    assert expected["gini"].max() < 0.8  # peaked: a sign error in Gini moves it by more than 0.4
+    got = dict(zip(TOKEN_SCORES, _token_scores(ft.clone(), base.clone(), targets), strict=True))
+    for name, value in expected.items():
+        assert torch.allclose(got[name].double(), value, atol=1e-5), name
+    alone = dict(zip(TOKEN_SCORES, _token_scores(ft.clone(), None, targets), strict=True))
+    for name in ("nll", "self_certainty", "gini"):
+        assert torch.allclose(alone[name].double(), expected[name], atol=1e-5), name
+    assert all(alone[name].isnan().all() for name in ("kl", "reverse_kl", "base_nll"))
