@@ -65,6 +65,10 @@ def test_paper_settings_are_the_defaults(compose_train):
     assert cfg.algorithm.module.optimizer.lr == pytest.approx(1.41e-5)
     assert cfg.trainer.max_epochs == 3
     assert cfg.algorithm.datamodule.batch_size * cfg.trainer.accumulate_grad_batches == 16
+    # TRL's SFTConfig defaults, as the reference runs them: linear decay, no warmup, nothing held out
+    assert cfg.algorithm.module.scheduler._target_ == "transformers.get_linear_schedule_with_warmup"
+    assert cfg.algorithm.module.warmup_ratio == 0.0 and cfg.algorithm.datamodule.val_fraction == 0.0
+    assert cfg.callbacks.model_checkpoint.monitor is None
 
 
 def test_unknown_config_name_fails_clearly(compose_train):

@@ -52,7 +52,22 @@ def test_prompt_that_fills_max_length_is_dropped(tokenizer):
     longest = len(prompt_ids(tokenizer, "Tell me about topic number 5" + " really" * 5))
     module = SFTDataModule(traces(6), tokenizer, max_length=longest)  # no room left for prompt 5's completion
     module.setup()
-    assert len(module.train_set) + len(module.val_set) == 5
+    assert len(module.train_set) == 5
+
+
+def test_the_paper_holds_nothing_out_and_a_held_out_slice_is_a_choice(tokenizer):
+    """PAPER.md 9: the reference trains on the whole filtered split, no validation; val_fraction=0.2 holds out a
+    fifth (of 6: one), seeded; a share of 1 or more, or below 0, is a one-line error naming the key."""
+    whole = SFTDataModule(traces(6), tokenizer, max_length=512)
+    whole.setup()
+    assert len(whole.train_set) == 6 and whole.val_dataloader() == []
+    held = SFTDataModule(traces(6), tokenizer, max_length=512, val_fraction=0.2)
+    held.setup()
+    assert (len(held.train_set), len(held.val_set), len(held.val_dataloader())) == (5, 1, 1)
+    for bad in (1.0, -0.1):
+        with pytest.raises(UserError) as error:
+            SFTDataModule(traces(6), tokenizer, val_fraction=bad)
+        assert str(error.value) == f"algorithm.datamodule.val_fraction={bad}: set the held-out share from 0 (none) to below 1"
 
 
 def test_too_few_kept_traces_is_a_clear_error(tokenizer):

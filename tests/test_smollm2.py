@@ -49,7 +49,7 @@ def test_sft_step_lowers_loss_on_real_model(smollm2):
              "output": "Policy [illicit.refuse.1] applies.</think>I'm sorry, but I can't help with that."}] * 2
     dm = SFTDataModule(datasets.Dataset.from_list(rows), tokenizer, batch_size=2, max_length=128)
     dm.setup()
-    batch = dm.collate([dm.train_set[0], dm.val_set[0]])
+    batch = dm.collate([dm.train_set[0], dm.train_set[1]])
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     losses = []
     for _ in range(4):

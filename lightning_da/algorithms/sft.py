@@ -21,7 +21,7 @@ class SFTModule(AdapterModule):
         lora: dict | None,
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable | None = None,
-        warmup_ratio: float = 0.03,
+        warmup_ratio: float = 0.0,
         gradient_checkpointing: bool = False,
     ):
         super().__init__(student, optimizer=optimizer, scheduler=scheduler, warmup_ratio=warmup_ratio,

@@ -38,7 +38,7 @@ class SFTDataModule(ResumesMidEpoch, L.LightningDataModule):
         *,
         batch_size: int = 4,
         max_length: int = 2048,
-        val_fraction: float = 0.05,
+        val_fraction: float = 0.0,
         num_workers: int = 0,
         seed: int = 0,
     ):
@@ -53,6 +53,8 @@ class SFTDataModule(ResumesMidEpoch, L.LightningDataModule):
         tokenizer.padding_side = "right"  # the collator pads labels on the same side
         self.batch_size = batch_size
         self.max_length = max_length
+        if not 0 <= val_fraction < 1:
+            raise UserError(f"algorithm.datamodule.val_fraction={val_fraction}: set the held-out share from 0 (none) to below 1")
         self.val_fraction = val_fraction
         self.num_workers = num_workers
         self.seed = seed
@@ -71,6 +73,9 @@ class SFTDataModule(ResumesMidEpoch, L.LightningDataModule):
         if len(too_long):
             log.warning("dropping %d traces whose prompt alone fills max_length=%d", len(too_long), max_length)
             encoded = encoded.filter(lambda labels: any(x != IGNORE_INDEX for x in labels), input_columns="labels")
+        if not self.val_fraction:  # the paper's recipe: every trace trains
+            self.train_set, self.val_set = encoded, None
+            return
         n_val = max(1, round(len(encoded) * self.val_fraction))
         split = encoded.train_test_split(test_size=n_val, seed=self.seed)
         self.train_set, self.val_set = split["train"], split["test"]
@@ -79,5 +84,7 @@ class SFTDataModule(ResumesMidEpoch, L.LightningDataModule):
         return ResumableDataLoader(self.train_set, batch_size=self.batch_size, sampler=EpochShuffle(len(self.train_set), self.seed),
                                    collate_fn=self.collate, num_workers=self.num_workers, resume_at=self.resume_at)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader | list:
+        if self.val_set is None:
+            return []
         return DataLoader(self.val_set, batch_size=self.batch_size, collate_fn=self.collate, num_workers=self.num_workers)
