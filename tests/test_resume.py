@@ -29,7 +29,7 @@ class CrashAt(L.Callback):
             raise Crash
 
 
-# 6 training traces in batches of 2: 3 steps an epoch; a checkpoint every step once val/loss exists (step 4 on).
+# 6 training traces in batches of 2: 3 steps an epoch; a checkpoint every step.
 RUN = [*[o for o in TINY if not o.startswith("trainer.max_epochs")], "trainer.max_epochs=3",
        "+callbacks.model_checkpoint.every_n_train_steps=1"]
 
