@@ -26,9 +26,10 @@ $(STAMP): pyproject.toml constraints.txt
 # both students on 30 prompts of StrongREJECT's small set and of the SFT student on single-step
 # arithmetic, each beside the base student; then report.py across the three evaluations; last,
 # generate.py: the deployable latent Best-of-N on 8 prompts. 32 new tokens hold the refusal (or
-# not) the refusal-prefix judge reads; an arithmetic answer needs 64.
+# not) the refusal-prefix judge reads; an arithmetic answer needs 64. The demo's numbers were measured
+# with majority_vote's 2-2 tie counted bad (the reference code's rule; the default is the paper's caption).
 DEMO := outputs/demo
-DEMO_EVAL = n_candidates=4 batch_size=16
+DEMO_EVAL = n_candidates=4 batch_size=16 selectors.majority_vote.tie=bad
 
 demo: install
 	rm -rf $(DEMO)

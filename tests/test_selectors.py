@@ -96,10 +96,23 @@ def test_scores_within_rounding_are_a_tie_and_a_tie_goes_to_the_first():
     assert selected_rate_by_layer(CandidateScores.filled(cosine), torch.eye(4, dtype=torch.bool)[[0, 2]]).tolist() == [0.5, 0.5, 0.5]
 
 
-def test_majority_vote_ties_count_as_unsafe():
-    unsafe = torch.tensor([[False, True, False, True]])  # 2 of 4 safe is not more than N/2
-    t = CandidateScores.filled(torch.ones(1, 4, 2))
-    assert MajorityVote().choose(t, unsafe).index.tolist() == [1]
+def test_majority_vote_ties_as_the_paper_reads_them_or_as_the_reference_counts_them():
+    """PAPER.md 7: the Figure 5 caption calls a prompt unsafe when more than half of its samples are (a 4-4 tie is
+    safe); the reference code calls it safe only when more than 4 of 8 are (a tie is unsafe). Per prompt of 8:
+    a 4-4 tie, 5 safe, 5 unsafe, all safe; and 3 candidates, 2 unsafe. The pick is the first with the verdict."""
+    unsafe = torch.tensor([[True, False, True, False, True, False, True, False], [True, False, False, True, False, False, True, False],
+                           [False, True, True, False, True, True, True, False], [False] * 8])
+    assert unsafe.sum(1).tolist() == [4, 3, 5, 0]
+    eight = CandidateScores.filled(torch.ones(4, 8, 2))
+    assert MajorityVote().choose(eight, unsafe).index.tolist() == [1, 1, 1, 0]  # the tie safe: its first safe, 1
+    assert MajorityVote(tie="bad").choose(eight, unsafe).index.tolist() == [0, 1, 1, 0]  # the tie unsafe: its first unsafe, 0
+    three = torch.tensor([[False, True, True]])
+    for tie in ("good", "bad"):  # no tie with an odd N: both agree
+        assert MajorityVote(tie=tie).choose(CandidateScores.filled(torch.ones(1, 3, 2)), three).index.tolist() == [1]
+    MajorityVote(tie="bad").check(2, "selectors.majority_vote")
+    with pytest.raises(UserError) as error:
+        MajorityVote(tie="safe").check(2, "selectors.majority_vote")
+    assert str(error.value) == "selectors.majority_vote.tie='safe': set good (the paper's caption) or bad (the reference code)"
 
 
 def test_random_is_seeded_and_in_range():

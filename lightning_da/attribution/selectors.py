@@ -213,13 +213,21 @@ class Gini(ScoreSelector):
 
 @dataclass
 class MajorityVote(Selector):
-    """Good iff more than N/2 candidates are good: picks the first candidate with the majority verdict."""
+    """The majority's verdict over the N candidates, then the first candidate with it. A tie (N/2 each way)
+    is `tie`: "good", as the paper's Figure 5 caption reads (bad only when more than half are bad), or
+    "bad", as the reference code counts it (good only when more than half are good)."""
 
+    tie: str = "good"
     name: str = "majority_vote"
+
+    def check(self, num_states: int, key: str) -> None:
+        if self.tie not in ("good", "bad"):
+            raise UserError(f"{key}.tie={self.tie!r}: set good (the paper's caption) or bad (the reference code)")
 
     def choose(self, scores: CandidateScores, bad: torch.Tensor | None = None) -> Choice:
         bad = _needs_labels(self.name, bad)
-        good_majority = (~bad).sum(1) * 2 > bad.size(1)
+        good, bad_count = (~bad).sum(1), bad.sum(1)
+        good_majority = good >= bad_count if self.tie == "good" else good > bad_count
         wanted = torch.where(good_majority[:, None], ~bad, bad)
         return Choice(wanted.float().argmax(1))  # first True
 
