@@ -87,9 +87,15 @@ def test_adapter_disabled_base_equals_separately_loaded_base(student, tiny_sourc
 
 def test_without_a_base_only_the_models_own_scores(student, tokenizer):
     """base=False (a model evaluated as it is): its perplexity, self-certainty and Gini as with a base; the
-    rest NaN."""
+    rest NaN; and no forward returns hidden states, which nothing would read (a layers-deep copy of each chunk)."""
     prompts, responses = zip(*pairs(), strict=True)
-    alone = score(student, tokenizer, prompts, responses, base=False, batch_size=4, chunk_tokens=30)
+    asked = []
+    hook = student.register_forward_pre_hook(lambda _, args, kwargs: asked.append(kwargs.get("output_hidden_states")), with_kwargs=True)
+    try:
+        alone = score(student, tokenizer, prompts, responses, base=False, batch_size=4, chunk_tokens=30)
+    finally:
+        hook.remove()
+    assert asked and not any(asked)
     both = score(student, tokenizer, prompts, responses, batch_size=4, chunk_tokens=30)
     for name in ("perplexity", "self_certainty", "gini"):
         assert torch.allclose(getattr(alone, name), getattr(both, name), atol=1e-6, equal_nan=True), name
