@@ -27,7 +27,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> str:
 
 
 def test_the_issue_s_benchmarks_exist():
-    assert {"strongreject", "dan", "wildjailbreak", "harmbench", "xstest", "gsm8k", "mmlu", "arithmetic"} <= set(NAMES)
+    assert {"strongreject", "strongreject_small", "dan", "wildjailbreak", "harmbench", "xstest", "gsm8k", "mmlu", "arithmetic"} <= set(NAMES)
 
 
 @pytest.mark.parametrize("name", ["dan", "wildjailbreak", "harmbench", "xstest", "gsm8k", "mmlu"])
@@ -36,10 +36,16 @@ def test_uncached_hub_benchmark_names_the_override(name):
         benchmark(name).load()
 
 
-def test_strongreject_from_the_package():
-    assert len(benchmark("strongreject").load()) == 60
-    full = StrongRejectBenchmark(split="full").load()
-    assert len(full) == 313 and all(r["answer"] is None for r in full)
+def test_strongreject_from_the_package_named_by_its_split():
+    """benchmark=strongreject is the paper's 313 prompts, strongreject_small the 60 (the offline default); each run's
+    results carry the name of the split it read."""
+    full, small = benchmark("strongreject"), benchmark("strongreject_small")
+    assert (full.name, len(full.load()), small.name, len(small.load())) == ("strongreject", 313, "strongreject_small", 60)
+    assert all(r["answer"] is None for r in full.load())
+    assert {r["prompt"] for r in small.load()} <= {r["prompt"] for r in full.load()}
+    with pytest.raises(UserError) as error:
+        StrongRejectBenchmark(split="test")
+    assert str(error.value) == "benchmark.split='test': StrongREJECT has small (60 prompts) or full (313)"
 
 
 def test_safety_benchmarks_from_local_files(tmp_path):

@@ -55,7 +55,7 @@ def test_safety_results_schema(tmp_path, adapter):
     run = tmp_path / "run"
     assert json.loads((run / "results.json").read_text()) == json.loads(json.dumps(results))
     assert {"benchmark", "task", "judge", "n_prompts", "n_candidates", "layer", "rates", "drops", "by_layer", "schema_version"} <= set(results)
-    assert (results["benchmark"], results["judge"], results["n_prompts"], results["n_candidates"], results["layer"]) == ("strongreject", "refusal_prefix", 6, 3, 1)
+    assert (results["benchmark"], results["judge"], results["n_prompts"], results["n_candidates"], results["layer"]) == ("strongreject_small", "refusal_prefix", 6, 3, 1)
     assert (results["task"], results["rate_name"]) == ("safety", "asr")
     assert set(results["rates"]) == SELECTORS and set(results["drops"]) == SELECTORS
     assert len(results["by_layer"]) == 3  # embeddings + 2 blocks

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from lightning_da.errors import UserError
 from lightning_da.judges import (
     LlamaGuardJudge,
     RefusalPrefixJudge,
@@ -10,7 +11,6 @@ from lightning_da.judges import (
     parse_llama_guard,
     parse_wildguard,
 )
-from lightning_da.errors import UserError
 from lightning_da.models import HubModel
 
 

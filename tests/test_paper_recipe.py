@@ -66,6 +66,9 @@ RECIPE = [
     ("evaluate_sft", "student.sampling.max_new_tokens", 2048, "2048 new tokens"),
     ("evaluate_sft", "hydra:teacher", TEACHERS, "every SFT adapter"),
     ("evaluate_sft", "hydra:student", STUDENTS, "every SFT adapter"),
+    ("evaluate_sft", "hydra:benchmark", ["dan", "wildjailbreak", "strongreject", "gsm8k", "mmlu"], "the five benchmarks"),
+    ("evaluate_grpo", "hydra:benchmark", ["dan", "wildjailbreak", "strongreject", "gsm8k", "mmlu"], "the five benchmarks"),
+    ("control", "hydra:benchmark", ["dan", "wildjailbreak", "strongreject"], "Table 3: the safety benchmarks"),
     ("control", "hydra:student", ["qwen2_5_0_5b", "qwen2_5_1_5b", "qwen2_5_7b", "qwen2_5_14b", "llama3_2_1b"],
      "Table 3: five students (Table 10 has no Gemma)"),
 ]
@@ -83,3 +86,14 @@ def test_the_paper_plan_runs_the_papers_recipe(stage, setting, expected, source)
         value = OmegaConf.select(cfg, setting)
         value = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
     assert value == expected, f"{stage}: {setting} is {value!r}, PAPER.md 9 says {expected!r} ({source})"
+
+
+def test_the_grids_strongreject_is_all_313_prompts():
+    """PAPER.md 9: StrongREJECT is all 313 in every evaluation; `strongreject` is that set, named so in results."""
+    from hydra.utils import instantiate
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="evaluate", overrides=["experiment=eval_sft_grid", "benchmark=strongreject", "teacher=qwq",
+                                                         "student=qwen2_5_0_5b"])
+    benchmark = instantiate(cfg.benchmark)
+    assert (benchmark.name, len(benchmark.load())) == ("strongreject", 313)

@@ -98,7 +98,7 @@ def test_bon_attribution_callback_refuses_fsdp(tiny_source):
     from lightning_da.fsdp import AdapterFSDPStrategy
 
     trainer = L.Trainer(accelerator="cpu", devices=1, strategy=AdapterFSDPStrategy(), logger=False)
-    callback = BoNAttributionCallback(StrongRejectBenchmark(), judge=None, selector=LatentSimilarity(layer=1))
+    callback = BoNAttributionCallback(StrongRejectBenchmark(split="small"), judge=None, selector=LatentSimilarity(layer=1))
     with pytest.raises(UserError, match="trainer=ddp"):
         callback.on_fit_start(trainer, None)
 

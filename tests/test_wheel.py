@@ -75,7 +75,7 @@ def test_the_four_entry_points_run_from_the_wheel(installed, tmp_path):
     assert len(results["base"]["outcomes"]) == 4 and 0 <= results["base"]["first"] <= 100
     [configuration] = find_configurations([evaluation])
     assert (configuration.student, configuration.benchmark, configuration.teacher, configuration.stage) == (
-        "tiny_random", "strongreject", "tiny_random", "sft")
+        "tiny_random", "strongreject_small", "tiny_random", "sft")
     report = (tmp_path / "report" / "report.md").read_text()
     assert "latent_sim" in report and "base student: first" in report
     # The plan's commands, from the wheel, and `python -m lightning_da`.

@@ -90,20 +90,22 @@ class HubBenchmark:
 
 @dataclass
 class StrongRejectBenchmark:
-    """StrongREJECT from the installed package: `small` (60, the default) or `full` (313)."""
+    """StrongREJECT from the installed package: `full` (313, the paper's) or `small` (60). Its `name` says
+    which, `strongreject` or `strongreject_small`, so results and reports name the split they read."""
 
-    split: str = "small"
+    split: str = "full"
     limit: int | None = None
     seed: int = 0
-    name: str = "strongreject"
+    name: str = field(init=False)
     task: str = "safety"
 
     def __post_init__(self) -> None:
+        if self.split not in ("small", "full"):
+            raise UserError(f"benchmark.split={self.split!r}: StrongREJECT has small (60 prompts) or full (313)")
         check_at_least(self.limit, "benchmark.limit", optional=True)
+        self.name = "strongreject" if self.split == "full" else "strongreject_small"
 
     def load(self) -> list[dict]:
-        if self.split not in ("small", "full"):
-            raise UserError(f"StrongREJECT split {self.split!r}; use small or full")
         records = read_local_table(strongreject_csv(self.split))
         return _subset([{"prompt": r["forbidden_prompt"], "answer": None} for r in records], self.limit, self.seed)
 
