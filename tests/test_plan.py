@@ -24,11 +24,17 @@ def plan_cfg(*overrides):
 
 def test_the_paper_plan_runs_each_stage_as_its_own_experiment():
     commands = stage_commands(plan_cfg("experiment=paper"))
-    assert list(commands) == ["sft", "grpo", "evaluate_sft", "evaluate_grpo", "teachers", "control", "report"]
-    assert [c[3:] for c in commands.values()][:6] == [
+    assert list(commands) == ["sft", "grpo", "evaluate_sft", "evaluate_grpo", "control", "attack_llama3_2_1b", "attack_qwen2_5_7b",
+                              "report"]
+    assert [c[3:] for c in commands.values()][:5] == [
         ["train", "-m", "experiment=sft_grid"], ["train", "-m", "experiment=grpo_grid"], ["evaluate", "-m", "experiment=eval_sft_grid"],
-        ["evaluate", "-m", "experiment=eval_grpo_grid"], ["evaluate", "-m", "experiment=eval_teachers"],
-        ["evaluate", "-m", "experiment=eval_control"]]
+        ["evaluate", "-m", "experiment=eval_grpo_grid"], ["evaluate", "-m", "experiment=eval_control"]]
+    # Table 4's two rows (PAPER.md 7): PAIR at depth 8 on AdvBench against each student its teacher distilled into
+    for name, student, teacher in (("attack_llama3_2_1b", "llama3_2_1b", "r1_llama_8b"), ("attack_qwen2_5_7b", "qwen2_5_7b", "r1_llama_70b")):
+        assert commands[name][3:] == [
+            "attack", f"student={student}", f"adapter=outputs/sft_grid/{teacher}__{student}/adapter", "benchmark=advbench",
+            "benchmark.limit=50", "attacker=qwen2_5_7b", "judge=llama_guard3", "attack.depth=8",
+            f"hydra.run.dir=outputs/paper/evaluate/attack/{student}"]
     assert commands["report"][3:] == ["report", "outputs/paper/evaluate", "--out", "outputs/paper/report"]
     # Each stage's experiment composes with its entry point, the teachers' as_is and the control's base included.
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -52,14 +58,15 @@ def test_bad_plans_are_one_line_errors(tmp_path, caplog):
 
 
 def test_the_miniature_runs_every_stage_into_every_table_and_figure(tmp_path):
-    """experiment=paper_miniature through the real CLI: SFT, GRPO, the evaluation grids (teachers and the
-    control included) on tiny random models, then report.py: Tables 1-3 and every figure, none missing."""
+    """experiment=paper_miniature through the real CLI: SFT, GRPO, the evaluation grids (the control included) and
+    PAIR on tiny random models, then report.py: Tables 1-4 and every figure, none missing."""
     subprocess.run([sys.executable, "plan.py", "experiment=paper_miniature", f"root={tmp_path}", f"hydra.run.dir={tmp_path / 'plan'}"],
                    cwd=ROOT, check=True, capture_output=True, text=True)
     report = tmp_path / "report"
     markdown = (report / "report.md").read_text()
-    for heading in ("## Table 1: after SFT", "## Table 2: after GRPO", "## Table 3: the control", "## Teachers as they are"):
+    for heading in ("## Table 1: after SFT", "## Table 2: after GRPO", "## Table 3: the control", "## Table 4: PAIR"):
         assert heading in markdown
-    assert "Not drawn" not in markdown and "## Stage ?" not in markdown
+    assert "| tiny_random | 2 |" in markdown and "Not produced" not in markdown
+    assert "Not drawn" not in markdown and "## Stage ?" not in markdown and "## Teachers as they are" not in markdown
     for name in FIGURES:
         assert (report / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({name}.png)" in markdown

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from lightning_da.errors import UserError
 
 log = logging.getLogger(__name__)
-COMMANDS = ("train", "evaluate", "generate", "report")
+COMMANDS = ("train", "evaluate", "generate", "attack", "report")
 
 
 def stage_commands(cfg: DictConfig) -> dict[str, list[str]]:
