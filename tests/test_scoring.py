@@ -146,3 +146,44 @@ def test_token_scores_against_their_formulas_on_peaked_distributions():
     for name in ("nll", "self_certainty", "gini"):
         assert torch.allclose(alone[name].double(), expected[name], atol=1e-5), name
     assert all(alone[name].isnan().all() for name in ("kl", "reverse_kl", "base_nll"))
+
+
+def moved(model, scale: float = 0.05):
+    """`model` with every weight moved by seeded noise: a base that is not the student's own."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * scale)
+    return model.eval()
+
+
+def assert_matches_reference(scores, ft, base, tokenizer, candidates):
+    with torch.no_grad():
+        for i, (prompt, response) in enumerate(candidates):
+            cosine, want = reference(ft, base, tokenizer, prompt, response)
+            assert torch.allclose(scores.cosine[i], cosine, atol=1e-5), i
+            for name, value in want.items():
+                got = getattr(scores, name)[i].item()
+                assert math.isnan(got) if math.isnan(value) else got == pytest.approx(value, rel=1e-4, abs=1e-5), (i, name)
+
+
+def test_a_separate_base_is_the_one_compared(student, tiny_source, tokenizer):
+    """`base=` another model than the student's own base (its weights moved): every comparing score is against it."""
+    other = moved(tiny_source.load_model())
+    candidates = pairs()[:8]
+    scores = score(student, tokenizer, *zip(*candidates, strict=True), base=other, batch_size=4, chunk_tokens=30)
+    assert_matches_reference(scores, student, other, tokenizer, candidates)
+
+
+def test_sliding_window_attention_is_scored_as_an_unbatched_forward(tokenizer):
+    """Gemma 3 (a paper student) attends within a sliding window in some layers: with a window of 4 positions,
+    far shorter than the prompts, the chunked, cached pass still equals one plain forward per candidate."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    config = Gemma3TextConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                              num_attention_heads=2, num_key_value_heads=1, head_dim=16, sliding_window=4,
+                              layer_types=["sliding_attention", "full_attention"], max_position_embeddings=512)
+    torch.manual_seed(0)
+    ft, base = Gemma3ForCausalLM(config).eval(), moved(Gemma3ForCausalLM(config), 0.2)
+    candidates = pairs()[:10]
+    scores = score(ft, tokenizer, *zip(*candidates, strict=True), base=base, batch_size=3, chunk_tokens=7)
+    assert_matches_reference(scores, ft, base, tokenizer, candidates)
