@@ -50,6 +50,17 @@ def reference(ft, base, tokenizer, prompt, response) -> tuple[torch.Tensor, dict
     }
 
 
+def assert_matches_reference(scores, ft, base, tokenizer, candidates):
+    """Each candidate's every score equal to `reference`'s, alone and unbatched (NaN where it has none)."""
+    with torch.no_grad():
+        for i, (prompt, response) in enumerate(candidates):
+            cosine, want = reference(ft, base, tokenizer, prompt, response)
+            assert torch.allclose(scores.cosine[i], cosine, atol=1e-5), i
+            for name, value in want.items():
+                got = getattr(scores, name)[i].item()
+                assert math.isnan(got) if math.isnan(value) else got == pytest.approx(value, rel=1e-4, abs=1e-5), (i, name)
+
+
 def pairs():
     return [(p, r) for p in PROMPTS for r in RESPONSES]
 
@@ -66,13 +77,7 @@ def test_scores_match_unbatched_reference(student, tiny_source, tokenizer, batch
     prompts, responses = zip(*pairs(), strict=True)
     scores = score(student, tokenizer, prompts, responses, batch_size=batch_size, chunk_tokens=chunk_tokens)
     assert scores.cosine.shape == (len(prompts), student.config.num_hidden_layers + 1)
-    with torch.no_grad():
-        for i, (prompt, response) in enumerate(pairs()):
-            cosine, want = reference(student, base, tokenizer, prompt, response)
-            assert torch.allclose(scores.cosine[i], cosine, atol=1e-5), i
-            for name, value in want.items():
-                got = getattr(scores, name)[i].item()
-                assert math.isnan(got) if math.isnan(value) else got == pytest.approx(value, rel=1e-4, abs=1e-5), (i, name)
+    assert_matches_reference(scores, student, base, tokenizer, pairs())
     assert scores.cosine[:, 0].allclose(torch.ones(len(prompts)))  # embeddings: the adapter does not touch them
     assert (scores.cosine[:, -1] < 0.9999).any()  # deeper layers do differ, so the test has teeth
 
@@ -154,16 +159,6 @@ def moved(model, scale: float = 0.05):
         for p in model.parameters():
             p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * scale)
     return model.eval()
-
-
-def assert_matches_reference(scores, ft, base, tokenizer, candidates):
-    with torch.no_grad():
-        for i, (prompt, response) in enumerate(candidates):
-            cosine, want = reference(ft, base, tokenizer, prompt, response)
-            assert torch.allclose(scores.cosine[i], cosine, atol=1e-5), i
-            for name, value in want.items():
-                got = getattr(scores, name)[i].item()
-                assert math.isnan(got) if math.isnan(value) else got == pytest.approx(value, rel=1e-4, abs=1e-5), (i, name)
 
 
 def test_a_separate_base_is_the_one_compared(student, tiny_source, tokenizer):
