@@ -335,5 +335,7 @@ def test_a_separate_base_and_the_kept_states(student, tokenizer, tiny_source, mo
                                                              forward_state(other, tokenizer, prompt, c.response_ids, 2), dim=0)
                                          for c in row]) for prompt, row in zip(PROMPTS, block.completions, strict=True)])
     assert (block.cosines - expected).abs().max() <= TOLERANCE
-    disabled = latent_cosines(student, tokenizer, *flatten_candidates(PROMPTS, block.completions), 2)
+    forwards.clear()  # another engine's candidates (no kept states), the adapter-disabled base: two forwards, batched as asked
+    disabled = latent.latent_cosines(student, tokenizer, *flatten_candidates(PROMPTS, block.completions), 2, batch_size=4, chunk_tokens=6)
+    assert forwards == [(student, 4, 6), (student, 4, 6)]
     assert (disabled.view(3, 3) - block.cosines).abs().max() > 1e-3  # the moved base is not the adapter-disabled one
