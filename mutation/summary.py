@@ -50,12 +50,13 @@ def follows(rule: dict, diff: str) -> bool:
     if len(before) != 1 or len(after) != 1:
         return False
     old, new, start = before[0], after[0], before[0].find(rule["from"])
+    targets = [rule["to"]] if isinstance(rule["to"], str) and rule["to"] != "*" else rule["to"]  # one target or a list
     while start != -1:
         head, tail = old[:start], old[start + len(rule["from"]) :]
         dropped = {head + tail.removeprefix(", "), head.removesuffix(", ") + tail}  # an argument removed with its comma
         if rule["to"] == "*" and (new in dropped or new.startswith(head) and new.endswith(tail) and len(new) >= len(head) + len(tail)):
             return True  # any change within the span
-        if rule["to"] != "*" and (any(new == head + to + tail for to in rule["to"]) or "" in rule["to"] and new in dropped):
+        if rule["to"] != "*" and (any(new == head + to + tail for to in targets) or "" in targets and new in dropped):
             return True
         start = old.find(rule["from"], start + 1)
     return False

@@ -11,6 +11,8 @@ DIFFS = {
     "m.x_g__mutmut_1": "--- a\n+++ b\n-    y = 2 * x\n+    y = 2 / x",
     "m.x_h__mutmut_1": "--- a\n+++ b\n-    ax.text(s, t, v, ha=\"center\", va=\"center\")\n+    ax.text(s, t, v, va=\"center\")",
     "m.x_h__mutmut_2": "--- a\n+++ b\n-    ax.text(s, t, v, ha=\"center\", va=\"center\")\n+    ax.text(s, t, va=\"center\")",
+    "m.x_k__mutmut_1": "--- a\n+++ b\n-    device = next(model.parameters()).device\n+    device = None",
+    "m.x_k__mutmut_2": "--- a\n+++ b\n-    device = next(model.parameters()).device\n+    device = \"\"",
 }
 
 
@@ -21,6 +23,8 @@ def test_a_rule_covers_only_the_change_it_names():
     assert follows(styling, DIFFS["m.x_f__mutmut_3"]) and not follows(styling, DIFFS["m.x_f__mutmut_4"])  # the title is not styling
     alignment = {"from": 'ha="center"', "to": "*"}
     assert follows(alignment, DIFFS["m.x_h__mutmut_1"]) and not follows(alignment, DIFFS["m.x_h__mutmut_2"])  # the text is content
+    device = {"from": "next(model.parameters()).device", "to": "None"}  # one target, not a list: the whole string
+    assert follows(device, DIFFS["m.x_k__mutmut_1"]) and not follows(device, DIFFS["m.x_k__mutmut_2"])
 
 
 def test_survivors_covered_are_equivalent_and_what_the_file_gets_wrong_is_reported():

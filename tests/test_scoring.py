@@ -82,6 +82,22 @@ def test_scores_match_unbatched_reference(student, tiny_source, tokenizer, batch
     assert (scores.cosine[:, -1] < 0.9999).any()  # deeper layers do differ, so the test has teeth
 
 
+def test_each_candidate_is_scored_once_in_batches_of_batch_size(student, tokenizer, monkeypatch):
+    """Five candidates of one prompt and one of another at batch_size=2: batches of 2, 2, 1 and 1, each candidate in
+    exactly one."""
+    from lightning_da.attribution import scoring
+
+    rows, original = [], scoring._score_suffixes
+
+    def counted(suffixes, *args, **kwargs):
+        rows.append(len(suffixes))
+        return original(suffixes, *args, **kwargs)
+
+    monkeypatch.setattr(scoring, "_score_suffixes", counted)
+    score(student, tokenizer, [PROMPTS[0]] * 5 + [PROMPTS[1]], RESPONSES[:5] + ["Hi."], batch_size=2)
+    assert rows == [2, 2, 1, 1]
+
+
 def test_adapter_disabled_base_equals_separately_loaded_base(student, tiny_source, tokenizer):
     prompts, responses = zip(*pairs(), strict=True)
     shared = score(student, tokenizer, prompts, responses, batch_size=4)
