@@ -117,6 +117,9 @@ def test_paper_table_against_hand_computation(runs):
     assert safety.difference_ci == pytest.approx(list(expected.difference_ci), abs=1e-4)
     utility = table[("utility", "gsm8k")]["latent_sim"]
     assert utility.drop == pytest.approx((75 - 50) / 75 * 100, abs=1e-4)  # the unrated prompt left out of both
+    by_default = paper_table(find_configurations([runs / "evaluate"]), resamples=500)[("safety", "strongreject")]["latent_sim"]
+    seed_0 = paired_bootstrap_many([[1, 1, 1, 0], [0, 0, 0]], [[0, 1, 0, 0], [0, 1, 0]], seed=0, resamples=500)
+    assert by_default.difference_ci == pytest.approx(list(seed_0.difference_ci), abs=1e-4)  # the bootstrap's seed: 0
 
 
 def test_report_files_have_no_nan_and_footnote_the_undefined_drop(runs):
@@ -366,6 +369,14 @@ def test_bad_directories_are_one_line_and_exit_2(tmp_path, caplog, make, message
         find_configurations([tmp_path / "runs"])
 
 
+def test_no_results_under_several_directories_names_them_all(tmp_path):
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    with pytest.raises(UserError) as error:
+        find_configurations([tmp_path / "a", tmp_path / "b"])
+    assert str(error.value) == f"no results.json under {tmp_path / 'a'}, {tmp_path / 'b'}; run evaluate.py there first"
+
+
 @pytest.fixture
 def drawn(monkeypatch):
     """The figures report.py draws, kept as matplotlib objects when saved (their PNGs are written as usual)."""
@@ -489,6 +500,8 @@ def test_panels_fill_rows_of_three_and_a_panel_without_spread_says_so(tmp_path, 
     panels = {texts(ax)["title"]: texts(ax)["text"] for ax in drawn["densities"]["axes"]}
     assert panels == {"perplexity (log10)": ["no values"], "self-certainty": ["no spread to show"],
                       "KL(FT || base)": ["no safe candidate with a value"], "latent similarity (cosine at layer 1)": []}
+    assert [figures._no_histogram(unsafe, safe) for unsafe, safe in (([], []), ([1.0], []), ([], [1.0]), ([2.0], [2.0]), ([1.0], [2.0]))] == [
+        "no values", "no safe candidate with a value", "no unsafe candidate with a value", "no spread to show", None]
     latent = drawn["densities"]["axes"][-1]  # 0.2 unsafe, 0.4 safe: each its class's whole density, the maximum counted
     assert [sum(p.get_height() * p.get_width() for p in bars) for bars in latent.containers] == pytest.approx([1.0, 1.0])
     # Only unsafe candidates anywhere: no panel can compare, so no figure.
@@ -571,6 +584,7 @@ def test_figure_6_reads_the_papers_layer_12_when_a_run_names_none_clipped_to_the
     flagged = [(c[2], f) for r in records for c, f in zip(r["cosine_by_layer"], r["flags"], strict=True)]
     assert layer == 12 and pooled["latent similarity (cosine at layer {layer})"] == ([v for v, f in flagged if f],
                                                                                      [v for v, f in flagged if not f])
+    assert figures.density_values([]) == ({title: ([], []) for title, _ in figures.DENSITY_PANELS}, None)  # no run, no layer
 
 
 def test_the_report_whole_for_a_small_sweep(tmp_path, drawn):

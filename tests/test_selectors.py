@@ -109,6 +109,7 @@ def test_majority_vote_ties_as_the_paper_reads_them_or_as_the_reference_counts_t
     three = torch.tensor([[False, True, True]])
     for tie in ("good", "bad"):  # no tie with an odd N: both agree
         assert MajorityVote(tie=tie).choose(CandidateScores.filled(torch.ones(1, 3, 2)), three).index.tolist() == [1]
+    MajorityVote().check(2, "selectors.majority_vote")
     MajorityVote(tie="bad").check(2, "selectors.majority_vote")
     with pytest.raises(UserError) as error:
         MajorityVote(tie="safe").check(2, "selectors.majority_vote")
