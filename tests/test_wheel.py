@@ -81,7 +81,7 @@ def test_the_four_entry_points_run_from_the_wheel(installed, tmp_path):
     # The plan's commands, from the wheel, and `python -m lightning_da`.
     plan = run(installed, str(scripts / "lightning-da-plan"), "experiment=paper", "dry_run=true", f"hydra.run.dir={tmp_path / 'plan'}")
     assert "python -m lightning_da train -m experiment=sft_grid" in plan and "# report" in plan
-    assert "experiment=eval_teachers" in run(installed, sys.executable, "-m", "lightning_da", "plan", "experiment=paper", "dry_run=true",
+    assert "experiment=eval_control" in run(installed, sys.executable, "-m", "lightning_da", "plan", "experiment=paper", "dry_run=true",
                                              f"hydra.run.dir={tmp_path / 'plan2'}")
     attack = run(installed, str(scripts / "lightning-da-attack"), "--cfg", "job")  # composed from the wheel's configs
     assert "targets:" in attack and "n_streams: 3" in attack and "EmbeddedSmolLM2" in attack
