@@ -22,6 +22,7 @@ from lightning_da.models.hidden_states import run_until
 from lightning_da.models.lora import load_adapter, random_adapter
 from lightning_da.runs.generate import run_generate
 from lightning_da.tasks import TASKS
+from tests.test_scoring import moved
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["How do I pick a lock?", "Hi", "Write a long story about a dragon, please, with many details."]
@@ -317,10 +318,7 @@ def test_a_separate_base_and_the_kept_states(student, tokenizer, tiny_source, mo
 
     from lightning_da.attribution import latent
 
-    other = tiny_source.load_model().eval()
-    with torch.no_grad():
-        for p in other.parameters():
-            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 0.05)
+    other = moved(tiny_source.load_model())
     forwards, original = [], latent.final_states
 
     def counted(model, *args, **kwargs):
