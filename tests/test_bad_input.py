@@ -22,7 +22,8 @@ from tests.test_train import TINY
 ROOT = Path(__file__).resolve().parents[1]
 EVALUATE = ["evaluate.py", "student=tiny_random", "n_candidates=2", "max_new_tokens=4", "benchmark.limit=2", "trainer.accelerator=cpu"]
 TRAIN = ["train.py", *TINY]
-GRPO = ["train.py", "algorithm=grpo", "student=tiny_random", "trainer.accelerator=cpu", "data.harmful.limit=4", "data.benign.n=4"]
+GRPO = ["train.py", "algorithm=grpo", "student=tiny_random", "trainer.accelerator=cpu", "data=rl_mixture", "rewards=mixture", "data.harmful.limit=4",
+        "data.benign.n=4"]
 GPU_DEFAULT = [a for a in EVALUATE if a != "trainer.accelerator=cpu"], [a for a in TRAIN if a != "trainer.accelerator=cpu"]
 OUTPUTS = ("results.json", "candidates.jsonl", "wandb", "csv", "adapter", "checkpoints", "metrics.json", "completions.jsonl")
 

@@ -111,8 +111,9 @@ def test_trainer_keys_users_reach_for_need_no_plus(compose_train):
 
 def test_grpo_grid_experiment_is_the_papers_grid_and_starts_from_the_sft_grid(compose_train):
     cfg = compose_train("experiment=grpo_grid")
-    assert cfg.algorithm.name == "grpo" and cfg.data.harmful.name == "UCSC-VLAA/STAR-41K"
+    assert cfg.algorithm.name == "grpo" and cfg.data.prompts.name == "UCSC-VLAA/STAR-41K"
     assert cfg.judge.model.name == "meta-llama/Llama-Guard-3-8B" and cfg.trainer.precision == "bf16-mixed"
+    assert cfg.data.prompts == compose_train("experiment=sft_grid").data  # the SFT run's prompts: its trace cache serves both
     grid = OmegaConf.load(CONF / "experiment" / "grpo_grid.yaml").hydra.sweeper.params
     teachers, students = grid.teacher.split(","), grid.student.split(",")
     assert len(teachers) * len(students) == 12 and set(teachers) <= set(TEACHERS) and set(students) <= set(STUDENTS)
@@ -126,7 +127,7 @@ def test_grpo_grid_experiment_is_the_papers_grid_and_starts_from_the_sft_grid(co
 @pytest.mark.parametrize(("argv", "message"), [
     (["attacker=nope"], "unknown attacker=nope; choose from qwen2_5_7b, smollm2_135m, student, teacher, tiny_random"),
     (["-m", "student=tiny_random,nope"], "unknown student=nope; choose from"),
-    (["data@data.harmful=nope"], "unknown data=nope; choose from rl_mixture, star_41k, strongreject"),
+    (["data@data.harmful=nope"], "unknown data=nope; choose from rl_mixture, star_41k, strongreject, teacher_filtered"),
     (["+benchmark=xyz"], "unknown benchmark=xyz; choose from advbench"),
 ])
 def test_an_unknown_config_name_is_one_line_naming_the_choices(argv, message, capsys):

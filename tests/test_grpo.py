@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from lightning_da.algorithms import GRPOModule
-from lightning_da.data.rl import RLPromptDataModule
+from lightning_da.data.rl import RLPromptDataModule, TeacherFiltered
+from lightning_da.errors import UserError
 from lightning_da.formats import pad_ids, prefix_ids
 from lightning_da.generation import SamplingConfig
 from lightning_da.judges import RefusalPrefixJudge, Verdict
@@ -295,7 +296,7 @@ def test_grpo_through_train_py_config(compose_train, init_adapter, tmp_path):
     cfg = compose_train(
         "algorithm=grpo", "student=tiny_random", f"algorithm.module.init_adapter={init_adapter}", "trainer.accelerator=cpu", "trainer.max_steps=2",
         "algorithm.module.num_generations=2", "algorithm.module.sampling.max_new_tokens=5", "algorithm.datamodule.prompts_per_step=2",
-        "algorithm.datamodule.val_prompts=2", "data.harmful.limit=4", "data.benign.n=4", "algorithm.module.log_completions_steps=1",
+        "algorithm.datamodule.val_prompts=2", "data=rl_mixture", "rewards=mixture", "data.harmful.limit=4", "data.benign.n=4", "algorithm.module.log_completions_steps=1",
         "callbacks=with_bon", "callbacks.bon_attribution.selector.layer=2", "callbacks.bon_attribution.n_prompts=2",
         "callbacks.bon_attribution.n_candidates=2", "callbacks.bon_attribution.sampling.max_new_tokens=4",
         "trainer.val_check_interval=1", "+judge.refusals=[\"\"]",
@@ -361,7 +362,7 @@ def test_grpo_under_ddp_on_two_cpu_ranks(tmp_path):
          "trainer.devices=2", "trainer.max_steps=2", "algorithm.module.num_generations=4", "algorithm.module.sampling.max_new_tokens=6",
          "algorithm.datamodule.prompts_per_step=2", "algorithm.module.loss_type=dapo", "algorithm.module.scale_rewards=batch",
          "algorithm.module.top_entropy_quantile=0.2", "algorithm.module.beta=0.04",
-         "data.harmful.limit=8", "data.benign.n=8", "logger=csv", '+judge.refusals=[""]', f"hydra.run.dir={run}"],
+         "data=rl_mixture", "rewards=mixture", "data.harmful.limit=8", "data.benign.n=8", "logger=csv", '+judge.refusals=[""]', f"hydra.run.dir={run}"],
         cwd=Path(__file__).resolve().parents[1], check=True, capture_output=True, text=True,
     )
     assert (run / "train_ddp_process_1.log").is_file() and (run / "adapter" / "adapter_model.safetensors").is_file()
@@ -377,10 +378,45 @@ def test_optional_rewards_and_settings_compose(compose_train):
 
     cfg = compose_train("algorithm=grpo", "+reward@algorithm.module.rewards.overlong=overlong", "algorithm.module.sampling.max_new_tokens=64")
     rewards = instantiate(cfg.algorithm.module.rewards, _convert_="all")
-    assert set(rewards) == {"judge_safety", "answer_correct", "format", "overlong"}
+    assert set(rewards) == {"judge_safety", "overlong"}  # the paper's judge reward alone, plus what was added
     assert (rewards["overlong"]["fn"].max_length, rewards["overlong"]["fn"].cache) == (64, 16)
     module = cfg.algorithm.module
     assert (module.num_generations, module.sampling.temperature, module.epsilon, module.beta, module.optimizer.lr) == (8, 0.9, 0.2, 0.0, 1.41e-5)
     assert not (module.dynamic_sampling or module.mask_truncated_completions)  # beyond-TRL options are off by default
     assert cfg.trainer.max_epochs == 1 and cfg.trainer.gradient_clip_val is None and cfg.callbacks.model_checkpoint.monitor is None
-    assert cfg.data._target_.endswith("PromptMixture")
+    assert cfg.data._target_.endswith("TeacherFiltered") and cfg.data.prompts == compose_train().data  # the SFT stage's prompts
+    mixture = compose_train("algorithm=grpo", "rewards=mixture", "data=rl_mixture")
+    assert list(mixture.algorithm.module.rewards) == ["judge_safety", "answer_correct", "format"]
+    assert mixture.data._target_.endswith("PromptMixture") and "rewards" not in compose_train().algorithm.module
+
+
+def test_grpo_trains_on_the_prompts_whose_traces_the_sft_stage_kept(compose_train, monkeypatch):
+    """PAPER.md 9: GRPO's prompts are the SFT stage's filtered training set. The SFT run's trace cache serves it (no
+    teacher loads again), and the rows are the kept traces' prompts, each once (two samples a prompt), in order."""
+    from hydra.utils import instantiate
+
+    from lightning_da.runs import train as train_run
+
+    shared = ["teacher=tiny_random", "student=tiny_random", "teacher.samples_per_prompt=2", "teacher.sampling.max_new_tokens=4",
+              "+judge.refusals=[e]", "judge.window=2"]
+    sft = compose_train(*shared, "data.limit=12")
+    splits = train_run.filtered_traces(sft, instantiate(sft.data))  # what the SFT stage does first
+    kept = list(dict.fromkeys(splits["kept"]["prompt"]))
+    assert kept and set(splits["rejected"]["prompt"]) - set(kept), "the judge must keep some prompts and drop others"
+    assert len(kept) < len(splits["kept"]), "some prompt must be kept twice, else deduplication is not tested"
+
+    def no_teacher(*args, **kwargs):
+        raise AssertionError("the teacher was loaded again")
+
+    monkeypatch.setattr("lightning_da.teacher.teacher_sampler", no_teacher)
+    grpo = compose_train("algorithm=grpo", *shared, "data.prompts.limit=12", "algorithm.datamodule.prompts_per_step=1")
+    student = instantiate(grpo.student.model)
+    _, datamodule, metrics, _ = train_run._prepare_grpo(grpo, student, student.load_tokenizer())
+    assert [r["prompt"] for r in datamodule.train_rows] == kept and metrics == {"data/rl_prompts": len(kept)}
+    assert {(r["task"], r["answer"]) for r in datamodule.train_rows} == {("safety", None)}
+
+
+def test_grpo_without_a_kept_trace_says_what_to_change():
+    with pytest.raises(UserError, match=r"^the judge kept none of the teacher's traces, so GRPO has no prompts; use more prompts "
+                                        r"\(data.prompts.limit\), another teacher or judge, or data=rl_mixture$"):
+        TeacherFiltered(prompts=None).rows({"prompt": []})

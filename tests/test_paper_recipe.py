@@ -60,6 +60,12 @@ RECIPE = [
     ("grpo", "algorithm.module.sampling.temperature", 0.9, "TRL 0.16's default T 0.9"),
     ("grpo", "algorithm.module.epsilon", 0.2, "TRL 0.16's default epsilon 0.2"),
     ("grpo", "algorithm.module.sampling.max_new_tokens", 2048, "max completion 2048"),
+    ("grpo", lambda c: sorted(c.algorithm.module.rewards), ["judge_safety"], "reward: the judge's verdict, nothing else"),
+    ("grpo", "judge.model.name", "meta-llama/Llama-Guard-3-8B", "Llama-Guard-3-8B as the reward model"),
+    ("grpo", "data._target_", "lightning_da.data.rl.TeacherFiltered", "data: the filtered set's train split"),
+    ("grpo", "data.prompts.name", "UCSC-VLAA/STAR-41K", "... of STAR-41K, the SFT stage's prompts"),
+    ("grpo", lambda c: c.algorithm.datamodule.prompts_per_step * c.algorithm.module.num_generations * c.trainer.devices, 256,
+     "batch 256 completions per step"),
     ("evaluate_sft", "n_candidates", 8, "N 8"),
     ("evaluate_sft", "student.sampling.temperature", 0.7, "T 0.7"),
     ("evaluate_sft", "student.sampling.top_p", 1.0, "top-p 1.0"),
@@ -75,7 +81,7 @@ RECIPE = [
 
 
 @pytest.mark.parametrize(("stage", "setting", "expected", "source"), RECIPE,
-                         ids=[f"{s}-{k if isinstance(k, str) else 'effective_batch'}" for s, k, _, _ in RECIPE])
+                         ids=[f"{s}-{k if isinstance(k, str) else source.split(':')[0]}" for s, k, _, source in RECIPE])
 def test_the_paper_plan_runs_the_papers_recipe(stage, setting, expected, source):
     cfg, params = STAGES[stage]
     if callable(setting):

@@ -1,5 +1,6 @@
-"""Prompts for the RL stage: a seeded mixture of harmful prompts (rewarded by the judge) and benign
-prompts with reference answers (rewarded by correctness), so that refusing everything does not win."""
+"""Prompts for the RL stage: the SFT stage's teacher-filtered prompts (the paper's), or a seeded mixture of
+harmful prompts (rewarded by the judge) and benign prompts with reference answers (rewarded by correctness),
+so that refusing everything does not win."""
 
 from __future__ import annotations
 
@@ -33,6 +34,22 @@ class PromptMixture:
             raise UserError("the RL prompt mixture is empty; check data.harmful and data.benign")
         random.Random(self.seed).shuffle(rows)
         return rows
+
+
+@dataclass
+class TeacherFiltered:
+    """`prompts`: the prompt set of `data/` the SFT stage's teacher answered; the RL rows are those of its
+    prompts whose trace the judge kept (train.py generates or reads the traces), each once, in order."""
+
+    prompts: object
+
+    def rows(self, kept) -> list[dict]:
+        """`kept`: the judged traces the filter kept (rows with `prompt`)."""
+        prompts = list(dict.fromkeys(kept["prompt"]))  # several samples of one prompt: the prompt once
+        if not prompts:
+            raise UserError("the judge kept none of the teacher's traces, so GRPO has no prompts; use more prompts "
+                            "(data.prompts.limit), another teacher or judge, or data=rl_mixture")
+        return [{"prompt": prompt, "task": "safety", "answer": None} for prompt in prompts]
 
 
 class RLPromptDataModule(ResumesMidEpoch, L.LightningDataModule):

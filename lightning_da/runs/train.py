@@ -17,6 +17,7 @@ from lightning_da.algorithms.grpo import SETTINGS, check_settings
 from lightning_da.atomic import save_dir_atomic, write_text_atomic
 from lightning_da.checkpoints import resolve_checkpoint, wandb_run_id
 from lightning_da.data.filtering import judge_counts, judge_traces
+from lightning_da.data.rl import TeacherFiltered
 from lightning_da.distributed import check_accelerator
 from lightning_da.errors import UserError
 from lightning_da.fsdp import uses_fsdp
@@ -62,16 +63,23 @@ def run_train(cfg: DictConfig) -> dict[str, float]:
     return _fit(cfg, module, datamodule, tokenizer, data_metrics, log_data, checkpoint)
 
 
-def _prepare_sft(cfg: DictConfig, student, tokenizer):
-    """Prompts -> teacher traces -> judge -> the SFT module and datamodule."""
+def filtered_traces(cfg: DictConfig, data):
+    """`data` (a prompt set) -> teacher traces -> judge: the `kept` and `rejected` splits, from the cache when
+    an earlier run filled it."""
     spec = instantiate(cfg.spec)
-    prompts = instantiate(cfg.data).load(spec.categories)
+    prompts = data.load(spec.categories)
     log.info("%d prompts; spec %s", len(prompts), spec.name)
     cache, traces = teacher_traces(cfg, spec, prompts)
     judge = instantiate(cfg.judge)
     splits = judge_traces(cache, traces, judge)
     del judge
     release_memory()
+    return splits
+
+
+def _prepare_sft(cfg: DictConfig, student, tokenizer):
+    """Prompts -> teacher traces -> judge -> the SFT module and datamodule."""
+    splits = filtered_traces(cfg, instantiate(cfg.data))
     counts = {f"data/{k}": v for k, v in judge_counts(splits).items()}
 
     def log_data(logger) -> None:
@@ -86,10 +94,12 @@ def _prepare_sft(cfg: DictConfig, student, tokenizer):
 
 
 def _prepare_grpo(cfg: DictConfig, student, tokenizer):
-    """The prompt mixture -> the GRPO module (policy = student + init_adapter, trainable) and datamodule."""
+    """The RL prompts (the teacher-filtered ones, or a mixture) -> the GRPO module (policy = student +
+    init_adapter, trainable) and datamodule."""
     if cfg.algorithm.module.init_adapter:
         check_adapter_dir(cfg.algorithm.module.init_adapter, "algorithm.module.init_adapter")
-    rows = instantiate(cfg.data).load()
+    data = instantiate(cfg.data)
+    rows = data.rows(filtered_traces(cfg, data.prompts)["kept"]) if isinstance(data, TeacherFiltered) else data.load()
     log.info("%d RL prompts (%d harmful)", len(rows), sum(r["task"] == "safety" for r in rows))
     datamodule = instantiate(cfg.algorithm.datamodule, _partial_=True)(rows=rows, tokenizer=tokenizer)
     module = instantiate(cfg.algorithm.module, _partial_=True)(
