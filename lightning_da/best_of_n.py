@@ -62,6 +62,7 @@ def best_of_n_block(
     batch_size: int = 8,
     scoring_batch_size: int = 8,
     chunk_tokens: int = 256,
+    hidden_at: str = "last_token",
     progress: bool = True,
     sampler: Callable | None = None,
 ) -> BestOfN:
@@ -74,7 +75,7 @@ def best_of_n_block(
     sampled = time.perf_counter()
     flat_prompts, flat = flatten_candidates(prompts, completions)
     scores = score_candidates(model, tokenizer, flat_prompts, [c.response_ids for c in flat], base=base,
-                              batch_size=scoring_batch_size, chunk_tokens=chunk_tokens, progress=progress)
+                              batch_size=scoring_batch_size, chunk_tokens=chunk_tokens, hidden_at=hidden_at, progress=progress)
     log.info("sampling %.1f s, scoring %.1f s (%d candidates)", sampled - started, time.perf_counter() - sampled, len(flat))
     flags, bad, verdicts = task.grade(judge, prompts, candidates, answers)
     ids = [[c.response_ids for c in row] for row in completions]

@@ -53,6 +53,8 @@ CASES = [
     pytest.param([*EVALUATE, "n_candidates=0"], "tiny", "n_candidates=0: set it to an integer of at least 1", id="n_candidates=0"),
     pytest.param([*EVALUATE, "max_new_tokens=-5"], "tiny", "max_new_tokens=-5: set it to an integer of at least 1", id="max_new_tokens=-5"),
     pytest.param([*EVALUATE, "scoring_chunk_tokens=0"], "tiny", "scoring_chunk_tokens=0: set it", id="scoring_chunk_tokens=0"),
+    pytest.param([*EVALUATE, "scoring_hidden_at=end"], "tiny", "scoring_hidden_at=end: use last_token (each candidate's own last token) "
+                 "or padded_end (the reference's: the right-padded batch's last position)", id="scoring_hidden_at-unknown"),
     pytest.param([*EVALUATE, "benchmark.limit=0"], "tiny", "benchmark.limit=0: set it", id="benchmark.limit=0"),
     pytest.param(EVALUATE, "smollm2", "smollm2-135m-instruct, whose shapes or modules differ from the student tiny-random-llama; set student=",
                  id="adapter-of-another-model", marks=pytest.mark.slow),

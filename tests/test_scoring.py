@@ -198,3 +198,43 @@ def test_sliding_window_attention_is_scored_as_an_unbatched_forward(tokenizer):
     candidates = pairs()[:10]
     scores = score(ft, tokenizer, *zip(*candidates, strict=True), base=base, batch_size=3, chunk_tokens=7)
     assert_matches_reference(scores, ft, base, tokenizer, candidates)
+
+
+def reference_padded_end(ft, base, tokenizer, candidates) -> torch.Tensor:
+    """The reference's latent similarity (PAPER.md 6), written from its script: one batch of (prompt + response) ids,
+    right-padded with an attention mask, both models' hidden states read at position -1 for every row."""
+    rows = [encode_candidate(tokenizer, prompt, response)[0] for prompt, response in candidates]
+    width = max(map(len, rows))
+    ids = torch.tensor([row + [tokenizer.pad_token_id] * (width - len(row)) for row in rows])
+    mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in rows])
+    out_ft = ft(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+    out_base = base(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+    return torch.stack([F.cosine_similarity(a[:, -1], b[:, -1], dim=-1) for a, b in zip(out_ft.hidden_states, out_base.hidden_states,
+                                                                                            strict=True)], dim=1)
+
+
+def test_padded_end_reads_the_reference_batchs_last_position(student, tiny_source, tokenizer):
+    """`hidden_at="padded_end"` (evaluate.py's scoring_hidden_at) is the reference's pad bug: in batches of 4 candidates
+    of one prompt, each read where the longest of its batch ends; the fix reads each at its own last token."""
+    base = tiny_source.load_model().eval()
+    prompt, responses = PROMPTS[0], [*RESPONSES[1:], "Ok", "A much longer answer than the others, going on and on.", "", "Fine."]
+    buggy = score(student, tokenizer, [prompt] * 8, responses, base=base, batch_size=4, hidden_at="padded_end")
+    fixed = score(student, tokenizer, [prompt] * 8, responses, base=base, batch_size=4)
+    with torch.no_grad():
+        for batch in (slice(0, 4), slice(4, 8)):
+            want = reference_padded_end(student, base, tokenizer, [(prompt, r) for r in responses[batch]])
+            assert torch.allclose(buggy.cosine[batch], want, atol=1e-5)
+    lengths = torch.tensor([len(response_ids(tokenizer, r)) for r in responses])
+    longest = torch.cat([lengths[:4] == lengths[:4].max(), lengths[4:] == lengths[4:].max()])
+    assert torch.allclose(buggy.cosine[longest], fixed.cosine[longest], atol=1e-6)  # where no pad follows, the same
+    assert not torch.isclose(buggy.cosine[~longest, -1], fixed.cosine[~longest, -1], atol=1e-4).any()  # a pad read instead
+    for name in ("kl", "perplexity", "self_certainty"):  # the per-token scores never read a pad either way
+        torch.testing.assert_close(getattr(buggy, name), getattr(fixed, name), rtol=0, atol=0, equal_nan=True)
+
+
+def test_an_unknown_hidden_at_names_both_choices(student, tokenizer):
+    from lightning_da.errors import UserError
+
+    with pytest.raises(UserError, match=r"^hidden_at=pad: use last_token \(each candidate's own last token\) or padded_end \(the "
+                                        r"reference's: the right-padded batch's last position\)$"):
+        score(student, tokenizer, PROMPTS[:1], RESPONSES[:1], hidden_at="pad")

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
+from lightning_da.errors import UserError
 from lightning_da.formats import prefix_ids
 from lightning_da.models.versions import with_cache
 
@@ -158,9 +159,22 @@ def ending_in(last: torch.Tensor, begin: int, end: int) -> torch.Tensor:
     return ((last >= begin) & (last < end)).nonzero().squeeze(1)
 
 
-def _score_suffixes(suffixes: list[list[int]], ft, base, *, offset: int, pad_id: int, chunk_tokens: int) -> list[dict]:
+HIDDEN_AT = ("last_token", "padded_end")
+
+
+def check_hidden_at(hidden_at: str, key: str = "scoring_hidden_at") -> str:
+    if hidden_at not in HIDDEN_AT:
+        raise UserError(f"{key}={hidden_at}: use last_token (each candidate's own last token) or padded_end (the "
+                        "reference's: the right-padded batch's last position)")
+    return hidden_at
+
+
+def _score_suffixes(suffixes: list[list[int]], ft, base, *, offset: int, pad_id: int, chunk_tokens: int,
+                    hidden_at: str = "last_token") -> list[dict]:
     """Each suffix's scores (`CandidateScores`' fields); `ft` and `base` (None: none) are (model,
-    prefix cache, context) and advance together, about `chunk_tokens` positions at a time."""
+    prefix cache, context) and advance together, about `chunk_tokens` positions at a time. The hidden
+    states are read at each suffix's last token, or with `hidden_at="padded_end"` at the batch's last
+    position, a pad for every shorter suffix (the reference's fault, PAPER.md 6, kept to measure it)."""
     ft_model, ft_prefix, ft_context = ft
     device = next(ft_model.parameters()).device
     rows = len(suffixes)
@@ -170,6 +184,7 @@ def _score_suffixes(suffixes: list[list[int]], ft, base, *, offset: int, pad_id:
     base_cache = repeat_cache(base[1], rows) if base is not None else None
 
     last = lengths - 1  # the true last token of each candidate, never padding
+    read = last if hidden_at == "last_token" else torch.full_like(last, width - 1)  # where the hidden states are read
     h_ft = h_base = None
     sums = torch.zeros(len(TOKEN_SCORES), rows, device=device)  # each per-token score summed over response tokens
     for begin, end, inputs in suffix_chunks(suffix_ids, mask, offset=offset, chunk_tokens=chunk_tokens):
@@ -181,9 +196,9 @@ def _score_suffixes(suffixes: list[list[int]], ft, base, *, offset: int, pad_id:
             if h_ft is None:
                 h_ft = torch.zeros(rows, len(ft_hidden), ft_hidden[0].size(-1), device=device)
                 h_base = torch.zeros_like(h_ft)
-            ending = ending_in(last, begin, end)
-            h_ft[ending] = torch.stack([h[ending, last[ending] - begin] for h in ft_hidden], dim=1).float()
-            h_base[ending] = torch.stack([h[ending, last[ending] - begin] for h in base_hidden], dim=1).float()
+            ending = ending_in(read, begin, end)
+            h_ft[ending] = torch.stack([h[ending, read[ending] - begin] for h in ft_hidden], dim=1).float()
+            h_base[ending] = torch.stack([h[ending, read[ending] - begin] for h in base_hidden], dim=1).float()
 
         # Suffix position t predicts suffix token t + 1, i.e. response token t.
         targets = suffix_ids[:, (step + 1).clamp(max=width - 1)]
@@ -232,6 +247,7 @@ def score_candidates(
     base: PreTrainedModel | None | bool = None,
     batch_size: int = 8,
     chunk_tokens: int = 256,
+    hidden_at: str = "last_token",
     progress: bool = True,
 ) -> CandidateScores:
     """Score each (prompt, response ids) pair; `base=None` means `model` with its adapter disabled,
@@ -243,8 +259,10 @@ def score_candidates(
     a copy of that cache, about `chunk_tokens` positions (all rows together) per forward, so the
     logits buffers stay about chunk_tokens x vocabulary whatever the batch size or response length
     (the copies of the prompt's KV cache grow with rows x length). Every candidate is read at its
-    true last token; the result is in the input order.
+    true last token (`hidden_at="padded_end"`: the hidden states at its batch's last position instead, as
+    the reference did; then `batch_size` 4 makes the reference's batches); the result is in the input order.
     """
+    check_hidden_at(hidden_at, "hidden_at")
     with torch.no_grad():
         device = next(model.parameters()).device
         results: dict[int, dict] = {}
@@ -261,7 +279,7 @@ def score_candidates(
             on_base = (base_model, _prefill(base_model, prefix, base_context), base_context) if base_model is not None else None
             for chunk, suffixes in batches:
                 results.update(zip(chunk, _score_suffixes(suffixes, ft, on_base, offset=offset, pad_id=tokenizer.pad_token_id,
-                                                          chunk_tokens=chunk_tokens), strict=True))
+                                                          chunk_tokens=chunk_tokens, hidden_at=hidden_at), strict=True))
 
         return CandidateScores(**{f.name: torch.stack([results[i][f.name] for i in range(len(prompts))])
                                   for f in fields(CandidateScores)})

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from lightning_da.atomic import write_text_atomic
 from lightning_da.attribution.comparison import compare_selectors
 from lightning_da.attribution.registry import build_selectors, check_selectors
-from lightning_da.attribution.scoring import num_hidden_states
+from lightning_da.attribution.scoring import check_hidden_at, num_hidden_states
 from lightning_da.attribution.signal import format_signal, signal_auroc
 from lightning_da.best_of_n import best_of_n_sharded, first_sample_block, run_sharded
 from lightning_da.distributed import launch_fabric
@@ -38,6 +38,7 @@ def check_settings(cfg: DictConfig) -> None:
         check_at_least(cfg[key], key)
     check_at_least(cfg.max_new_tokens, "max_new_tokens", optional=True)
     check_at_least(cfg.log_samples, "log_samples", minimum=0)
+    check_hidden_at(cfg.scoring_hidden_at)
 
 
 def format_table(rate_name: str, rates: dict, drops: dict, intervals: dict) -> str:
@@ -143,7 +144,8 @@ def run_evaluate(cfg: DictConfig) -> EvaluationResults:
     common = {"rank": fabric.global_rank, "world_size": fabric.world_size, "seed": cfg.seed, "batch_size": cfg.batch_size,
               "task": task, "judge": judge, "sampling": sampling}
     result = best_of_n_sharded(model, tokenizer, prompts, answers, n=cfg.n_candidates, base=base, sampler=sampler,
-                               scoring_batch_size=cfg.scoring_batch_size, chunk_tokens=cfg.scoring_chunk_tokens, **common)
+                               scoring_batch_size=cfg.scoring_batch_size, chunk_tokens=cfg.scoring_chunk_tokens,
+                               hidden_at=cfg.scoring_hidden_at, **common)
     report = compare_selectors(result.scores, result.flags, result.bad, selectors.values(), seed=cfg.seed)
     primary = report["choices"][selectors["attribution"].name]
     signal = signal_auroc(result.scores, result.bad, seed=cfg.seed)
