@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from lightning_da.data.prompts import prompts_fingerprint
 from lightning_da.data.traces import TraceCache, generate_traces
 from lightning_da.generation import VLLMGenerator, batch_seed, check_backend, sample_chats
+from lightning_da.spec import ReferenceSpec
 
 
 def release_memory() -> None:
@@ -33,6 +34,8 @@ def teacher_traces(cfg: DictConfig, spec, prompts):
             "teacher": source.identity(),
             "prompts": prompts_fingerprint(prompts),
             "spec": spec.identity(),
+            # The reference's prompt names the dataset's own category labels.
+            **({"labels": prompts["labels"]} if isinstance(spec, ReferenceSpec) else {}),
             "sampling": sampling.as_dict(),
             "samples_per_prompt": cfg.teacher.samples_per_prompt,
             "demonstrations": OmegaConf.to_container(cfg.teacher.demonstrations),
@@ -63,7 +66,7 @@ def teacher_sampler(cfg: DictConfig, source, spec, sampling):
     k = cfg.teacher.samples_per_prompt
 
     def generate(rows: list[dict], first_index: int) -> list[list[str]]:
-        chats = [spec.teacher_messages(row["prompt"], row["categories"], cfg.teacher.demonstrations) for row in rows]
+        chats = [spec.teacher_chat(row, cfg.teacher.demonstrations) for row in rows]
         outputs = sample(chats, sampling, num_return_sequences=k, seed=batch_seed(cfg.seed, first_index))
         return [outputs[i : i + k] for i in range(0, len(outputs), k)]
 

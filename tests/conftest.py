@@ -87,3 +87,23 @@ def stand_in_cli(script: str, run: Path, *overrides: str) -> list[dict]:
                           cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     return [json.loads(line) for line in log.read_text().splitlines()]
+
+
+REFERENCE_POLICIES = {key: f"## {key}\n\nA policy written by the tests for {key}." for key in
+                      ("harassment", "sexual", "violence", "self_harm", "illicit", "misinformation", "privacy",
+                       "intellectual_property", "benign")}
+REFERENCE_TEMPLATE = ("\n<|im_start|>system\nA system line of the tests.<|im_end|>\n<|im_start|>user\nRequest: {prompt}\n\n"
+                      "{spec}\n\nCategories: {category}.<|im_end|>\n<|im_start|>assistant\n<think>\n")
+
+
+@pytest.fixture
+def reference_checkout(tmp_path) -> Path:
+    """A directory in the shape of the authors' repository (PAPER.md 9): a trace-generation script that assigns
+    `SAFETY_POLICIES` and `COT_PROMPT_TEMPLATE` among other code, with texts the tests wrote."""
+    root = tmp_path / "reference"
+    root.mkdir()
+    (root / "create_safety_reasoning_deepseek.py").write_text(
+        "import argparse\nparser = argparse.ArgumentParser()\n"
+        f"SAFETY_POLICIES = {REFERENCE_POLICIES!r}\n\n# COT Prompt Template\nCOT_PROMPT_TEMPLATE = {REFERENCE_TEMPLATE!r}\n\n"
+        "def get_policies_for_categories(categories):\n    return ''\n")
+    return root

@@ -60,6 +60,8 @@ CASES = [
                  id="adapter-of-another-model", marks=pytest.mark.slow),
     pytest.param([*GPU_DEFAULT[0], "trainer=ddp"], "tiny", "no GPU; on CPU use trainer=cpu", id="evaluate-ddp-without-gpu", marks=NO_GPU),
     pytest.param([*GPU_DEFAULT[1], "trainer=ddp"], None, "no GPU; on CPU use trainer=cpu", id="train-ddp-without-gpu", marks=NO_GPU),
+    pytest.param([*TRAIN, "spec=reference"], None, "spec=reference reads the authors' spec from their code: set spec.source=<a checkout "
+                 "of pankayaraj/Robust_Deliberative_Alignment>", id="spec-reference-without-source"),
     pytest.param([*TRAIN, "ckpt_path={tmp}/missing.ckpt"], None, "missing.ckpt does not exist; point ckpt_path at", id="ckpt_path-missing"),
     pytest.param([*TRAIN, "ckpt_path={corrupt}"], None, "is not a readable checkpoint", id="ckpt_path-corrupt"),
     pytest.param([*TRAIN, "data.limit=0"], None, "data.limit=0: set it", id="data.limit=0"),

@@ -17,7 +17,7 @@ def stages() -> dict:
     """Each stage of experiment=paper run by train.py or evaluate.py, composed with its own arguments (and the sweep's
     first value of each swept choice, so that interpolations resolve), with its sweep's parameters."""
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        plan = compose(config_name="plan", overrides=["experiment=paper"])
+        plan = compose(config_name="plan", overrides=["experiment=paper", "reference=/checkouts/rda"])
         composed = {}
         for name, stage in plan.stages.items():
             if stage.command not in ("train", "evaluate"):
@@ -37,6 +37,10 @@ STAGES = stages()
 RECIPE = [
     ("sft", "hydra:teacher", TEACHERS, "7 teachers (PAPER.md 3)"),
     ("sft", "hydra:student", STUDENTS, "6 students (PAPER.md 3)"),
+    ("sft", "spec._target_", "lightning_da.spec.ReferenceSpec", "spec and prompt: Appendix B.1/B.2, the trace scripts"),
+    ("sft", "spec.source", "/checkouts/rda", "... read from the authors' repository"),
+    ("sft", "spec.script", "create_safety_reasoning_deepseek.py", "one template for all R1 distills"),
+    ("grpo", "spec._target_", "lightning_da.spec.ReferenceSpec", "the same filtered set: the same spec"),
     ("sft", "algorithm.module.lora.r", 32, "SFT LoRA: r 32"),
     ("sft", "algorithm.module.lora.alpha", 64, "alpha 64"),
     ("sft", "algorithm.module.lora.dropout", 0.05, "dropout 0.05"),

@@ -23,11 +23,12 @@ def plan_cfg(*overrides):
 
 
 def test_the_paper_plan_runs_each_stage_as_its_own_experiment():
-    commands = stage_commands(plan_cfg("experiment=paper"))
+    commands = stage_commands(plan_cfg("experiment=paper", "reference=/checkouts/rda"))
     assert list(commands) == ["sft", "grpo", "evaluate_sft", "evaluate_grpo", "control", "attack_llama3_2_1b", "attack_qwen2_5_7b",
                               "report"]
     assert [c[3:] for c in commands.values()][:5] == [
-        ["train", "-m", "experiment=sft_grid"], ["train", "-m", "experiment=grpo_grid"], ["evaluate", "-m", "experiment=eval_sft_grid"],
+        ["train", "-m", "experiment=sft_grid", "spec.source=/checkouts/rda"], ["train", "-m", "experiment=grpo_grid", "spec.source=/checkouts/rda"],
+        ["evaluate", "-m", "experiment=eval_sft_grid"],
         ["evaluate", "-m", "experiment=eval_grpo_grid"], ["evaluate", "-m", "experiment=eval_control"]]
     # Table 4's two rows (PAPER.md 7): PAIR at depth 8 on AdvBench against each student its teacher distilled into
     for name, student, teacher in (("attack_llama3_2_1b", "llama3_2_1b", "r1_llama_8b"), ("attack_qwen2_5_7b", "qwen2_5_7b", "r1_llama_70b")):
@@ -46,6 +47,12 @@ def test_the_paper_plan_runs_each_stage_as_its_own_experiment():
 def test_bad_plans_are_one_line_errors(tmp_path, caplog):
     with pytest.raises(UserError, match=r"only=\['eval'\]: not stages of this plan"):
         stage_commands(plan_cfg("experiment=paper", "only=[eval]"))
+    with pytest.raises(UserError, match=r"^this plan reads the authors' spec and prompt from their code \(spec=reference\): set "
+                                        r"reference=<a checkout of pankayaraj/Robust_Deliberative_Alignment>$"):
+        stage_commands(plan_cfg("experiment=paper", "only=[grpo,report]"))
+    assert "report" in stage_commands(plan_cfg("experiment=paper", "only=[report]"))  # a stage that does not read it runs
+    shown = stage_commands(plan_cfg("experiment=paper", "dry_run=true"))["sft"]
+    assert shown[-1] == "spec.source=<reference>"  # a dry run shows where it goes
     failing = plan_cfg("experiment=paper", "only=[sft,report]", "stages.sft.args=['student=no_such_student']")
     with pytest.raises(UserError, match=r"stage sft failed .* resume with only=\[sft,report\]"):
         run_plan(failing)
@@ -57,10 +64,12 @@ def test_bad_plans_are_one_line_errors(tmp_path, caplog):
     assert exited.value.code == 2 and "run it with plan.py" in errors[-1]
 
 
-def test_the_miniature_runs_every_stage_into_every_table_and_figure(tmp_path):
-    """experiment=paper_miniature through the real CLI: SFT, GRPO, the evaluation grids (the control included) and
-    PAIR on tiny random models, then report.py: Tables 1-4 and every figure, none missing."""
-    subprocess.run([sys.executable, "plan.py", "experiment=paper_miniature", f"root={tmp_path}", f"hydra.run.dir={tmp_path / 'plan'}"],
+def test_the_miniature_runs_every_stage_into_every_table_and_figure(tmp_path, reference_checkout):
+    """experiment=paper_miniature through the real CLI: SFT (the authors' spec, from a checkout in their repository's
+    shape), GRPO, the evaluation grids (the control included) and PAIR on tiny random models, then report.py: Tables
+    1-4 and every figure, none missing."""
+    subprocess.run([sys.executable, "plan.py", "experiment=paper_miniature", f"root={tmp_path}", f"reference={reference_checkout}",
+                    f"hydra.run.dir={tmp_path / 'plan'}"],
                    cwd=ROOT, check=True, capture_output=True, text=True)
     report = tmp_path / "report"
     markdown = (report / "report.md").read_text()

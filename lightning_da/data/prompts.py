@@ -57,7 +57,9 @@ def _check_rows(records, prompt_field: str, category_field: str, category_map, s
             raise UserError(f"{where}: missing or empty {prompt_field!r} (set data.prompt_field to the prompt column)")
         if category_field not in record:
             raise UserError(f"{where}: no {category_field!r} column (set data.category_field)")
-        rows.append({"prompt": prompt, "categories": map_categories(record[category_field], category_map, spec_categories, where)})
+        raw = record[category_field]
+        rows.append({"prompt": prompt, "categories": map_categories(raw, category_map, spec_categories, where),
+                     "labels": [str(label) for label in (raw if isinstance(raw, (list, tuple)) else [raw])]})  # as the dataset names them
     return rows
 
 

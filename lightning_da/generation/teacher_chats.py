@@ -10,13 +10,22 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from lightning_da.generation.sampling import SamplingConfig
 
 
-def encode_chats(tokenizer: PreTrainedTokenizerBase, chats: list[list[dict]], continuation: str = "") -> dict:
-    """Left-padded input ids of each chat with the assistant turn opened (and begun with `continuation`)."""
-    texts = [tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) + continuation for chat in chats]
+def chat_texts(tokenizer: PreTrainedTokenizerBase, chats: list[list[dict] | str], continuation: str = "") -> tuple[list[str], bool]:
+    """(each chat's text with the assistant turn opened and begun with `continuation`, whether the tokenizer should add
+    its special tokens). A chat given as a string is sent as it is, with the tokenizer's BOS (the reference's raw
+    prompts); all chats of a batch are one kind."""
+    if all(isinstance(chat, str) for chat in chats):
+        return [chat + continuation for chat in chats], True
     # The template already holds BOS where the model wants it.
+    return [tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) + continuation for chat in chats], False
+
+
+def encode_chats(tokenizer: PreTrainedTokenizerBase, chats: list[list[dict] | str], continuation: str = "") -> dict:
+    """Left-padded input ids of each chat with the assistant turn opened (and begun with `continuation`)."""
+    texts, special = chat_texts(tokenizer, chats, continuation)
     previous, tokenizer.padding_side = tokenizer.padding_side, "left"
     try:
-        return tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        return tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=special)
     finally:
         tokenizer.padding_side = previous
 

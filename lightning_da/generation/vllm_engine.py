@@ -39,6 +39,7 @@ from lightning_da.errors import UserError, check_at_least
 from lightning_da.formats import eos_ids, prefix_ids
 from lightning_da.generation.completions import Completion, batch_seed
 from lightning_da.generation.sampling import SamplingConfig
+from lightning_da.generation.teacher_chats import chat_texts
 from lightning_da.models.loading import save_pretrained_dir
 from lightning_da.models.lora import check_adapter_dir, load_adapter
 from lightning_da.models.student import evaluated_node
@@ -256,8 +257,8 @@ class VLLMGenerator:
     def sample_chats(self, tokenizer: PreTrainedTokenizerBase, chats: list[list[dict]], sampling: SamplingConfig, *,
                      num_return_sequences: int = 1, seed: int = 0, continuation: str = "") -> list[str]:
         """Completions of each chat, grouped by chat, special tokens removed: as `generation.sample_chats`."""
-        texts = [tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) + continuation for chat in chats]
-        ids = tokenizer(texts, add_special_tokens=False)["input_ids"]  # the template holds BOS where wanted
+        texts, special = chat_texts(tokenizer, chats, continuation)
+        ids = tokenizer(texts, add_special_tokens=special)["input_ids"]
         completions = self.generate_ids(ids, tokenizer, n=num_return_sequences, sampling=sampling, seed=seed)
         return [continuation + t for t in tokenizer.batch_decode([c.ids for row in completions for c in row], skip_special_tokens=True)]
 

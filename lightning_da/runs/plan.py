@@ -20,10 +20,17 @@ COMMANDS = ("train", "evaluate", "generate", "attack", "report")
 
 def stage_commands(cfg: DictConfig) -> dict[str, list[str]]:
     """name -> argv of each stage to run, in the plan's order, checked before any runs."""
+    only = list(cfg.only) if cfg.only is not None else list(cfg.stages)
+    if cfg.get("reference") is None and any("${reference}" in str(arg) for name in only if name in cfg.stages
+                                             for arg in OmegaConf.to_container(cfg.stages[name]).get("args") or []):
+        if not cfg.dry_run:
+            raise UserError("this plan reads the authors' spec and prompt from their code (spec=reference): set "
+                            "reference=<a checkout of pankayaraj/Robust_Deliberative_Alignment>")
+        cfg = cfg.copy()
+        cfg.reference = "<reference>"  # a dry run shows where it goes
     stages = OmegaConf.to_container(cfg.stages, resolve=True)
     if not stages:
         raise UserError("the plan has no stages: choose one, e.g. plan.py experiment=paper (or paper_miniature)")
-    only = list(cfg.only) if cfg.only is not None else list(stages)
     unknown = [name for name in only if name not in stages]
     if unknown:
         raise UserError(f"only={unknown}: not stages of this plan; choose from {list(stages)}")
