@@ -52,7 +52,7 @@ def test_bad_plans_are_one_line_errors(tmp_path, caplog):
         stage_commands(plan_cfg("experiment=paper", "only=[grpo,report]"))
     assert "report" in stage_commands(plan_cfg("experiment=paper", "only=[report]"))  # a stage that does not read it runs
     shown = stage_commands(plan_cfg("experiment=paper", "dry_run=true"))["sft"]
-    assert shown[-1] == "spec.source=<reference>"  # a dry run shows where it goes
+    assert shown[-1] == "spec.source=/path/to/Robust_Deliberative_Alignment"  # a dry run shows where it goes
     failing = plan_cfg("experiment=paper", "only=[sft,report]", "stages.sft.args=['student=no_such_student']")
     with pytest.raises(UserError, match=r"stage sft failed .* resume with only=\[sft,report\]"):
         run_plan(failing)
@@ -79,3 +79,39 @@ def test_the_miniature_runs_every_stage_into_every_table_and_figure(tmp_path, re
     assert "Not drawn" not in markdown and "## Stage ?" not in markdown and "## Teachers as they are" not in markdown
     for name in FIGURES:
         assert (report / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({name}.png)" in markdown
+
+
+def test_a_dry_run_prints_each_stages_jobs_and_most_tokens(capsys):
+    """PAPER.md 4 and 9 give the sizes: 7 teachers answer ~41K STAR prompts once with 2,048 new tokens (six students share
+    each teacher's traces); Table 3's five students sample 8 candidates and the base's one with 2,048 tokens on DAN
+    (1,405), WildJailbreak (2,000) and StrongREJECT (313); report.py samples nothing."""
+    from lightning_da.runs.plan import print_costs
+
+    commands = stage_commands(plan_cfg("experiment=paper", "dry_run=true", "only=[sft,control,report]"))
+    print_costs(commands)
+    out = capsys.readouterr().out.splitlines()
+    sft, control = 7 * 41_000 * 2048, 5 * (1405 + 2000 + 313) * (8 + 1) * 2048
+    assert out[0] == f"# sft: 42 jobs, at most {sft:,} new tokens"
+    assert out[1].startswith("python -m lightning_da train -m experiment=sft_grid")
+    assert out[2] == f"# control: 15 jobs, at most {control:,} new tokens"
+    assert out[4:] == ["# report: 1 job, at most 0 new tokens", "python -m lightning_da report outputs/paper/evaluate --out outputs/paper/report",
+                       f"# total: 58 jobs, at most {sft + control:,} new tokens (prompts x samples x max new tokens; a stage whose "
+                       "outputs exist resumes and samples less)"]
+
+
+def test_the_miniatures_costs_follow_its_arguments():
+    """Each miniature stage's tokens from its own arguments: SFT 8 prompts x 1 trace; GRPO's teacher-filtered prompts
+    (at most the same 8) x G 2 x 6 tokens, one step of 2 prompts; evaluation 6 StrongREJECT prompts x (4 candidates + the
+    base's 1) x 6 tokens; PAIR 2 behaviours x 1 stream x depth 2 x (5 attacker tries + the targets' 1 + 1 + 2 samples)."""
+    from lightning_da.runs.cost import stage_cost
+
+    commands = stage_commands(plan_cfg("experiment=paper_miniature", "reference=/checkouts/rda"))
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        teacher = compose(config_name="train", overrides=["teacher=tiny_random"]).teacher.sampling.max_new_tokens
+        attacker = compose(config_name="attack", overrides=["attacker=tiny_random"]).attacker.sampling.max_new_tokens
+    cost = {name: stage_cost(argv[3], argv[4:]) for name, argv in commands.items()}
+    assert (cost["sft"].jobs, cost["sft"].tokens) == (1, 8 * teacher)
+    assert (cost["grpo"].jobs, cost["grpo"].tokens) == (1, min(8, 1 * 2) * 2 * 6)
+    assert (cost["evaluate_sft"].jobs, cost["evaluate_sft"].tokens) == (1, 6 * (4 + 1) * 6)
+    assert cost["evaluate_sft_utility"].tokens == 4 * (3 + 1) * 6
+    assert cost["attack"].tokens == 2 * 1 * 2 * (3 * 5 * attacker + (1 + 1 + 2) * 6)

@@ -79,10 +79,11 @@ def test_the_four_entry_points_run_from_the_wheel(installed, tmp_path):
     report = (tmp_path / "report" / "report.md").read_text()
     assert "latent_sim" in report and "base student: first" in report
     # The plan's commands, from the wheel, and `python -m lightning_da`.
-    plan = run(installed, str(scripts / "lightning-da-plan"), "experiment=paper", "dry_run=true", f"hydra.run.dir={tmp_path / 'plan'}")
-    assert "python -m lightning_da train -m experiment=sft_grid" in plan and "# report" in plan
+    plan = run(installed, str(scripts / "lightning-da-plan"), "experiment=paper", "dry_run=true", "only=[sft,report]",
+               f"hydra.run.dir={tmp_path / 'plan'}")
+    assert "python -m lightning_da train -m experiment=sft_grid" in plan and "# report: 1 job" in plan and "# sft: 42 jobs" in plan
     assert "experiment=eval_control" in run(installed, sys.executable, "-m", "lightning_da", "plan", "experiment=paper", "dry_run=true",
-                                             f"hydra.run.dir={tmp_path / 'plan2'}")
+                                             "only=[control]", f"hydra.run.dir={tmp_path / 'plan2'}")
     attack = run(installed, str(scripts / "lightning-da-attack"), "--cfg", "job")  # composed from the wheel's configs
     assert "targets:" in attack and "n_streams: 3" in attack and "EmbeddedSmolLM2" in attack
 

@@ -13,6 +13,7 @@ import time
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_da.errors import UserError
+from lightning_da.runs.cost import Cost, stage_cost
 
 log = logging.getLogger(__name__)
 COMMANDS = ("train", "evaluate", "generate", "attack", "report")
@@ -27,7 +28,7 @@ def stage_commands(cfg: DictConfig) -> dict[str, list[str]]:
             raise UserError("this plan reads the authors' spec and prompt from their code (spec=reference): set "
                             "reference=<a checkout of pankayaraj/Robust_Deliberative_Alignment>")
         cfg = cfg.copy()
-        cfg.reference = "<reference>"  # a dry run shows where it goes
+        cfg.reference = "/path/to/Robust_Deliberative_Alignment"  # a dry run shows where it goes
     stages = OmegaConf.to_container(cfg.stages, resolve=True)
     if not stages:
         raise UserError("the plan has no stages: choose one, e.g. plan.py experiment=paper (or paper_miniature)")
@@ -43,16 +44,26 @@ def stage_commands(cfg: DictConfig) -> dict[str, list[str]]:
     return commands
 
 
+def print_costs(commands: dict[str, list[str]]) -> None:
+    """Each stage's command under a line with its jobs and the most tokens they sample, then the plan's total."""
+    total = Cost(0, 0)
+    for name, argv in commands.items():
+        cost = stage_cost(argv[3], argv[4:])
+        total += cost
+        print(f"# {name}: {cost.describe()}\n{shlex.join(['python', '-m', 'lightning_da', *argv[3:]])}")
+    print(f"# total: {total.describe()} (prompts x samples x max new tokens; a stage whose outputs exist resumes and samples less)")
+
+
 def run_plan(cfg: DictConfig) -> dict[str, float]:
     """Each stage in turn; the seconds each took. A failing stage stops the plan with a one-line error
     naming it and the command that resumes from it."""
     commands = stage_commands(cfg)
+    if cfg.dry_run:
+        print_costs(commands)
+        return {}
     seconds = {}
     for k, (name, argv) in enumerate(commands.items(), start=1):
         shown = shlex.join(["python", "-m", "lightning_da", *argv[3:]])
-        if cfg.dry_run:
-            print(f"# {name}\n{shown}")
-            continue
         log.info("[%d/%d] %s: %s", k, len(commands), name, shown)
         started = time.perf_counter()
         if subprocess.run(argv).returncode != 0:

@@ -1,0 +1,134 @@
+"""What a plan's stage will generate at most, for `plan.py dry_run=true`: the jobs of its sweep and the tokens they
+sample (prompts x samples x max new tokens), from each job's own composed config, without loading a model or a
+hub dataset (the embedded sets and local files are counted; hub sets by their documented size)."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import itertools
+import math
+from dataclasses import dataclass
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from lightning_da.conf import CONF_DIR
+
+# Rows of the hub sets as documented (PAPER.md 4; the datasets' cards), by hub id; STAR-41K is "~41K".
+DOCUMENTED_ROWS = {"UCSC-VLAA/STAR-41K": 41_000, "TrustAIRLab/in-the-wild-jailbreak-prompts": 1_405, "allenai/wildjailbreak": 2_000,
+                   "openai/gsm8k": 1_319, "cais/mmlu": 966, "walledai/AdvBench": 520, "walledai/HarmBench": 200, "walledai/XSTest": 250}
+EMBEDDED = ("StrongRejectPrompts", "StrongRejectBenchmark", "ArithmeticBenchmark")
+
+
+@dataclass
+class Cost:
+    jobs: int
+    tokens: int | None  # None: some job's prompt count is unknown
+
+    def __add__(self, other: Cost) -> Cost:
+        tokens = None if self.tokens is None or other.tokens is None else self.tokens + other.tokens
+        return Cost(self.jobs + other.jobs, tokens)
+
+    def describe(self) -> str:
+        tokens = "an unknown number of" if self.tokens is None else f"{self.tokens:,}"
+        return f"{self.jobs} job{'s' * (self.jobs != 1)}, at most {tokens} new tokens"
+
+
+@contextlib.contextmanager
+def _composing():
+    """Compose with the running app's Hydra (plan.py's), else with our config directory."""
+    if GlobalHydra.instance().is_initialized():
+        yield
+    else:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            yield
+
+
+def rows(node: DictConfig) -> int | None:
+    """The prompts a data or benchmark node yields (its `limit` applied); None when only the hub knows."""
+    return _rows(OmegaConf.to_yaml(node, resolve=True))
+
+
+@functools.cache
+def _rows(node_yaml: str) -> int | None:
+    node = OmegaConf.create(node_yaml)
+    target = str(node.get("_target_", ""))
+    if target.endswith("TeacherFiltered"):
+        return rows(node.prompts)  # at most: the judge keeps some
+    if target.endswith("PromptMixture"):
+        parts = [rows(node.harmful), rows(node.benign) if node.get("benign") is not None else 0]
+        return None if None in parts else sum(parts)
+    if target.endswith(EMBEDDED) or node.get("path"):
+        return len(instantiate(node).load())
+    size = DOCUMENTED_ROWS.get(node.get("hub_id") or node.get("name"))
+    limit = node.get("limit")
+    if size is None:
+        return limit
+    return size if limit is None else min(size, limit)
+
+
+def _times(*factors) -> int | None:
+    return None if None in factors else math.prod(factors)
+
+
+def trace_key(cfg: DictConfig) -> str:
+    """What keys a teacher's trace cache (`teacher.teacher_traces`): the jobs of a stage that share it sample it once."""
+    return OmegaConf.to_yaml(OmegaConf.masked_copy(cfg, ["teacher", "data", "spec", "seed", "generation"]), resolve=True)
+
+
+def job_tokens(command: str, cfg: DictConfig) -> int | None:
+    """The most tokens one job of `command` samples with `cfg` (an SFT job: its teacher's traces)."""
+    if command == "train" and cfg.algorithm.name == "sft":
+        return _times(rows(cfg.data), cfg.teacher.samples_per_prompt, cfg.teacher.sampling.max_new_tokens)
+    if command == "train":  # GRPO's rollouts over its epochs, or its steps (its prompts' traces are the SFT stage's)
+        module, prompts = cfg.algorithm.module, rows(cfg.data)
+        devices = cfg.trainer.devices if isinstance(cfg.trainer.devices, int) else 1
+        if prompts is not None:
+            prompts *= cfg.trainer.max_epochs or 1
+            if (cfg.trainer.get("max_steps") or -1) > 0:
+                prompts = min(prompts, cfg.trainer.max_steps * cfg.algorithm.datamodule.prompts_per_step * devices)
+        rounds = module.max_generation_rounds if module.dynamic_sampling else 1
+        return _times(prompts, module.num_generations, module.sampling.max_new_tokens, rounds)
+    max_new = cfg.max_new_tokens or cfg.student.sampling.max_new_tokens
+    if command == "evaluate":  # N candidates a prompt, and the base's one
+        samples = cfg.n_candidates + int(bool(cfg.compare_base) and cfg.get("as_is") is None)
+        return _times(rows(cfg.benchmark), samples, max_new)
+    if command == "attack":  # per behaviour, target and stream, each round: the attacker's tries and the target's answers
+        a = cfg.attack
+        per_round = sum(a.max_attempts * cfg.attacker.sampling.max_new_tokens + (cfg.n_candidates if t == "aligned_bon" else 1) * max_new
+                        for t in cfg.targets)
+        return _times(rows(cfg.benchmark), a.depth * a.n_streams * per_round)
+    return 0  # report.py samples nothing
+
+
+def _swept(value: str) -> bool:
+    return "," in value and not value.startswith(("[", "{", "'", '"'))
+
+
+def stage_cost(command: str, args: list[str]) -> Cost:
+    """Every job of one stage (its sweeper's parameters and comma lists on its command line), each composed as it runs."""
+    if command == "report":
+        return Cost(1, 0)
+    args = [a for a in args if a not in ("-m", "--multirun")]
+    with _composing():
+        swept = compose(config_name=command, overrides=args, return_hydra_config=True).hydra.sweeper.params or {}
+        params = {k: str(v).split(",") for k, v in swept.items()}
+        fixed = []
+        for arg in args:
+            key, _, value = arg.partition("=")
+            if _swept(value):
+                params[key] = value.split(",")
+            else:
+                fixed.append(arg)
+                params.pop(key.lstrip("+~"), None)  # the command line wins over the sweeper's value, as in Hydra
+        total, traces = Cost(0, 0), set()
+        for values in itertools.product(*params.values()):
+            cfg = compose(config_name=command, overrides=fixed + [f"{k}={v}" for k, v in zip(params, values, strict=True)])
+            shared = command == "train" and cfg.algorithm.name == "sft" and trace_key(cfg) in traces
+            total += Cost(1, 0 if shared else job_tokens(command, cfg))
+            if command == "train" and cfg.algorithm.name == "sft":
+                traces.add(trace_key(cfg))
+    return total
