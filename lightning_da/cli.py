@@ -13,14 +13,13 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from lightning_da.configs import CONF_DIR
 from lightning_da.errors import run_or_exit
 
 
 def check_choices(argv: list[str]) -> None:
     """Every `group=name` on the command line names a file of that config group, else one line naming the
     choices and exit 2, before Hydra composes anything (its own message runs to a screenful)."""
-    from lightning_da.conf import CONF_DIR
-
     for arg in argv:
         key, _, value = arg.lstrip("+~").partition("=")
         group = key.split("@")[0]
@@ -29,7 +28,7 @@ def check_choices(argv: list[str]) -> None:
         choices = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
         unknown = [name for name in value.split(",") if name not in choices and name != "null"]
         if unknown:
-            print(f"error: unknown {group}={','.join(unknown)}; choose from {', '.join(choices)} (lightning_da/conf/{group}/)",
+            print(f"error: unknown {group}={','.join(unknown)}; choose from {', '.join(choices)} (conf/{group}/)",
                   file=sys.stderr)
             sys.exit(2)
 
@@ -46,7 +45,7 @@ def _checked(main):
 
 
 @_checked
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def train(cfg: DictConfig) -> None:
     """Distil a reasoning teacher's safety reasoning into a student (or `algorithm=grpo`: the RL stage)."""
     from lightning_da.runs.train import run_train
@@ -56,7 +55,7 @@ def train(cfg: DictConfig) -> None:
 
 
 @_checked
-@hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="evaluate")
 def evaluate(cfg: DictConfig) -> None:
     """Best-of-N latent attribution on a benchmark, every selector side by side."""
     from lightning_da.runs.evaluate import run_evaluate
@@ -66,7 +65,7 @@ def evaluate(cfg: DictConfig) -> None:
 
 
 @_checked
-@hydra.main(version_base="1.3", config_path="conf", config_name="generate")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="generate")
 def generate(cfg: DictConfig) -> None:
     """Latent Best-of-N generation: N candidates per prompt, the one least like the base kept."""
     from lightning_da.runs.generate import run_generate
@@ -75,7 +74,7 @@ def generate(cfg: DictConfig) -> None:
 
 
 @_checked
-@hydra.main(version_base="1.3", config_path="conf", config_name="attack")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="attack")
 def attack(cfg: DictConfig) -> None:
     """PAIR against the deployed targets (the instruct model, the aligned student, with latent Best-of-N)."""
     from lightning_da.runs.attack import run_attack
@@ -85,7 +84,7 @@ def attack(cfg: DictConfig) -> None:
 
 
 @_checked
-@hydra.main(version_base="1.3", config_path="conf", config_name="plan")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="plan")
 def plan(cfg: DictConfig) -> None:
     """A whole study, one command per stage (experiment=paper, or paper_miniature offline)."""
     from lightning_da.runs.plan import run_plan

@@ -27,7 +27,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from lightning_da.attribution.latent import CHUNK_TOKENS, latent_block
 from lightning_da.attribution.scoring import num_hidden_states
 from lightning_da.attribution.selectors import DEFAULT_LAYER, check_layer
-from lightning_da.conf import CONF_DIR
+from lightning_da.configs import CONF_DIR
 from lightning_da.errors import UserError, check_at_least
 from lightning_da.generation import Completion, SamplingConfig, batch_seed, candidate_sampler, decode_completions
 from lightning_da.models.lora import check_adapter_dir

@@ -17,7 +17,7 @@ import pytest  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import open_dict  # noqa: E402
 
-from lightning_da.conf import CONF_DIR  # noqa: E402
+from lightning_da.configs import CONF_DIR  # noqa: E402
 from lightning_da.models import TinyRandomLlama  # noqa: E402
 
 CONF = CONF_DIR

@@ -9,7 +9,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
-from lightning_da.conf import CONF_DIR
+from lightning_da.configs import CONF_DIR
 from lightning_da.errors import run_or_exit
 from lightning_da.models.lora import random_adapter
 from lightning_da.runs import attack as attack_run

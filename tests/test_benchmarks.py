@@ -6,7 +6,7 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from lightning_da.conf import CONF_DIR
+from lightning_da.configs import CONF_DIR
 from lightning_da.data.benchmarks import ArithmeticBenchmark, HubBenchmark, StrongRejectBenchmark
 from lightning_da.errors import UserError
 

@@ -9,7 +9,7 @@ from hydra.errors import MissingConfigException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from lightning_da.conf import CONF_DIR as CONF  # noqa: E402
+from lightning_da.configs import CONF_DIR as CONF  # noqa: E402
 from lightning_da.generation import SamplingConfig
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,7 +14,7 @@ from lightning_da.attribution import score_candidates
 from lightning_da.attribution.latent import final_states, latent_cosines
 from lightning_da.attribution.selectors import LatentSimilarity
 from lightning_da.best_of_n import best_of_n_block
-from lightning_da.conf import CONF_DIR as CONF  # noqa: E402
+from lightning_da.configs import CONF_DIR as CONF  # noqa: E402
 from lightning_da.errors import UserError, run_or_exit
 from lightning_da.formats import prefix_ids
 from lightning_da.generation import SamplingConfig, flatten_candidates, sample_completions

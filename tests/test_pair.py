@@ -184,7 +184,7 @@ def test_behaviours_from_advbench_and_from_a_set_without_targets(tmp_path):
     from omegaconf import OmegaConf
 
     from lightning_da.attack.pair import behaviours
-    from lightning_da.conf import CONF_DIR
+    from lightning_da.configs import CONF_DIR
     from lightning_da.data.benchmarks import StrongRejectBenchmark
 
     csv = tmp_path / "harmful_behaviors.csv"

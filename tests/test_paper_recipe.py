@@ -6,7 +6,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from lightning_da.conf import CONF_DIR
+from lightning_da.configs import CONF_DIR
 from lightning_da.runs.plan import stage_commands
 
 TEACHERS = ["r1_qwen_1_5b", "r1_qwen_7b", "r1_qwen_14b", "r1_qwen_32b", "r1_llama_8b", "r1_llama_70b", "qwq"]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from lightning_da.conf import CONF_DIR
+from lightning_da.configs import CONF_DIR
 from lightning_da.errors import UserError, run_or_exit
 from lightning_da.runs.plan import run_plan, stage_commands
 

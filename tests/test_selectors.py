@@ -183,7 +183,7 @@ def evaluate_selectors(*overrides: str):
     from hydra import compose, initialize_config_dir
 
     from lightning_da.attribution.registry import build_selectors
-    from lightning_da.conf import CONF_DIR
+    from lightning_da.configs import CONF_DIR
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return build_selectors(compose(config_name="evaluate", overrides=list(overrides)))

@@ -44,7 +44,7 @@ def run(installed, *command: str) -> str:
 
 def test_the_installed_package_is_the_one_imported(installed):
     env, _, _ = installed
-    located = run(installed, sys.executable, "-c", "import lightning_da.conf as c; print(c.CONF_DIR)").strip()
+    located = run(installed, sys.executable, "-c", "import lightning_da.configs as c; print(c.CONF_DIR)").strip()
     assert located.startswith(env["PYTHONPATH"]) and (Path(located) / "train.yaml").is_file()
 
 
@@ -97,3 +97,12 @@ def test_latent_best_of_n_from_pretrained_in_the_wheel(installed, tmp_path):
             "print(pick.index, len(pick.candidates), pick.layer)")
     index, candidates, layer = run(installed, sys.executable, "-c", code).split()
     assert index in ("0", "1") and (candidates, layer) == ("2", "4")
+
+
+def test_every_subpackage_is_packaged():
+    """pyproject lists the packages (the configs' mapping needs the list): a new subpackage must be in it."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "lightning_da").rglob("__init__.py")}
+    assert listed == found | {"lightning_da.conf"}

@@ -15,7 +15,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from lightning_da.conf import CONF_DIR
+from lightning_da.configs import CONF_DIR
 
 # Rows of the hub sets as documented (PAPER.md 4; the datasets' cards), by hub id; STAR-41K is "~41K".
 DOCUMENTED_ROWS = {"UCSC-VLAA/STAR-41K": 41_000, "TrustAIRLab/in-the-wild-jailbreak-prompts": 1_405, "allenai/wildjailbreak": 2_000,
