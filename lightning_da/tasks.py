@@ -6,6 +6,7 @@ that evaluate.py writes and report.py reads.
     over_refusal  over_refusal   refusal_rate    the refusal-prefix judge on safe prompts (XSTest): % refused
     number        utility        accuracy        the last number of the final answer (GSM8K, arithmetic)
     choice        utility        accuracy        the answer letter of the final answer (MMLU)
+    number_reference, choice_reference: the same, graded as the reference's scripts (`graders.reference_*`)
 
 A rate counts *flagged* responses (unsafe, refused, or correct); label-using selectors avoid *bad*
 ones (unsafe, refused, or incorrect). Each benchmark, prompt mixture row and reward names its task.
@@ -23,7 +24,7 @@ import torch
 
 from lightning_da.errors import UserError
 from lightning_da.generation.completions import flatten_candidates
-from lightning_da.graders import letter_correct, number_correct
+from lightning_da.graders import letter_correct, number_correct, reference_choice_correct, reference_number_correct
 from lightning_da.judges import RefusalPrefixJudge
 
 
@@ -70,6 +71,10 @@ TASKS = {
     "over_refusal": Task("over_refusal", "over_refusal", "refusal_rate", "refusal_prefix", flag_is_bad=True),
     "number": Task("number", "utility", "accuracy", "last_number", flag_is_bad=False, answer_correct=number_correct),
     "choice": Task("choice", "utility", "accuracy", "answer_letter", flag_is_bad=False, answer_correct=letter_correct),
+    "number_reference": Task("number_reference", "utility", "accuracy", "reference_number", flag_is_bad=False,
+                             answer_correct=reference_number_correct),
+    "choice_reference": Task("choice_reference", "utility", "accuracy", "reference_choice", flag_is_bad=False,
+                             answer_correct=reference_choice_correct),
 }
 
 

@@ -130,3 +130,30 @@ def test_demo_preset_moves_the_student_and_keeps_the_pipeline(compose_train):
     grpo = compose_train("experiment=demo_grpo").algorithm.module
     assert (grpo.scheduler._target_, grpo.warmup_ratio) == ("transformers.get_cosine_schedule_with_warmup", 0.0)
     assert cfg.teacher.model._target_.endswith("EmbeddedSmolLM2") and cfg.judge._target_.endswith("RefusalPrefixJudge")
+
+
+def composed(name: str, *overrides: str):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return instantiate(compose(config_name="evaluate", overrides=[f"benchmark={name}", *overrides]).benchmark)
+
+
+def test_the_reference_utility_prompts(tmp_path):
+    """PAPER.md 9: GSM8K's user turn "Q: {question}" with the assistant turn opened by "A: Let's think step by step.";
+    MMLU's "Q: " and the choices as "A) ...", opened by "Answer:", its answer the gold letter with its option's text.
+    Both keep their benchmark's name, so the tables and figures read them as GSM8K and MMLU."""
+    gsm = write_jsonl(tmp_path / "gsm.jsonl", [{"question": "2 + 2?", "answer": "2 and 2\n#### 4"}])
+    gsm8k = composed("gsm8k_reference", f"benchmark.path={gsm}")
+    assert (gsm8k.name, gsm8k.task, gsm8k.opening) == ("gsm8k", "number_reference", "A: Let's think step by step.")
+    assert gsm8k.load() == [{"prompt": "Q: 2 + 2?", "answer": "2 and 2\n#### 4"}]
+    mmlu_file = write_jsonl(tmp_path / "mmlu.jsonl", [{"question": "Which is prime?", "choices": ["4", "6", "7", "9"], "answer": 2}])
+    mmlu = composed("mmlu_reference", f"benchmark.path={mmlu_file}")
+    assert (mmlu.name, mmlu.task, mmlu.opening) == ("mmlu", "choice_reference", "Answer:")
+    [row] = mmlu.load()
+    assert row["answer"] == "C) 7" and row["prompt"].startswith("Q: ") and "\\boxed[ ]" in row["prompt"]
+    assert row["prompt"].endswith("Question: Which is prime?\n\nA) 4\n\nB) 6\n\nC) 7\n\nD) 9\n\n")
+    assert composed("gsm8k").opening is None and composed("strongreject", "benchmark.opening=''").opening == ""
+    with pytest.raises(Exception, match=r"benchmark.prompting=paper: use ours or reference") as error:
+        composed("mmlu", "benchmark.prompting=paper")
+    assert isinstance(error.value.__cause__, UserError)

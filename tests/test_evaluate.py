@@ -200,3 +200,22 @@ def test_cli_runs_every_attribution_option(tmp_path, deep_adapter):
         assert table["columns"][-1] == f"cosine@{12 if layer is None else layer}"
         assert all(0 <= row[1] < 3 for row in table["data"]) and len(table["data"]) == 4 * 3
 
+
+
+def test_a_benchmarks_opening_starts_every_sampled_and_scored_candidate(tmp_path, adapter, monkeypatch):
+    """benchmark.opening (the reference's GSM8K: "A: Let's think step by step.") replaces <think> where candidates are
+    sampled and where they are scored, and the base's first sample too."""
+    from lightning_da.attribution import scoring
+    from lightning_da.formats import prefix_ids
+    from lightning_da.generation import completions
+
+    prefixes = []
+
+    def recorded(tokenizer, prompt):
+        prefixes.append(tokenizer.decode(prefix_ids(tokenizer, prompt)))
+        return prefix_ids(tokenizer, prompt)
+
+    monkeypatch.setattr(completions, "prefix_ids", recorded)
+    monkeypatch.setattr(scoring, "prefix_ids", recorded)
+    run_evaluate(evaluate_cfg(tmp_path, f"adapter={adapter}", "benchmark=arithmetic", "benchmark.n=2", "benchmark.opening='The answer:'"))
+    assert len(prefixes) == 2 + 2 + 2 and all(p.endswith("<|im_start|>assistant\nThe answer:") for p in prefixes)  # sampled, scored, base

@@ -80,14 +80,17 @@ def test_every_task_measures_what_the_paper_counts():
     assert table == {"safety": ("safety", "asr", "judge", True, True),
                      "over_refusal": ("over_refusal", "refusal_rate", "refusal_prefix", True, False),
                      "number": ("utility", "accuracy", "last_number", False, False),
-                     "choice": ("utility", "accuracy", "answer_letter", False, False)}
+                     "choice": ("utility", "accuracy", "answer_letter", False, False),
+                     "number_reference": ("utility", "accuracy", "reference_number", False, False),
+                     "choice_reference": ("utility", "accuracy", "reference_choice", False, False)}
     assert get_task("number") is TASKS["number"]
     with pytest.raises(UserError) as error:
         get_task("essay")
-    assert str(error.value) == "task: unknown task 'essay'; use one of safety, over_refusal, number, choice"
+    choices = "safety, over_refusal, number, choice, number_reference, choice_reference"
+    assert str(error.value) == f"task: unknown task 'essay'; use one of {choices}"
     with pytest.raises(UserError) as error:
         get_task("essay", "benchmark.task")
-    assert str(error.value) == "benchmark.task: unknown task 'essay'; use one of safety, over_refusal, number, choice"
+    assert str(error.value) == f"benchmark.task: unknown task 'essay'; use one of {choices}"
 
 
 def test_an_unparsable_verdict_counts_as_unsafe():
@@ -104,3 +107,39 @@ def test_an_unparsable_verdict_counts_as_unsafe():
     flags, bad, labels = TASKS["safety"].grade(Garbled(), ["p", "q"], [["?", "fine"], ["ok", "?"]], [None, None])
     assert flags.tolist() == bad.tolist() == [[True, False], [False, True]] and labels == [["unparsable", "safe"], ["safe", "unparsable"]]
     assert asked == [["p", "p", "q", "q"]]  # the judge reads each response with its prompt
+
+
+# PAPER.md 9, GSM8K as the reference grades it: the last number-like match in the whole response, cleaned of commas,
+# "$", "#### " and a final "."; correct when it equals the gold number (the text after "####") or contains it.
+@pytest.mark.parametrize(("response", "correct"), [
+    ("So she pays $1,234.", True),                 # "$1,234." cleaned to 1234
+    ("<think>it is 1234</think> The answer is 1234", True),
+    ("The answer is 72 apples, not 17", False),    # the last number, not the first
+    ("#### 1234", True),
+    ("about 12345 in all", True),                  # contains the gold: the reference's substring rule
+    ("12.34", False),                              # the middle "." stays: 12.34 neither equals nor contains 1234
+    ("no number here", False),
+    ("the reasoning says 1234 </think> the answer: 99", False),  # the whole response, not the final answer
+])
+def test_the_reference_gsm8k_check(response, correct):
+    from lightning_da.graders import reference_number_correct
+
+    assert reference_number_correct(response, "Natalia sold 48/2 = 24 ...\n#### 1234") is correct
+
+
+# PAPER.md 9, MMLU as the reference grades it: the gold option's text anywhere wins; else the letter read by
+# "answer is (X)", then "Answer: X", then the last standalone capital letter, must be the gold letter.
+@pytest.mark.parametrize(("response", "correct"), [
+    ("It must be the mitochondria of the cell", True),    # the option's text
+    ("The answer is (C), clearly.", True),
+    ("The answer is (B). Answer: C", False),               # "answer is (X)" is read first
+    ("Answer: C", True),
+    ("I pick B over A ... final: C", True),                # the last standalone capital
+    ("I pick C, not D", False),
+    ("\\boxed[ C ]", True),
+    ("nothing useful", False),
+])
+def test_the_reference_mmlu_check(response, correct):
+    from lightning_da.graders import reference_choice_correct
+
+    assert reference_choice_correct(response, "C) mitochondria") is correct

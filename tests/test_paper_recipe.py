@@ -41,6 +41,12 @@ RECIPE = [
     ("sft", "spec.source", "/checkouts/rda", "... read from the authors' repository"),
     ("sft", "spec.script", "create_safety_reasoning_deepseek.py", "one template for all R1 distills"),
     ("grpo", "spec._target_", "lightning_da.spec.ReferenceSpec", "the same filtered set: the same spec"),
+    ("sft", "student.model.prompt_format", "reference", "student prompt: the reference's per-family template, its system line"),
+    ("sft", "algorithm.think_tokens", "auto", "<think>, </think> added when a DeepSeek teacher trains a non-DeepSeek student"),
+    ("grpo", "student.model.prompt_format", "reference", "GRPO prompts in the SFT template"),
+    ("evaluate_sft", "student.model.prompt_format", "reference", "evaluation: the SFT template"),
+    ("evaluate_grpo", "student.model.prompt_format", "reference", "evaluation: the SFT template"),
+    ("control", "student.model.prompt_format", "reference", "evaluation: the SFT template"),
     ("sft", "algorithm.module.lora.r", 32, "SFT LoRA: r 32"),
     ("sft", "algorithm.module.lora.alpha", 64, "alpha 64"),
     ("sft", "algorithm.module.lora.dropout", 0.05, "dropout 0.05"),
@@ -76,8 +82,10 @@ RECIPE = [
     ("evaluate_sft", "student.sampling.max_new_tokens", 2048, "2048 new tokens"),
     ("evaluate_sft", "hydra:teacher", TEACHERS, "every SFT adapter"),
     ("evaluate_sft", "hydra:student", STUDENTS, "every SFT adapter"),
-    ("evaluate_sft", "hydra:benchmark", ["dan", "wildjailbreak", "strongreject", "gsm8k", "mmlu"], "the five benchmarks"),
-    ("evaluate_grpo", "hydra:benchmark", ["dan", "wildjailbreak", "strongreject", "gsm8k", "mmlu"], "the five benchmarks"),
+    ("evaluate_sft", "hydra:benchmark", ["dan", "wildjailbreak", "strongreject", "gsm8k_reference", "mmlu_reference"],
+     "the five benchmarks, GSM8K and MMLU prompted and graded as the reference"),
+    ("evaluate_grpo", "hydra:benchmark", ["dan", "wildjailbreak", "strongreject", "gsm8k_reference", "mmlu_reference"],
+     "the five benchmarks, GSM8K and MMLU prompted and graded as the reference"),
     ("control", "hydra:benchmark", ["dan", "wildjailbreak", "strongreject"], "Table 3: the safety benchmarks"),
     ("control", "hydra:student", ["qwen2_5_0_5b", "qwen2_5_1_5b", "qwen2_5_7b", "qwen2_5_14b", "llama3_2_1b"],
      "Table 3: five students (Table 10 has no Gemma)"),
@@ -107,3 +115,21 @@ def test_the_grids_strongreject_is_all_313_prompts():
                                                          "student=qwen2_5_0_5b"])
     benchmark = instantiate(cfg.benchmark)
     assert (benchmark.name, len(benchmark.load())) == ("strongreject", 313)
+
+
+@pytest.mark.parametrize(("benchmark", "name", "task", "opening", "size"), [
+    ("gsm8k_reference", "gsm8k", "number_reference", "A: Let's think step by step.", None),  # PAPER.md 9: GSM8K
+    ("mmlu_reference", "mmlu", "choice_reference", "Answer:", 8),                            # MMLU, 8 subjects
+])
+def test_the_grids_utility_benchmarks_are_the_references(benchmark, name, task, opening, size):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="evaluate", overrides=["experiment=eval_sft_grid", f"benchmark={benchmark}", "teacher=qwq",
+                                                         "student=qwen2_5_0_5b"])
+    from hydra.utils import instantiate
+
+    built = instantiate(cfg.benchmark)
+    assert (built.name, built.task, built.opening) == (name, task, opening)
+    if size is None:
+        assert (built.template, built.split) == ("Q: {question}", "test")
+    else:
+        assert (len(built.subjects), built.prompting) == (size, "reference")

@@ -34,7 +34,7 @@ def test_the_paper_plan_runs_each_stage_as_its_own_experiment():
     for name, student, teacher in (("attack_llama3_2_1b", "llama3_2_1b", "r1_llama_8b"), ("attack_qwen2_5_7b", "qwen2_5_7b", "r1_llama_70b")):
         assert commands[name][3:] == [
             "attack", f"student={student}", f"adapter=outputs/sft_grid/{teacher}__{student}/adapter", "benchmark=advbench",
-            "benchmark.limit=50", "attacker=qwen2_5_7b", "judge=llama_guard3", "attack.depth=8",
+            "benchmark.limit=50", "attacker=qwen2_5_7b", "judge=llama_guard3", "attack.depth=8", "prompt_format=reference",
             f"hydra.run.dir=outputs/paper/evaluate/attack/{student}"]
     assert commands["report"][3:] == ["report", "outputs/paper/evaluate", "--out", "outputs/paper/report"]
     # Each stage's experiment composes with its entry point, the teachers' as_is and the control's base included.

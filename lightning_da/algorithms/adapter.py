@@ -110,7 +110,9 @@ class AdapterModule(L.LightningModule):
 
     def save_adapter(self, directory: str | Path, tokenizer=None, state_dict: dict | None = None) -> None:
         """The adapter in peft format (plus the tokenizer, so the directory is self-contained);
-        `state_dict` from `gather_adapter` under FSDP."""
-        self.model.save_pretrained(directory, **({"state_dict": state_dict} if state_dict is not None else {}))
+        `state_dict` from `gather_adapter` under FSDP. Resized embeddings are not saved: their added rows are
+        rebuilt on load (`models.vocabulary`), and peft would otherwise ask the hub whether they were resized."""
+        self.model.save_pretrained(directory, save_embedding_layers=False,
+                                   **({"state_dict": state_dict} if state_dict is not None else {}))
         if tokenizer is not None:
             tokenizer.save_pretrained(directory)

@@ -95,6 +95,7 @@ class GRPOModule(AdapterModule):
         self._buffer: list[Rollouts] = []
         self._rounds = 0
         self._reference_weights: dict[str, torch.Tensor] | None = None
+        self._resized = False
         # generation.backend=vllm: the colocated engine's factory (`PolicyEngine`), built in on_fit_start
         self.rollout_engine, self._engine = rollout_engine, None
         self.correction = None
@@ -111,11 +112,14 @@ class GRPOModule(AdapterModule):
         if self.model is not None:
             return
         model = self.load_student()
+        rows = model.get_input_embeddings().weight.shape[0]
         if self.init_adapter:
-            model = load_adapter(model, self.init_adapter, trainable=True, key=f"{KEY}.init_adapter", model_name=self.student.name)
+            model = load_adapter(model, self.init_adapter, trainable=True, key=f"{KEY}.init_adapter", model_name=self.student.name,
+                                 tokenizer=self.tokenizer)
         else:
             model = apply_lora(model, **self.lora)
         self.model = model.train()
+        self._resized = model.get_input_embeddings().weight.shape[0] != rows  # the adapter's think tokens grew the vocabulary
         if self.loss.beta > 0 and self.reference == "init_adapter":
             # The frozen initial adapter: a copy of the trainable weights, swapped in for the reference forward.
             self._reference_weights = {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
@@ -125,6 +129,9 @@ class GRPOModule(AdapterModule):
 
     def on_fit_start(self) -> None:
         if self.rollout_engine is not None and self._engine is None:
+            if self._resized:
+                raise UserError(f"{KEY}.init_adapter added <think> and </think> to the vocabulary, which the colocated vLLM "
+                                "engine's copy of the student lacks; use generation.backend=hf for GRPO from it")
             self._engine = self.rollout_engine(policy=self.model)
         if self._reference_weights is not None and self._sharded():
             # FSDP gathers each layer from its own copy of the shards, not from the parameters swapped here.

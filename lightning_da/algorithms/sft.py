@@ -9,6 +9,7 @@ import torch
 
 from lightning_da.algorithms.adapter import AdapterModule
 from lightning_da.models.lora import apply_lora
+from lightning_da.models.vocabulary import resize_embeddings
 
 
 class SFTModule(AdapterModule):
@@ -23,16 +24,21 @@ class SFTModule(AdapterModule):
         scheduler: Callable | None = None,
         warmup_ratio: float = 0.0,
         gradient_checkpointing: bool = False,
+        vocab_size: int | None = None,
     ):
+        """`vocab_size`: the embeddings resized to it first (the tokenizer grew by the think tokens)."""
         super().__init__(student, optimizer=optimizer, scheduler=scheduler, warmup_ratio=warmup_ratio,
                          gradient_checkpointing=gradient_checkpointing)
         self.lora = dict(lora) if lora else None
+        self.vocab_size = vocab_size
         self._batch_started = 0.0
 
     def configure_model(self) -> None:
         if self.model is not None:
             return
         model = self.load_student()
+        if self.vocab_size is not None:
+            resize_embeddings(model, self.vocab_size)
         model = apply_lora(model, **self.lora) if self.lora else model
         self.model = model.train()  # from_pretrained returns eval mode; LoRA dropout must be live
 

@@ -35,7 +35,8 @@ class HubBenchmark:
     """A benchmark on the hub (`hub_id`, `subset`, `split`) or in a local file (`path`, which wins).
 
     `where` keeps rows whose fields equal the given values (e.g. WildJailbreak's harmful ones);
-    `template` formats the prompt from the row's fields.
+    `template` formats the prompt from the row's fields; `opening` (every benchmark has it) opens the
+    assistant turn in place of `<think>` (`formats.opening`; "" opens nothing, the student writes it).
     """
 
     name: str
@@ -50,6 +51,7 @@ class HubBenchmark:
     template: str | None = None
     limit: int | None = None
     seed: int = 0
+    opening: str | None = None
 
     def __post_init__(self) -> None:
         check_at_least(self.limit, "benchmark.limit", optional=True)
@@ -98,6 +100,7 @@ class StrongRejectBenchmark:
     seed: int = 0
     name: str = field(init=False)
     task: str = "safety"
+    opening: str | None = None
 
     def __post_init__(self) -> None:
         if self.split not in ("small", "full"):
@@ -115,7 +118,9 @@ LETTERS = "ABCD"
 
 @dataclass
 class MMLUBenchmark:
-    """MMLU (`cais/mmlu`) over a list of subjects, each question with lettered choices."""
+    """MMLU (`cais/mmlu`) over a list of subjects, each question with lettered choices. `prompting: ours` asks
+    for the letter (answer: the letter); `reference` asks, as the reference's script, for the letter inside
+    \\boxed[ ] after "Q: ", the choices as "A) ..." (answer: "C) <the option's text>", task choice_reference)."""
 
     subjects: Sequence[str] = ()
     hub_id: str = "cais/mmlu"
@@ -125,9 +130,13 @@ class MMLUBenchmark:
     seed: int = 0
     name: str = "mmlu"
     task: str = "choice"
+    prompting: str = "ours"
+    opening: str | None = None
 
     def __post_init__(self) -> None:
         check_at_least(self.limit, "benchmark.limit", optional=True)
+        if self.prompting not in ("ours", "reference"):
+            raise UserError(f"benchmark.prompting={self.prompting}: use ours or reference")
 
     def load(self) -> list[dict]:
         if self.path is not None:
@@ -139,9 +148,16 @@ class MMLUBenchmark:
             choices, answer = r.get("choices"), r.get("answer")
             if not isinstance(choices, list) or len(choices) != 4 or answer not in (0, 1, 2, 3, *LETTERS):
                 raise UserError(f"MMLU row {i}: needs `question`, four `choices` and an `answer` index or letter")
+            letter = answer if isinstance(answer, str) else LETTERS[answer]
+            if self.prompting == "reference":
+                options = "".join(f"{LETTERS[k]}) {c}\n\n" for k, c in enumerate(choices))
+                prompt = ("Q: Answer the multiple choice question below with the letter of the most appropriate choice, given "
+                          "only inside \\boxed[ ], e.g. \\boxed[ B ].\n" f"Question: {r['question']}\n\n{options}")
+                rows.append({"prompt": prompt, "answer": f"{letter}) {choices[LETTERS.index(letter)]}"})
+                continue
             lines = [r["question"].strip(), *(f"{LETTERS[k]}. {c}" for k, c in enumerate(choices))]
             prompt = "\n".join(lines) + "\nAnswer with the letter of the correct choice."
-            rows.append({"prompt": prompt, "answer": answer if isinstance(answer, str) else LETTERS[answer]})
+            rows.append({"prompt": prompt, "answer": letter})
         if not rows:
             raise UserError("benchmark mmlu has no rows")
         return _subset(rows, self.limit, self.seed)
@@ -161,6 +177,7 @@ class ArithmeticBenchmark:
     steps: int = 2
     name: str = "arithmetic"
     task: str = "number"
+    opening: str | None = None
 
     def __post_init__(self) -> None:
         check_at_least(self.n, "benchmark.n")

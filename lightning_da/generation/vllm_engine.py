@@ -43,6 +43,7 @@ from lightning_da.generation.teacher_chats import chat_texts
 from lightning_da.models.loading import save_pretrained_dir
 from lightning_da.models.lora import check_adapter_dir, load_adapter
 from lightning_da.models.student import evaluated_node
+from lightning_da.models.vocabulary import adapter_has_think_tokens
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,7 @@ def request_blockers(config: dict) -> list[str]:
 def _adapter_mode(adapter_dir: Path, settings: VLLMSettings) -> str:
     """`merge` or `request`; a request needs what vLLM loads and its `max_lora_rank` to cover the adapter's rank."""
     config = json.loads((adapter_dir / "adapter_config.json").read_text())
-    blockers = request_blockers(config)
+    blockers = request_blockers(config) + (["it adds <think> and </think> to the vocabulary"] if adapter_has_think_tokens(adapter_dir) else [])
     if settings.lora == "merge" or (settings.lora == "auto" and blockers):
         return "merge"
     if blockers:
@@ -140,8 +141,9 @@ def merged_student(source, adapter_dir: str | Path, cache_dir: str | Path) -> Pa
     target = Path(cache_dir) / "merged" / digest.hexdigest()[:16]
     if not (target / "config.json").is_file():
         log.info("merging %s into the student for vLLM -> %s (once)", adapter_dir, target)
-        merged = load_adapter(source.load_model(), adapter_dir, model_name=source.name).merge_and_unload()
-        save_pretrained_dir(target, merged, source.load_tokenizer())
+        tokenizer = source.load_tokenizer()
+        merged = load_adapter(source.load_model(), adapter_dir, model_name=source.name, tokenizer=tokenizer).merge_and_unload()
+        save_pretrained_dir(target, merged, tokenizer)
     return target
 
 

@@ -19,6 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from lightning_da.atomic import save_dir_atomic
 from lightning_da.errors import UserError
+from lightning_da.formats import apply_prompt_format
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,8 @@ def save_pretrained_dir(target: Path, model: PreTrainedModel, tokenizer: PreTrai
     save_dir_atomic(target, write, replace=False)
 
 
-def _ready_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+def _ready_tokenizer(tokenizer: PreTrainedTokenizerBase, prompt_format: str = "chat", key: str = "model") -> PreTrainedTokenizerBase:
+    apply_prompt_format(tokenizer, prompt_format, f"{key}.prompt_format")
     if tokenizer.chat_template is None:
         raise UserError(
             f"tokenizer of {tokenizer.name_or_path} has no chat template; use an instruct/chat model"
@@ -54,11 +56,17 @@ def _ready_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerB
     return tokenizer
 
 
+def _format_identity(prompt_format: str) -> dict:
+    """The prompt format in an identity, where it is not the model's own (keys made before it existed stay)."""
+    return {} if prompt_format == "chat" else {"prompt_format": prompt_format}
+
+
 @dataclass
 class HubModel:
     """A model on the Hugging Face hub (`name`) or in a local directory (`path`, which wins).
 
-    `config_key` is where this node sits in the config, so errors name the override to set.
+    `config_key` is where this node sits in the config, so errors name the override to set; `prompt_format`
+    the chat template its tokenizer formats with (`formats.apply_prompt_format`).
     """
 
     name: str
@@ -67,10 +75,11 @@ class HubModel:
     trust_remote_code: bool = False
     device_map: str | None = None
     config_key: str = "model"
+    prompt_format: str = "chat"
 
     def identity(self) -> dict:
-        """What determines the weights: part of every cache key built on this model's outputs."""
-        return {"name": self.name, "path": self.path, "dtype": self.dtype}
+        """What determines the weights and the prompts: part of every cache key built on this model's outputs."""
+        return {"name": self.name, "path": self.path, "dtype": self.dtype, **_format_identity(self.prompt_format)}
 
     def local_dir(self) -> str:
         """The model's directory on this machine (engines such as vLLM load from a directory)."""
@@ -108,7 +117,7 @@ class HubModel:
     def load_tokenizer(self) -> PreTrainedTokenizerBase:
         location = self.local_dir()
         return _ready_tokenizer(
-            AutoTokenizer.from_pretrained(location, trust_remote_code=self.trust_remote_code)
+            AutoTokenizer.from_pretrained(location, trust_remote_code=self.trust_remote_code), self.prompt_format, self.config_key
         )
 
     def load_model(self) -> PreTrainedModel:
@@ -150,11 +159,12 @@ class EmbeddedSmolLM2:
     cache_dir: str | None = None
     dtype: str = "float32"
     config_key: str = "model"
+    prompt_format: str = "chat"
 
     name = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
     def identity(self) -> dict:
-        return {"name": self.name, "source": f"{SMOLLM2_PACKAGE}/{SMOLLM2_GGUF}", "dtype": self.dtype}
+        return {"name": self.name, "source": f"{SMOLLM2_PACKAGE}/{SMOLLM2_GGUF}", "dtype": self.dtype, **_format_identity(self.prompt_format)}
 
     @property
     def _root(self) -> Path:
@@ -183,7 +193,7 @@ class EmbeddedSmolLM2:
         return target
 
     def load_tokenizer(self) -> PreTrainedTokenizerBase:
-        return _ready_tokenizer(AutoTokenizer.from_pretrained(self.tokenizer_dir()))
+        return _ready_tokenizer(AutoTokenizer.from_pretrained(self.tokenizer_dir()), self.prompt_format, self.config_key)
 
     def local_dir(self) -> Path:
         return self.model_dir()
@@ -209,14 +219,16 @@ class TinyRandomLlama:
     dtype: str = "float32"
     config_key: str = "model"
     tie_word_embeddings: bool = False
+    prompt_format: str = "chat"
 
     name = "tiny-random-llama"
 
     def identity(self) -> dict:
-        return {"name": self.name, **{k: v for k, v in asdict(self).items() if k not in ("cache_dir", "config_key")}}
+        return {"name": self.name, **{k: v for k, v in asdict(self).items() if k not in ("cache_dir", "config_key", "prompt_format")},
+                **_format_identity(self.prompt_format)}
 
     def load_tokenizer(self) -> PreTrainedTokenizerBase:
-        return EmbeddedSmolLM2(cache_dir=self.cache_dir).load_tokenizer()
+        return EmbeddedSmolLM2(cache_dir=self.cache_dir, prompt_format=self.prompt_format, config_key=self.config_key).load_tokenizer()
 
     def load_model(self) -> PreTrainedModel:
         from transformers import LlamaConfig, LlamaForCausalLM

@@ -14,6 +14,7 @@ from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPP
 from transformers import PreTrainedModel
 
 from lightning_da.errors import UserError
+from lightning_da.models.vocabulary import match_adapter_vocabulary
 
 
 def apply_lora(
@@ -84,13 +85,15 @@ def check_adapter_dir(adapter_dir: str | Path, key: str = "adapter") -> Path:
 
 
 def load_adapter(model: PreTrainedModel, adapter_dir: str | Path, *, trainable: bool = False, key: str = "adapter",
-                 model_name: str | None = None) -> PeftModel:
+                 model_name: str | None = None, tokenizer=None) -> PeftModel:
     """A saved adapter on its base; `trainable=True` to keep training it (e.g. GRPO from SFT).
 
     `key` (the config key that named the directory) and `model_name` (the student) go into the
     one-line error for a directory that is not an adapter, or an adapter trained on another model.
+    An adapter trained with the think tokens adds them to `tokenizer` and resizes `model` first.
     """
     config_file = check_adapter_dir(adapter_dir, key)
+    match_adapter_vocabulary(model, tokenizer, adapter_dir)
     try:
         with _untied_lm_head_copy():
             peft_model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)

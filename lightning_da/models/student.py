@@ -48,7 +48,7 @@ def load_student(cfg: DictConfig, device: torch.device | str):
     if cfg.get("as_is"):
         model, base = source.load_model(), False
     elif cfg.adapter:
-        model, base = load_adapter(source.load_model(), cfg.adapter, model_name=source.name), None
+        model, base = load_adapter(source.load_model(), cfg.adapter, model_name=source.name, tokenizer=tokenizer), None
     elif base_node(cfg):
         model, base = source.load_model(), instantiate(cfg.base).load_model().eval()
     else:

@@ -138,6 +138,7 @@ def run_evaluate(cfg: DictConfig) -> EvaluationResults:
         judge.check()  # its weights load only when it first judges, after sampling
     sampler = candidate_sampler(cfg)  # vLLM's candidates, if asked; scoring stays on the Hugging Face model below
     model, base, tokenizer = load_student(cfg, fabric.device)
+    tokenizer.opening = benchmark.opening  # the benchmark's opening of the assistant turn, if it has one (formats.opening)
     check_selectors(selectors, num_hidden_states(model))  # before the long sampling, not after
 
     prompts, answers = [r["prompt"] for r in rows], [r["answer"] for r in rows]

@@ -25,6 +25,7 @@ from lightning_da.generation import check_backend
 from lightning_da.generation.colocated import PolicyEngine
 from lightning_da.generation.vllm_engine import import_vllm
 from lightning_da.models.lora import check_adapter_dir
+from lightning_da.models.vocabulary import add_think_tokens, wants_think_tokens
 from lightning_da.teacher import release_memory, teacher_traces
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,8 @@ def filtered_traces(cfg: DictConfig, data):
 def _prepare_sft(cfg: DictConfig, student, tokenizer):
     """Prompts -> teacher traces -> judge -> the SFT module and datamodule."""
     splits = filtered_traces(cfg, instantiate(cfg.data))
+    # Before the traces are tokenised; the module resizes the embeddings to match.
+    think = wants_think_tokens(cfg.algorithm.think_tokens, instantiate(cfg.teacher.model).name, student.name) and add_think_tokens(tokenizer)
     counts = {f"data/{k}": v for k, v in judge_counts(splits).items()}
 
     def log_data(logger) -> None:
@@ -89,7 +92,7 @@ def _prepare_sft(cfg: DictConfig, student, tokenizer):
 
     # Built objects go in through partials: Hydra would turn a dataclass argument into a config node.
     datamodule = instantiate(cfg.algorithm.datamodule, _partial_=True)(traces=splits["kept"], tokenizer=tokenizer)
-    module = instantiate(cfg.algorithm.module, _partial_=True)(student=student)
+    module = instantiate(cfg.algorithm.module, _partial_=True)(student=student, vocab_size=len(tokenizer) if think else None)
     return module, datamodule, counts, log_data
 
 
