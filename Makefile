@@ -38,7 +38,8 @@ demo: install
 	$(BIN)/python evaluate.py $(DEMO_EVAL) max_new_tokens=32 adapter=$(DEMO)/train/adapter benchmark.limit=30 hydra.run.dir=$(DEMO)/strongreject
 	$(BIN)/python evaluate.py $(DEMO_EVAL) max_new_tokens=32 adapter=$(DEMO)/grpo/adapter benchmark.limit=30 hydra.run.dir=$(DEMO)/strongreject_grpo
 	$(BIN)/python evaluate.py $(DEMO_EVAL) max_new_tokens=64 adapter=$(DEMO)/train/adapter benchmark=arithmetic benchmark.steps=1 benchmark.n=20 hydra.run.dir=$(DEMO)/arithmetic
-	$(BIN)/python report.py $(DEMO)/strongreject $(DEMO)/strongreject_grpo $(DEMO)/arithmetic --out $(DEMO)/report
+	$(BIN)/python report.py $(DEMO)/strongreject $(DEMO)/strongreject_grpo $(DEMO)/arithmetic --out $(DEMO)/report \
+	  --figure3-student smollm2_135m --figure5-teacher smollm2_135m --figure6 smollm2_135m,smollm2_135m,strongreject_small
 	$(BIN)/python generate.py adapter=$(DEMO)/train/adapter benchmark.limit=8 n_candidates=4 max_new_tokens=32 hydra.run.dir=$(DEMO)/generate
 
 # One test worker per core (pytest-xdist), each given its share of the cores' threads (tests/conftest.py).

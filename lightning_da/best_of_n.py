@@ -84,12 +84,12 @@ def best_of_n_block(
 
 def first_sample_block(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], answers: list, *,
                        task: Task, judge, sampling: SamplingConfig, seed: int, batch_size: int = 8,
-                       progress: bool = True) -> torch.Tensor:
-    """One sample per prompt from `model`, graded: the per-prompt flags (P,) of its `first`."""
+                       progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """One sample per prompt from `model`, graded: the per-prompt flags (P,) of its `first`, and its length in tokens (P,)."""
     completions = sample_completions(model, tokenizer, prompts, n=1, sampling=sampling, batch_size=batch_size, seed=seed,
                                      progress=progress)
     flags, _, _ = task.grade(judge, prompts, decode_completions(tokenizer, completions), answers)
-    return flags[:, 0]
+    return flags[:, 0], torch.tensor([len(row[0].response_ids) for row in completions])
 
 
 def latent_pick_block(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], answers: list, *,

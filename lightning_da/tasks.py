@@ -94,7 +94,8 @@ class EvaluationResults:
     is the rate of the latent choice at every layer (empty without a base); `base`, the base student's
     `first` beside the student's; `unparsable_verdicts`, for judged tasks; `signal`, each score's AUROC
     of telling bad candidates from good (`attribution.signal`); `evaluated`, the model and its base
-    (`model`, `base`: "adapter disabled", a model's name, or None when evaluated `as_is`)."""
+    (`model`, `base`: "adapter disabled", a model's name, or None when evaluated `as_is`); `first_length`,
+    the mean length in tokens of the first samples (the base's is `base["first_length"]`: Figures 7-9)."""
 
     benchmark: str
     task: str
@@ -112,6 +113,7 @@ class EvaluationResults:
     unparsable_verdicts: int | None = None
     signal: dict | None = None
     evaluated: dict | None = None
+    first_length: float | None = None
     rate_name: str = ""
     schema_version: int = SCHEMA_VERSION
 

@@ -13,8 +13,10 @@ from lightning_da.errors import UserError, run_or_exit
 from lightning_da.runs.plan import run_plan, stage_commands
 
 ROOT = Path(__file__).resolve().parents[1]
-FIGURES = {"asr_by_layer", "by_layer_per_configuration", "auroc_by_layer", "figure3_asr_heatmap", "figure4_utility_heatmap",
-           "figure5_first_vs_majority", "figure6_densities"}
+FIGURES = {"figure2_unsafe_traces", "figure3_safety_by_teacher", "figure18_safety_by_teacher_every_student",
+           "figure19_safety_by_teacher_after_grpo", "figure4_utility_heatmap", "figure5_first_vs_majority", "figure6_densities",
+           "figures7_9_response_length", "figures10_17_rate_by_layer", "asr_by_layer", "by_layer_per_configuration", "auroc_by_layer",
+           "first_vs_majority_pooled", "densities_pooled"}
 
 
 def plan_cfg(*overrides):

@@ -29,9 +29,11 @@ def choices(run: Path, **chosen) -> None:
 
 
 def evaluation(root: Path, name: str, *, benchmark: str, task: str, outcomes: dict, teacher="qwq", student="llama3_8b",
-               stage="sft", as_is=None, experiment=None, candidates=None) -> Path:
+               stage="sft", as_is=None, experiment=None, candidates=None, lengths=None, traces_unsafe=None) -> Path:
     """An evaluate.py run directory as evaluate.py writes it, and the train run its adapter came from (none
-    for a model evaluated `as_is` or the instruct_vs_base control). `candidates`: candidates.jsonl's records."""
+    for a model evaluated `as_is` or the instruct_vs_base control). `candidates`: candidates.jsonl's records;
+    `lengths`: (the first samples' mean length, the base's), the base's `first` then written too; `traces_unsafe`:
+    the train run's metrics.json count of unsafe traces."""
     run = root / "evaluate" / name
     chosen = {"student": student, "benchmark": benchmark, **({"teacher": teacher} if as_is == "teacher" else {}),
               **({"experiment": experiment} if experiment else {})}
@@ -41,6 +43,8 @@ def evaluation(root: Path, name: str, *, benchmark: str, task: str, outcomes: di
         train = root / f"train-{name}"
         choices(train, teacher=teacher, student=student, algorithm=stage)
         adapter = str(train / "adapter")
+        if traces_unsafe is not None:
+            (train / "metrics.json").write_text(json.dumps({"train/loss": 1.0, "data/traces_unsafe": traces_unsafe}))
     task_name = "instruct_vs_base" if experiment else "evaluate"  # what experiment=instruct_vs_base and eval_control set
     (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"adapter": adapter, "as_is": as_is, "task_name": task_name}))
     rates = {s: 100 * sum(o for o in v if o is not None) / sum(o is not None for o in v) for s, v in outcomes.items()}
@@ -52,7 +56,11 @@ def evaluation(root: Path, name: str, *, benchmark: str, task: str, outcomes: di
                                 n_candidates=2, layer=1 if with_base else None, rates=rates, drops=drops, intervals={},
                                 outcomes=outcomes, chosen_layers={}, signal=signal,
                                 by_layer=[first, first / 2, first / 3] if task == "safety" and with_base else [],
-                                evaluated={"model": student, "base": "adapter disabled" if with_base else None, "as_is": as_is})
+                                evaluated={"model": student, "base": "adapter disabled" if with_base else None, "as_is": as_is},
+                                first_length=lengths[0] if lengths else None,
+                                base=None if lengths is None else {
+                                    "first": first, "outcomes": outcomes["first"], "first_length": lengths[1],
+                                    "student_vs_base": {"difference": 0.0, "difference_ci": [0.0, 0.0], "mcnemar_p": 1.0}})
     (run / "results.json").write_text(results.to_json())
     if candidates is not None:
         (run / "candidates.jsonl").write_text("".join(json.dumps(r) + "\n" for r in candidates))
@@ -135,6 +143,8 @@ def test_report_files_have_no_nan_and_footnote_the_undefined_drop(runs):
     # What these runs lack is named, one line per figure, never an empty plot.
     assert "Not drawn: no SFT evaluation on a safety benchmark with majority_vote compared" in markdown
     assert "Not drawn: no SFT evaluation on a safety benchmark with both safe and unsafe candidates" in markdown
+    assert ("Not drawn: no SFT evaluation of teacher r1_qwen_14b's students on a safety benchmark with majority_vote compared"
+            in markdown)  # Figure 5's teacher, the paper's by default
     assert "no evaluation of teacher(s) qwq as it is" in markdown and "figure5_first_vs_majority" not in files
     assert "Not produced: no grpo runs among these" in markdown and "Not produced: no instruct_vs_base runs" in markdown
     assert "Not produced: no attack runs among these" in markdown
@@ -142,16 +152,19 @@ def test_report_files_have_no_nan_and_footnote_the_undefined_drop(runs):
 
 def test_every_table_and_figure_from_a_whole_sweep(tmp_path):
     """SFT and GRPO runs, a teacher as it is, the instruct_vs_base control: Tables 1-3 and every figure."""
+    from lightning_da.figures import FigureChoices
+
     safe_first = {"first": [1, 0, 1, 1], "latent_sim": [0, 0, 1, 0], "majority_vote": [1, 0, 0, 1]}
     for teacher in ("qwq", "r1_qwen_14b"):
         for student in ("llama3_8b", "qwen2_5_0_5b"):
             evaluation(tmp_path, f"{teacher}-{student}", benchmark="dan", task="safety", outcomes=safe_first, teacher=teacher,
-                       student=student, candidates=candidate_records(len(teacher) + len(student)))
+                       student=student, candidates=candidate_records(len(teacher) + len(student)), lengths=(120.0, 80.0),
+                       traces_unsafe=len(teacher))
             evaluation(tmp_path, f"{teacher}-{student}-gsm8k", benchmark="gsm8k", task="number", teacher=teacher, student=student,
                        outcomes={"first": [1, 0, 1], "latent_sim": [1, 1, 0], "majority_vote": [1, 0, 1]})
         evaluation(tmp_path, f"{teacher}-alone", benchmark="dan", task="safety", teacher=teacher, as_is="teacher",
                    outcomes={"first": [0, 0, 1, 0], "perplexity": [0, 1, 0, 0]})
-    evaluation(tmp_path, "grpo", benchmark="dan", task="safety", stage="grpo", outcomes=safe_first)
+    evaluation(tmp_path, "grpo", benchmark="dan", task="safety", stage="grpo", outcomes=safe_first, lengths=(90.0, 80.0))
     evaluation(tmp_path, "control", benchmark="dan", task="safety", experiment="eval_control", outcomes=safe_first)
     attack = tmp_path / "evaluate" / "attack"
     choices(attack, student="llama3_2_1b")
@@ -164,22 +177,25 @@ def test_every_table_and_figure_from_a_whole_sweep(tmp_path):
     configurations = find_configurations([tmp_path / "evaluate"])
     assert {(c.teacher, c.student, c.stage) for c in configurations if c.stage in ("teacher", "instruct_vs_base")} == {
         ("qwq", "-", "teacher"), ("r1_qwen_14b", "-", "teacher"), ("-", "llama3_8b", "instruct_vs_base")}
-    files = write_report(configurations, tmp_path / "report", resamples=100, directories=[tmp_path / "evaluate"])
+    files = write_report(configurations, tmp_path / "report", resamples=100, directories=[tmp_path / "evaluate"],
+                         choices=FigureChoices("llama3_8b", "qwq", ("qwen2_5_0_5b", "r1_qwen_14b", "dan")))
     markdown = files["report"].read_text()
     assert "| llama3_2_1b | 50 | 88.0% (5.5) | 68.0% (9.0) | 66.0% (9.5) | -2.0 [-10.0, 6.0] |" in markdown  # Table 4
     assert [row["target"] for row in read_csv(files["attack"])] == ["instruct", "aligned", "aligned_bon"]
     for heading in ("## Table 1: after SFT", "## Table 2: after GRPO", "## Table 3: the control", "## Teachers as they are",
                     "## Table 4: PAIR"):
         assert heading in markdown
-    figures = {"asr_by_layer", "by_layer_per_configuration", "auroc_by_layer", "figure3_asr_heatmap", "figure4_utility_heatmap",
-               "figure5_first_vs_majority", "figure6_densities"}
-    assert figures <= set(files) and "Not drawn" not in markdown and "Not produced" not in markdown
+    figures = {"figure2_unsafe_traces", "figure3_safety_by_teacher", "figure18_safety_by_teacher_every_student",
+               "figure19_safety_by_teacher_after_grpo", "figure4_utility_heatmap", "figure5_first_vs_majority", "figure6_densities",
+               "figures7_9_response_length", "figures10_17_rate_by_layer", "asr_by_layer", "by_layer_per_configuration",
+               "auroc_by_layer", "asr_heatmap_with_teachers", "first_vs_majority_pooled", "densities_pooled"}
+    assert figures == {k for k in files if files[k].suffix == ".png"} and "Not drawn" not in markdown and "Not produced" not in markdown
     for name in figures:
         assert files[name].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({name}.png)" in markdown
     sections = {part.split("\n")[0]: part for part in markdown.split("### ")[1:]}
-    assert "no evaluation of teacher(s)" not in sections["Figure 3: ASR per teacher x student after SFT, beside each teacher's own"]
-    assert "no evaluation of teacher(s) qwq, r1_qwen_14b as it is" in sections[  # not evaluated on gsm8k: n/a, and said
-        "Figure 4: utility per teacher x student after SFT, beside each teacher's own"]
+    assert "no evaluation of teacher(s)" not in sections["Extra: ASR per teacher x student after SFT, beside each teacher's own (as_is)"]
+    assert sections["Figure 19: every GRPO student's safety rate per teacher after GRPO"].endswith(
+        "(figure19_safety_by_teacher_after_grpo.png)\n\n")  # its one run, qwq -> llama3_8b: nothing missing
     stages = {row["stage"] for row in read_csv(files["table"])}
     assert stages == {"sft", "grpo", "instruct_vs_base", "teacher"}
 
@@ -245,9 +261,10 @@ def test_main_writes_the_report_and_a_wandb_artifact(runs, capsys, monkeypatch):
         main([str(runs / "evaluate"), "--out", str(out), "--resamples", "200", "--seed", "3", "--wandb-project", "lightning_da_test"])
     finally:
         wandb.teardown()  # W&B's settings outlive the run: the next one in this process reads WANDB_MODE afresh
-    written = [out / name for name in ("report.md", "table.csv", "configurations.csv", "attack.csv", "asr_by_layer.png",
-                                       "by_layer_per_configuration.png", "auroc_by_layer.png", "figure3_asr_heatmap.png",
-                                       "figure4_utility_heatmap.png")]
+    written = [out / name for name in ("report.md", "table.csv", "configurations.csv", "attack.csv",
+                                       "figure18_safety_by_teacher_every_student.png", "figure4_utility_heatmap.png",
+                                       "figures10_17_rate_by_layer.png", "asr_by_layer.png", "by_layer_per_configuration.png",
+                                       "auroc_by_layer.png", "asr_heatmap_with_teachers.png")]
     report = (out / "report.md").read_text()
     assert capsys.readouterr().out == report[: report.index("\n![")] + "\n" + "written: " + ", ".join(map(str, written)) + "\n"
     assert "| latent_sim |" in report and "(200 resamples, prompts resampled within each configuration, seed 3)" in report
@@ -294,8 +311,11 @@ def test_the_command_line_defaults_and_help(runs, capsys, monkeypatch):
     with pytest.raises(SystemExit) as exited:
         main(["--help"])
     assert exited.value.code == 0 and capsys.readouterr().out == (
-        "usage: report.py [-h] [--out OUT] [--seed SEED] [--resamples RESAMPLES] [--wandb-project WANDB_PROJECT] dirs [dirs ...]\n\n"
-        "Aggregate evaluate.py runs: report.md, table.csv, configurations.csv, asr_by_layer.png\n\n"
+        "usage: report.py [-h] [--out OUT] [--seed SEED] [--resamples RESAMPLES] [--wandb-project WANDB_PROJECT] "
+        "[--figure3-student FIGURE3_STUDENT] [--figure5-teacher FIGURE5_TEACHER]\n"
+        "                 [--figure6 STUDENT,TEACHER,BENCHMARK]\n"
+        "                 dirs [dirs ...]\n\n"
+        "Aggregate evaluate.py runs: report.md, table.csv, configurations.csv and the paper's figures\n\n"
         "positional arguments:\n"
         "  dirs                  evaluate.py run or multirun directories (searched for results.json)\n\n"
         "options:\n"
@@ -305,7 +325,13 @@ def test_the_command_line_defaults_and_help(runs, capsys, monkeypatch):
         "  --resamples RESAMPLES\n"
         "                        bootstrap resamples\n"
         "  --wandb-project WANDB_PROJECT\n"
-        "                        also log the tables and figure as W&B artifacts to this project\n")
+        "                        also log the tables and figure as W&B artifacts to this project\n"
+        "  --figure3-student FIGURE3_STUDENT\n"
+        "                        Figure 3's student (the paper's Qwen2.5-14B)\n"
+        "  --figure5-teacher FIGURE5_TEACHER\n"
+        "                        Figure 5's teacher (the paper's R1-Distill-Qwen-14B)\n"
+        "  --figure6 STUDENT,TEACHER,BENCHMARK\n"
+        "                        Figure 6's configuration (the paper's Qwen2.5-0.5B taught by R1-Distill-Qwen-14B, on DAN)\n")
 
 
 def test_an_error_is_one_plain_line_on_stderr(tmp_path, capsys):
@@ -316,11 +342,15 @@ def test_an_error_is_one_plain_line_on_stderr(tmp_path, capsys):
     try:
         with pytest.raises(SystemExit) as exited:
             main([str(tmp_path / "runs"), "--resamples", "0"])
+        with pytest.raises(SystemExit) as figure6:
+            main([str(tmp_path / "runs"), "--figure6", "qwen2_5_0_5b,r1_qwen_14b"])
     finally:
         for handler in logging.root.handlers:
             handler.close()
         logging.root.handlers = handlers
-    assert exited.value.code == 2 and capsys.readouterr().err == "error: --resamples=0: set it to an integer of at least 1\n"
+    assert exited.value.code == figure6.value.code == 2 and capsys.readouterr().err == (
+        "error: --resamples=0: set it to an integer of at least 1\n"
+        "error: --figure6=qwen2_5_0_5b,r1_qwen_14b: give student,teacher,benchmark, e.g. qwen2_5_0_5b,r1_qwen_14b,dan\n")
 
 
 MINIMAL = EvaluationResults("b", "safety", "j", 1, 1, None, {}, {}, [], {}, {}, {})
@@ -508,7 +538,11 @@ def test_panels_fill_rows_of_three_and_a_panel_without_spread_says_so(tmp_path, 
     unsafe = [{**flat[0], "flags": [True, True], "kl": [0.1, 0.7]}]
     evaluation(tmp_path / "unsafe", "dan", benchmark="dan", task="safety", outcomes={"first": [1]}, candidates=unsafe)
     assert figures.densities(find_configurations([tmp_path / "unsafe"]), tmp_path / "none.png") == (
-        "no SFT evaluation on a safety benchmark with both safe and unsafe candidates: Figure 6 needs one")
+        "no SFT evaluation on a safety benchmark with both safe and unsafe candidates: this view needs one")
+    assert figures.densities_of_one(find_configurations([tmp_path / "unsafe"]), tmp_path / "none.png",
+                                    figures.FigureChoices(figure6=("llama3_8b", "qwq", "dan"))) == (
+        "no SFT evaluation of llama3_8b taught by qwq on dan with both safe and unsafe candidates (report.py --figure6 "
+        "student,teacher,benchmark chooses another)")
     assert not (tmp_path / "none.png").exists()
 
 
@@ -642,21 +676,36 @@ def test_the_report_whole_for_a_small_sweep(tmp_path, drawn):
         "ASR: % of behaviours jailbroken within the attack's depth; queries: mean prompts sent to the target until success (or all "
         "rounds). A Best-of-N query draws N samples (`samples_per_query` in attack.csv).\n")
     teacher_missing = "no evaluation of teacher(s) qwq as it is: their column reads n/a (evaluate.py as_is=teacher teacher=<name>)."
+    def linked(title, name, note=None):
+        return f"### {title}\n\n![{title}]({name})" + (f"\n\n{note}" if note else "")
+
     figure_lines = "\n\n".join([
-        "### ASR of the latent choice by layer (mean of the safety configurations; an oracle view)\n\n"
-        "![ASR of the latent choice by layer (mean of the safety configurations; an oracle view)](asr_by_layer.png)",
-        "### Per configuration: the latent choice's rate by layer against first (Figures 10-17)\n\n"
-        "![Per configuration: the latent choice's rate by layer against first (Figures 10-17)](by_layer_per_configuration.png)",
-        "### Is the signal there? AUROC of the cosine for unsafe vs safe candidates, by layer\n\n"
-        "![Is the signal there? AUROC of the cosine for unsafe vs safe candidates, by layer](auroc_by_layer.png)",
-        "### Figure 3: ASR per teacher x student after SFT, beside each teacher's own\n\n"
-        f"![Figure 3: ASR per teacher x student after SFT, beside each teacher's own](figure3_asr_heatmap.png)\n\n{teacher_missing}",
-        "### Figure 4: utility per teacher x student after SFT, beside each teacher's own\n\n"
-        f"![Figure 4: utility per teacher x student after SFT, beside each teacher's own](figure4_utility_heatmap.png)\n\n{teacher_missing}",
-        "### Figure 5: the first sample against majority voting, per student\n\n"
-        "Not drawn: no SFT evaluation on a safety benchmark with majority_vote compared: Figure 5 needs one.",
-        "### Figure 6: perplexity, self-certainty, KL and latent similarity of unsafe vs safe candidates\n\n"
-        "Not drawn: no SFT evaluation on a safety benchmark with both safe and unsafe candidates: Figure 6 needs one."])
+        "### Figure 2: each teacher's unsafe traces on the training prompts\n\nNot drawn: no SFT run with the filter's counts "
+        "(metrics.json's data/traces_unsafe) behind these evaluations: Figure 2 needs one.",
+        "### Figure 3: the alignment gap, one student's safety rate per teacher after SFT\n\n"
+        "Not drawn: no SFT evaluation of qwen2_5_14b on a safety benchmark.",
+        linked("Figure 18: every student's safety rate per teacher after SFT", "figure18_safety_by_teacher_every_student.png"),
+        "### Figure 19: every GRPO student's safety rate per teacher after GRPO\n\n"
+        "Not drawn: no GRPO evaluation of any student on a safety benchmark.",
+        linked("Figure 4: utility per teacher x student after SFT", "figure4_utility_heatmap.png"),
+        "### Figure 5: one teacher's students, the first sample against majority voting\n\n"
+        "Not drawn: no SFT evaluation of teacher r1_qwen_14b's students on a safety benchmark with majority_vote compared.",
+        "### Figure 6: one configuration's perplexity, self-certainty, KL and latent similarity, unsafe vs safe\n\n"
+        "Not drawn: no SFT evaluation of qwen2_5_0_5b taught by r1_qwen_14b on dan with both safe and unsafe candidates "
+        "(report.py --figure6 student,teacher,benchmark chooses another).",
+        "### Figures 7-9: response length of the base, SFT and GRPO students, per GRPO teacher\n\n"
+        "Not drawn: no GRPO evaluation on a safety benchmark: Figures 7-9 need the GRPO students and their SFT ones.",
+        linked("Figures 10-17: the latent choice's safety rate or utility by layer, per teacher and student",
+               "figures10_17_rate_by_layer.png"),
+        linked("Extra: ASR of the latent choice by layer (mean of the safety configurations; an oracle view)", "asr_by_layer.png"),
+        linked("Extra: per configuration, the latent choice's rate by layer against first", "by_layer_per_configuration.png"),
+        linked("Extra: is the signal there? AUROC of the cosine for unsafe vs safe candidates, by layer", "auroc_by_layer.png"),
+        linked("Extra: ASR per teacher x student after SFT, beside each teacher's own (as_is)", "asr_heatmap_with_teachers.png",
+               teacher_missing),
+        "### Extra: the first sample against majority voting per student, pooled over teachers and benchmarks\n\n"
+        "Not drawn: no SFT evaluation on a safety benchmark with majority_vote compared: this view needs one.",
+        "### Extra: the four scores of unsafe vs safe candidates, pooled over the SFT safety evaluations\n\n"
+        "Not drawn: no SFT evaluation on a safety benchmark with both safe and unsafe candidates: this view needs one."])
     report = files["report"].read_text()
     head = (
         "# Best-of-N latent attribution: 5 configuration(s)\n\nMean relative drop vs `first` across configurations, with the 95% "
@@ -690,11 +739,100 @@ def test_the_auroc_figure_leaves_a_gap_where_a_layers_auroc_is_undefined(tmp_pat
     out = tmp_path / "out"
     out.mkdir()
     _, lines = draw_figures(find_configurations([tmp_path / "evaluate"]), out)
-    assert lines[2] == ("### Is the signal there? AUROC of the cosine for unsafe vs safe candidates, by layer\n\n"
-                        "Not drawn: no evaluation with both labels and a base: no AUROC to draw.")
+    assert ("### Extra: is the signal there? AUROC of the cosine for unsafe vs safe candidates, by layer\n\n"
+            "Not drawn: no evaluation with both labels and a base: no AUROC to draw.") in lines
     aurocs("gap", [0.6, None, 0.8])
     draw_figures(find_configurations([tmp_path / "evaluate"]), out)
     (ax,) = drawn["auroc_by_layer"]["axes"]
     gap, mean, chance = (line.get_ydata() for line in ax.get_lines())
     assert torch.equal(torch.tensor(gap).isnan(), torch.tensor([False, True, False])) and [gap[0], gap[2]] == [0.6, 0.8]
     assert list(chance) == [0.5, 0.5] and len(ax.get_lines()) == 3
+
+
+def test_the_papers_figures_show_the_numbers_of_their_runs(tmp_path, drawn):
+    """PAPER.md 7, each figure's numbers from its runs by hand: Figure 2 the filter's unsafe count per teacher; Figures 3,
+    18 and 19 one student's safety rate (100 - ASR of the first sample) per teacher, a panel per safety benchmark;
+    Figure 5 one teacher's students, first against majority voting per benchmark; Figure 6 one configuration's candidates
+    only; Figures 7-9 the base, SFT and GRPO first samples' lengths; Figures 10-17 per student a line per benchmark."""
+    from lightning_da import figures
+    from lightning_da.figures import FigureChoices
+
+    asr = {("qwq", "llama3_8b", "dan"): [1, 0, 0, 0], ("qwq", "llama3_8b", "strongreject"): [1, 1, 0, 0],
+           ("qwq", "qwen2_5_0_5b", "dan"): [1, 1, 1, 0], ("r1_qwen_14b", "llama3_8b", "dan"): [0, 0, 0, 0]}
+    for k, ((teacher, student, benchmark), first) in enumerate(asr.items()):
+        evaluation(tmp_path, f"{teacher}-{student}-{benchmark}", benchmark=benchmark, task="safety", teacher=teacher, student=student,
+                   outcomes={"first": first, "majority_vote": [0, 0, 0, k % 2]}, candidates=candidate_records(k, prompts=4),
+                   lengths=(100.0 + k, 50.0 + k), traces_unsafe={"qwq": 7, "r1_qwen_14b": 3}[teacher])
+    evaluation(tmp_path, "grpo", benchmark="dan", task="safety", stage="grpo", outcomes={"first": [0, 0, 0, 1]}, lengths=(90.0, 60.0))
+    evaluation(tmp_path, "gsm8k", benchmark="gsm8k", task="number", outcomes={"first": [1, 1, 0, 1]})
+    configurations = find_configurations([tmp_path / "evaluate"])
+    out = tmp_path / "figures"
+    out.mkdir()
+
+    assert figures.unsafe_trace_counts(configurations) == ({"qwq": 7, "r1_qwen_14b": 3}, [])
+    rates = figures.safety_rates(configurations, "sft", "llama3_8b")
+    assert rates["dan"] == {"qwq": 75.0, "r1_qwen_14b": 100.0} and rates["strongreject"]["qwq"] == 50.0
+    assert math.isnan(rates["strongreject"]["r1_qwen_14b"])  # never evaluated: n/a, and said
+    note = figures.safety_by_teacher(configurations, out / "fig3.png", stage="sft", students=["llama3_8b"])
+    assert note == "no SFT evaluation (student / teacher / benchmark) for llama3_8b / r1_qwen_14b / strongreject: those bars read n/a"
+    dan, strongreject = drawn["fig3"]["axes"]
+    assert [texts(ax)["title"] for ax in (dan, strongreject)] == ["llama3_8b, dan", "llama3_8b, strongreject"]
+    assert texts(dan)["xticks"] == ["qwq", "r1_qwen_14b"] and [p.get_height() for p in dan.patches] == [75.0, 100.0]
+    assert texts(strongreject)["text"] == ["50", "n/a"] and texts(dan)["y"] == "safety rate (%)"
+    assert figures.safety_rates(configurations, "grpo", "llama3_8b") == {"dan": {"qwq": 75.0}}
+
+    bars = figures.majority_bars(configurations, "qwq")
+    assert bars["dan"] == {"first": {"llama3_8b": 25.0, "qwen2_5_0_5b": 75.0}, "majority_vote": {"llama3_8b": 0.0, "qwen2_5_0_5b": 0.0}}
+    assert {k: v["llama3_8b"] for k, v in bars["strongreject"].items()} == {"first": 50.0, "majority_vote": 25.0}
+    assert all(math.isnan(v["qwen2_5_0_5b"]) for v in bars["strongreject"].values())  # not evaluated there
+    choices = FigureChoices(figure5_teacher="qwq", figure6=("qwen2_5_0_5b", "qwq", "dan"))
+    assert figures.first_vs_majority_by_benchmark(configurations, out / "fig5.png", choices) == (
+        "no SFT evaluation of teacher qwq's students (student / benchmark) for qwen2_5_0_5b / strongreject: those bars read n/a")
+    assert [texts(ax)["title"] for ax in drawn["fig5"]["axes"]] == ["dan (teacher qwq)", "strongreject (teacher qwq)"]
+    assert [p.get_height() for p in drawn["fig5"]["axes"][0].patches] == [25.0, 75.0, 0.0, 0.0]
+
+    only = [c for c in configurations if (c.student, c.teacher, c.benchmark) == ("qwen2_5_0_5b", "qwq", "dan")]
+    assert figures.densities_of_one(configurations, out / "fig6.png", choices) is None
+    pooled, _ = figures.density_values(only)
+    for ax, (title, _) in zip(drawn["fig6"]["axes"], figures.DENSITY_PANELS, strict=True):
+        unsafe, safe = pooled[title]
+        assert texts(ax)["legend"] == [f"unsafe ({len(unsafe)})", f"safe ({len(safe)})"] and len(unsafe) + len(safe) <= 8
+
+    assert figures.response_lengths(configurations, "qwq") == {"dan": {"llama3_8b": {"base": 50.0, "sft": 100.0, "grpo": 90.0}}}
+    assert figures.response_length(configurations, out / "fig7.png", choices) is None
+    (ax,) = drawn["fig7"]["axes"]
+    assert [p.get_height() for p in ax.patches] == [50.0, 100.0, 90.0] and texts(ax)["legend"] == ["base", "sft", "grpo"]
+
+    assert figures.rate_by_layer_lines(configurations, "qwq") == {
+        "llama3_8b": {"dan": [75.0, 87.5, 100 - 25 / 3], "strongreject": [50.0, 75.0, 100 - 50 / 3]},
+        "qwen2_5_0_5b": {"dan": [25.0, 62.5, 75.0]}}
+    assert figures.rate_by_layer(configurations, out / "fig10.png", choices) is None
+    panels = drawn["fig10"]["axes"]  # a row per teacher (qwq, r1_qwen_14b), a panel per student
+    assert [texts(ax)["title"] for ax in panels] == ["qwq -> llama3_8b", "qwq -> qwen2_5_0_5b", "r1_qwen_14b -> llama3_8b"]
+    assert texts(panels[0])["legend"] == ["dan", "strongreject"]
+
+
+def test_a_run_without_the_filters_count_is_named(tmp_path):
+    from lightning_da import figures
+
+    evaluation(tmp_path, "a", benchmark="dan", task="safety", outcomes={"first": [1, 0]}, traces_unsafe=4)
+    evaluation(tmp_path, "b", benchmark="dan", task="safety", teacher="r1_qwen_14b", outcomes={"first": [1, 0]})
+    assert figures.unsafe_trace_counts(find_configurations([tmp_path / "evaluate"])) == ({"qwq": 4}, [str(tmp_path / "train-b")])
+    assert figures.unsafe_traces(find_configurations([tmp_path / "evaluate"]), tmp_path / "f.png", figures.PAPER_CHOICES) == (
+        f"no metrics.json with data/traces_unsafe in {tmp_path / 'train-b'}")
+
+
+def test_the_smoothed_density_is_a_gaussian_kernel_with_scotts_bandwidth():
+    """Each value's normal density, averaged, with bandwidth std (n - 1 degrees) x n^(-1/5), as scipy's gaussian_kde."""
+    from lightning_da.figures import kde
+
+    values = [0.0, 1.0, 3.0]
+    mean = sum(values) / 3
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / 2)
+    width = std * 3 ** (-1 / 5)
+    for x in (-1.0, 0.5, 2.0):
+        want = sum(math.exp(-0.5 * ((x - v) / width) ** 2) / (width * math.sqrt(2 * math.pi)) for v in values) / 3
+        assert float(kde(values, torch.tensor([x]))[0]) == pytest.approx(want, rel=1e-9)
+    grid = torch.linspace(-10, 14, 4001)
+    assert float(torch.trapezoid(kde(values, grid), grid)) == pytest.approx(1.0, abs=1e-4)  # a density
+    assert float(kde([2.0], torch.tensor([2.0]))[0]) == pytest.approx(1 / math.sqrt(2 * math.pi))  # one value: a unit bump

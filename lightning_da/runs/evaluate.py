@@ -109,12 +109,12 @@ def base_first(model, tokenizer, prompts: list[str], answers: list, student_firs
                seed: int, batch_size: int, **grading) -> dict:
     """What fine-tuning did: `first` of the base (`model` with the adapter disabled, or `base=`) on the same
     prompts and seeds, with the student's `first` against it (difference = student - base)."""
-    flags = run_sharded(partial(first_sample_block, model, tokenizer), prompts, answers, rank=rank, world_size=world_size,
-                        seed=seed, batch_size=batch_size, **grading)
-    base_flags = torch.cat(flags)
+    blocks = run_sharded(partial(first_sample_block, model, tokenizer), prompts, answers, rank=rank, world_size=world_size,
+                         seed=seed, batch_size=batch_size, **grading)
+    base_flags, lengths = torch.cat([f for f, _ in blocks]), torch.cat([n for _, n in blocks])
     student = paired_bootstrap(base_flags, torch.tensor(student_first), seed=seed)
     return {"first": rounded(float(base_flags.float().mean()) * 100), "student_vs_base": rounded(student.as_dict()),
-            "outcomes": base_flags.int().tolist()}
+            "outcomes": base_flags.int().tolist(), "first_length": rounded(float(lengths.float().mean()))}
 
 
 def format_base(rate_name: str, base: dict) -> str:
@@ -157,6 +157,7 @@ def run_evaluate(cfg: DictConfig) -> EvaluationResults:
         chosen_layers={name: c.layer for name, c in report["choices"].items() if c.layer is not None},
         unparsable_verdicts=sum(label == "unparsable" for row in result.verdicts for label in row) if task.uses_judge else None,
         signal=signal, evaluated=evaluated(cfg, base),
+        first_length=rounded(sum(len(row[0]) for row in result.candidate_ids) / len(result.candidate_ids)),
     )
     if cfg.compare_base and base is not False:
         with model.disable_adapter() if base is None else contextlib.nullcontext():

@@ -53,6 +53,7 @@ class Configuration:
     benchmark: str
     results: EvaluationResults = field(repr=False)
     path: Path = field(repr=False)
+    train_run: Path | None = field(default=None, repr=False)  # the train.py run that made the adapter
 
     @property
     def rate_name(self) -> str:
@@ -84,11 +85,12 @@ def load_configuration(results_file: Path) -> Configuration:
     results = EvaluationResults.read(results_file)
     run_dir = results_file.parent
     choices = _choices(run_dir)
-    train_choices = {}
+    train_choices, train_run = {}, None
     config_file = run_dir / ".hydra" / "config.yaml"
     config = yaml.safe_load(config_file.read_text()) if config_file.is_file() else {}
     if config.get("adapter"):
-        train_choices = _choices(Path(config["adapter"]).parent)
+        train_run = Path(config["adapter"]).parent
+        train_choices = _choices(train_run)
     teacher, student = train_choices.get("teacher", UNKNOWN), choices.get("student", train_choices.get("student", UNKNOWN))
     stage = train_choices.get("algorithm", UNKNOWN)
     as_is = (results.evaluated or {}).get("as_is")
@@ -99,7 +101,7 @@ def load_configuration(results_file: Path) -> Configuration:
     elif config.get("task_name") == "instruct_vs_base":  # experiment=instruct_vs_base or eval_control
         teacher, stage = NONE, "instruct_vs_base"
     return Configuration(teacher=teacher, student=student, stage=stage, benchmark=results.benchmark, results=results,
-                         path=results_file)
+                         path=results_file, train_run=train_run)
 
 
 def find_configurations(directories: list[str | Path]) -> list[Configuration]:
@@ -248,39 +250,55 @@ def _auroc_by_layer(c: Configuration) -> list[float] | None:
     return values if layers and not all(math.isnan(v) for v in values) else None
 
 
-# Every figure: (file, title, draw(configurations, path)): draw writes the PNG if its runs allow, and returns
-# None, or the one line that says what is missing (why it is not drawn, or what it shows as n/a).
+# Every figure: (file, title, draw(configurations, path, choices)): draw writes the PNG if its runs allow, and returns
+# None, or the one line that says what is missing (why it is not drawn, or what it shows as n/a). The paper's figures
+# as it draws them (PAPER.md 7), then views of our own.
 FIGURES = [
-    ("asr_by_layer.png", "ASR of the latent choice by layer (mean of the safety configurations; an oracle view)",
-     lambda cs, path: None if figures.by_layer_lines(
+    ("figure2_unsafe_traces.png", "Figure 2: each teacher's unsafe traces on the training prompts", figures.unsafe_traces),
+    ("figure3_safety_by_teacher.png", "Figure 3: the alignment gap, one student's safety rate per teacher after SFT",
+     lambda cs, path, ch: figures.safety_by_teacher(cs, path, stage="sft", students=[ch.figure3_student])),
+    ("figure18_safety_by_teacher_every_student.png", "Figure 18: every student's safety rate per teacher after SFT",
+     lambda cs, path, ch: figures.safety_by_teacher(cs, path, stage="sft")),
+    ("figure19_safety_by_teacher_after_grpo.png", "Figure 19: every GRPO student's safety rate per teacher after GRPO",
+     lambda cs, path, ch: figures.safety_by_teacher(cs, path, stage="grpo")),
+    ("figure4_utility_heatmap.png", "Figure 4: utility per teacher x student after SFT", figures.utility_heatmap),
+    ("figure5_first_vs_majority.png", "Figure 5: one teacher's students, the first sample against majority voting",
+     figures.first_vs_majority_by_benchmark),
+    ("figure6_densities.png", "Figure 6: one configuration's perplexity, self-certainty, KL and latent similarity, unsafe vs safe",
+     figures.densities_of_one),
+    ("figures7_9_response_length.png", "Figures 7-9: response length of the base, SFT and GRPO students, per GRPO teacher",
+     figures.response_length),
+    ("figures10_17_rate_by_layer.png", "Figures 10-17: the latent choice's safety rate or utility by layer, per teacher and student",
+     figures.rate_by_layer),
+    ("asr_by_layer.png", "Extra: ASR of the latent choice by layer (mean of the safety configurations; an oracle view)",
+     lambda cs, path, ch: None if figures.by_layer_lines(
          [c for c in cs if c.kind == "safety"], path, value=lambda c: c.results.by_layer, ylabel="ASR of the latent choice (%)",
          title="Best-of-N by the least base-attributable candidate, per layer", reference=_safety_first_mean(cs))
      else "no safety evaluation with a base: nothing to draw by layer"),
-    ("by_layer_per_configuration.png", "Per configuration: the latent choice's rate by layer against first (Figures 10-17)",
-     lambda cs, path: None if figures.by_layer_panels(cs, path) else "no evaluation with a base: nothing to draw by layer"),
-    ("auroc_by_layer.png", "Is the signal there? AUROC of the cosine for unsafe vs safe candidates, by layer",
-     lambda cs, path: None if figures.by_layer_lines(
+    ("by_layer_per_configuration.png", "Extra: per configuration, the latent choice's rate by layer against first",
+     lambda cs, path, ch: None if figures.by_layer_panels(cs, path) else "no evaluation with a base: nothing to draw by layer"),
+    ("auroc_by_layer.png", "Extra: is the signal there? AUROC of the cosine for unsafe vs safe candidates, by layer",
+     lambda cs, path, ch: None if figures.by_layer_lines(
          cs, path, value=_auroc_by_layer, ylabel="AUROC (higher cosine = bad)", title="AUROC of the cosine to the base, by layer",
          reference=(0.5, "no signal")) else "no evaluation with both labels and a base: no AUROC to draw"),
-    ("figure3_asr_heatmap.png", "Figure 3: ASR per teacher x student after SFT, beside each teacher's own",
-     lambda cs, path: figures.heatmaps(cs, "safety", path, rate="ASR")),
-    ("figure4_utility_heatmap.png", "Figure 4: utility per teacher x student after SFT, beside each teacher's own",
-     lambda cs, path: figures.heatmaps(cs, "utility", path, rate="accuracy")),
-    ("figure5_first_vs_majority.png", "Figure 5: the first sample against majority voting, per student",
-     figures.first_vs_majority),
-    ("figure6_densities.png", "Figure 6: perplexity, self-certainty, KL and latent similarity of unsafe vs safe candidates",
-     figures.densities),
+    ("asr_heatmap_with_teachers.png", "Extra: ASR per teacher x student after SFT, beside each teacher's own (as_is)",
+     lambda cs, path, ch: figures.heatmaps(cs, "safety", path, rate="ASR")),
+    ("first_vs_majority_pooled.png", "Extra: the first sample against majority voting per student, pooled over teachers and benchmarks",
+     lambda cs, path, ch: figures.first_vs_majority(cs, path)),
+    ("densities_pooled.png", "Extra: the four scores of unsafe vs safe candidates, pooled over the SFT safety evaluations",
+     lambda cs, path, ch: figures.densities(cs, path)),
 ]
 
 
-def draw_figures(configurations: list[Configuration], out: Path) -> tuple[dict[str, Path], list[str]]:
+def draw_figures(configurations: list[Configuration], out: Path,
+                 choices: figures.FigureChoices = figures.PAPER_CHOICES) -> tuple[dict[str, Path], list[str]]:
     """Every figure that its runs allow, as PNGs in `out`; and report.md's lines: a link per figure drawn,
     one line per figure not drawn naming the runs it lacks."""
     drawn, lines = {}, []
     for name, title, draw in FIGURES:
         path = out / name
         path.unlink(missing_ok=True)  # never a stale one from an earlier report
-        note = draw(configurations, path)
+        note = draw(configurations, path, choices)
         if path.is_file():
             drawn[path.stem] = path
             lines.append(f"### {title}\n\n![{title}]({name})" + (f"\n\n{note}." if note else ""))
@@ -316,13 +334,13 @@ def attack_table(directories: list[str | Path]) -> tuple[str, str]:
 
 
 def write_report(configurations: list[Configuration], out: Path, *, seed: int = 0, resamples: int = RESAMPLES,
-                 directories: list[str | Path] = ()) -> dict:
+                 directories: list[str | Path] = (), choices: figures.FigureChoices = figures.PAPER_CHOICES) -> dict:
     """report.md, table.csv, configurations.csv and every figure its runs allow, in `out`; returns their paths."""
     out.mkdir(parents=True, exist_ok=True)
     tables_md, tables_csv = render_tables(configurations, seed=seed, resamples=resamples)
     attack_md, attack_csv = attack_table(directories)
     configs_md, configs_csv = render_configurations(configurations)
-    drawn, figure_lines = draw_figures(configurations, out)
+    drawn, figure_lines = draw_figures(configurations, out, choices)
     markdown = (
         f"# Best-of-N latent attribution: {len(configurations)} configuration(s)\n\n"
         f"Mean relative drop vs `first` across configurations, with the 95% interval of a paired bootstrap "
@@ -362,20 +380,29 @@ def log_to_wandb(files: dict, project: str, out: Path) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="report.py", description="Aggregate evaluate.py runs: report.md, table.csv, "
-                                     "configurations.csv, asr_by_layer.png")
+                                     "configurations.csv and the paper's figures")
     parser.add_argument("dirs", nargs="+", help="evaluate.py run or multirun directories (searched for results.json)")
     parser.add_argument("--out", type=Path, help="where to write (default: the first directory)")
     parser.add_argument("--seed", type=int, default=0, help="the bootstrap's seed")
     parser.add_argument("--resamples", type=int, default=RESAMPLES, help="bootstrap resamples")
     parser.add_argument("--wandb-project", help="also log the tables and figure as W&B artifacts to this project")
+    default = figures.PAPER_CHOICES
+    parser.add_argument("--figure3-student", default=default.figure3_student, help="Figure 3's student (the paper's Qwen2.5-14B)")
+    parser.add_argument("--figure5-teacher", default=default.figure5_teacher, help="Figure 5's teacher (the paper's R1-Distill-Qwen-14B)")
+    parser.add_argument("--figure6", default=",".join(default.figure6), metavar="STUDENT,TEACHER,BENCHMARK",
+                        help="Figure 6's configuration (the paper's Qwen2.5-0.5B taught by R1-Distill-Qwen-14B, on DAN)")
     args = parser.parse_args(argv)
     logging.basicConfig(format="%(message)s")  # the one line an error prints
     try:
         if args.resamples < 1:
             raise UserError(f"--resamples={args.resamples}: set it to an integer of at least 1")
+        figure6 = tuple(args.figure6.split(","))
+        if len(figure6) != 3 or not all(figure6):
+            raise UserError(f"--figure6={args.figure6}: give student,teacher,benchmark, e.g. qwen2_5_0_5b,r1_qwen_14b,dan")
+        choices = figures.FigureChoices(args.figure3_student, args.figure5_teacher, figure6)
         configurations = find_configurations(args.dirs)
         out = args.out or Path(args.dirs[0])
-        files = write_report(configurations, out, seed=args.seed, resamples=args.resamples, directories=args.dirs)
+        files = write_report(configurations, out, seed=args.seed, resamples=args.resamples, directories=args.dirs, choices=choices)
         if args.wandb_project:
             log_to_wandb(files, args.wandb_project, out)
     except UserError as exc:
