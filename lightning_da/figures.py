@@ -424,20 +424,22 @@ def response_lengths(configurations: list, teacher: str) -> dict[str, dict[str, 
     return lengths
 
 
+def per_teacher(path: Path, teacher: str) -> Path:
+    """The file of one teacher's figure among a numbered set (Figures 7-9, 10-17): `<stem>_<teacher>.png`."""
+    return path.with_name(f"{path.stem}_{teacher}.png")
+
+
 def response_length(configurations: list, path: Path, choices: FigureChoices) -> str | None:
-    """Figures 7-9: a row per GRPO teacher, a panel per safety benchmark: per student, the mean response length of the
-    base model, the SFT student and the GRPO student (first samples)."""
+    """Figures 7-9: one figure per GRPO teacher (`per_teacher`), a panel per safety benchmark: per student, the mean
+    response length of the base model, the SFT student and the GRPO student (first samples)."""
     teachers = list(dict.fromkeys(c.teacher for c in configurations if c.stage == "grpo" and c.kind == "safety"))
     if not teachers:
         return "no GRPO evaluation on a safety benchmark: Figures 7-9 need the GRPO students and their SFT ones"
-    per_teacher = {t: response_lengths(configurations, t) for t in teachers}
-    columns = max(len(v) for v in per_teacher.values())
-    figure, axes = _pyplot().subplots(len(teachers), columns, figsize=(5 * columns, 3.4 * len(teachers)), squeeze=False)
     width, gaps = 0.27, []
-    for row, teacher in zip(axes, teachers, strict=True):
-        for ax in row[len(per_teacher[teacher]):]:
-            ax.axis("off")
-        for ax, (benchmark, students) in zip(row, per_teacher[teacher].items(), strict=False):
+    for teacher in teachers:
+        lengths = response_lengths(configurations, teacher)
+        figure, axes = _panels(len(lengths), 5, 3.6)
+        for ax, (benchmark, students) in zip(axes, lengths.items(), strict=True):
             for k, (stage, color) in enumerate((("base", "#95a5a6"), ("sft", "#2980b9"), ("grpo", "#27ae60"))):
                 values = [v[stage] for v in students.values()]
                 gaps += [f"{teacher} / {s} / {benchmark} / {stage}" for s, v in students.items() if math.isnan(v[stage])]
@@ -447,7 +449,7 @@ def response_length(configurations: list, path: Path, choices: FigureChoices) ->
             ax.set_ylabel("mean response length (tokens)", fontsize=8)
             ax.set_title(f"teacher {teacher}, {benchmark}", fontsize=9)
             ax.legend(fontsize=7)
-    save(figure, path)
+        save(figure, per_teacher(path, teacher))
     return f"no length for {'; '.join(gaps[:6])}: those bars read 0" if gaps else None
 
 
@@ -460,18 +462,15 @@ def rate_by_layer_lines(configurations: list, teacher: str) -> dict[str, dict[st
 
 
 def rate_by_layer(configurations: list, path: Path, choices: FigureChoices) -> str | None:
-    """Figures 10-17: a row per teacher, a panel per SFT student, a line per benchmark: the latent choice's safety rate
-    (or utility) by layer."""
+    """Figures 10-17: one figure per teacher (`per_teacher`), a panel per SFT student, a line per benchmark: the latent
+    choice's safety rate (or utility) by layer."""
     teachers = list(dict.fromkeys(c.teacher for c in configurations if c.stage == "sft" and c.results.by_layer))
     if not teachers:
         return "no SFT evaluation with a base: nothing to draw by layer"
-    lines = {t: rate_by_layer_lines(configurations, t) for t in teachers}
-    columns = max(len(v) for v in lines.values())
-    figure, axes = _pyplot().subplots(len(teachers), columns, figsize=(4.2 * columns, 3.2 * len(teachers)), squeeze=False)
-    for row, teacher in zip(axes, teachers, strict=True):
-        for ax in row[len(lines[teacher]):]:
-            ax.axis("off")
-        for ax, (student, benchmarks) in zip(row, lines[teacher].items(), strict=False):
+    for teacher in teachers:
+        lines = rate_by_layer_lines(configurations, teacher)
+        figure, axes = _panels(len(lines), 4.2, 3.2)
+        for ax, (student, benchmarks) in zip(axes, lines.items(), strict=True):
             for benchmark, values in benchmarks.items():
                 ax.plot(values, marker=".", linewidth=1.2, label=benchmark)
             ax.set_title(f"{teacher} -> {student}", fontsize=9)
@@ -479,5 +478,5 @@ def rate_by_layer(configurations: list, path: Path, choices: FigureChoices) -> s
             ax.xaxis.set_major_locator(_pyplot().MaxNLocator(integer=True))
             ax.set_ylabel("safety rate / utility (%)", fontsize=8)
             ax.legend(fontsize=6)
-    save(figure, path)
+        save(figure, per_teacher(path, teacher))
     return None

@@ -15,7 +15,7 @@ from lightning_da.runs.plan import run_plan, stage_commands
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = {"figure2_unsafe_traces", "figure3_safety_by_teacher", "figure18_safety_by_teacher_every_student",
            "figure19_safety_by_teacher_after_grpo", "figure4_utility_heatmap", "figure5_first_vs_majority", "figure6_densities",
-           "figures7_9_response_length", "figures10_17_rate_by_layer", "asr_by_layer", "by_layer_per_configuration", "auroc_by_layer",
+           "figures7_9_response_length_tiny_random", "figures10_17_rate_by_layer_tiny_random", "asr_by_layer", "by_layer_per_configuration", "auroc_by_layer",
            "first_vs_majority_pooled", "densities_pooled"}
 
 

@@ -187,7 +187,8 @@ def test_every_table_and_figure_from_a_whole_sweep(tmp_path):
         assert heading in markdown
     figures = {"figure2_unsafe_traces", "figure3_safety_by_teacher", "figure18_safety_by_teacher_every_student",
                "figure19_safety_by_teacher_after_grpo", "figure4_utility_heatmap", "figure5_first_vs_majority", "figure6_densities",
-               "figures7_9_response_length", "figures10_17_rate_by_layer", "asr_by_layer", "by_layer_per_configuration",
+               "figures7_9_response_length_qwq", "figures10_17_rate_by_layer_qwq", "figures10_17_rate_by_layer_r1_qwen_14b",
+               "asr_by_layer", "by_layer_per_configuration",
                "auroc_by_layer", "asr_heatmap_with_teachers", "first_vs_majority_pooled", "densities_pooled"}
     assert figures == {k for k in files if files[k].suffix == ".png"} and "Not drawn" not in markdown and "Not produced" not in markdown
     for name in figures:
@@ -263,7 +264,7 @@ def test_main_writes_the_report_and_a_wandb_artifact(runs, capsys, monkeypatch):
         wandb.teardown()  # W&B's settings outlive the run: the next one in this process reads WANDB_MODE afresh
     written = [out / name for name in ("report.md", "table.csv", "configurations.csv", "attack.csv",
                                        "figure18_safety_by_teacher_every_student.png", "figure4_utility_heatmap.png",
-                                       "figures10_17_rate_by_layer.png", "asr_by_layer.png", "by_layer_per_configuration.png",
+                                       "figures10_17_rate_by_layer_qwq.png", "asr_by_layer.png", "by_layer_per_configuration.png",
                                        "auroc_by_layer.png", "asr_heatmap_with_teachers.png")]
     report = (out / "report.md").read_text()
     assert capsys.readouterr().out == report[: report.index("\n![")] + "\n" + "written: " + ", ".join(map(str, written)) + "\n"
@@ -693,10 +694,10 @@ def test_the_report_whole_for_a_small_sweep(tmp_path, drawn):
         "### Figure 6: one configuration's perplexity, self-certainty, KL and latent similarity, unsafe vs safe\n\n"
         "Not drawn: no SFT evaluation of qwen2_5_0_5b taught by r1_qwen_14b on dan with both safe and unsafe candidates "
         "(report.py --figure6 student,teacher,benchmark chooses another).",
-        "### Figures 7-9: response length of the base, SFT and GRPO students, per GRPO teacher\n\n"
+        "### Figures 7-9: response length of the base, SFT and GRPO students, one per GRPO teacher\n\n"
         "Not drawn: no GRPO evaluation on a safety benchmark: Figures 7-9 need the GRPO students and their SFT ones.",
-        linked("Figures 10-17: the latent choice's safety rate or utility by layer, per teacher and student",
-               "figures10_17_rate_by_layer.png"),
+        "### Figures 10-17: the latent choice's safety rate or utility by layer, one per teacher\n\n"
+        "![Figures 10-17: the latent choice's safety rate or utility by layer, one per teacher (qwq)](figures10_17_rate_by_layer_qwq.png)",
         linked("Extra: ASR of the latent choice by layer (mean of the safety configurations; an oracle view)", "asr_by_layer.png"),
         linked("Extra: per configuration, the latent choice's rate by layer against first", "by_layer_per_configuration.png"),
         linked("Extra: is the signal there? AUROC of the cosine for unsafe vs safe candidates, by layer", "auroc_by_layer.png"),
@@ -800,16 +801,18 @@ def test_the_papers_figures_show_the_numbers_of_their_runs(tmp_path, drawn):
 
     assert figures.response_lengths(configurations, "qwq") == {"dan": {"llama3_8b": {"base": 50.0, "sft": 100.0, "grpo": 90.0}}}
     assert figures.response_length(configurations, out / "fig7.png", choices) is None
-    (ax,) = drawn["fig7"]["axes"]
+    assert sorted(p.name for p in out.glob("fig7*")) == ["fig7_qwq.png"]  # one figure per GRPO teacher
+    (ax,) = drawn["fig7_qwq"]["axes"]
     assert [p.get_height() for p in ax.patches] == [50.0, 100.0, 90.0] and texts(ax)["legend"] == ["base", "sft", "grpo"]
 
     assert figures.rate_by_layer_lines(configurations, "qwq") == {
         "llama3_8b": {"dan": [75.0, 87.5, 100 - 25 / 3], "strongreject": [50.0, 75.0, 100 - 50 / 3]},
         "qwen2_5_0_5b": {"dan": [25.0, 62.5, 75.0]}}
     assert figures.rate_by_layer(configurations, out / "fig10.png", choices) is None
-    panels = drawn["fig10"]["axes"]  # a row per teacher (qwq, r1_qwen_14b), a panel per student
-    assert [texts(ax)["title"] for ax in panels] == ["qwq -> llama3_8b", "qwq -> qwen2_5_0_5b", "r1_qwen_14b -> llama3_8b"]
+    panels = drawn["fig10_qwq"]["axes"]  # one figure per teacher, a panel per student
+    assert [texts(ax)["title"] for ax in panels] == ["qwq -> llama3_8b", "qwq -> qwen2_5_0_5b"]
     assert texts(panels[0])["legend"] == ["dan", "strongreject"]
+    assert [texts(ax)["title"] for ax in drawn["fig10_r1_qwen_14b"]["axes"]] == ["r1_qwen_14b -> llama3_8b"]
 
 
 def test_a_run_without_the_filters_count_is_named(tmp_path):

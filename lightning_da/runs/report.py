@@ -266,9 +266,9 @@ FIGURES = [
      figures.first_vs_majority_by_benchmark),
     ("figure6_densities.png", "Figure 6: one configuration's perplexity, self-certainty, KL and latent similarity, unsafe vs safe",
      figures.densities_of_one),
-    ("figures7_9_response_length.png", "Figures 7-9: response length of the base, SFT and GRPO students, per GRPO teacher",
+    ("figures7_9_response_length.png", "Figures 7-9: response length of the base, SFT and GRPO students, one per GRPO teacher",
      figures.response_length),
-    ("figures10_17_rate_by_layer.png", "Figures 10-17: the latent choice's safety rate or utility by layer, per teacher and student",
+    ("figures10_17_rate_by_layer.png", "Figures 10-17: the latent choice's safety rate or utility by layer, one per teacher",
      figures.rate_by_layer),
     ("asr_by_layer.png", "Extra: ASR of the latent choice by layer (mean of the safety configurations; an oracle view)",
      lambda cs, path, ch: None if figures.by_layer_lines(
@@ -297,11 +297,15 @@ def draw_figures(configurations: list[Configuration], out: Path,
     drawn, lines = {}, []
     for name, title, draw in FIGURES:
         path = out / name
-        path.unlink(missing_ok=True)  # never a stale one from an earlier report
+        for stale in (path, *out.glob(f"{path.stem}_*.png")):  # never one left from an earlier report
+            stale.unlink(missing_ok=True)
         note = draw(configurations, path, choices)
-        if path.is_file():
-            drawn[path.stem] = path
-            lines.append(f"### {title}\n\n![{title}]({name})" + (f"\n\n{note}." if note else ""))
+        files = [path] if path.is_file() else sorted(out.glob(f"{path.stem}_*.png"))  # a figure, or one per teacher
+        drawn.update({f.stem: f for f in files})
+        if files:
+            links = "\n\n".join(f"![{title}{'' if f == path else ' (' + f.stem.removeprefix(path.stem + '_') + ')'}]({f.name})"
+                                  for f in files)
+            lines.append(f"### {title}\n\n{links}" + (f"\n\n{note}." if note else ""))
         else:
             lines.append(f"### {title}\n\nNot drawn: {note}.")
     return drawn, lines
