@@ -1,4 +1,5 @@
-"""`python -m lightning_da <train | evaluate | generate | report | plan | attack> [args]`: the commands without a checkout."""
+"""`python -m lightning_da <train | traces | evaluate | generate | report | plan | attack> [args]`: the commands without a
+checkout."""
 
 import sys
 
@@ -6,7 +7,7 @@ from lightning_da import cli
 
 
 def main() -> None:
-    commands = {"train": cli.train, "evaluate": cli.evaluate, "generate": cli.generate, "report": cli.report, "plan": cli.plan,
+    commands = {"train": cli.train, "traces": cli.traces, "evaluate": cli.evaluate, "generate": cli.generate, "report": cli.report, "plan": cli.plan,
                 "attack": cli.attack}
     if len(sys.argv) < 2 or sys.argv[1] not in commands:
         sys.exit(f"usage: python -m lightning_da {{{' | '.join(commands)}}} [args]")

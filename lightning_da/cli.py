@@ -1,5 +1,5 @@
-"""The commands: `train`, `evaluate`, `generate`, `attack`, `plan` (Hydra) and `report` (argparse). The repo's train.py,
-evaluate.py, generate.py, plan.py and report.py, `python -m lightning_da <command>` and the console scripts
+"""The commands: `train`, `traces`, `evaluate`, `generate`, `attack`, `plan` (Hydra) and `report` (argparse). The repo's
+train.py, traces.py, evaluate.py, generate.py, plan.py and report.py, `python -m lightning_da <command>` and the console scripts
 `lightning-da-<command>` call these; each
 hands over to the module of the same name in `lightning_da/runs/`, imported only once the config is
 composed, so `--help` and `--cfg job` answer without loading torch."""
@@ -52,6 +52,15 @@ def train(cfg: DictConfig) -> None:
 
     os.environ.setdefault("WANDB_MODE", "offline")  # never block on the network unless asked
     run_or_exit(run_train, cfg, name="train")
+
+
+@_checked
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="traces")
+def traces(cfg: DictConfig) -> None:
+    """The teacher stage alone: one slice of the teacher's traces (or all), then the judge's filter."""
+    from lightning_da.runs.traces import run_traces
+
+    run_or_exit(run_traces, cfg, name="traces")
 
 
 @_checked

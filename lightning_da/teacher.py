@@ -23,20 +23,18 @@ def release_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def teacher_traces(cfg: DictConfig, spec, prompts):
-    """(cache, traces): the teacher's traces for `prompts` with `spec` in context, generated, resumed
-    or reused from the cache keyed by everything that determines them."""
-    source = instantiate(cfg.teacher.model)
-    sampling = instantiate(cfg.teacher.sampling)
-    cache = TraceCache(
+def trace_cache(cfg: DictConfig, spec, prompts) -> TraceCache:
+    """The cache of the teacher's traces for `prompts` with `spec` in context, keyed by everything that determines
+    them (nothing loads)."""
+    return TraceCache(
         cfg.paths.cache_dir,
         {
-            "teacher": source.identity(),
+            "teacher": instantiate(cfg.teacher.model).identity(),
             "prompts": prompts_fingerprint(prompts),
             "spec": spec.identity(),
             # The reference's prompt names the dataset's own category labels.
             **({"labels": prompts["labels"]} if isinstance(spec, ReferenceSpec) else {}),
-            "sampling": sampling.as_dict(),
+            "sampling": instantiate(cfg.teacher.sampling).as_dict(),
             "samples_per_prompt": cfg.teacher.samples_per_prompt,
             "demonstrations": OmegaConf.to_container(cfg.teacher.demonstrations),
             "seed": cfg.seed,
@@ -44,9 +42,18 @@ def teacher_traces(cfg: DictConfig, spec, prompts):
             **({"backend": cfg.generation.backend} if check_backend(cfg.generation) else {}),
         },
     )
+
+
+def teacher_traces(cfg: DictConfig, spec, prompts, *, slice_index: int = 0, slices: int = 1):
+    """(cache, traces): the teacher's traces for `prompts` with `spec` in context, generated, resumed or reused from
+    the cache (`trace_cache`); with `slices`, only this slice's batches are generated, and the traces are None until
+    every slice has run."""
+    cache = trace_cache(cfg, spec, prompts)
     if cache.complete:
         return cache, cache.dataset()
-    traces = generate_traces(cache, prompts, teacher_sampler(cfg, source, spec, sampling), batch_size=cfg.teacher.batch_size)
+    source, sampling = instantiate(cfg.teacher.model), instantiate(cfg.teacher.sampling)
+    traces = generate_traces(cache, prompts, teacher_sampler(cfg, source, spec, sampling), batch_size=cfg.teacher.batch_size,
+                             slice_index=slice_index, slices=slices)
     release_memory()
     return cache, traces
 

@@ -118,3 +118,81 @@ def test_overlapping_shards_from_concurrent_jobs_count_once(tmp_path):
     assert [r["index"] for r in cache.records()] == list(range(10))
     cache.mark_complete(10)
     assert cache.dataset()["output"] == ["a"] * 6 + ["b"] * 4
+
+
+def seeded_by_batch(rows, first_index):
+    """A teacher whose outputs depend on the batch it is sampled in, as batched sampling does: the batch's seed (its
+    first index) and its size."""
+    return [[f"{row['prompt']} / seed {first_index} / batch of {len(rows)}"] for row in rows]
+
+
+def test_slices_make_the_same_traces_as_one_process(tmp_path):
+    """The batches are fixed by (prompt index, batch size) and each slice takes every n-th: slices run apart (in any
+    order) leave the same records as one process, the cache complete only once the last slice has run."""
+    one = generate_traces(TraceCache(tmp_path / "one", {"k": 1}), PROMPTS, seeded_by_batch, batch_size=3)
+    cache = TraceCache(tmp_path / "sliced", {"k": 1})
+    assert generate_traces(cache, PROMPTS, seeded_by_batch, batch_size=3, slice_index=2, slices=3) is None
+    assert sorted(r["index"] for r in cache.records()) == [6, 7, 8] and not cache.complete  # batch 2 of 0..3
+    assert generate_traces(cache, PROMPTS, seeded_by_batch, batch_size=3, slice_index=0, slices=3) is None
+    sliced = generate_traces(cache, PROMPTS, seeded_by_batch, batch_size=3, slice_index=1, slices=3)
+    assert cache.complete and sliced.to_list() == one.to_list()
+
+
+def test_a_resume_on_another_number_of_slices_redoes_only_the_missing_batches(tmp_path):
+    """Slice 0 of 2 crashes after its first batch; the rerun as one process redoes only the batches no shard holds,
+    each with its own seed and composition: every prompt exactly once, the same traces as an uninterrupted run."""
+    cache = TraceCache(tmp_path, {"k": 3})
+    calls = []
+
+    def crashing(rows, first_index):
+        calls.append(first_index)
+        if len(calls) == 2:
+            raise Crash
+        return seeded_by_batch(rows, first_index)
+
+    with pytest.raises(Crash):
+        generate_traces(cache, PROMPTS, crashing, batch_size=2, slice_index=0, slices=2)  # batches 0, 2, 4: dies at 2
+    generate, calls = scripted()
+    resumed = generate_traces(cache, PROMPTS, lambda rows, first: generate(rows, first) and seeded_by_batch(rows, first), batch_size=2)
+    assert calls == [2, 4, 6, 8] and resumed["index"] == list(range(10))
+    assert resumed.to_list() == generate_traces(TraceCache(tmp_path / "whole", {"k": 3}), PROMPTS, seeded_by_batch, batch_size=2).to_list()
+
+
+TINY_TRACES = ["teacher=tiny_random", "data.limit=6", "teacher.batch_size=2", "teacher.sampling.max_new_tokens=4", '+judge.refusals=[""]']
+
+
+def traces_cli(tmp_path, *overrides: str, multirun: bool = False) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "traces.py", *(["-m"] if multirun else []), *TINY_TRACES,
+                           f"paths.cache_dir={tmp_path / 'cache'}", *overrides], cwd=Path(__file__).parents[1], capture_output=True, text=True)
+
+
+def test_a_multirun_over_slices_fills_the_cache_train_py_then_reads(tmp_path, compose_train, monkeypatch):
+    """traces.py over two slices in parallel (the joblib launcher): one cache, complete and judged, the same traces as
+    one process; then train.py finds it and loads no teacher. status=true says so, loading nothing."""
+    from hydra.utils import instantiate
+
+    from lightning_da.runs import train as train_run
+
+    status = traces_cli(tmp_path, "status=true", f"hydra.run.dir={tmp_path / 'status0'}")
+    assert status.returncode == 0 and status.stdout.endswith(": 0 of 6 prompts generated, not complete; not judged yet\n")
+    done = traces_cli(tmp_path, "slice=0,1", "slices=2", "hydra/launcher=joblib", f"hydra.sweep.dir={tmp_path / 'sweep'}", multirun=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    status = traces_cli(tmp_path, "status=true", "slice=1", "slices=2", f"hydra.run.dir={tmp_path / 'status1'}")
+    assert status.stdout.endswith(": 6 of 6 prompts generated (slice 1 of 2: 2 of 2), complete; judged: kept 6, rejected 0 "
+                                  "(unsafe 0, unparsable 0)\n"), status.stdout
+
+    def no_teacher(*args, **kwargs):
+        raise AssertionError("the teacher was loaded again")
+
+    monkeypatch.setattr("lightning_da.teacher.teacher_sampler", no_teacher)
+    cfg = compose_train(*TINY_TRACES, "student=tiny_random")
+    cfg.paths.cache_dir = str(tmp_path / "cache")
+    splits = train_run.filtered_traces(cfg, instantiate(cfg.data))
+    monkeypatch.undo()
+    cfg.paths.cache_dir = str(tmp_path / "one")
+    assert splits["kept"].to_list() == train_run.filtered_traces(cfg, instantiate(cfg.data))["kept"].to_list()  # as one process
+
+
+def test_a_slice_outside_the_slices_is_one_line(tmp_path):
+    done = traces_cli(tmp_path, "slice=2", "slices=2", f"hydra.run.dir={tmp_path / 'run'}")
+    assert done.returncode == 2 and (done.stdout + done.stderr).strip().splitlines()[-1].endswith("error: slice=2: set 0 <= slice < slices=2")

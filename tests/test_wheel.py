@@ -84,6 +84,8 @@ def test_the_four_entry_points_run_from_the_wheel(installed, tmp_path):
     assert "python -m lightning_da train -m experiment=sft_grid" in plan and "# report: 1 job" in plan and "# sft: 42 jobs" in plan
     assert "experiment=eval_control" in run(installed, sys.executable, "-m", "lightning_da", "plan", "experiment=paper", "dry_run=true",
                                              "only=[control]", f"hydra.run.dir={tmp_path / 'plan2'}")
+    traces = run(installed, str(scripts / "lightning-da-traces"), "--cfg", "job")
+    assert "slices: 1" in traces and "status: false" in traces
     attack = run(installed, str(scripts / "lightning-da-attack"), "--cfg", "job")  # composed from the wheel's configs
     assert "targets:" in attack and "n_streams: 3" in attack and "EmbeddedSmolLM2" in attack
 

@@ -26,7 +26,7 @@ def judge_traces(cache: TraceCache, traces: datasets.Dataset, judge: Judge) -> d
             kept=labelled.filter(lambda v: v == "safe", input_columns="verdict"),
             rejected=labelled.filter(lambda v: v != "safe", input_columns="verdict"),
         )
-        save_dir_atomic(target, splits.save_to_disk)
+        save_dir_atomic(target, splits.save_to_disk, replace=False)  # two slices completing at once: the first wins
     splits = datasets.load_from_disk(str(target))
     counts = Counter(splits["rejected"]["verdict"])
     log.info(

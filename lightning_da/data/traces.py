@@ -84,14 +84,26 @@ class TraceCache:
         return datasets.Dataset.from_list(rows)
 
 
+def slice_batches(n_prompts: int, batch_size: int, slice_index: int = 0, slices: int = 1) -> list[range]:
+    """The prompts' fixed batches (batch k: prompts k x batch_size onward, seeded by its first index), and of them the
+    slice's: every `slices`-th from `slice_index`. Fixed by (prompt index, batch size), so the traces are the same
+    whatever the number of slices, and a resume on any number redoes only the batches no shard holds."""
+    batches = [range(start, min(start + batch_size, n_prompts)) for start in range(0, n_prompts, batch_size)]
+    return batches[slice_index::slices]
+
+
 def generate_traces(
     cache: TraceCache,
     prompts: datasets.Dataset,
     generate: Callable[[list[dict], int], list[list[str]]],
     *,
     batch_size: int,
-) -> datasets.Dataset:
-    """Fill `cache` with one trace per prompt, skipping prompts that already have one.
+    slice_index: int = 0,
+    slices: int = 1,
+) -> datasets.Dataset | None:
+    """Fill `cache` with one trace per prompt of this slice (`slice_batches`; all of them by default), skipping
+    prompts that already have one. The cache is marked complete once every prompt of every slice has its trace; then
+    the traces, else None (other slices still to run).
 
     `generate(rows, first_index)` returns the outputs (one or more samples) of each row; it is
     seeded by the batch's first index so a resumed batch samples what the interrupted one would have.
@@ -100,12 +112,14 @@ def generate_traces(
         log.info("teacher traces: all %d cached in %s", len(prompts), cache.dir)
         return cache.dataset()
     done = cache.done_indices()
-    todo = [i for i in range(len(prompts)) if i not in done]
+    mine = [[i for i in batch if i not in done] for batch in slice_batches(len(prompts), batch_size, slice_index, slices)]
+    total = sum(map(len, slice_batches(len(prompts), batch_size, slice_index, slices)))
+    todo = [batch for batch in mine if batch]
     if done:
         log.info("teacher traces: resuming, %d of %d already in %s", len(done), len(prompts), cache.dir)
-    with tqdm(total=len(prompts), initial=len(done), desc="teacher traces", unit="prompt") as bar:
-        for start in range(0, len(todo), batch_size):
-            indices = todo[start : start + batch_size]
+    where = f" (slice {slice_index} of {slices})" if slices > 1 else ""
+    with tqdm(total=total, initial=total - sum(map(len, todo)), desc=f"teacher traces{where}", unit="prompt") as bar:
+        for indices in todo:
             rows = [prompts[i] for i in indices]
             outputs = generate(rows, indices[0])
             cache.write_shard(
@@ -115,5 +129,7 @@ def generate_traces(
                 ]
             )
             bar.update(len(indices))
+    if len(cache.done_indices()) < len(prompts):
+        return None
     cache.mark_complete(len(prompts))
     return cache.dataset()

@@ -16,7 +16,7 @@ from lightning_da.errors import UserError
 from lightning_da.runs.cost import Cost, stage_cost
 
 log = logging.getLogger(__name__)
-COMMANDS = ("train", "evaluate", "generate", "attack", "report")
+COMMANDS = ("train", "traces", "evaluate", "generate", "attack", "report")
 
 
 def stage_commands(cfg: DictConfig) -> dict[str, list[str]]:
