@@ -174,7 +174,7 @@ def test_a_multirun_over_slices_fills_the_cache_train_py_then_reads(tmp_path, co
     from lightning_da.runs import train as train_run
 
     status = traces_cli(tmp_path, "status=true", f"hydra.run.dir={tmp_path / 'status0'}")
-    assert status.returncode == 0 and status.stdout.endswith(": 0 of 6 prompts generated, not complete; not judged yet\n")
+    assert status.returncode == 0 and status.stdout.endswith(": 0 of 6 prompts generated, not complete; 0 traces judged so far\n")
     done = traces_cli(tmp_path, "slice=0,1", "slices=2", "hydra/launcher=joblib", f"hydra.sweep.dir={tmp_path / 'sweep'}", multirun=True)
     assert done.returncode == 0, done.stderr[-2000:]
     status = traces_cli(tmp_path, "status=true", "slice=1", "slices=2", f"hydra.run.dir={tmp_path / 'status1'}")
@@ -196,3 +196,53 @@ def test_a_multirun_over_slices_fills_the_cache_train_py_then_reads(tmp_path, co
 def test_a_slice_outside_the_slices_is_one_line(tmp_path):
     done = traces_cli(tmp_path, "slice=2", "slices=2", f"hydra.run.dir={tmp_path / 'run'}")
     assert done.returncode == 2 and (done.stdout + done.stderr).strip().splitlines()[-1].endswith("error: slice=2: set 0 <= slice < slices=2")
+
+
+class CountingJudge(RefusalPrefixJudge):
+    """The refusal-prefix judge, counting the traces it judges and failing on the call `fail_on` (1-based)."""
+
+    def __init__(self, fail_on: int | None = None):
+        super().__init__(refusals=[""])
+        self.judged, self.calls, self.fail_on = 0, 0, fail_on
+
+    def judge(self, prompts, responses):
+        self.calls += 1
+        if self.calls == self.fail_on:
+            raise Crash
+        self.judged += len(prompts)
+        return super().judge(prompts, responses)
+
+
+def test_a_crash_while_judging_redoes_only_the_judging_left(tmp_path, monkeypatch):
+    """The verdicts are written a batch at a time: a judge killed on its second batch leaves the first's verdicts, and
+    the rerun judges only the rest (nothing generated again), to the same splits as an uninterrupted judge."""
+    from lightning_da.data import filtering
+
+    monkeypatch.setattr(filtering, "JUDGE_BATCH", 4)
+    cache = TraceCache(tmp_path, {"k": 4})
+    traces = generate_traces(cache, PROMPTS, seeded_by_batch, batch_size=3)
+    with pytest.raises(Crash):
+        judge_traces(cache, traces, CountingJudge(fail_on=2))
+    assert len(filtering.verdicts(cache, CountingJudge())) == 4 and not filtering.judged_dir(cache, CountingJudge()).exists()
+    judge = CountingJudge()
+    splits = judge_traces(cache, traces, judge)
+    assert judge.judged == 10 - 4 and len(splits["kept"]) == 10
+    whole = judge_traces(TraceCache(tmp_path / "whole", {"k": 4}), traces, CountingJudge())
+    assert splits["kept"].to_list() == whole["kept"].to_list()
+
+
+def test_each_slice_judges_its_own_traces_and_the_last_judges_nothing_more(tmp_path, compose_train):
+    """traces.py's flow in one process: each slice judges the traces of its own batches; the slice that completes the
+    cache builds the splits from every slice's verdicts without judging again."""
+    from lightning_da.data.filtering import judge_slice, verdicts
+
+    cache = TraceCache(tmp_path, {"k": 5})
+    judges = []
+    for s in (1, 0):
+        traces = generate_traces(cache, PROMPTS, seeded_by_batch, batch_size=3, slice_index=s, slices=2)
+        judges.append(CountingJudge())
+        judge_slice(cache, judges[-1], n_prompts=10, batch_size=3, slice_index=s, slices=2)
+    assert [j.judged for j in judges] == [4, 6]  # slice 1: batches 1 and 3 (3 + 1 prompts); slice 0: batches 0 and 2
+    assert sorted(i for i, _ in verdicts(cache, judges[0])) == list(range(10))
+    last = CountingJudge()
+    assert len(judge_traces(cache, traces, last)["kept"]) == 10 and last.calls == 0

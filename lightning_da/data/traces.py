@@ -4,6 +4,7 @@ Layout of one cache entry (`<cache_dir>/traces/<key>/`):
     key.json              what the key was computed from (teacher, prompts, spec, sampling)
     shard-000000.jsonl    one file per generated batch, written to a temp name and renamed
     complete              present once every prompt has a trace
+    verdicts/<judge-key>/ the judge's verdicts, a shard per batch of traces judged (`data.filtering`)
     judged/<judge-key>/   the judge's kept/rejected splits (a `datasets.DatasetDict` on disk)
 """
 

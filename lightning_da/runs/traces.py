@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from pathlib import Path
 
 import datasets
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from lightning_da.data.filtering import judge_traces
-from lightning_da.data.traces import content_key, slice_batches
+from lightning_da.data.filtering import judge_slice, judge_traces, judged_dir, verdicts
+from lightning_da.data.traces import slice_batches
 from lightning_da.errors import UserError, check_at_least
 from lightning_da.teacher import teacher_traces, trace_cache
 
@@ -27,9 +26,9 @@ def summary(cache, n_prompts: int, judge, slice_index: int, slices: int, batch_s
     if slices > 1:
         line += f" (slice {slice_index} of {slices}: {sum(i in done for i in mine)} of {len(mine)})"
     line += ", complete" if cache.complete else ", not complete"
-    judged = Path(cache.dir) / "judged" / content_key(judge.identity())
+    judged = judged_dir(cache, judge)
     if not (judged / "dataset_dict.json").exists():
-        return line + "; not judged yet"
+        return line + f"; {len(verdicts(cache, judge))} traces judged so far"
     splits = datasets.load_from_disk(str(judged))
     counts = Counter(splits["rejected"]["verdict"])
     return (line + f"; judged: kept {len(splits['kept'])}, rejected {len(splits['rejected'])} (unsafe {counts['unsafe']}, "
@@ -47,6 +46,8 @@ def run_traces(cfg: DictConfig) -> str:
     judge.check()  # its weights load only when it judges
     if not cfg.status:
         cache, traces = teacher_traces(cfg, spec, prompts, slice_index=cfg.slice, slices=slices)
+        # This slice's traces, whatever the other slices have done; the slice that completes the cache, the splits.
+        judge_slice(cache, judge, n_prompts=len(prompts), batch_size=cfg.teacher.batch_size, slice_index=cfg.slice, slices=slices)
         if traces is not None:
             judge_traces(cache, traces, judge)
     line = summary(trace_cache(cfg, spec, prompts), len(prompts), judge, cfg.slice, slices, cfg.teacher.batch_size)
