@@ -3,19 +3,14 @@ cache holds every prompt, the judge's filter; `status=true` says what the cache 
 
 from __future__ import annotations
 
-import logging
-from collections import Counter
-
 import datasets
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from lightning_da.data.filtering import judge_slice, judge_traces, judged_dir, verdicts
+from lightning_da.data.filtering import judge_counts, judge_slice, judge_traces, judged_dir, verdicts
 from lightning_da.data.traces import slice_batches
 from lightning_da.errors import UserError, check_at_least
 from lightning_da.teacher import teacher_traces, trace_cache
-
-log = logging.getLogger(__name__)
 
 
 def summary(cache, n_prompts: int, judge, slice_index: int, slices: int, batch_size: int) -> str:
@@ -29,10 +24,9 @@ def summary(cache, n_prompts: int, judge, slice_index: int, slices: int, batch_s
     judged = judged_dir(cache, judge)
     if not (judged / "dataset_dict.json").exists():
         return line + f"; {len(verdicts(cache, judge))} traces judged so far"
-    splits = datasets.load_from_disk(str(judged))
-    counts = Counter(splits["rejected"]["verdict"])
-    return (line + f"; judged: kept {len(splits['kept'])}, rejected {len(splits['rejected'])} (unsafe {counts['unsafe']}, "
-            f"unparsable {counts['unparsable']})")
+    counts = judge_counts(datasets.load_from_disk(str(judged)))
+    return (line + f"; judged: kept {counts['traces_kept']}, rejected {counts['traces_rejected']} (unsafe {counts['traces_unsafe']}, "
+            f"unparsable {counts['traces_unparsable']})")
 
 
 def run_traces(cfg: DictConfig) -> str:
