@@ -115,17 +115,21 @@ def first_vs_majority(configurations: list, path: Path) -> str | None:
     students = list(bars["first"])
     if not students:
         return "no SFT evaluation on a safety benchmark with majority_vote compared: this view needs one"
-    plt = _pyplot()
-    figure, ax = plt.subplots(figsize=(max(5, 1.4 * len(students) + 2), 4))
-    width = 0.38
-    for offset, selector, color in ((-width / 2, "first", "#7f8c8d"), (width / 2, "majority_vote", "#8e44ad")):
-        ax.bar([i + offset for i in range(len(students))], list(bars[selector].values()), width, label=selector, color=color)
-    ax.set_xticks(range(len(students)), students, rotation=20, ha="right")
-    ax.set_ylabel("ASR (%)")
+    figure, ax = _pyplot().subplots(figsize=(max(5, 1.4 * len(students) + 2), 4))
+    _first_vs_majority_panel(ax, bars)
     ax.set_title("First sample vs majority vote, per student (after SFT)")
-    ax.legend()
     save(figure, path)
     return None
+
+
+def _first_vs_majority_panel(ax, bars: dict[str, dict[str, float]]) -> None:
+    """Per student ({selector: {student: ASR}}), `first`'s bar beside majority voting's, the pair on the student's tick."""
+    students, width = list(bars["first"]), 0.38
+    for offset, selector, color in ((-width / 2, "first", "#7f8c8d"), (width / 2, "majority_vote", "#8e44ad")):
+        ax.bar([i + offset for i in range(len(students))], list(bars[selector].values()), width, label=selector, color=color)
+    ax.set_xticks(range(len(students)), students, rotation=25, ha="right", fontsize=8)
+    ax.set_ylabel("ASR (%)")
+    ax.legend(fontsize=7)
 
 
 # Figure 6's panels: (title, how to read a candidates.jsonl record's values for that score).
@@ -173,22 +177,33 @@ def densities(configurations: list, path: Path) -> str | None:
     pooled, layer = density_values(group)
     if not any(unsafe and safe for unsafe, safe in pooled.values()):
         return "no SFT evaluation on a safety benchmark with both safe and unsafe candidates: this view needs one"
-    plt = _pyplot()
-    figure, axes = plt.subplots(1, len(DENSITY_PANELS), figsize=(4.2 * len(DENSITY_PANELS), 3.6))
-    for ax, (title, _) in zip(axes, DENSITY_PANELS, strict=True):
-        unsafe, safe = pooled[title]
+    _density_panels(pooled, layer, _histograms, path)
+    return None
+
+
+def _histograms(ax, unsafe: list[float], safe: list[float]) -> None:
+    # 30 equal bins over both classes' range, numpy's own edges (float32 ones can leave the maximum out)
+    span = {"bins": 30, "range": (min(unsafe + safe), max(unsafe + safe)), "density": True, "alpha": 0.55}
+    ax.hist(unsafe, **span, color=UNSAFE_COLOR, label=f"unsafe ({len(unsafe)})")
+    ax.hist(safe, **span, color=SAFE_COLOR, label=f"safe ({len(safe)})")
+
+
+def _density_panels(pooled: dict[str, tuple[list, list]], layer: int | None, draw: Callable, path: Path, title: str | None = None) -> None:
+    """Figure 6's row of panels, one per score: `draw(ax, unsafe, safe)` where both classes have values to compare,
+    else the reason it cannot."""
+    figure, axes = _pyplot().subplots(1, len(DENSITY_PANELS), figsize=(4.2 * len(DENSITY_PANELS), 3.6))
+    for ax, (name, _) in zip(axes, DENSITY_PANELS, strict=True):
+        unsafe, safe = pooled[name]
         if (empty := _no_histogram(unsafe, safe)) is not None:
             ax.text(0.5, 0.5, empty, ha="center", va="center", transform=ax.transAxes)
         else:
-            # 30 equal bins over both classes' range, numpy's own edges (float32 ones can leave the maximum out)
-            span = {"bins": 30, "range": (min(unsafe + safe), max(unsafe + safe)), "density": True, "alpha": 0.55}
-            ax.hist(unsafe, **span, color=UNSAFE_COLOR, label=f"unsafe ({len(unsafe)})")
-            ax.hist(safe, **span, color=SAFE_COLOR, label=f"safe ({len(safe)})")
+            draw(ax, unsafe, safe)
             ax.legend(fontsize=7)
-        ax.set_title(title.format(layer=layer), fontsize=10)
+        ax.set_title(name.format(layer=layer), fontsize=10)
         ax.set_ylabel("density")
+    if title:
+        figure.suptitle(title, fontsize=10)
     save(figure, path)
-    return None
 
 
 def layer_series(configurations: list, value: Callable) -> tuple[list[tuple[str, list[float]]], list[float]]:
@@ -355,15 +370,9 @@ def first_vs_majority_by_benchmark(configurations: list, path: Path, choices: Fi
     if not bars:
         return f"no SFT evaluation of teacher {choices.figure5_teacher}'s students on a safety benchmark with majority_vote compared"
     figure, axes = _panels(len(bars), 5, 3.8)
-    width = 0.38
     for ax, (benchmark, selectors) in zip(axes, bars.items(), strict=True):
-        students = list(selectors["first"])
-        for offset, selector, color in ((-width / 2, "first", "#7f8c8d"), (width / 2, "majority_vote", "#8e44ad")):
-            ax.bar([i + offset for i in range(len(students))], list(selectors[selector].values()), width, label=selector, color=color)
-        ax.set_xticks(range(len(students)), students, rotation=25, ha="right", fontsize=8)
-        ax.set_ylabel("ASR (%)")
+        _first_vs_majority_panel(ax, selectors)
         ax.set_title(f"{benchmark} (teacher {choices.figure5_teacher})", fontsize=9)
-        ax.legend(fontsize=7)
     save(figure, path)
     expected = [(s, b) for b, selectors in bars.items() for s in selectors["first"]]
     present = {(s, b) for b, selectors in bars.items() for s, v in selectors["first"].items() if not math.isnan(v)}
@@ -388,23 +397,17 @@ def densities_of_one(configurations: list, path: Path, choices: FigureChoices) -
     if not any(unsafe and safe for unsafe, safe in pooled.values()):
         return (f"no SFT evaluation of {student} taught by {teacher} on {benchmark} with both safe and unsafe candidates "
                 f"(report.py --figure6 student,teacher,benchmark chooses another)")
-    figure, axes = _pyplot().subplots(1, len(DENSITY_PANELS), figsize=(4.2 * len(DENSITY_PANELS), 3.6))
-    for ax, (title, _) in zip(axes, DENSITY_PANELS, strict=True):
-        unsafe, safe = pooled[title]
-        if (empty := _no_histogram(unsafe, safe)) is not None:
-            ax.text(0.5, 0.5, empty, ha="center", va="center", transform=ax.transAxes)
-        else:
-            low, high = min(unsafe + safe), max(unsafe + safe)
-            grid = torch.linspace(low - 0.1 * (high - low), high + 0.1 * (high - low), 200)
-            for values, color, label in ((unsafe, UNSAFE_COLOR, "unsafe"), (safe, SAFE_COLOR, "safe")):
-                ax.plot(grid.numpy(), kde(values, grid).numpy(), color=color, label=f"{label} ({len(values)})")
-                ax.fill_between(grid.numpy(), kde(values, grid).numpy(), color=color, alpha=0.2)
-            ax.legend(fontsize=7)
-        ax.set_title(title.format(layer=layer), fontsize=10)
-        ax.set_ylabel("density")
-    figure.suptitle(f"{student} taught by {teacher}, {benchmark}", fontsize=10)
-    save(figure, path)
+    _density_panels(pooled, layer, _smoothed, path, title=f"{student} taught by {teacher}, {benchmark}")
     return None
+
+
+def _smoothed(ax, unsafe: list[float], safe: list[float]) -> None:
+    low, high = min(unsafe + safe), max(unsafe + safe)
+    grid = torch.linspace(low - 0.1 * (high - low), high + 0.1 * (high - low), 200)
+    for values, color, label in ((unsafe, UNSAFE_COLOR, "unsafe"), (safe, SAFE_COLOR, "safe")):
+        density = kde(values, grid).numpy()  # once, for the line and its fill
+        ax.plot(grid.numpy(), density, color=color, label=f"{label} ({len(values)})")
+        ax.fill_between(grid.numpy(), density, color=color, alpha=0.2)
 
 
 def response_lengths(configurations: list, teacher: str) -> dict[str, dict[str, dict[str, float]]]:
