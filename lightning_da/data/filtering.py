@@ -46,29 +46,32 @@ def trace_rows(traces: datasets.Dataset) -> list[dict]:
             for i, k, p, o in zip(traces["index"], samples, traces["prompt"], traces["output"], strict=True)]
 
 
-def judge_pending(cache: TraceCache, judge: Judge, rows: list[dict]) -> int:
+def judge_pending(cache: TraceCache, judge: Judge, rows: list[dict]) -> dict[tuple[int, int], dict]:
     """Verdicts for the trace rows (`trace_rows`) that have none yet, `JUDGE_BATCH` at a time, each batch a shard;
-    returns how many were judged."""
+    returns every verdict the cache holds then (`verdicts`' mapping)."""
     have = verdicts(cache, judge)
     pending = [r for r in rows if (r["index"], r["sample"]) not in have]
     if not pending:
-        return 0
+        return have
     target = judged_dir(cache, judge, "verdicts")
     with tqdm(total=len(pending), desc="judging traces", unit="trace") as bar:
         for start in range(0, len(pending), JUDGE_BATCH):
             batch = pending[start : start + JUDGE_BATCH]
             made = judge.judge([r["prompt"] for r in batch], [r["output"] for r in batch])
-            lines = [json.dumps({"index": r["index"], "sample": r["sample"], "verdict": v.label, "verdict_category": v.category or "",
-                                 "judge_output": v.raw}, ensure_ascii=False) for r, v in zip(batch, made, strict=True)]
-            write_text_atomic(target / f"verdicts-{batch[0]['index']:06d}-{batch[0]['sample']:03d}.jsonl", "\n".join(lines) + "\n")
+            records = [{"index": r["index"], "sample": r["sample"], "verdict": v.label, "verdict_category": v.category or "",
+                        "judge_output": v.raw} for r, v in zip(batch, made, strict=True)]
+            write_text_atomic(target / f"verdicts-{batch[0]['index']:06d}-{batch[0]['sample']:03d}.jsonl",
+                              "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+            for record in records:
+                have.setdefault((record["index"], record["sample"]), record)
             bar.update(len(batch))
-    return len(pending)
+    return have
 
 
-def judge_slice(cache: TraceCache, judge: Judge, *, n_prompts: int, batch_size: int, slice_index: int, slices: int) -> int:
+def judge_slice(cache: TraceCache, judge: Judge, *, n_prompts: int, batch_size: int, slice_index: int, slices: int) -> None:
     """The verdicts of one slice's traces (`slice_batches`), those the cache holds and no verdict does yet."""
     mine = {i for batch in slice_batches(n_prompts, batch_size, slice_index, slices) for i in batch}
-    return judge_pending(cache, judge, [r for r in trace_rows(cache.dataset()) if r["index"] in mine])
+    judge_pending(cache, judge, [r for r in trace_rows(cache.dataset()) if r["index"] in mine])
 
 
 def judge_traces(cache: TraceCache, traces: datasets.Dataset, judge: Judge) -> datasets.DatasetDict:
@@ -77,8 +80,7 @@ def judge_traces(cache: TraceCache, traces: datasets.Dataset, judge: Judge) -> d
     target = judged_dir(cache, judge)
     if not (target / "dataset_dict.json").exists():
         rows = trace_rows(traces)
-        judge_pending(cache, judge, rows)
-        found = verdicts(cache, judge)
+        found = judge_pending(cache, judge, rows)
         judged = [found[(r["index"], r["sample"])] for r in rows]
         labelled = traces.add_column("verdict", [r["verdict"] for r in judged])
         labelled = labelled.add_column("verdict_category", [r["verdict_category"] for r in judged])
@@ -89,11 +91,9 @@ def judge_traces(cache: TraceCache, traces: datasets.Dataset, judge: Judge) -> d
         )
         save_dir_atomic(target, splits.save_to_disk, replace=False)  # two slices completing at once: the first wins
     splits = datasets.load_from_disk(str(target))
-    counts = Counter(splits["rejected"]["verdict"])
-    log.info(
-        "judge: kept %d, rejected %d (unsafe %d, unparsable %d) -> %s",
-        len(splits["kept"]), len(splits["rejected"]), counts["unsafe"], counts["unparsable"], target,
-    )
+    counts = judge_counts(splits)
+    log.info("judge: kept %d, rejected %d (unsafe %d, unparsable %d) -> %s", counts["traces_kept"], counts["traces_rejected"],
+             counts["traces_unsafe"], counts["traces_unparsable"], target)
     return splits
 
 
