@@ -72,6 +72,10 @@ class Spec:
             messages += [self.user_turn(demo["prompt"], demo["categories"]), {"role": "assistant", "content": demo["response"].strip()}]
         return messages + [self.user_turn(prompt, categories)]
 
+    def reads(self, prompts) -> dict:
+        """What of the prompt rows beyond `prompt` and `categories` goes into the teacher's prompt (a cache key part)."""
+        return {}
+
     def teacher_chat(self, row: Mapping, demonstrations: Iterable[Mapping] = ()) -> list[dict]:
         """The teacher's chat for a prompt row (`prompt`, `categories`)."""
         return self.teacher_messages(row["prompt"], row["categories"], demonstrations)
@@ -136,6 +140,9 @@ class ReferenceSpec:
     @property
     def categories(self) -> list[str]:
         return list(self.policies)
+
+    def reads(self, prompts) -> dict:
+        return {"labels": prompts["labels"]}  # `{category}`: the dataset's own labels
 
     def _fill(self, text: str, row: Mapping) -> str:
         unknown = set(row["categories"]) - set(self.policies)

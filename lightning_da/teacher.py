@@ -13,7 +13,6 @@ from omegaconf import DictConfig, OmegaConf
 from lightning_da.data.prompts import prompts_fingerprint
 from lightning_da.data.traces import TraceCache, generate_traces
 from lightning_da.generation import VLLMGenerator, batch_seed, check_backend, sample_chats
-from lightning_da.spec import ReferenceSpec
 
 
 def release_memory() -> None:
@@ -32,8 +31,7 @@ def trace_cache(cfg: DictConfig, spec, prompts) -> TraceCache:
             "teacher": instantiate(cfg.teacher.model).identity(),
             "prompts": prompts_fingerprint(prompts),
             "spec": spec.identity(),
-            # The reference's prompt names the dataset's own category labels.
-            **({"labels": prompts["labels"]} if isinstance(spec, ReferenceSpec) else {}),
+            **spec.reads(prompts),
             "sampling": instantiate(cfg.teacher.sampling).as_dict(),
             "samples_per_prompt": cfg.teacher.samples_per_prompt,
             "demonstrations": OmegaConf.to_container(cfg.teacher.demonstrations),
