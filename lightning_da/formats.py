@@ -46,8 +46,7 @@ def opening(tokenizer: PreTrainedTokenizerBase) -> str:
 
 def prefix_ids(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
     """Where candidates and rollouts start: the prompt in the chat template, then the opening (`<think>`)."""
-    head = opening(tokenizer)
-    return prompt_ids(tokenizer, prompt) + (tokenizer(head, add_special_tokens=False)["input_ids"] if head else [])
+    return prompt_ids(tokenizer, prompt) + response_ids(tokenizer, opening(tokenizer))
 
 
 def response_ids(tokenizer: PreTrainedTokenizerBase, response: str) -> list[int]:
