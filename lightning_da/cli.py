@@ -60,6 +60,7 @@ def traces(cfg: DictConfig) -> None:
     """The teacher stage alone: one slice of the teacher's traces (or all), then the judge's filter."""
     from lightning_da.runs.traces import run_traces
 
+    os.environ.setdefault("WANDB_MODE", "offline")
     run_or_exit(run_traces, cfg, name="traces")
 
 

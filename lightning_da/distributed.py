@@ -4,6 +4,8 @@ back in order."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import lightning as L
 import torch
 from omegaconf import DictConfig
@@ -37,6 +39,39 @@ def launch_fabric(trainer_cfg: DictConfig) -> L.Fabric:
     return fabric
 
 
+def launch_ranks(trainer_cfg: DictConfig) -> tuple[int, int]:
+    """(rank, world size) of this process once every rank of a multi-process `trainer` runs: the other ranks start
+    now (the script re-run once per rank, with the process group up) rather than inside `fit`, so that they share the
+    teacher stage; the Trainer then finds them started. (0, 1) for one process, and for the spawning strategies
+    (`ddp_spawn`, `ddp_fork`, `ddp_notebook`), whose ranks exist only inside `fit`."""
+    check_accelerator(trainer_cfg)
+    strategy = trainer_cfg.get("strategy", "auto")
+    if isinstance(strategy, str) and any(word in strategy for word in ("spawn", "fork", "notebook")):
+        return 0, 1
+    # Only the processes matter here; an FSDP Trainer joins the same process group later.
+    fabric = L.Fabric(**{key: trainer_cfg[key] for key in FABRIC_KEYS if key in trainer_cfg and key != "strategy"},
+                      strategy="ddp")
+    if fabric.world_size == 1:
+        return 0, 1
+    fabric.launch()
+    return fabric.global_rank, fabric.world_size
+
+
+def process_rank() -> tuple[int, int]:
+    """(rank, world size) in the process group, once one is up; else (0, 1)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def meeting_group(world_size: int):
+    """A gloo group for ranks that meet after hours of unequal work (the teacher stage): no timeout to speak of, and
+    unlike NCCL, gloo fails at once on every rank when another rank's process dies. None for one process."""
+    if world_size == 1:
+        return None
+    return torch.distributed.new_group(backend="gloo", timeout=timedelta(days=30))
+
+
 def batch_aligned_shard(n_items: int, batch_size: int, rank: int, world_size: int) -> range:
     """This rank's items: whole batches, so every batch (and its seed) is the one a single process runs."""
     n_batches = -(-n_items // batch_size)
@@ -44,10 +79,10 @@ def batch_aligned_shard(n_items: int, batch_size: int, rank: int, world_size: in
     return range(min(first * batch_size, n_items), min(last * batch_size, n_items))
 
 
-def all_gather_objects(obj, world_size: int) -> list:
-    """Every rank's `obj`, in rank order, on every rank (a Fabric's or a Trainer's process group)."""
+def all_gather_objects(obj, world_size: int, group=None) -> list:
+    """Every rank's `obj`, in rank order, on every rank (a Fabric's or a Trainer's process group, or `group`)."""
     if world_size == 1:
         return [obj]
     gathered = [None] * world_size
-    torch.distributed.all_gather_object(gathered, obj)
+    torch.distributed.all_gather_object(gathered, obj, group=group)
     return gathered

@@ -1,18 +1,30 @@
 """The teacher stage: load the teacher (Hugging Face, or a vLLM engine under `generation.backend=vllm`),
-sample its traces with the spec in context, and keep them in the resumable trace cache."""
+sample its traces with the spec in context, and keep them in the resumable trace cache; then the judge's verdicts.
+
+With several ranks (`trainer=ddp`, `fsdp`, SLURM) or several jobs (`traces.py slice=i slices=n`), each rank of each
+job generates and judges its own slice of the prompts' batches (`data.traces.slice_batches`): rank r of a job given
+slice i of n takes slice i + r n of n x world. The ranks of a run meet once all have done their slice."""
 
 from __future__ import annotations
 
 import gc
+import logging
+import time
+from dataclasses import dataclass
 from functools import partial
 
+import datasets
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from lightning_da.data.filtering import judge_counts, judge_slice, judge_traces, judged_dir, verdicts
 from lightning_da.data.prompts import prompts_fingerprint
-from lightning_da.data.traces import TraceCache, generate_traces
+from lightning_da.data.traces import TraceCache, generate_traces, slice_batches
+from lightning_da.distributed import all_gather_objects, meeting_group
 from lightning_da.generation import VLLMGenerator, batch_seed, check_backend, sample_chats
+
+log = logging.getLogger(__name__)
 
 
 def release_memory() -> None:
@@ -76,3 +88,70 @@ def teacher_sampler(cfg: DictConfig, source, spec, sampling):
         return [outputs[i : i + k] for i in range(0, len(outputs), k)]
 
     return generate
+
+
+@dataclass
+class Stage:
+    """What one run of the teacher stage did (`seconds` and `traces_generated` over all its ranks) and left: the cache,
+    and the judge's splits once the cache is complete (else None)."""
+
+    cache: TraceCache
+    splits: datasets.DatasetDict | None
+    traces_generated: int
+    seconds: float
+
+
+def teacher_stage(cfg: DictConfig, spec, prompts, judge, *, rank: int = 0, world: int = 1, slice_index: int = 0,
+                  slices: int = 1) -> Stage:
+    """This rank's slice (`slice_index` of `slices` for the job, split again over its `world` ranks) generated and
+    judged; once every rank of the run has, the splits if the cache is then complete. A rank whose process dies ends
+    the others' wait with an error (`meeting_group`); a rerun on any number of ranks or slices redoes only what no
+    shard holds."""
+    group = meeting_group(world)
+    index, count = slice_index + rank * slices, slices * world
+    mine = [i for batch in slice_batches(len(prompts), cfg.teacher.batch_size, index, count) for i in batch]
+    before = trace_cache(cfg, spec, prompts).done_indices()
+    started = time.perf_counter()
+    cache, traces = teacher_traces(cfg, spec, prompts, slice_index=index, slices=count)
+    seconds = time.perf_counter() - started
+    generated = sum(i not in before for i in mine) * cfg.teacher.samples_per_prompt
+    judge_slice(cache, judge, n_prompts=len(prompts), batch_size=cfg.teacher.batch_size, slice_index=index, slices=count)
+    done = all_gather_objects((generated, seconds), world, group=group)  # the meeting: every rank's slice is judged
+    if traces is None and cache.complete:  # another rank completed it
+        traces = cache.dataset()
+    splits = None
+    if traces is not None:
+        for turn in ((0,), range(1, world)) if world > 1 else ((0,),):
+            if rank in turn:  # rank 0 builds the splits; the others then read them
+                splits = judge_traces(cache, traces, judge)
+            if world > 1:
+                torch.distributed.barrier(group=group)
+    return Stage(cache, splits, sum(g for g, _ in done), max(s for _, s in done))
+
+
+def stage_summary(cfg: DictConfig, spec, prompts, judge, *, slice_index: int = 0, slices: int = 1) -> dict:
+    """What the cache holds (loading no model): prompts, prompts generated (and this slice's), whether complete,
+    traces judged, and the judge's split once built."""
+    cache = trace_cache(cfg, spec, prompts)
+    done = cache.done_indices()
+    mine = [i for batch in slice_batches(len(prompts), cfg.teacher.batch_size, slice_index, slices) for i in batch]
+    summary = {"cache": str(cache.dir), "prompts": len(prompts), "prompts_generated": len(done), "complete": cache.complete,
+               "traces_judged": len(verdicts(cache, judge))}
+    if slices > 1:
+        summary.update(slice=slice_index, slices=slices, slice_prompts=len(mine), slice_generated=sum(i in done for i in mine))
+    judged = judged_dir(cache, judge)
+    if (judged / "dataset_dict.json").exists():
+        summary.update(judge_counts(datasets.load_from_disk(str(judged))))
+    return summary
+
+
+def summary_line(summary: dict) -> str:
+    """`stage_summary` as the one line the stage prints."""
+    line = f"traces {summary['cache']}: {summary['prompts_generated']} of {summary['prompts']} prompts generated"
+    if "slices" in summary:
+        line += f" (slice {summary['slice']} of {summary['slices']}: {summary['slice_generated']} of {summary['slice_prompts']})"
+    line += ", complete" if summary["complete"] else ", not complete"
+    if "traces_kept" not in summary:
+        return line + f"; {summary['traces_judged']} traces judged so far"
+    return (line + f"; judged: kept {summary['traces_kept']}, rejected {summary['traces_rejected']} (unsafe "
+            f"{summary['traces_unsafe']}, unparsable {summary['traces_unparsable']})")

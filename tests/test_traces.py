@@ -246,3 +246,101 @@ def test_each_slice_judges_its_own_traces_and_the_last_judges_nothing_more(tmp_p
     assert sorted(i for i, _ in verdicts(cache, judges[0])) == list(range(10))
     last = CountingJudge()
     assert len(judge_traces(cache, traces, last)["kept"]) == 10 and last.calls == 0
+
+
+DDP = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
+TINY_TRAIN = ["student=tiny_random", "trainer.accelerator=cpu", "trainer.max_steps=1", "trainer.accumulate_grad_batches=1",
+              "algorithm.datamodule.batch_size=2", "algorithm.module.lora.r=4", "logger=csv"]
+
+
+def train_cli(tmp_path, run: str, *overrides: str, wait: bool = True):
+    argv = [sys.executable, "train.py", *TINY_TRACES, *TINY_TRAIN, f"paths.cache_dir={tmp_path / 'cache'}",
+            f"hydra.run.dir={tmp_path / run}", *overrides]
+    if wait:
+        return subprocess.run(argv, cwd=Path(__file__).parents[1], capture_output=True, text=True)
+    return subprocess.Popen(argv, cwd=Path(__file__).parents[1], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def one_process_records(tmp_path, compose_train, *overrides: str) -> list[dict]:
+    """The records of the cache one process fills, in this process (the reference)."""
+    from hydra.utils import instantiate
+
+    from lightning_da.runs.train import filtered_traces
+
+    cfg = compose_train(*TINY_TRACES, "student=tiny_random", *overrides)
+    cfg.paths.cache_dir = str(tmp_path / "one")
+    filtered_traces(cfg, instantiate(cfg.data))
+    [cache] = (tmp_path / "one" / "traces").iterdir()
+    return read_records(cache)
+
+
+def read_records(cache_dir: Path) -> list[dict]:
+    """Every record of every shard, in shard order (a prompt in two shards appears twice)."""
+    return [json.loads(line) for shard in sorted(cache_dir.glob("shard-*.jsonl")) for line in shard.read_text().splitlines()]
+
+
+def test_two_gloo_ranks_generate_and_judge_a_slice_each_into_the_records_of_one_process(tmp_path, compose_train):
+    """train.py under trainer=ddp: both ranks start before the teacher stage, each generates (a bar of its own slice)
+    and judges its half of the batches, and the cache holds what one process makes, sampled, every prompt once."""
+    done = train_cli(tmp_path, "ddp", *DDP)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "teacher traces (slice 0 of 2)" in done.stderr and "teacher traces (slice 1 of 2)" in done.stderr
+    [cache] = (tmp_path / "cache" / "traces").iterdir()
+    records = read_records(cache)
+    assert [r["index"] for r in records] == list(range(6))
+    assert records == one_process_records(tmp_path, compose_train)
+    assert sorted(i for i, _ in json_verdicts(cache)) == list(range(6)) and (cache / "complete").exists()
+    assert "teacher stage: 6 traces in" in (tmp_path / "ddp" / "train.log").read_text()
+
+
+def json_verdicts(cache: Path) -> list[tuple[int, int]]:
+    return [(r["index"], r["sample"]) for shard in sorted(cache.glob("verdicts/*/verdicts-*.jsonl"))
+            for r in map(json.loads, shard.read_text().splitlines())]
+
+
+def test_a_rank_killed_mid_slice_stops_the_run_and_a_resume_on_one_process_finishes_it(tmp_path, compose_train):
+    """Rank 1 killed once it has written a shard of its slice, the cache still incomplete: the run ends (rank 0 does
+    not wait for ever), and train.py on one process generates only the prompts no shard holds; every prompt once, the
+    records of an uninterrupted process."""
+    import psutil
+
+    long = ["data.limit=16", "teacher.batch_size=1", "teacher.sampling.max_new_tokens=48"]
+    run = train_cli(tmp_path, "killed", *DDP, *long, wait=False)
+    traces = tmp_path / "cache" / "traces"
+    deadline, killed = time.monotonic() + 120, None
+    while killed is None and time.monotonic() < deadline and run.poll() is None:
+        shards = [int(p.stem.split("-")[1]) for p in traces.glob("*/shard-*.jsonl")] if traces.exists() else []
+        if any(i % 2 for i in shards):  # batch_size 1: rank 1's batches are the odd prompts
+            [rank1] = [p for p in psutil.Process(run.pid).children() if p.environ().get("LOCAL_RANK") == "1"]
+            rank1.kill()
+            killed = sorted(shards)
+        time.sleep(0.01)
+    assert killed is not None, "rank 1 wrote no shard"
+    _, stderr = run.communicate(timeout=120)
+    assert run.returncode != 0
+    [cache] = traces.iterdir()
+    left = read_records(cache)
+    assert not (cache / "complete").exists() and 0 < len(left) < 16, f"killed after {killed}: {len(left)} of 16 left"
+    resumed = train_cli(tmp_path, "resumed", *long)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"teacher stage: {16 - len(left)} traces in" in (tmp_path / "resumed" / "train.log").read_text()
+    records = read_records(cache)
+    assert sorted(r["index"] for r in records) == list(range(16))  # every prompt exactly once
+    assert sorted(records, key=lambda r: r["index"]) == one_process_records(tmp_path, compose_train, *long)
+
+
+def test_the_ranks_of_a_traces_job_split_its_slice(tmp_path, compose_train):
+    """traces.py slice=1 slices=2 on 2 ranks: rank r takes slice 1 + 2r of 4 (batches 1 and 3); slice 0 on one
+    process then completes the cache, judged, equal to one process; traces.json says what the job did."""
+    first = traces_cli(tmp_path, "slice=1", "slices=2", *DDP, "logger=csv", f"hydra.run.dir={tmp_path / 'job1'}")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "teacher traces (slice 1 of 4)" in first.stderr and "teacher traces (slice 3 of 4)" in first.stderr
+    [cache] = (tmp_path / "cache" / "traces").iterdir()
+    assert sorted(r["index"] for r in read_records(cache)) == [2, 3]  # batch 1 (batch 3 is empty: 6 prompts)
+    job = json.loads((tmp_path / "job1" / "traces.json").read_text())
+    assert (job["ranks"], job["traces_generated"], job["prompts_generated"], job["complete"]) == (2, 2, 2, False)
+    assert first.stdout.count("prompts generated") == 1  # one summary line, from rank 0
+    second = traces_cli(tmp_path, "slice=0", "slices=2", "logger=csv", f"hydra.run.dir={tmp_path / 'job0'}")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "complete; judged: kept 6, rejected 0" in second.stdout
+    assert read_records(cache) == one_process_records(tmp_path, compose_train)

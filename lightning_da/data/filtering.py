@@ -70,6 +70,8 @@ def judge_pending(cache: TraceCache, judge: Judge, rows: list[dict]) -> dict[tup
 
 def judge_slice(cache: TraceCache, judge: Judge, *, n_prompts: int, batch_size: int, slice_index: int, slices: int) -> None:
     """The verdicts of one slice's traces (`slice_batches`), those the cache holds and no verdict does yet."""
+    if (judged_dir(cache, judge) / "dataset_dict.json").exists():
+        return  # judged whole already (perhaps before verdicts were kept apart)
     mine = {i for batch in slice_batches(n_prompts, batch_size, slice_index, slices) for i in batch}
     judge_pending(cache, judge, [r for r in trace_rows(cache.dataset()) if r["index"] in mine])
 

@@ -119,6 +119,7 @@ def generate_traces(
     if done:
         log.info("teacher traces: resuming, %d of %d already in %s", len(done), len(prompts), cache.dir)
     where = f" (slice {slice_index} of {slices})" if slices > 1 else ""
+    made = 0
     with tqdm(total=total, initial=total - sum(map(len, todo)), desc=f"teacher traces{where}", unit="prompt") as bar:
         for indices in todo:
             rows = [prompts[i] for i in indices]
@@ -130,6 +131,8 @@ def generate_traces(
                 ]
             )
             bar.update(len(indices))
+            made += sum(map(len, outputs))
+            bar.set_postfix_str(f"{made / max(bar.format_dict['elapsed'], 1e-9):.2f} traces/s")
     if len(cache.done_indices()) < len(prompts):
         return None
     cache.mark_complete(len(prompts))

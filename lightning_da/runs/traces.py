@@ -1,36 +1,28 @@
-"""traces.py: the teacher stage alone: the teacher's traces for one slice of the prompts (or all), then, once the
-cache holds every prompt, the judge's filter; `status=true` says what the cache holds.  `python traces.py --help`"""
+"""traces.py: the teacher stage alone: the teacher's traces for one slice of the prompts (or all), each slice judged
+as it is generated, and once the cache holds every prompt the judge's splits; `status=true` says what the cache holds.
+Under a multi-process `trainer` (ddp, slurm) each rank takes its own part of the slice.  `python traces.py --help`"""
 
 from __future__ import annotations
 
-import datasets
+import json
+import logging
+from pathlib import Path
+
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from lightning.pytorch.loggers import WandbLogger
+from omegaconf import DictConfig, OmegaConf
 
-from lightning_da.data.filtering import judge_counts, judge_slice, judge_traces, judged_dir, verdicts
-from lightning_da.data.traces import slice_batches
+from lightning_da.atomic import write_text_atomic
+from lightning_da.distributed import launch_ranks
 from lightning_da.errors import UserError, check_at_least
-from lightning_da.teacher import teacher_traces, trace_cache
+from lightning_da.teacher import stage_summary, summary_line, teacher_stage
+
+log = logging.getLogger(__name__)
 
 
-def summary(cache, n_prompts: int, judge, slice_index: int, slices: int, batch_size: int) -> str:
-    """One line: the prompts with traces (and this slice's), whether complete, and the judge's split if it ran."""
-    done = cache.done_indices()
-    mine = [i for batch in slice_batches(n_prompts, batch_size, slice_index, slices) for i in batch]
-    line = f"traces {cache.dir}: {len(done)} of {n_prompts} prompts generated"
-    if slices > 1:
-        line += f" (slice {slice_index} of {slices}: {sum(i in done for i in mine)} of {len(mine)})"
-    line += ", complete" if cache.complete else ", not complete"
-    judged = judged_dir(cache, judge)
-    if not (judged / "dataset_dict.json").exists():
-        return line + f"; {len(verdicts(cache, judge))} traces judged so far"
-    counts = judge_counts(datasets.load_from_disk(str(judged)))
-    return (line + f"; judged: kept {counts['traces_kept']}, rejected {counts['traces_rejected']} (unsafe {counts['traces_unsafe']}, "
-            f"unparsable {counts['traces_unparsable']})")
-
-
-def run_traces(cfg: DictConfig) -> str:
-    """This slice's traces into the cache; the judge's filter once the cache is complete. Returns the summary line."""
+def run_traces(cfg: DictConfig) -> dict:
+    """This slice's traces and verdicts into the cache, the splits once it is complete; prints the summary line, and
+    writes the summary (with this run's traces/s) to traces.json and the logger. Returns the summary."""
     slices = check_at_least(cfg.slices, "slices")
     if not 0 <= cfg.slice < slices:
         raise UserError(f"slice={cfg.slice}: set 0 <= slice < slices={slices}")
@@ -38,12 +30,29 @@ def run_traces(cfg: DictConfig) -> str:
     prompts = instantiate(cfg.data).load(spec.categories)
     judge = instantiate(cfg.judge)
     judge.check()  # its weights load only when it judges
+    rank, world, run = 0, 1, {}
     if not cfg.status:
-        cache, traces = teacher_traces(cfg, spec, prompts, slice_index=cfg.slice, slices=slices)
-        # This slice's traces, whatever the other slices have done; the slice that completes the cache, the splits.
-        judge_slice(cache, judge, n_prompts=len(prompts), batch_size=cfg.teacher.batch_size, slice_index=cfg.slice, slices=slices)
-        if traces is not None:
-            judge_traces(cache, traces, judge)
-    line = summary(trace_cache(cfg, spec, prompts), len(prompts), judge, cfg.slice, slices, cfg.teacher.batch_size)
-    print(line)
-    return line
+        rank, world = launch_ranks(cfg.trainer)
+        stage = teacher_stage(cfg, spec, prompts, judge, rank=rank, world=world, slice_index=cfg.slice, slices=slices)
+        run = {"ranks": world, "traces_generated": stage.traces_generated, "seconds": round(stage.seconds, 3),
+               "traces_per_s": stage.traces_generated / stage.seconds if stage.seconds else 0.0}
+    summary = {**stage_summary(cfg, spec, prompts, judge, slice_index=cfg.slice, slices=slices), **run}
+    if rank == 0:
+        print(summary_line(summary) + (f"; this run: {run['traces_generated']} traces in {run['seconds']:.1f} s "
+                                       f"on {world} rank(s), {run['traces_per_s']:.2f} traces/s" if run else ""))
+        if not cfg.status:
+            write_text_atomic(Path(cfg.paths.output_dir) / "traces.json", json.dumps(summary, indent=2) + "\n")
+            _log(cfg, summary)
+    return summary
+
+
+def _log(cfg: DictConfig, summary: dict) -> None:
+    """The summary's numbers to the configured logger (a W&B run per job: offline unless WANDB_MODE says otherwise)."""
+    if not cfg.get("logger"):
+        return
+    logger = instantiate(cfg.logger)
+    logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    logger.log_metrics({f"traces/{k}": float(v) for k, v in summary.items() if isinstance(v, (bool, int, float))})
+    logger.finalize("success")
+    if isinstance(logger, WandbLogger):
+        logger.experiment.finish()

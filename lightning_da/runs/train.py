@@ -16,9 +16,9 @@ from omegaconf import DictConfig, OmegaConf
 from lightning_da.algorithms.grpo import SETTINGS, check_settings
 from lightning_da.atomic import save_dir_atomic, write_text_atomic
 from lightning_da.checkpoints import resolve_checkpoint, wandb_run_id
-from lightning_da.data.filtering import judge_counts, judge_traces
+from lightning_da.data.filtering import judge_counts
 from lightning_da.data.rl import TeacherFiltered
-from lightning_da.distributed import check_accelerator
+from lightning_da.distributed import check_accelerator, launch_ranks, process_rank
 from lightning_da.errors import UserError
 from lightning_da.fsdp import uses_fsdp
 from lightning_da.generation import check_backend
@@ -26,7 +26,7 @@ from lightning_da.generation.colocated import PolicyEngine
 from lightning_da.generation.vllm_engine import import_vllm
 from lightning_da.models.lora import check_adapter_dir
 from lightning_da.models.vocabulary import add_think_tokens, wants_think_tokens
-from lightning_da.teacher import release_memory, teacher_traces
+from lightning_da.teacher import release_memory, teacher_stage
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,7 @@ def run_train(cfg: DictConfig) -> dict[str, float]:
     check_backend(cfg.generation)
     checkpoint = resolve_checkpoint(cfg.ckpt_path, cfg.paths.output_dir, sharded=uses_fsdp(cfg.trainer))
     instantiate(cfg.judge).check()  # its weights load only when it first judges
+    launch_ranks(cfg.trainer)  # every rank now, not at fit: each generates and judges its slice of the traces
     student = instantiate(cfg.student.model)
     tokenizer = student.load_tokenizer()
     prepare = {"sft": _prepare_sft, "grpo": _prepare_grpo}.get(cfg.algorithm.name)
@@ -70,12 +71,15 @@ def filtered_traces(cfg: DictConfig, data):
     spec = instantiate(cfg.spec)
     prompts = data.load(spec.categories)
     log.info("%d prompts; spec %s", len(prompts), spec.name)
-    cache, traces = teacher_traces(cfg, spec, prompts)
     judge = instantiate(cfg.judge)
-    splits = judge_traces(cache, traces, judge)
+    rank, world = process_rank()
+    stage = teacher_stage(cfg, spec, prompts, judge, rank=rank, world=world)
+    if stage.traces_generated and rank == 0:
+        log.info("teacher stage: %d traces in %.0f s on %d rank(s), %.2f traces/s", stage.traces_generated, stage.seconds,
+                 world, stage.traces_generated / stage.seconds)
     del judge
     release_memory()
-    return splits
+    return stage.splits
 
 
 def _prepare_sft(cfg: DictConfig, student, tokenizer):
