@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from lightning_da.configs import CONF_DIR
 from lightning_da.errors import UserError, run_or_exit
@@ -26,9 +27,10 @@ def plan_cfg(*overrides):
 
 def test_the_paper_plan_runs_each_stage_as_its_own_experiment():
     commands = stage_commands(plan_cfg("experiment=paper", "reference=/checkouts/rda"))
-    assert list(commands) == ["sft", "grpo", "evaluate_sft", "evaluate_grpo", "control", "attack_llama3_2_1b", "attack_qwen2_5_7b",
-                              "report"]
-    assert [c[3:] for c in commands.values()][:5] == [
+    assert list(commands) == ["traces", "sft", "grpo", "evaluate_sft", "evaluate_grpo", "control", "attack_llama3_2_1b",
+                              "attack_qwen2_5_7b", "report"]
+    assert [c[3:] for c in commands.values()][:6] == [
+        ["traces", "-m", "experiment=traces_grid", "spec.source=/checkouts/rda"],
         ["train", "-m", "experiment=sft_grid", "spec.source=/checkouts/rda"], ["train", "-m", "experiment=grpo_grid", "spec.source=/checkouts/rda"],
         ["evaluate", "-m", "experiment=eval_sft_grid"],
         ["evaluate", "-m", "experiment=eval_grpo_grid"], ["evaluate", "-m", "experiment=eval_control"]]
@@ -53,7 +55,7 @@ def test_bad_plans_are_one_line_errors(tmp_path, caplog):
                                         r"reference=<a checkout of pankayaraj/Robust_Deliberative_Alignment>$"):
         stage_commands(plan_cfg("experiment=paper", "only=[grpo,report]"))
     assert "report" in stage_commands(plan_cfg("experiment=paper", "only=[report]"))  # a stage that does not read it runs
-    shown = stage_commands(plan_cfg("experiment=paper", "dry_run=true"))["sft"]
+    shown = stage_commands(plan_cfg("experiment=paper", "dry_run=true"))["traces"]
     assert shown[-1] == "spec.source=/path/to/Robust_Deliberative_Alignment"  # a dry run shows where it goes
     failing = plan_cfg("experiment=paper", "only=[sft,report]", "stages.sft.args=['student=no_such_student']")
     with pytest.raises(UserError, match=r"stage sft failed .* resume with only=\[sft,report\]"):
@@ -101,6 +103,33 @@ def test_a_dry_run_prints_each_stages_jobs_and_most_tokens(capsys):
                        "outputs exist resumes and samples less)"]
 
 
+def test_the_teacher_stage_fills_the_caches_the_sft_grid_reads(capsys):
+    """traces_grid's jobs compose the trace cache's inputs (teacher, prompts, spec, sampling, seed, backend), the judge and
+    the cache directory exactly as sft_grid's jobs of the same teacher do; so the dry run counts the traces once, in the
+    first stage, and a teacher spread over slices once in all."""
+    from lightning_da.runs.cost import stage_cost
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        grid = compose(config_name="traces", overrides=["experiment=traces_grid"], return_hydra_config=True)
+        teachers = str(grid.hydra.sweeper.params.teacher).split(",")
+        assert teachers == str(compose(config_name="train", overrides=["experiment=sft_grid"], return_hydra_config=True)
+                               .hydra.sweeper.params.teacher).split(",")
+        for teacher in teachers:
+            job = compose(config_name="traces", overrides=["experiment=traces_grid", f"teacher={teacher}", "spec.source=/r"])
+            sft = compose(config_name="train", overrides=["experiment=sft_grid", f"teacher={teacher}", "student=llama3_2_1b",
+                                                          "spec.source=/r"])
+            for key in ("teacher", "data", "spec", "seed", "generation", "judge", "paths.cache_dir"):
+                assert OmegaConf.select(job, key) == OmegaConf.select(sft, key), (teacher, key)
+    print_costs = __import__("lightning_da.runs.plan", fromlist=["print_costs"]).print_costs
+    print_costs(stage_commands(plan_cfg("experiment=paper", "dry_run=true", "only=[traces,sft]")))
+    out = capsys.readouterr().out.splitlines()
+    assert (out[0], out[2]) == (f"# traces: 7 jobs, at most {7 * 41_000 * 2048:,} new tokens", "# sft: 42 jobs, at most 0 new tokens")
+    sliced = [stage_cost("traces", ["-m", "experiment=traces_grid", "teacher=qwq", f"slice={s}", "slices=3", "spec.source=/r"])
+              for s in range(3)]
+    assert [c.tokens for c in sliced] == [n * 2048 for n in (1709 * 8, 1708 * 8, 1708 * 8)]  # QwQ: 5,125 batches of 8
+    assert sum(c.tokens for c in sliced) == 41_000 * 2048
+
+
 def test_the_miniatures_costs_follow_its_arguments():
     """Each miniature stage's tokens from its own arguments: SFT 8 prompts x 1 trace; GRPO's teacher-filtered prompts
     (at most the same 8) x G 2 x 6 tokens, one step of 2 prompts; evaluation 6 StrongREJECT prompts x (4 candidates + the
@@ -112,7 +141,8 @@ def test_the_miniatures_costs_follow_its_arguments():
         teacher = compose(config_name="train", overrides=["teacher=tiny_random"]).teacher.sampling.max_new_tokens
         attacker = compose(config_name="attack", overrides=["attacker=tiny_random"]).attacker.sampling.max_new_tokens
     cost = {name: stage_cost(argv[3], argv[4:]) for name, argv in commands.items()}
-    assert (cost["sft"].jobs, cost["sft"].tokens) == (1, 8 * teacher)
+    assert (cost["traces"].jobs, cost["traces"].tokens) == (1, 8 * teacher)
+    assert (cost["sft"].jobs, cost["sft"].tokens) == (1, 8 * teacher)  # alone; after the traces stage, 0
     assert (cost["grpo"].jobs, cost["grpo"].tokens) == (1, min(8, 1 * 2) * 2 * 6)
     assert (cost["evaluate_sft"].jobs, cost["evaluate_sft"].tokens) == (1, 6 * (4 + 1) * 6)
     assert cost["evaluate_sft_utility"].tokens == 4 * (3 + 1) * 6

@@ -73,7 +73,8 @@ def judge_slice(cache: TraceCache, judge: Judge, *, n_prompts: int, batch_size: 
     if (judged_dir(cache, judge) / "dataset_dict.json").exists():
         return  # judged whole already (perhaps before verdicts were kept apart)
     mine = {i for batch in slice_batches(n_prompts, batch_size, slice_index, slices) for i in batch}
-    judge_pending(cache, judge, [r for r in trace_rows(cache.dataset()) if r["index"] in mine])
+    judge_pending(cache, judge, [{"index": r["index"], "sample": k, "prompt": r["prompt"], "output": output}
+                                 for r in cache.records() if r["index"] in mine for k, output in enumerate(r["outputs"])])
 
 
 def judge_traces(cache: TraceCache, traces: datasets.Dataset, judge: Judge) -> datasets.DatasetDict:

@@ -16,6 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_da.configs import CONF_DIR
+from lightning_da.data.traces import slice_batches
 
 # Rows of the hub sets as documented (PAPER.md 4; the datasets' cards), by hub id; STAR-41K is "~41K".
 DOCUMENTED_ROWS = {"UCSC-VLAA/STAR-41K": 41_000, "TrustAIRLab/in-the-wild-jailbreak-prompts": 1_405, "allenai/wildjailbreak": 2_000,
@@ -79,10 +80,19 @@ def trace_key(cfg: DictConfig) -> str:
     return OmegaConf.to_yaml(OmegaConf.masked_copy(cfg, ["teacher", "data", "spec", "seed", "generation"]), resolve=True)
 
 
+def samples_traces(command: str, cfg: DictConfig) -> bool:
+    """Whether a job of `command` samples a teacher's traces (traces.py, or train.py's SFT)."""
+    return command == "traces" or (command == "train" and cfg.algorithm.name == "sft")
+
+
 def job_tokens(command: str, cfg: DictConfig) -> int | None:
-    """The most tokens one job of `command` samples with `cfg` (an SFT job: its teacher's traces)."""
-    if command == "train" and cfg.algorithm.name == "sft":
-        return _times(rows(cfg.data), cfg.teacher.samples_per_prompt, cfg.teacher.sampling.max_new_tokens)
+    """The most tokens one job of `command` samples with `cfg` (traces.py: its slice of the teacher's traces; an SFT
+    job: all of them)."""
+    if samples_traces(command, cfg):
+        prompts = rows(cfg.data)
+        if command == "traces" and prompts is not None:
+            prompts = sum(map(len, slice_batches(prompts, cfg.teacher.batch_size, cfg.slice, cfg.slices)))
+        return _times(prompts, cfg.teacher.samples_per_prompt, cfg.teacher.sampling.max_new_tokens)
     if command == "train":  # GRPO's rollouts over its epochs, or its steps (its prompts' traces are the SFT stage's)
         module, prompts = cfg.algorithm.module, rows(cfg.data)
         devices = cfg.trainer.devices if isinstance(cfg.trainer.devices, int) else 1
@@ -108,8 +118,10 @@ def _swept(value: str) -> bool:
     return "," in value and not value.startswith(("[", "{", "'", '"'))
 
 
-def stage_cost(command: str, args: list[str]) -> Cost:
-    """Every job of one stage (its sweeper's parameters and comma lists on its command line), each composed as it runs."""
+def stage_cost(command: str, args: list[str], traces: set[str] | None = None) -> Cost:
+    """Every job of one stage (its sweeper's parameters and comma lists on its command line), each composed as it runs.
+    `traces`: the trace caches earlier stages fill (`trace_key`), which this stage's SFT jobs then read; it gains the
+    stage's own."""
     if command == "report":
         return Cost(1, 0)
     args = [a for a in args if a not in ("-m", "--multirun")]
@@ -124,11 +136,14 @@ def stage_cost(command: str, args: list[str]) -> Cost:
             else:
                 fixed.append(arg)
                 params.pop(key.lstrip("+~"), None)  # the command line wins over the sweeper's value, as in Hydra
-        total, traces = Cost(0, 0), set()
+        total, filled = Cost(0, 0), set()
+        traces = set() if traces is None else traces
         for values in itertools.product(*params.values()):
             cfg = compose(config_name=command, overrides=fixed + [f"{k}={v}" for k, v in zip(params, values, strict=True)])
-            shared = command == "train" and cfg.algorithm.name == "sft" and trace_key(cfg) in traces
+            # A traces.py job samples its own slice; an SFT job none where an earlier job filled its teacher's cache.
+            shared = command == "train" and samples_traces(command, cfg) and trace_key(cfg) in traces | filled
             total += Cost(1, 0 if shared else job_tokens(command, cfg))
-            if command == "train" and cfg.algorithm.name == "sft":
-                traces.add(trace_key(cfg))
+            if samples_traces(command, cfg):
+                filled.add(trace_key(cfg))
+        traces |= filled
     return total

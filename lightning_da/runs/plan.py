@@ -46,9 +46,9 @@ def stage_commands(cfg: DictConfig) -> dict[str, list[str]]:
 
 def print_costs(commands: dict[str, list[str]]) -> None:
     """Each stage's command under a line with its jobs and the most tokens they sample, then the plan's total."""
-    total = Cost(0, 0)
+    total, traces = Cost(0, 0), set()
     for name, argv in commands.items():
-        cost = stage_cost(argv[3], argv[4:])
+        cost = stage_cost(argv[3], argv[4:], traces)
         total += cost
         print(f"# {name}: {cost.describe()}\n{shlex.join(['python', '-m', 'lightning_da', *argv[3:]])}")
     print(f"# total: {total.describe()} (prompts x samples x max new tokens; a stage whose outputs exist resumes and samples less)")
