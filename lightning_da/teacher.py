@@ -22,6 +22,7 @@ from lightning_da.data.filtering import judge_counts, judge_slice, judge_traces,
 from lightning_da.data.prompts import prompts_fingerprint
 from lightning_da.data.traces import TraceCache, generate_traces, slice_batches
 from lightning_da.distributed import all_gather_objects, meeting_group
+from lightning_da.errors import UserError
 from lightning_da.generation import VLLMGenerator, batch_seed, check_backend, sample_chats
 
 log = logging.getLogger(__name__)
@@ -54,16 +55,22 @@ def trace_cache(cfg: DictConfig, spec, prompts) -> TraceCache:
     )
 
 
-def teacher_traces(cfg: DictConfig, spec, prompts, *, slice_index: int = 0, slices: int = 1):
+def teacher_traces(cfg: DictConfig, spec, prompts, *, slice_index: int = 0, slices: int = 1, sends: bool = True):
     """(cache, traces): the teacher's traces for `prompts` with `spec` in context, generated, resumed or reused from
     the cache (`trace_cache`); with `slices`, only this slice's batches are generated, and the traces are None until
-    every slice has run."""
+    every slice has run. The teacher loads only if the slice lacks a trace. `sends`: as `generate_traces`'s."""
     cache = trace_cache(cfg, spec, prompts)
     if cache.complete:
         return cache, cache.dataset()
+    done = cache.done_indices()
+    if all(i in done for batch in slice_batches(len(prompts), cfg.teacher.batch_size, slice_index, slices) for i in batch):
+        if len(done) < len(prompts):
+            return cache, None  # other slices still to run
+        cache.mark_complete(len(prompts))  # a run stopped between its last shard and this mark
+        return cache, cache.dataset()
     source, sampling = instantiate(cfg.teacher.model), instantiate(cfg.teacher.sampling)
     traces = generate_traces(cache, prompts, teacher_sampler(cfg, source, spec, sampling), batch_size=cfg.teacher.batch_size,
-                             slice_index=slice_index, slices=slices)
+                             slice_index=slice_index, slices=slices, sends=sends)
     release_memory()
     return cache, traces
 
@@ -108,15 +115,23 @@ def teacher_stage(cfg: DictConfig, spec, prompts, judge, *, rank: int = 0, world
     the others' wait with an error (`meeting_group`); a rerun on any number of ranks or slices redoes only what no
     shard holds."""
     group = meeting_group(world)
-    index, count = slice_index + rank * slices, slices * world
+    # Who generates: every rank, or each tensor-parallel group of vLLM ranks (its first sends the prompts, the others
+    # join its engine's calls), or rank 0 alone for an HF teacher spread over the GPUs (device_map).
+    size = teacher_group_size(cfg, world)
+    index, count = slice_index + rank // size * slices, slices * (world // size)
     mine = [i for batch in slice_batches(len(prompts), cfg.teacher.batch_size, index, count) for i in batch]
-    before = trace_cache(cfg, spec, prompts).done_indices()
-    started = time.perf_counter()
-    cache, traces = teacher_traces(cfg, spec, prompts, slice_index=index, slices=count)
+    cache = trace_cache(cfg, spec, prompts)
+    before, started, traces = cache.done_indices(), time.perf_counter(), None
+    if rank % size == 0 or check_backend(cfg.generation):
+        cache, traces = teacher_traces(cfg, spec, prompts, slice_index=index, slices=count, sends=rank % size == 0)
     seconds = time.perf_counter() - started
-    generated = sum(i not in before for i in mine) * cfg.teacher.samples_per_prompt
-    judge_slice(cache, judge, n_prompts=len(prompts), batch_size=cfg.teacher.batch_size, slice_index=index, slices=count)
-    done = all_gather_objects((generated, seconds), world, group=group)  # the meeting: every rank's slice is judged
+    generated = sum(i not in before for i in mine) * cfg.teacher.samples_per_prompt if rank % size == 0 else 0
+    done = all_gather_objects((generated, seconds), world, group=group)  # the meeting: every slice generated
+    # Every rank judges its share of the job's slice.
+    judge_slice(cache, judge, n_prompts=len(prompts), batch_size=cfg.teacher.batch_size, slice_index=slice_index + rank * slices,
+                slices=slices * world)
+    if world > 1:
+        torch.distributed.barrier(group=group)
     if traces is None and cache.complete:  # another rank completed it
         traces = cache.dataset()
     splits = None
@@ -127,6 +142,20 @@ def teacher_stage(cfg: DictConfig, spec, prompts, judge, *, rank: int = 0, world
             if world > 1:
                 torch.distributed.barrier(group=group)
     return Stage(cache, splits, sum(g for g, _ in done), max(s for _, s in done))
+
+
+def teacher_group_size(cfg: DictConfig, world: int) -> int:
+    """How many ranks share one teacher: vLLM's tensor-parallel group; every rank for an HF teacher whose weights
+    span the GPUs (`device_map`); else 1."""
+    if world == 1:
+        return 1
+    if check_backend(cfg.generation):
+        size = cfg.generation.vllm.tensor_parallel_size
+        if world % size:
+            raise UserError(f"generation.vllm.tensor_parallel_size={size} must divide the {world} ranks (trainer.devices x "
+                            "trainer.num_nodes): each group of that many ranks shares one teacher engine")
+        return size
+    return world if cfg.teacher.model.get("device_map") is not None else 1
 
 
 def stage_summary(cfg: DictConfig, spec, prompts, judge, *, slice_index: int = 0, slices: int = 1) -> dict:

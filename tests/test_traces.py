@@ -332,15 +332,35 @@ def test_a_rank_killed_mid_slice_stops_the_run_and_a_resume_on_one_process_finis
 def test_the_ranks_of_a_traces_job_split_its_slice(tmp_path, compose_train):
     """traces.py slice=1 slices=2 on 2 ranks: rank r takes slice 1 + 2r of 4 (batches 1 and 3); slice 0 on one
     process then completes the cache, judged, equal to one process; traces.json says what the job did."""
-    first = traces_cli(tmp_path, "slice=1", "slices=2", *DDP, "logger=csv", f"hydra.run.dir={tmp_path / 'job1'}")
+    eight = "data.limit=8"
+    first = traces_cli(tmp_path, eight, "slice=1", "slices=2", *DDP, "logger=csv", f"hydra.run.dir={tmp_path / 'job1'}")
     assert first.returncode == 0, first.stderr[-3000:]
     assert "teacher traces (slice 1 of 4)" in first.stderr and "teacher traces (slice 3 of 4)" in first.stderr
     [cache] = (tmp_path / "cache" / "traces").iterdir()
-    assert sorted(r["index"] for r in read_records(cache)) == [2, 3]  # batch 1 (batch 3 is empty: 6 prompts)
+    assert sorted(r["index"] for r in read_records(cache)) == [2, 3, 6, 7]  # batches 1 and 3 of 2 prompts
     job = json.loads((tmp_path / "job1" / "traces.json").read_text())
-    assert (job["ranks"], job["traces_generated"], job["prompts_generated"], job["complete"]) == (2, 2, 2, False)
+    assert (job["ranks"], job["traces_generated"], job["prompts_generated"], job["complete"], job["traces_judged"]) == (2, 4, 4, False, 4)
     assert first.stdout.count("prompts generated") == 1  # one summary line, from rank 0
-    second = traces_cli(tmp_path, "slice=0", "slices=2", "logger=csv", f"hydra.run.dir={tmp_path / 'job0'}")
+    second = traces_cli(tmp_path, eight, "slice=0", "slices=2", "logger=csv", f"hydra.run.dir={tmp_path / 'job0'}")
     assert second.returncode == 0, second.stderr[-3000:]
-    assert "complete; judged: kept 6, rejected 0" in second.stdout
-    assert read_records(cache) == one_process_records(tmp_path, compose_train)
+    assert "8 of 8 prompts generated (slice 0 of 2: 4 of 4), complete; judged: kept 8, rejected 0" in second.stdout
+    assert read_records(cache) == one_process_records(tmp_path, compose_train, eight)
+
+
+@pytest.mark.slow
+def test_a_tensor_parallel_group_of_vllm_ranks_shares_one_engine_for_its_slice(tmp_path):
+    """generation.backend=vllm (the stand-in) with tensor_parallel_size=2 on 2 gloo ranks: one group, one slice; its
+    first rank sends each batch once, the other joins every call with nothing, so each engine of the group gets each
+    request once; the records are one process's (TP 1), written once."""
+    from tests.conftest import stand_in_cli
+
+    vllm = ["generation.backend=vllm", "logger=csv"]
+    events = stand_in_cli("train.py", tmp_path / "tp" / "run", *TINY_TRACES, *TINY_TRAIN, *vllm, *DDP,
+                          "generation.vllm.tensor_parallel_size=2")
+    requests = [e for e in events if e["event"] == "request"]
+    by_rank = {rank: [json.dumps({**e, "rank": None}, sort_keys=True) for e in requests if e["rank"] == rank] for rank in "01"}
+    assert len(by_rank["0"]) == 6 and by_rank["0"] == by_rank["1"]  # 3 batches of 2 prompts, each request once per engine
+    one = stand_in_cli("train.py", tmp_path / "one" / "run", *TINY_TRACES, *TINY_TRAIN, *vllm)
+    assert len([e for e in one if e["event"] == "request"]) == 6
+    [tp_cache], [one_cache] = (list((tmp_path / name / "cache" / "traces").iterdir()) for name in ("tp", "one"))
+    assert read_records(tp_cache) == read_records(one_cache) and len(read_records(tp_cache)) == 6

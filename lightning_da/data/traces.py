@@ -101,6 +101,7 @@ def generate_traces(
     batch_size: int,
     slice_index: int = 0,
     slices: int = 1,
+    sends: bool = True,
 ) -> datasets.Dataset | None:
     """Fill `cache` with one trace per prompt of this slice (`slice_batches`; all of them by default), skipping
     prompts that already have one. The cache is marked complete once every prompt of every slice has its trace; then
@@ -108,6 +109,8 @@ def generate_traces(
 
     `generate(rows, first_index)` returns the outputs (one or more samples) of each row; it is
     seeded by the batch's first index so a resumed batch samples what the interrupted one would have.
+    `sends=False`: a member of a tensor-parallel group other than its first, whose engine is the group's: it calls
+    `generate` with no rows once for each of the slice's batches (the engine's collectives), and writes nothing.
     """
     if cache.complete:
         log.info("teacher traces: all %d cached in %s", len(prompts), cache.dir)
@@ -118,6 +121,10 @@ def generate_traces(
     todo = [batch for batch in mine if batch]
     if done:
         log.info("teacher traces: resuming, %d of %d already in %s", len(done), len(prompts), cache.dir)
+    if not sends:
+        for indices in todo:
+            generate([], indices[0])
+        return None
     where = f" (slice {slice_index} of {slices})" if slices > 1 else ""
     made = 0
     with tqdm(total=total, initial=total - sum(map(len, todo)), desc=f"teacher traces{where}", unit="prompt") as bar:

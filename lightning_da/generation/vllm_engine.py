@@ -260,7 +260,8 @@ class VLLMGenerator:
                      num_return_sequences: int = 1, seed: int = 0, continuation: str = "") -> list[str]:
         """Completions of each chat, grouped by chat, special tokens removed: as `generation.sample_chats`."""
         texts, special = chat_texts(tokenizer, chats, continuation)
-        ids = tokenizer(texts, add_special_tokens=special)["input_ids"]
+        # No chats: a tensor-parallel member joining its group's call with nothing of its own.
+        ids = tokenizer(texts, add_special_tokens=special)["input_ids"] if texts else []
         completions = self.generate_ids(ids, tokenizer, n=num_return_sequences, sampling=sampling, seed=seed)
         return [continuation + t for t in tokenizer.batch_decode([c.ids for row in completions for c in row], skip_special_tokens=True)]
 

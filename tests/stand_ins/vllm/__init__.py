@@ -219,7 +219,7 @@ class LLM:
                                  f"{self.max_model_len}.")
             _record({"event": "request", "prompt_token_ids": ids, "seed": p.seed, "n": p.n, "temperature": p.temperature,
                      "top_p": p.top_p, "top_k": p.top_k, "max_tokens": p.max_tokens, "stop_token_ids": p.stop_token_ids,
-                     "logprobs": p.logprobs, "lora_path": getattr(lora_request, "lora_path", None)})
+                     "logprobs": p.logprobs, "lora_path": getattr(lora_request, "lora_path", None), "rank": os.environ.get("RANK")})
             request = RequestOutput(str(index), ids)
             for k in range(p.n):
                 if p.seed is not None:
