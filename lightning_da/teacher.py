@@ -106,6 +106,11 @@ class Stage:
     splits: datasets.DatasetDict | None
     traces_generated: int
     seconds: float
+    ranks: int
+
+    def stats(self) -> dict:
+        return {"ranks": self.ranks, "traces_generated": self.traces_generated, "seconds": round(self.seconds, 3),
+                "traces_per_s": self.traces_generated / self.seconds if self.seconds else 0.0}
 
 
 def teacher_stage(cfg: DictConfig, spec, prompts, judge, *, rank: int = 0, world: int = 1, slice_index: int = 0,
@@ -134,14 +139,13 @@ def teacher_stage(cfg: DictConfig, spec, prompts, judge, *, rank: int = 0, world
         torch.distributed.barrier(group=group)
     if traces is None and cache.complete:  # another rank completed it
         traces = cache.dataset()
-    splits = None
-    if traces is not None:
-        for turn in ((0,), range(1, world)) if world > 1 else ((0,),):
-            if rank in turn:  # rank 0 builds the splits; the others then read them
-                splits = judge_traces(cache, traces, judge)
-            if world > 1:
-                torch.distributed.barrier(group=group)
-    return Stage(cache, splits, sum(g for g, _ in done), max(s for _, s in done))
+    # Rank 0 builds the splits; the others then read them.
+    splits = judge_traces(cache, traces, judge) if traces is not None and rank == 0 else None
+    if world > 1:
+        torch.distributed.barrier(group=group)
+        if traces is not None and rank != 0:
+            splits = judge_traces(cache, traces, judge)
+    return Stage(cache, splits, sum(g for g, _ in done), max(s for _, s in done), world)
 
 
 def teacher_group_size(cfg: DictConfig, world: int) -> int:
@@ -175,12 +179,17 @@ def stage_summary(cfg: DictConfig, spec, prompts, judge, *, slice_index: int = 0
 
 
 def summary_line(summary: dict) -> str:
-    """`stage_summary` as the one line the stage prints."""
+    """`stage_summary` (with a `Stage`'s `stats`, what this run did) as the one line the stage prints."""
     line = f"traces {summary['cache']}: {summary['prompts_generated']} of {summary['prompts']} prompts generated"
     if "slices" in summary:
         line += f" (slice {summary['slice']} of {summary['slices']}: {summary['slice_generated']} of {summary['slice_prompts']})"
     line += ", complete" if summary["complete"] else ", not complete"
     if "traces_kept" not in summary:
-        return line + f"; {summary['traces_judged']} traces judged so far"
-    return (line + f"; judged: kept {summary['traces_kept']}, rejected {summary['traces_rejected']} (unsafe "
-            f"{summary['traces_unsafe']}, unparsable {summary['traces_unparsable']})")
+        line += f"; {summary['traces_judged']} traces judged so far"
+    else:
+        line += (f"; judged: kept {summary['traces_kept']}, rejected {summary['traces_rejected']} (unsafe "
+                 f"{summary['traces_unsafe']}, unparsable {summary['traces_unparsable']})")
+    if "ranks" in summary:
+        line += (f"; this run: {summary['traces_generated']} traces in {summary['seconds']:.1f} s on {summary['ranks']} "
+                 f"rank(s), {summary['traces_per_s']:.2f} traces/s")
+    return line

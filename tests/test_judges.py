@@ -152,3 +152,32 @@ def test_llama_guard_raw_response_is_the_reference_codes_evaluation(guard_dir, m
         LlamaGuardJudge(model=judge.model, input="raw")
     assert str(error.value) == ("judge.input='raw': set chat (the prompt and response in the model card's format) or raw_response "
                                 "(the reference code's: the response alone)")
+
+
+def test_a_generative_judge_on_the_vllm_backend_sends_each_exchange_once_and_reads_what_hf_reads(guard_dir, engine_log):
+    """judge.backend=vllm (the stand-in): every exchange of a call one greedy request of the formatted text's ids (no
+    special tokens added: the template wrote them), `max_new_tokens` long; the verdicts' raw texts those of the hf
+    backend; the verdicts cached apart (the backend in the judge's identity, hf's identity as before)."""
+    from lightning_da.generation import VLLMSettings
+
+    model = HubModel(name="stand-in", path=str(guard_dir))
+    hf = LlamaGuardJudge(model=model, batch_size=2, max_new_tokens=6)
+    engine = LlamaGuardJudge(model=model, max_new_tokens=6, backend="vllm", vllm=VLLMSettings())
+    prompts, responses = ["a", "bb bb", "c"], ["x", "y y y", "z"]
+    assert [v.raw for v in engine.judge(prompts, responses)] == [v.raw for v in hf.judge(prompts, responses)]
+    requests = [e for e in engine_log() if e["event"] == "request"]
+    _, tokenizer = hf.loaded()
+    assert [r["prompt_token_ids"] for r in requests] == [
+        tokenizer(hf.format(tokenizer, p, r), add_special_tokens=False)["input_ids"] for p, r in zip(prompts, responses, strict=True)]
+    assert {(r["n"], r["temperature"], r["max_tokens"]) for r in requests} == {(1, 0.0, 6)}
+    assert engine.identity() == {**hf.identity(), "backend": "vllm"} and "backend" not in hf.identity()
+    with pytest.raises(UserError, match=r"^judge.backend='tgi': set one of hf, vllm$"):
+        LlamaGuardJudge(model=model, backend="tgi")
+
+
+def test_the_judges_engine_settings_are_the_generation_groups(compose_train):
+    from hydra.utils import instantiate
+
+    judge = instantiate(compose_train("judge=llama_guard3", "judge.backend=vllm", "generation.vllm.gpu_memory_utilization=0.4").judge)
+    assert judge.backend == "vllm" and judge.vllm.gpu_memory_utilization == 0.4
+    assert instantiate(compose_train("judge=wildguard").judge).backend == "hf"

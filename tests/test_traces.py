@@ -13,6 +13,7 @@ import pytest
 from lightning_da.data.filtering import judge_counts, judge_traces
 from lightning_da.data.traces import TraceCache, content_key, generate_traces
 from lightning_da.judges import RefusalPrefixJudge
+from tests import wandb_log
 
 PROMPTS = datasets.Dataset.from_list([{"prompt": f"prompt {i}", "categories": ["violence"]} for i in range(10)])
 
@@ -177,6 +178,12 @@ def test_a_multirun_over_slices_fills_the_cache_train_py_then_reads(tmp_path, co
     assert status.returncode == 0 and status.stdout.endswith(": 0 of 6 prompts generated, not complete; 0 traces judged so far\n")
     done = traces_cli(tmp_path, "slice=0,1", "slices=2", "hydra/launcher=joblib", f"hydra.sweep.dir={tmp_path / 'sweep'}", multirun=True)
     assert done.returncode == 0, done.stderr[-2000:]
+    logged = {}  # each job's summary in its offline W&B run: slice 0 has batches 0 and 2 (4 prompts), slice 1 batch 1
+    for job in (0, 1):
+        [log] = (tmp_path / "sweep").glob(f"{job}_*/wandb/offline-run-*/run-*.wandb")
+        (project, _), history = wandb_log.run_and_history(log)
+        logged[job] = (project, history["traces/prompts"], history["traces/traces_generated"], history["traces/slice"])
+    assert logged == {0: ("lightning_da", 6, 4, 0), 1: ("lightning_da", 6, 2, 1)}
     status = traces_cli(tmp_path, "status=true", "slice=1", "slices=2", f"hydra.run.dir={tmp_path / 'status1'}")
     assert status.stdout.endswith(": 6 of 6 prompts generated (slice 1 of 2: 2 of 2), complete; judged: kept 6, rejected 0 "
                                   "(unsafe 0, unparsable 0)\n"), status.stdout
@@ -290,7 +297,8 @@ def test_two_gloo_ranks_generate_and_judge_a_slice_each_into_the_records_of_one_
     assert [r["index"] for r in records] == list(range(6))
     assert records == one_process_records(tmp_path, compose_train)
     assert sorted(i for i, _ in json_verdicts(cache)) == list(range(6)) and (cache / "complete").exists()
-    assert "teacher stage: 6 traces in" in (tmp_path / "ddp" / "train.log").read_text()
+    assert "6 of 6 prompts generated, complete; judged: kept 6, rejected 0 (unsafe 0, unparsable 0); this run: 6 traces in" in (
+        tmp_path / "ddp" / "train.log").read_text()
 
 
 def json_verdicts(cache: Path) -> list[tuple[int, int]]:
@@ -323,7 +331,7 @@ def test_a_rank_killed_mid_slice_stops_the_run_and_a_resume_on_one_process_finis
     assert not (cache / "complete").exists() and 0 < len(left) < 16, f"killed after {killed}: {len(left)} of 16 left"
     resumed = train_cli(tmp_path, "resumed", *long)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"teacher stage: {16 - len(left)} traces in" in (tmp_path / "resumed" / "train.log").read_text()
+    assert f"this run: {16 - len(left)} traces in" in (tmp_path / "resumed" / "train.log").read_text()
     records = read_records(cache)
     assert sorted(r["index"] for r in records) == list(range(16))  # every prompt exactly once
     assert sorted(records, key=lambda r: r["index"]) == one_process_records(tmp_path, compose_train, *long)

@@ -192,7 +192,7 @@ class VLLMGenerator:
     """A vLLM engine on `source` (a model source of `lightning_da.models`), with `adapter` applied;
     `model_dir` instead of the source's own directory, `engine_args` added to vLLM's (GRPO's engine)."""
 
-    def __init__(self, source, settings: VLLMSettings, *, adapter: str | Path | None = None, cache_dir: str | Path,
+    def __init__(self, source, settings: VLLMSettings, *, adapter: str | Path | None = None, cache_dir: str | Path | None = None,
                  seed: int = 0, model_dir: str | Path | None = None, engine_args: dict | None = None):
         vllm = import_vllm()
         self.vllm, self.settings = vllm, settings

@@ -39,8 +39,8 @@ class LlamaGuardJudge(GenerativeJudge):
     name = "llama_guard3"
 
     def __init__(self, model: HubModel, content_parts: bool = False, batch_size: int = 8, max_new_tokens: int = 10,
-                 input: str = "chat"):
-        super().__init__(model, batch_size=batch_size, max_new_tokens=max_new_tokens)
+                 input: str = "chat", backend: str = "hf", vllm=None):
+        super().__init__(model, batch_size=batch_size, max_new_tokens=max_new_tokens, backend=backend, vllm=vllm)
         if input not in INPUTS:
             raise UserError(f"judge.input={input!r}: set chat (the prompt and response in the model card's format) or "
                             f"raw_response (the reference code's: the response alone)")

@@ -30,16 +30,13 @@ def run_traces(cfg: DictConfig) -> dict:
     prompts = instantiate(cfg.data).load(spec.categories)
     judge = instantiate(cfg.judge)
     judge.check()  # its weights load only when it judges
-    rank, world, run = 0, 1, {}
+    rank, run = 0, {}
     if not cfg.status:
         rank, world = launch_ranks(cfg.trainer)
-        stage = teacher_stage(cfg, spec, prompts, judge, rank=rank, world=world, slice_index=cfg.slice, slices=slices)
-        run = {"ranks": world, "traces_generated": stage.traces_generated, "seconds": round(stage.seconds, 3),
-               "traces_per_s": stage.traces_generated / stage.seconds if stage.seconds else 0.0}
+        run = teacher_stage(cfg, spec, prompts, judge, rank=rank, world=world, slice_index=cfg.slice, slices=slices).stats()
     summary = {**stage_summary(cfg, spec, prompts, judge, slice_index=cfg.slice, slices=slices), **run}
     if rank == 0:
-        print(summary_line(summary) + (f"; this run: {run['traces_generated']} traces in {run['seconds']:.1f} s "
-                                       f"on {world} rank(s), {run['traces_per_s']:.2f} traces/s" if run else ""))
+        print(summary_line(summary))
         if not cfg.status:
             write_text_atomic(Path(cfg.paths.output_dir) / "traces.json", json.dumps(summary, indent=2) + "\n")
             _log(cfg, summary)

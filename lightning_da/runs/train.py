@@ -26,7 +26,7 @@ from lightning_da.generation.colocated import PolicyEngine
 from lightning_da.generation.vllm_engine import import_vllm
 from lightning_da.models.lora import check_adapter_dir
 from lightning_da.models.vocabulary import add_think_tokens, wants_think_tokens
-from lightning_da.teacher import release_memory, teacher_stage
+from lightning_da.teacher import release_memory, stage_summary, summary_line, teacher_stage
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +74,8 @@ def filtered_traces(cfg: DictConfig, data):
     judge = instantiate(cfg.judge)
     rank, world = process_rank()
     stage = teacher_stage(cfg, spec, prompts, judge, rank=rank, world=world)
-    if stage.traces_generated and rank == 0:
-        log.info("teacher stage: %d traces in %.0f s on %d rank(s), %.2f traces/s", stage.traces_generated, stage.seconds,
-                 world, stage.traces_generated / stage.seconds)
+    if rank == 0:
+        log.info("teacher stage: %s", summary_line({**stage_summary(cfg, spec, prompts, judge), **stage.stats()}))
     del judge
     release_memory()
     return stage.splits
