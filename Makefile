@@ -51,7 +51,7 @@ test: install
 # stand-in (tests/stand_ins/vllm) plays it, as in `make test`.
 COMPAT := .venv-vllm-compat
 COMPAT_TESTS := tests/test_vllm_backend.py tests/test_grpo_vllm.py tests/test_grpo.py tests/test_grpo_losses.py \
-	tests/test_scoring.py tests/test_candidates.py
+	tests/test_scoring.py tests/test_candidates.py tests/test_traces.py tests/test_judges.py
 
 $(COMPAT)/.installed: pyproject.toml constraints-vllm.txt
 	test -x $(COMPAT)/bin/python || $(PYTHON) -m venv $(COMPAT)

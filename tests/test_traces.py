@@ -12,6 +12,7 @@ import pytest
 
 from lightning_da.data.filtering import judge_counts, judge_traces
 from lightning_da.data.traces import TraceCache, content_key, generate_traces
+from lightning_da.errors import UserError
 from lightning_da.judges import RefusalPrefixJudge
 from tests import wandb_log
 
@@ -372,3 +373,19 @@ def test_a_tensor_parallel_group_of_vllm_ranks_shares_one_engine_for_its_slice(t
     assert len([e for e in one if e["event"] == "request"]) == 6
     [tp_cache], [one_cache] = (list((tmp_path / name / "cache" / "traces").iterdir()) for name in ("tp", "one"))
     assert read_records(tp_cache) == read_records(one_cache) and len(read_records(tp_cache)) == 6
+
+
+def test_who_shares_a_teacher(compose_train, engine_log):
+    """One teacher per rank; per tensor-parallel group of vLLM ranks (a size that does not divide the ranks is one line);
+    one for all ranks when an HF teacher spreads over the GPUs (rank 0 generates)."""
+    from lightning_da.teacher import teacher_group_size
+
+    cfg = compose_train(*TINY_TRACES)
+    assert [teacher_group_size(cfg, world) for world in (1, 4)] == [1, 1]
+    vllm = compose_train(*TINY_TRACES, "generation.backend=vllm", "generation.vllm.tensor_parallel_size=2")
+    assert [teacher_group_size(vllm, world) for world in (1, 2, 4)] == [1, 2, 2]
+    with pytest.raises(UserError, match=r"^generation.vllm.tensor_parallel_size=2 must divide the 3 ranks \(trainer.devices x "
+                                        r"trainer.num_nodes\): each group of that many ranks shares one teacher engine$"):
+        teacher_group_size(vllm, 3)
+    spread = compose_train("teacher=r1_llama_70b")
+    assert (spread.teacher.model.device_map, teacher_group_size(spread, 4), teacher_group_size(spread, 1)) == ("auto", 4, 1)

@@ -1,11 +1,10 @@
-"""traces.py: the teacher stage alone: the teacher's traces for one slice of the prompts (or all), each slice judged
-as it is generated, and once the cache holds every prompt the judge's splits; `status=true` says what the cache holds.
-Under a multi-process `trainer` (ddp, slurm) each rank takes its own part of the slice.  `python traces.py --help`"""
+"""traces.py: the teacher stage alone: the teacher's traces for one slice of the prompts (or all), judged by the job
+that generated them, and once the cache holds every prompt the judge's splits; `status=true` says what the cache
+holds. Under a multi-process `trainer` (ddp, slurm) each rank takes its own part of the slice.  `python traces.py --help`"""
 
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 from hydra.utils import instantiate
@@ -16,8 +15,6 @@ from lightning_da.atomic import write_text_atomic
 from lightning_da.distributed import launch_ranks
 from lightning_da.errors import UserError, check_at_least
 from lightning_da.teacher import stage_summary, summary_line, teacher_stage
-
-log = logging.getLogger(__name__)
 
 
 def run_traces(cfg: DictConfig) -> dict:
