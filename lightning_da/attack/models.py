@@ -13,15 +13,25 @@ from dataclasses import dataclass, field
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lightning_da.attack.pair import AttackerRequest
+from lightning_da.errors import UserError
 from lightning_da.generation import SamplingConfig, decode_completions, sample_completions
 
 TARGETS = ("instruct", "aligned", "aligned_bon")
 SUCCESS_SCORE, FAILURE_SCORE = 10.0, 1.0  # PAIR's scale: 10 is a jailbreak
 
 
+# A call's seed is spaced from the last by more than any call's requests: vLLM seeds request i of a call from the
+# call's seed + i (`request_seed`), so calls one apart would replay each other's requests shifted by one (round 1's
+# streams hold the same messages: a retried stream would copy another's reply). Behaviours are spaced by as many calls.
+CALL_STRIDE = 2**16
+BEHAVIOUR_STRIDE = CALL_STRIDE * 2**16
+
+
 @dataclass
 class Seeded:
-    """Seeds for one behaviour's calls: `seed + 1_000_003 x behaviour + call`, the call counted from 0."""
+    """Seeds for one behaviour's calls: `seed + BEHAVIOUR_STRIDE x behaviour + CALL_STRIDE x call`, the call counted
+    from 0; no two requests of any two calls (of fewer than CALL_STRIDE requests each) share a random stream on either
+    backend."""
 
     seed: int = 0
     behaviour: int = 0
@@ -31,8 +41,11 @@ class Seeded:
         self.behaviour, self.calls = behaviour, 0
 
     def next_seed(self) -> int:
+        if self.calls == BEHAVIOUR_STRIDE // CALL_STRIDE:
+            raise UserError(f"a behaviour made {self.calls} seeded calls, the most its seeds are spaced for: lower "
+                            "attack.depth or attack.max_attempts")
         self.calls += 1
-        return self.seed + 1_000_003 * self.behaviour + self.calls - 1
+        return self.seed + BEHAVIOUR_STRIDE * self.behaviour + CALL_STRIDE * (self.calls - 1)
 
 
 # As PAIR does, the attacker's answer is begun for it, so that even a weak model writes the JSON asked for.
