@@ -11,6 +11,7 @@ from omegaconf import open_dict
 
 from lightning_da.configs import CONF_DIR
 from lightning_da.errors import run_or_exit
+from lightning_da.judges import RefusalPrefixJudge
 from lightning_da.models.lora import random_adapter
 from lightning_da.runs import attack as attack_run
 from lightning_da.runs.attack import run_attack
@@ -137,6 +138,24 @@ def test_bad_settings_are_one_line_errors_before_anything_loads(tmp_path, adapte
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert exited.value.code == 2 and len(errors) == 1 and message in errors[0]
 
+
+
+def test_the_resume_key_holds_everything_that_changes_a_result(tmp_path, adapter):
+    """A run with another rating model (when it rates), another backend or another seed scheme does not reuse the
+    finished behaviours; a rating model that does not rate changes nothing."""
+    from lightning_da.runs.attack import resume_key
+
+    judge, goals = RefusalPrefixJudge(), [("pick a lock", "Sure")]
+
+    def key(*overrides):
+        return resume_key(attack_cfg(tmp_path, adapter, *overrides), goals, judge)
+
+    other = "rating_model={_target_:lightning_da.models.TinyRandomLlama,seed:4}"
+    rating = key("scorer=rating")
+    assert rating != key("scorer=rating", other) and rating["rating_model"]["seed"] == 3  # the attacker's model
+    assert key() == key(other) and key()["rating_model"] is None
+    assert key()["backend"] == "hf" and key("generation.backend=vllm")["backend"] == "vllm"
+    assert key()["seeds"] == "calls 65536 apart"
 
 
 def test_pairs_rating_scorer_runs_on_the_attackers_model(tmp_path, adapter):

@@ -26,7 +26,15 @@ from omegaconf.errors import InterpolationKeyError
 from tqdm.auto import tqdm
 
 from lightning_da.atomic import keyed_parts_dir, write_text_atomic
-from lightning_da.attack.models import TARGETS, BestOfNTarget, ChatAttacker, FirstSampleTarget, JudgeScorer, RatingScorer
+from lightning_da.attack.models import (
+    CALL_STRIDE,
+    TARGETS,
+    BestOfNTarget,
+    ChatAttacker,
+    FirstSampleTarget,
+    JudgeScorer,
+    RatingScorer,
+)
 from lightning_da.attack.pair import PAIR, behaviours
 from lightning_da.attribution.selectors import check_layer
 from lightning_da.data.traces import content_key
@@ -99,6 +107,19 @@ def build_targets(cfg: DictConfig, model, base, tokenizer) -> dict:
     return {name: builders[name]() for name in cfg.targets}
 
 
+def resume_key(cfg: DictConfig, goals: list[tuple[str, str]], judge) -> dict:
+    """Everything that changes a behaviour's result: the finished behaviours of a run with another key are not
+    reused (`keyed_parts_dir`)."""
+    return {
+        "behaviours": content_key([list(g) for g in goals]), "targets": list(cfg.targets), "seed": cfg.seed, "adapter": cfg.adapter,
+        "settings": OmegaConf.to_container(cfg.attack), "student": OmegaConf.to_container(cfg.student, resolve=True),
+        "attacker": OmegaConf.to_container(cfg.attacker, resolve=True), "judge": judge.identity(), "n_candidates": cfg.n_candidates,
+        "max_new_tokens": cfg.max_new_tokens, "layer": cfg.attribution.layer, "scorer": cfg.scorer,
+        "rating_model": OmegaConf.to_container(cfg.rating_model, resolve=True) if cfg.scorer == "rating" else None,
+        "backend": cfg.generation.backend, "seeds": f"calls {CALL_STRIDE} apart",  # engines sample differently; the seed scheme
+    }
+
+
 def run_attack(cfg: DictConfig) -> dict:
     check_settings(cfg)
     L.seed_everything(cfg.seed)
@@ -111,11 +132,7 @@ def run_attack(cfg: DictConfig) -> dict:
     attacker, targets = build_attacker(cfg, device), build_targets(cfg, model, base, tokenizer)
     scorer = build_scorer(cfg, judge, attacker, device)
     run = Path(cfg.paths.output_dir)
-    parts = keyed_parts_dir(run / "attack.parts", {
-        "behaviours": content_key([list(g) for g in goals]), "targets": list(cfg.targets), "seed": cfg.seed, "adapter": cfg.adapter,
-        "settings": OmegaConf.to_container(cfg.attack), "student": OmegaConf.to_container(cfg.student, resolve=True),
-        "attacker": OmegaConf.to_container(cfg.attacker, resolve=True), "judge": judge.identity(), "n_candidates": cfg.n_candidates,
-        "max_new_tokens": cfg.max_new_tokens, "layer": cfg.attribution.layer, "scorer": cfg.scorer})
+    parts = keyed_parts_dir(run / "attack.parts", resume_key(cfg, goals, judge))
     todo = [k for k in range(len(goals)) if not (parts / f"behaviour-{k:06d}.jsonl").exists()]
     if len(todo) < len(goals):
         log.info("resuming: %d of %d behaviours already in %s", len(goals) - len(todo), len(goals), parts)
