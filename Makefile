@@ -53,7 +53,8 @@ COMPAT := .venv-vllm-compat
 COMPAT_TESTS := tests/test_vllm_backend.py tests/test_grpo_vllm.py tests/test_grpo.py tests/test_grpo_losses.py \
 	tests/test_scoring.py tests/test_candidates.py tests/test_judges.py \
 	tests/test_traces.py::test_a_tensor_parallel_group_of_vllm_ranks_shares_one_engine_for_its_slice \
-	tests/test_traces.py::test_two_gloo_ranks_generate_and_judge_a_slice_each_into_the_records_of_one_process
+	tests/test_traces.py::test_two_gloo_ranks_generate_and_judge_a_slice_each_into_the_records_of_one_process \
+	tests/test_traces.py::test_vllm_ranks_build_their_engines_together_when_only_some_slices_lack_traces
 
 $(COMPAT)/.installed: pyproject.toml constraints-vllm.txt
 	test -x $(COMPAT)/bin/python || $(PYTHON) -m venv $(COMPAT)

@@ -55,24 +55,35 @@ def trace_cache(cfg: DictConfig, spec, prompts) -> TraceCache:
     )
 
 
-def teacher_traces(cfg: DictConfig, spec, prompts, *, slice_index: int = 0, slices: int = 1, sends: bool = True):
+def teacher_traces(cfg: DictConfig, spec, prompts, *, slice_index: int = 0, slices: int = 1, sends: bool = True,
+                   load: bool | None = None):
     """(cache, traces): the teacher's traces for `prompts` with `spec` in context, generated, resumed or reused from
     the cache (`trace_cache`); with `slices`, only this slice's batches are generated, and the traces are None until
-    every slice has run. The teacher loads only if the slice lacks a trace. `sends`: as `generate_traces`'s."""
+    every slice has run. The teacher loads only if the slice lacks a trace, or `load` says so (vLLM ranks build
+    their engines together). `sends`: as `generate_traces`'s."""
     cache = trace_cache(cfg, spec, prompts)
-    if cache.complete:
+    if cache.complete and not load:
         return cache, cache.dataset()
-    done = cache.done_indices()
-    if all(i in done for batch in slice_batches(len(prompts), cfg.teacher.batch_size, slice_index, slices) for i in batch):
+    if load is None:
+        load = slice_lacks(cache, len(prompts), cfg.teacher.batch_size, slice_index, slices)
+    if not load:
+        done = cache.done_indices()
         if len(done) < len(prompts):
             return cache, None  # other slices still to run
-        cache.mark_complete(len(prompts))  # a run stopped between its last shard and this mark
+        if not cache.complete:
+            cache.mark_complete(len(prompts))  # a run stopped between its last shard and this mark
         return cache, cache.dataset()
     source, sampling = instantiate(cfg.teacher.model), instantiate(cfg.teacher.sampling)
     traces = generate_traces(cache, prompts, teacher_sampler(cfg, source, spec, sampling), batch_size=cfg.teacher.batch_size,
                              slice_index=slice_index, slices=slices, sends=sends)
     release_memory()
     return cache, traces
+
+
+def slice_lacks(cache: TraceCache, n_prompts: int, batch_size: int, slice_index: int, slices: int) -> bool:
+    """Whether a prompt of the slice has no trace in the cache yet."""
+    done = cache.done_indices()
+    return any(i not in done for batch in slice_batches(n_prompts, batch_size, slice_index, slices) for i in batch)
 
 
 def teacher_sampler(cfg: DictConfig, source, spec, sampling):
@@ -126,9 +137,13 @@ def teacher_stage(cfg: DictConfig, spec, prompts, judge, *, rank: int = 0, world
     index, count = slice_index + rank // size * slices, slices * (world // size)
     mine = [i for batch in slice_batches(len(prompts), cfg.teacher.batch_size, index, count) for i in batch]
     cache = trace_cache(cfg, spec, prompts)
-    before, started, traces = cache.done_indices(), time.perf_counter(), None
+    before, started, traces, load = cache.done_indices(), time.perf_counter(), None, None
+    if check_backend(cfg.generation) and world > 1:
+        # vLLM makes its engines' process groups with every rank: all build one if any slice lacks a trace.
+        load = any(all_gather_objects(not cache.complete and slice_lacks(cache, len(prompts), cfg.teacher.batch_size, index,
+                                                                         count), world, group=group))
     if rank % size == 0 or check_backend(cfg.generation):
-        cache, traces = teacher_traces(cfg, spec, prompts, slice_index=index, slices=count, sends=rank % size == 0)
+        cache, traces = teacher_traces(cfg, spec, prompts, slice_index=index, slices=count, sends=rank % size == 0, load=load)
     seconds = time.perf_counter() - started
     generated = sum(i not in before for i in mine) * cfg.teacher.samples_per_prompt if rank % size == 0 else 0
     done = all_gather_objects((generated, seconds), world, group=group)  # the meeting: every slice generated

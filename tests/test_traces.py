@@ -389,3 +389,27 @@ def test_who_shares_a_teacher(compose_train, engine_log):
         teacher_group_size(vllm, 3)
     spread = compose_train("teacher=r1_llama_70b")
     assert (spread.teacher.model.device_map, teacher_group_size(spread, 4), teacher_group_size(spread, 1)) == ("auto", 4, 1)
+
+
+@pytest.mark.slow
+def test_vllm_ranks_build_their_engines_together_when_only_some_slices_lack_traces(tmp_path):
+    """4 gloo ranks, tensor_parallel_size 2 (the stand-in): the first group's slice is cached already, the second's
+    not. vLLM makes its engines' process groups with every rank, so the first group builds its engine too (it sends
+    nothing), else the second would wait for it for ever; the cache ends complete, as one process makes it."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent / "stand_ins"), os.environ.get("PYTHONPATH", "")]),
+           "VLLM_STAND_IN_LOG": str(tmp_path / "vllm.jsonl")}
+    vllm = ["generation.backend=vllm", "logger=csv", "data.limit=8", f"paths.cache_dir={tmp_path / 'cache'}"]
+
+    def run(name, *overrides):
+        return subprocess.run([sys.executable, "traces.py", *TINY_TRACES, *vllm, f"hydra.run.dir={tmp_path / name}", *overrides],
+                              cwd=Path(__file__).parents[1], env=env, capture_output=True, text=True, timeout=240)
+
+    first = run("first", "slice=0", "slices=2")
+    assert first.returncode == 0, first.stderr[-3000:]
+    grouped = run("grouped", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=4", "generation.vllm.tensor_parallel_size=2")
+    assert grouped.returncode == 0, grouped.stderr[-3000:]
+    assert "8 of 8 prompts generated, complete" in grouped.stdout and "this run: 4 traces" in grouped.stdout
+    events = [json.loads(line) for line in (tmp_path / "vllm.jsonl").read_text().splitlines()]
+    assert sum(e["event"] == "engine" for e in events) == 1 + 4  # the first run's, then one per rank
+    [cache] = (tmp_path / "cache" / "traces").iterdir()
+    assert sorted(r["index"] for r in read_records(cache)) == list(range(8))

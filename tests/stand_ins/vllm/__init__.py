@@ -5,8 +5,9 @@ Face `generate` on CPU. Put `tests/stand_ins` on the path to use it.
 It is as strict as vLLM where the glue could go wrong (each checked against vLLM's source):
 - `LLM`: an unknown keyword argument is a TypeError (vLLM hands them to `EngineArgs`); `max_lora_rank`
   one of vLLM's choices; `max_model_len` -1 or None for the model's context; `external_launcher` reads
-  RANK, LOCAL_RANK, MASTER_ADDR and MASTER_PORT from the environment and runs the model in this process
-  (`llm_engine.model_executor.driver_worker.model_runner.model`, there only);
+  RANK, LOCAL_RANK, MASTER_ADDR and MASTER_PORT from the environment, runs the model in this process
+  (`llm_engine.model_executor.driver_worker.model_runner.model`, there only) and, as vLLM agrees on the KV cache's
+  size, joins an all-reduce over every rank of the world when it is built;
 - `SamplingParams`: vLLM's range checks (temperature in [0, 2], top_p in (0, 1], top_k >= -1, max_tokens
   >= 1, n >= 1) and "n must be 1 when using greedy sampling";
 - requests: prompts as `{"prompt_token_ids": ...}`, a prompt longer than `max_model_len` refused, sample j
@@ -158,6 +159,12 @@ class LLM:
         self.weights_asleep, self.cache_asleep = False, False
         if backend == "external_launcher":  # the engine core in this process (vLLM: no V1 multiprocessing)
             self.llm_engine = type("LLMEngine", (), {"model_executor": _Executor(self)})()
+            # vLLM's ExecutorWithExternalLauncher.determine_available_memory: the minimum over every rank of the
+            # world, an all-reduce each engine's build joins (a rank that builds none leaves the others waiting).
+            import torch.distributed as dist
+
+            if dist.is_available() and dist.is_initialized():
+                dist.all_reduce(torch.tensor([1 << 30]), op=dist.ReduceOp.MIN)
         _record({"event": "engine", "model": str(model), "tensor_parallel_size": tensor_parallel_size,
                  "gpu_memory_utilization": gpu_memory_utilization, "max_model_len": max_model_len, "dtype": dtype,
                  "enable_lora": self.enable_lora, "max_lora_rank": self.max_lora_rank, "trust_remote_code": trust_remote_code,
