@@ -116,9 +116,8 @@ def generate_traces(
         log.info("teacher traces: all %d cached in %s", len(prompts), cache.dir)
         return cache.dataset()
     done = cache.done_indices()
-    mine = [[i for i in batch if i not in done] for batch in slice_batches(len(prompts), batch_size, slice_index, slices)]
-    total = sum(map(len, slice_batches(len(prompts), batch_size, slice_index, slices)))
-    todo = [batch for batch in mine if batch]
+    batches = slice_batches(len(prompts), batch_size, slice_index, slices)
+    todo = [missing for batch in batches if (missing := [i for i in batch if i not in done])]
     if done:
         log.info("teacher traces: resuming, %d of %d already in %s", len(done), len(prompts), cache.dir)
     if not sends:
@@ -126,21 +125,23 @@ def generate_traces(
             generate([], indices[0])
         return None
     where = f" (slice {slice_index} of {slices})" if slices > 1 else ""
-    made = 0
-    with tqdm(total=total, initial=total - sum(map(len, todo)), desc=f"teacher traces{where}", unit="prompt") as bar:
-        for indices in todo:
-            rows = [prompts[i] for i in indices]
-            outputs = generate(rows, indices[0])
-            cache.write_shard(
-                [
-                    {"index": i, "prompt": row["prompt"], "categories": list(row["categories"]), "outputs": list(samples)}
-                    for i, row, samples in zip(indices, rows, outputs, strict=True)
-                ]
-            )
-            bar.update(len(indices))
-            made += sum(map(len, outputs))
-            bar.set_postfix_str(f"{made / max(bar.format_dict['elapsed'], 1e-9):.2f} traces/s")
+    _write_batches(cache, prompts, generate, todo, total=sum(map(len, batches)), desc=f"teacher traces{where}")
     if len(cache.done_indices()) < len(prompts):
         return None
     cache.mark_complete(len(prompts))
     return cache.dataset()
+
+
+def _write_batches(cache: TraceCache, prompts: datasets.Dataset, generate, todo: list[list[int]], *, total: int, desc: str) -> None:
+    """Each batch of prompt indices in `todo` generated and written as a shard, under a bar of the slice's prompts
+    with the traces/s of this run."""
+    made = 0
+    with tqdm(total=total, initial=total - sum(map(len, todo)), desc=desc, unit="prompt") as bar:
+        for indices in todo:
+            rows = [prompts[i] for i in indices]
+            outputs = generate(rows, indices[0])
+            cache.write_shard([{"index": i, "prompt": row["prompt"], "categories": list(row["categories"]), "outputs": list(samples)}
+                               for i, row, samples in zip(indices, rows, outputs, strict=True)])
+            bar.update(len(indices))
+            made += sum(map(len, outputs))
+            bar.set_postfix_str(f"{made / max(bar.format_dict['elapsed'], 1e-9):.2f} traces/s")
