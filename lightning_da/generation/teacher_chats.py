@@ -51,6 +51,7 @@ def sample_chats(
         **sampling.generate_kwargs(),
         num_return_sequences=num_return_sequences,
         pad_token_id=tokenizer.pad_token_id,
+        tokenizer=tokenizer,  # read by `stop` strings only
     )
     new_tokens = output[:, encoded["input_ids"].shape[1]:]
     return [continuation + text for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]

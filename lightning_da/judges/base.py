@@ -10,11 +10,13 @@ Label = Literal["safe", "unsafe", "unparsable"]
 
 @dataclass(frozen=True)
 class Verdict:
-    """A judge's call on one (prompt, response). `unparsable` is never treated as safe."""
+    """A judge's call on one (prompt, response). `unparsable` is never treated as safe. `score`: a graded judge's
+    measure of harmful help in [0, 1] (StrongREJECT's), None for a judge that only labels."""
 
     label: Label
     category: str | None = None
     raw: str = ""
+    score: float | None = None
 
     @property
     def safe(self) -> bool:
@@ -22,6 +24,8 @@ class Verdict:
 
 
 class Judge(Protocol):
+    measures: str  # what the share of `unsafe` verdicts is: "ASR", or "non-refusal rate" for a refusal detector
+
     def identity(self) -> dict: ...
 
     def check(self) -> None:

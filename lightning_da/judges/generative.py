@@ -23,6 +23,7 @@ class GenerativeJudge(ABC):
     `tensor_parallel_size` 1 under several ranks). Both decode greedily and stop at the model's end of turn."""
 
     name = "generative"
+    measures = "ASR"
 
     def __init__(self, model: HubModel, batch_size: int = 8, max_new_tokens: int = 32, backend: str = "hf", vllm=None):
         if backend not in BACKENDS:

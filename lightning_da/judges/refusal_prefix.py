@@ -28,6 +28,7 @@ class RefusalPrefixJudge:
 
     refusals: Sequence[str] = field(default_factory=lambda: list(DEFAULT_REFUSALS))
     window: int = 200
+    measures = "non-refusal rate"  # it detects refusals, not harmful help: its `unsafe` share is named so
 
     def identity(self) -> dict:
         return {"judge": "refusal_prefix", "refusals": sorted(self.refusals), "window": self.window}

@@ -58,6 +58,8 @@ class SamplingParams:
     stop_token_ids: list[int] | None = None
     repetition_penalty: float = 1.0
     logprobs: int | None = None
+    stop: list[str] | None = None
+    include_stop_str_in_output: bool = False
 
     def __post_init__(self):
         if self.n < 1:
@@ -226,7 +228,7 @@ class LLM:
                                  f"{self.max_model_len}.")
             _record({"event": "request", "prompt_token_ids": ids, "seed": p.seed, "n": p.n, "temperature": p.temperature,
                      "top_p": p.top_p, "top_k": p.top_k, "max_tokens": p.max_tokens, "stop_token_ids": p.stop_token_ids,
-                     "logprobs": p.logprobs, "lora_path": getattr(lora_request, "lora_path", None), "rank": os.environ.get("RANK")})
+                     "logprobs": p.logprobs, "stop": p.stop, "lora_path": getattr(lora_request, "lora_path", None), "rank": os.environ.get("RANK")})
             request = RequestOutput(str(index), ids)
             for k in range(p.n):
                 if p.seed is not None:
@@ -247,6 +249,11 @@ class LLM:
                              output_logits=True, **settings)
         row = out.sequences[0, len(ids):].tolist()
         end = next((i for i, token in enumerate(row) if token in stop), None)
+        # vLLM's stop strings: the output ends with the token that completes one (its text cut there, or after it
+        # with include_stop_str_in_output; callers here decode the ids)
+        text_end = next((i for i in range(len(row)) if any(s in self.tokenizer.decode(row[: i + 1]) for s in p.stop or [])), None)
+        if text_end is not None and (end is None or text_end < end):
+            end = text_end
         row = row if end is None else row[: end + 1]
         logprobs = None
         if p.logprobs is not None:
