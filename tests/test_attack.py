@@ -233,6 +233,12 @@ def test_a_crashed_attack_resumes_without_repeating_behaviours(tmp_path, adapter
     ("adapter=null", "set adapter=<sft run>/adapter"),
     ("scorer=vibes", "scorer=vibes; use judge"),
     ("attacker=teacher", "attacker=teacher attacks with a teacher's model: set teacher=<name>"),
+    ("attack.method=gcg", "attack.method=gcg: choose pair or tap"),
+    ("attack.width=0", "attack.width=0: set it to an integer of at least 1"),
+    ("attack.confirm_samples=-1", "attack.confirm_samples=-1: set it to an integer of at least 0"),
+    ("attack.target_max_new_tokens=4", "attack.target_max_new_tokens=4 is not shorter than the deployed 4 new tokens"),
+    ("attack.strategies=[flattery]", "attack.strategies=['flattery']: choose one or more of roleplay, logical_appeal, authority"),
+    ("attack.system_prompts=[/no/such/prompt.txt]", "attack.system_prompts: cannot read /no/such/prompt.txt"),
 ])
 def test_bad_settings_are_one_line_errors_before_anything_loads(tmp_path, adapter, caplog, override, message):
     with pytest.raises(SystemExit) as exited:
@@ -303,3 +309,42 @@ def test_a_large_attacker_runs_on_vllm(tmp_path, adapter, monkeypatch):
     tokenizer = TinyRandomLlama().load_tokenizer()
     assert all(tokenizer.decode(r["prompt_token_ids"]).endswith(OPENING_REPLY) for r in requests)
     assert results["n_behaviours"] == 1
+
+
+def test_tap_runs_through_attack_py_with_its_own_defaults(tmp_path, adapter):
+    """attack.method=tap with depth and roots unset: TAP's own (10 levels, 1 root); the tiny attacker never writes JSON,
+    so the root's 2 children are each asked twice and dropped: 4 requests, 2 retries, nothing sent, no crash."""
+    from lightning_da.runs.attack import search_settings
+
+    cfg = attack_cfg(tmp_path, adapter, "attack.method=tap", "attack.depth=null", "attack.n_streams=null", "attack.branching_factor=2",
+                     "attack.max_attempts=2", "benchmark.limit=1", "targets=[aligned]")
+    assert {k: search_settings(cfg)[k] for k in ("depth", "n_streams", "branching_factor", "width")} == {
+        "depth": 10, "n_streams": 1, "branching_factor": 2, "width": 10}
+    assert "width" not in search_settings(attack_cfg(tmp_path, adapter))  # PAIR has none
+    results = run_attack(cfg)
+    aligned = results["targets"]["aligned"]
+    assert results["method"] == "tap" and (aligned["attacker_requests"], aligned["attacker_retries"], aligned["ended_streams"]) == (4, 2, 2)
+    assert aligned["total_queries"] == 0 and aligned["pruned_off_topic"] == 0
+
+
+def test_the_strongreject_scorer_drives_the_search_and_its_unreadable_grades_are_counted(tmp_path, adapter, monkeypatch):
+    """scorer=strongreject: the rubric graded by rating_model (the tiny attacker's model: it never answers the rubric),
+    so every answer is unreadable, scored 1 and counted; the search runs its rounds to the end."""
+    def attacker_for(cfg, device):
+        def attacker(requests):
+            return [json.dumps({"improvement": "x", "prompt": f"s{r.stream}-r{r.round}"}) for r in requests]
+
+        return attacker
+
+    monkeypatch.setattr(attack_run, "build_attacker", attacker_for)
+    class Short(attack_run.StrongRejectRubricJudge):  # a random grader's 1000 tokens would only be slower
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs, max_new_tokens=12)
+
+    monkeypatch.setattr(attack_run, "StrongRejectRubricJudge", Short)
+    results = run_attack(attack_cfg(tmp_path, adapter, "scorer=strongreject", "benchmark.limit=1", "attack.depth=2",
+                                    "attack.confirm_samples=0", "targets=[aligned]"))
+    aligned = results["targets"]["aligned"]
+    assert (aligned["search_asr"], aligned["total_queries"], aligned["unreadable_scores"]) == (0.0, 4, 4)
+    record = json.loads((tmp_path / "run" / "attack.jsonl").read_text())
+    assert [t["score"] for t in record["turns"]] == [1.0] * 4

@@ -12,7 +12,7 @@ import torch
 from lightning_da.stats import paired_bootstrap
 from lightning_da.tables import format_interval, format_number, rounded
 
-COUNTS = ("attacker_requests", "attacker_retries", "unreadable_scores", "pruned_off_topic", "pruned_width")
+COUNTS = ("attacker_requests", "attacker_retries", "unreadable_scores", "pruned_off_topic", "pruned_width", "unreadable_on_topic")
 
 
 def _mean(values: list) -> float | None:

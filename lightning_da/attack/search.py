@@ -82,7 +82,8 @@ class BehaviourResult:
     """One behaviour's search: success (by the search's scorer), the target queries (prompts sent) and samples
     (drawn) until the first success or the end, the winning prompt and response, every turn, and what the search
     cost beside the target: attacker requests, asked again after a malformed reply, conversations ended by them,
-    the scorer's unreadable judgements, and (TAP) prompts pruned as off the goal or beyond the width."""
+    the scorer's unreadable judgements, and (TAP) prompts pruned as off the goal or beyond the width and the
+    evaluator's unreadable on-topic answers."""
 
     goal: str
     target_str: str
@@ -98,6 +99,7 @@ class BehaviourResult:
     unreadable_scores: int = 0
     pruned_off_topic: int = 0
     pruned_width: int = 0
+    unreadable_on_topic: int = 0
 
     def best(self) -> Turn | None:
         """The winning turn, else the highest-scored (the latest of equals): the prompt to re-judge and confirm."""

@@ -61,8 +61,10 @@ class TAP(Search):
             if not proposals:
                 break
             # Prune 1: off-topic prompts never reach the target; then at most `width`, in order.
-            kept = [c for c, topical in zip(proposals, self.on_topic(goal, [p for _, p in proposals.values()]), strict=True)
-                    if topical]
+            before = getattr(self.on_topic, "unreadable", 0)
+            topical = self.on_topic(goal, [p for _, p in proposals.values()])
+            result.unreadable_on_topic += getattr(self.on_topic, "unreadable", 0) - before
+            kept = [c for c, on in zip(proposals, topical, strict=True) if on]
             result.pruned_off_topic += len(proposals) - len(kept)
             result.pruned_width += max(0, len(kept) - self.width)
             kept = kept[: self.width]

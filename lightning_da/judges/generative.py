@@ -66,7 +66,7 @@ class GenerativeJudge(ABC):
                 self._loaded = (VLLMGenerator(self.model, self.vllm, cache_dir=None), tokenizer)
                 return self._loaded
             model = self.model.load_model().eval()
-            if self.model.device_map is None and torch.cuda.is_available():
+            if getattr(self.model, "device_map", None) is None and torch.cuda.is_available():  # any model source
                 model = model.cuda()
             self._loaded = (model, tokenizer)
         return self._loaded
