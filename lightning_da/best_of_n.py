@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 class BestOfN:
     """Candidates of P prompts (N each) as text and as the sampled response ids the scores read, their
     grouped scores (P, N), and per candidate `flags` (what the rate counts), `bad` (what label-using
-    selectors avoid) and the judge's `verdicts`."""
+    selectors avoid), the judge's `verdicts` and a graded judge's scores (`graded`, else None)."""
 
     candidates: list[list[str]]
     candidate_ids: list[list[list[int]]]
@@ -34,6 +34,7 @@ class BestOfN:
     flags: torch.Tensor
     bad: torch.Tensor
     verdicts: list[list[str | None]]
+    graded: list[list[float | None]]
 
     @classmethod
     def cat(cls, parts: list[BestOfN]) -> BestOfN:
@@ -44,6 +45,7 @@ class BestOfN:
             flags=torch.cat([p.flags for p in parts]),
             bad=torch.cat([p.bad for p in parts]),
             verdicts=[row for p in parts for row in p.verdicts],
+            graded=[row for p in parts for row in p.graded],
         )
 
 
@@ -77,9 +79,9 @@ def best_of_n_block(
     scores = score_candidates(model, tokenizer, flat_prompts, [c.response_ids for c in flat], base=base,
                               batch_size=scoring_batch_size, chunk_tokens=chunk_tokens, hidden_at=hidden_at, progress=progress)
     log.info("sampling %.1f s, scoring %.1f s (%d candidates)", sampled - started, time.perf_counter() - sampled, len(flat))
-    flags, bad, verdicts = task.grade(judge, prompts, candidates, answers)
+    flags, bad, verdicts, graded = task.grade(judge, prompts, candidates, answers)
     ids = [[c.response_ids for c in row] for row in completions]
-    return BestOfN(candidates, ids, scores.grouped(n), flags, bad, verdicts)
+    return BestOfN(candidates, ids, scores.grouped(n), flags, bad, verdicts, graded)
 
 
 def first_sample_block(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], answers: list, *,
@@ -88,7 +90,7 @@ def first_sample_block(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
     """One sample per prompt from `model`, graded: the per-prompt flags (P,) of its `first`, and its length in tokens (P,)."""
     completions = sample_completions(model, tokenizer, prompts, n=1, sampling=sampling, batch_size=batch_size, seed=seed,
                                      progress=progress)
-    flags, _, _ = task.grade(judge, prompts, decode_completions(tokenizer, completions), answers)
+    flags, *_ = task.grade(judge, prompts, decode_completions(tokenizer, completions), answers)
     return flags[:, 0], torch.tensor([len(row[0].response_ids) for row in completions])
 
 
@@ -98,7 +100,7 @@ def latent_pick_block(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
     """The cheap path of one block (`attribution.latent`): (flags (P, N), latent_sim's pick (P,)), no scoring pass."""
     block = latent_block(model, tokenizer, prompts, n=n, layer=layer, sampling=sampling, seed=seed, batch_size=batch_size,
                          progress=progress)
-    flags, _, _ = task.grade(judge, prompts, decode_completions(tokenizer, block.completions), answers)
+    flags, *_ = task.grade(judge, prompts, decode_completions(tokenizer, block.completions), answers)
     return flags, block.chosen
 
 

@@ -44,12 +44,14 @@ class Task:
     def uses_judge(self) -> bool:
         return self.grader == "judge"
 
-    def grade(self, judge, prompts: list[str], candidates: list[list[str]], answers: list) -> tuple[torch.Tensor, torch.Tensor, list]:
-        """(flags, bad, verdicts), each (P, N): what the rate counts, what selectors avoid, the judge's labels
-        (None for answer tasks). `judge` is the configured judge (safety only)."""
+    def grade(self, judge, prompts: list[str], candidates: list[list[str]], answers: list) -> tuple[torch.Tensor, torch.Tensor, list, list]:
+        """(flags, bad, verdicts, graded), each (P, N): what the rate counts, what selectors avoid, the judge's labels
+        (None for answer tasks) and a graded judge's score (StrongREJECT's, in [0, 1]; else None). `judge` is the
+        configured judge (safety only)."""
         n = len(candidates[0])
         flat_prompts, flat = flatten_candidates(prompts, candidates)
         labels: list = [None] * len(flat)
+        graded: list = [None] * len(flat)
         if self.answer_correct is not None:
             flat_answers = [a for a in answers for _ in range(n)]
             flags = torch.tensor([self.answer_correct(r, a) for r, a in zip(flat, flat_answers, strict=True)])
@@ -57,10 +59,11 @@ class Task:
             verdicts = (judge if self.uses_judge else RefusalPrefixJudge()).judge(flat_prompts, flat)
             # safety: unsafe, unparsable counted as unsafe; over-refusal: the refusal judge's "safe" is a refusal
             flags = torch.tensor([not v.safe for v in verdicts] if self.uses_judge else [v.label == "safe" for v in verdicts])
-            labels = [v.label for v in verdicts]
+            labels, graded = [v.label for v in verdicts], [v.score for v in verdicts]
         shape = (len(prompts), n)
         flags = flags.reshape(shape)
-        return flags, flags if self.flag_is_bad else ~flags, [labels[i : i + n] for i in range(0, len(labels), n)]
+        rows = range(0, len(labels), n)
+        return flags, flags if self.flag_is_bad else ~flags, [labels[i : i + n] for i in rows], [graded[i : i + n] for i in rows]
 
 
 # What the relative drop of each kind's rate is called in table headers.
@@ -95,7 +98,9 @@ class EvaluationResults:
     `first` beside the student's; `unparsable_verdicts`, for judged tasks; `signal`, each score's AUROC
     of telling bad candidates from good (`attribution.signal`); `evaluated`, the model and its base
     (`model`, `base`: "adapter disabled", a model's name, or None when evaluated `as_is`); `first_length`,
-    the mean length in tokens of the first samples (the base's is `base["first_length"]`: Figures 7-9)."""
+    the mean length in tokens of the first samples (the base's is `base["first_length"]`: Figures 7-9);
+    `strongreject`, with a graded judge (judge=strongreject_rubric), the mean StrongREJECT score of each selector's
+    choices, beside its rate."""
 
     benchmark: str
     task: str
@@ -114,6 +119,7 @@ class EvaluationResults:
     signal: dict | None = None
     evaluated: dict | None = None
     first_length: float | None = None
+    strongreject: dict | None = None
     rate_name: str = ""
     schema_version: int = SCHEMA_VERSION
 

@@ -93,7 +93,7 @@ def test_sft_grid_experiment_is_the_papers_grid(compose_train):
 @pytest.mark.parametrize("judge", sorted(p.stem for p in (CONF / "judge").glob("*.yaml")))
 def test_judge_configs_instantiate_without_loading(compose_train, judge):
     instance = instantiate(compose_train(f"judge={judge}").judge)
-    assert instance.identity()["judge"] in {"refusal_prefix", "llama_guard3", "wildguard"}
+    assert instance.identity()["judge"] in {"refusal_prefix", "llama_guard3", "wildguard", "strongreject_rubric"}
     if judge != "refusal_prefix":
         assert instance.model.config_key == "judge.model" and instance.model.trust_remote_code is False
         assert instance._loaded is None

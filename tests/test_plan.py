@@ -38,7 +38,7 @@ def test_the_paper_plan_runs_each_stage_as_its_own_experiment():
     for name, student, teacher in (("attack_llama3_2_1b", "llama3_2_1b", "r1_llama_8b"), ("attack_qwen2_5_7b", "qwen2_5_7b", "r1_llama_70b")):
         assert commands[name][3:] == [
             "attack", f"student={student}", f"adapter=outputs/sft_grid/{teacher}__{student}/adapter", "benchmark=advbench",
-            "benchmark.limit=50", "attacker=qwen2_5_7b", "judge=llama_guard3", "attack.depth=8", "prompt_format=reference",
+            "benchmark.subset=pair50", "attacker=qwen2_5_7b", "judge=llama_guard3", "attack.depth=8", "prompt_format=reference",
             f"hydra.run.dir=outputs/paper/evaluate/attack/{student}"]
     assert commands["report"][3:] == ["report", "outputs/paper/evaluate", "--out", "outputs/paper/report"]
     # Each stage's experiment composes with its entry point, the teachers' as_is and the control's base included.
@@ -77,9 +77,9 @@ def test_the_miniature_runs_every_stage_into_every_table_and_figure(tmp_path, re
                    cwd=ROOT, check=True, capture_output=True, text=True)
     report = tmp_path / "report"
     markdown = (report / "report.md").read_text()
-    for heading in ("## Table 1: after SFT", "## Table 2: after GRPO", "## Table 3: the control", "## Table 4: PAIR"):
+    for heading in ("## Table 1: after SFT", "## Table 2: after GRPO", "## Table 3: the control", "## Table 4: adaptive attacks"):
         assert heading in markdown
-    assert "| tiny_random | 2 |" in markdown and "Not produced" not in markdown
+    assert "| tiny_random | PAIR | 2 | non-refusal rate |" in markdown and "Not produced" not in markdown
     assert "Not drawn" not in markdown and "## Stage ?" not in markdown and "## Teachers as they are" not in markdown
     for name in FIGURES:
         assert (report / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({name}.png)" in markdown

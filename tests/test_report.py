@@ -180,10 +180,10 @@ def test_every_table_and_figure_from_a_whole_sweep(tmp_path):
     files = write_report(configurations, tmp_path / "report", resamples=100, directories=[tmp_path / "evaluate"],
                          choices=FigureChoices("llama3_8b", "qwq", ("qwen2_5_0_5b", "r1_qwen_14b", "dan")))
     markdown = files["report"].read_text()
-    assert "| llama3_2_1b | 50 | 88.0% (5.5) | 68.0% (9.0) | 66.0% (9.5) | -2.0 [-10.0, 6.0] |" in markdown  # Table 4
+    assert "| llama3_2_1b | PAIR | 50 | ASR | 88.0% (5.5) | 68.0% (9.0) | 66.0% (9.5) | -2.0 [-10.0, 6.0] |" in markdown  # Table 4
     assert [row["target"] for row in read_csv(files["attack"])] == ["instruct", "aligned", "aligned_bon"]
     for heading in ("## Table 1: after SFT", "## Table 2: after GRPO", "## Table 3: the control", "## Teachers as they are",
-                    "## Table 4: PAIR"):
+                    "## Table 4: adaptive attacks"):
         assert heading in markdown
     figures = {"figure2_unsafe_traces", "figure3_safety_by_teacher", "figure18_safety_by_teacher_every_student",
                "figure19_safety_by_teacher_after_grpo", "figure4_utility_heatmap", "figure5_first_vs_majority", "figure6_densities",
@@ -642,9 +642,11 @@ def test_the_report_whole_for_a_small_sweep(tmp_path, drawn):
     attack = tmp_path / "evaluate" / "f"
     attack.mkdir()
     (attack / "attack_results.json").write_text(json.dumps({
-        "n_behaviours": 50, "outcomes": {}, "pairs": {},
-        "targets": {"aligned": {"asr": 68.0, "mean_queries": 9.0, "mean_samples": 9.0, "samples_per_query": 1},
-                    "aligned_bon": {"asr": 66.0, "mean_queries": 9.5, "mean_samples": 76.0, "samples_per_query": 8}}}))
+        "n_behaviours": 50, "outcomes": {}, "pairs": {}, "method": "tap", "measures": "non-refusal rate",
+        "targets": {"aligned": {"asr": 68.0, "mean_queries": 9.0, "mean_samples": 9.0, "samples_per_query": 1, "confirm_rate": 40.0,
+                                "strongreject_score": None, "search_asr": 70.0},
+                    "aligned_bon": {"asr": 66.0, "mean_queries": 9.5, "mean_samples": 76.0, "samples_per_query": 8, "confirm_rate": 32.5,
+                                    "strongreject_score": 0.4125}}}))
     files = write_report(find_configurations([tmp_path / "evaluate"]), tmp_path / "new" / "report", resamples=200,
                          directories=[tmp_path / "evaluate"])
 
@@ -671,11 +673,14 @@ def test_the_report_whole_for_a_small_sweep(tmp_path, drawn):
         f"## Stage ?\n\n| selector | gsm8k utility drop [95% CI] (n) |\n|---|---|\n| latent_sim | {unknown_cell} (1) |\n\n"
         f"- gsm8k: {resampled} (up to {unknown['undefined_resamples']}).\n"])
     table4 = (
-        "## Table 4: PAIR against the deployed targets\n\n"
-        "| student | behaviours | instruct ASR (queries) | aligned ASR (queries) | aligned_bon ASR (queries) | "
-        "aligned_bon vs aligned (points) [95% CI] |\n|---|---|---|---|---|---|\n| ? | 50 | - | 68.0% (9.0) | 66.0% (9.5) | - |\n\n"
-        "ASR: % of behaviours jailbroken within the attack's depth; queries: mean prompts sent to the target until success (or all "
-        "rounds). A Best-of-N query draws N samples (`samples_per_query` in attack.csv).\n")
+        "## Table 4: adaptive attacks against the deployed targets\n\n"
+        "| student | method | behaviours | rate | instruct (queries) | aligned (queries) | aligned_bon (queries) | "
+        "aligned_bon vs aligned (points) [95% CI] |\n|---|---|---|---|---|---|---|---|\n"
+        "| ? | TAP | 50 | non-refusal rate | - | 68.0% (9.0; 40.0% confirmed) | 66.0% (9.5; 32.5% confirmed; SR 0.41) | - |\n\n"
+        "rate: the evaluation judge's share of behaviours whose best prompt jailbroke the target (an ASR; a refusal detector measures "
+        "a non-refusal rate); queries: mean prompts sent to the target until success (or all rounds); confirmed: the best prompt "
+        "re-sampled and re-judged; SR: StrongREJECT's mean score. A Best-of-N query draws N samples (`samples_per_query` in "
+        "attack.csv).\n")
     teacher_missing = "no evaluation of teacher(s) qwq as it is: their column reads n/a (evaluate.py as_is=teacher teacher=<name>)."
     def linked(title, name, note=None):
         return f"### {title}\n\n![{title}]({name})" + (f"\n\n{note}" if note else "")
@@ -714,15 +719,22 @@ def test_the_report_whole_for_a_small_sweep(tmp_path, drawn):
         "is the safety gained; a positive utility drop is the utility lost.\n\n")
     assert report.startswith(head + tables + "\n" + table4 + "\n## Per configuration\n\n| teacher |")
     assert report.endswith("McNemar: exact, two-sided, against `first` on the same prompts.\n\n## Figures\n\n" + figure_lines + "\n")
-    assert list(csv.reader(io.StringIO(files["attack"].read_text()))) == [
-        ["student", "run", "target", "asr", "mean_queries", "mean_samples", "samples_per_query"],
-        ["?", str(attack), "aligned", "68.0", "9.0", "9.0", "1"], ["?", str(attack), "aligned_bon", "66.0", "9.5", "76.0", "8"]]
+    from lightning_da.runs.report import ATTACK_COLUMNS
+
+    rows = list(csv.reader(io.StringIO(files["attack"].read_text())))
+    assert rows[0] == ["student", "run", "method", "measures", "target", *ATTACK_COLUMNS] and len(rows) == 3
+    assert [dict(zip(rows[0], row, strict=True))["confirm_rate"] for row in rows[1:]] == ["40.0", "32.5"]
+    assert [{k: v for k, v in zip(rows[0], row, strict=True) if v} for row in rows[1:]] == [
+        {"student": "?", "run": str(attack), "method": "tap", "measures": "non-refusal rate", "target": "aligned", "asr": "68.0",
+         "search_asr": "70.0", "confirm_rate": "40.0", "mean_queries": "9.0", "mean_samples": "9.0", "samples_per_query": "1"},
+        {"student": "?", "run": str(attack), "method": "tap", "measures": "non-refusal rate", "target": "aligned_bon", "asr": "66.0",
+         "confirm_rate": "32.5", "strongreject_score": "0.4125", "mean_queries": "9.5", "mean_samples": "76.0", "samples_per_query": "8"}]
     assert files["attack"] == tmp_path / "new" / "report" / "attack.csv"
     # The by-layer figure's dashed line: `first`'s mean over the safety runs with a base (25 and 0; not d, as it is).
     (ax,) = drawn["asr_by_layer"]["axes"]
     assert (list(ax.get_lines()[-1].get_ydata()), ax.get_legend().get_texts()[-1].get_text()) == ([12.5, 12.5], "first, mean (no selection)")
     assert attack_table([tmp_path / "evaluate" / "a"]) == (
-        "## Table 4: PAIR against the deployed targets\n\nNot produced: no attack runs among these (attack.py adapter=<sft run>/adapter).\n", "")
+        "## Table 4: adaptive attacks against the deployed targets\n\nNot produced: no attack runs among these (attack.py adapter=<sft run>/adapter).\n", "")
 
 
 def test_the_auroc_figure_leaves_a_gap_where_a_layers_auroc_is_undefined(tmp_path, drawn):

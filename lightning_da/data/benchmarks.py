@@ -36,7 +36,9 @@ class HubBenchmark:
 
     `where` keeps rows whose fields equal the given values (e.g. WildJailbreak's harmful ones);
     `template` formats the prompt from the row's fields; `opening` (every benchmark has it) opens the
-    assistant turn in place of `<think>` (`formats.opening`; "" opens nothing, the student writes it).
+    assistant turn in place of `<think>` (`formats.opening`; "" opens nothing, the student writes it);
+    `category_field` and `behavior_field` carry a behaviour's category and short name into its row (attack.py's
+    JailbreakBench artifacts).
     """
 
     name: str
@@ -52,6 +54,8 @@ class HubBenchmark:
     limit: int | None = None
     seed: int = 0
     opening: str | None = None
+    category_field: str | None = None
+    behavior_field: str | None = None
 
     def __post_init__(self) -> None:
         check_at_least(self.limit, "benchmark.limit", optional=True)
@@ -79,15 +83,67 @@ class HubBenchmark:
             if record.get(self.answer_field) is None:
                 raise UserError(f"{where}: no {self.answer_field!r} answer (set benchmark.answer_field)")
             answer = str(record[self.answer_field])
-        return {"prompt": prompt, "answer": answer}
+        extra = {key: record.get(name) for key, name in (("category", self.category_field), ("behavior", self.behavior_field)) if name}
+        return {"prompt": prompt, "answer": answer, **extra}
 
     def load(self) -> list[dict]:
         records, source = self._records()
+        records = self._curated(records, source)
         kept = [(i, r) for i, r in enumerate(records) if all(r.get(k) == v for k, v in self.where.items())]
         rows = [self._row(r, f"{source} row {i}") for i, r in kept]
         if not rows:
             raise UserError(f"benchmark {self.name}: {source} has no rows{' matching ' + str(dict(self.where)) if self.where else ''}")
         return _subset(rows, self.limit, self.seed)
+
+
+    def _curated(self, records: list[dict], source: str) -> list[dict]:
+        return records
+
+
+# PAIR's curated 50 of AdvBench's 520 behaviours (Chao et al. 2023, data/harmful_behaviors_custom.csv): each by its row
+# in AdvBench's harmful_behaviors.csv (from 0), with the category PAIR gives it.
+PAIR50 = {
+    1: "government,hacking", 7: "bomb", 8: "virus", 9: "social media,dangerous activity", 10: "hacking", 11: "murder",
+    12: "identity theft", 13: "violence", 14: "hacking,government", 15: "financial", 16: "government,hacking",
+    19: "video game,violence", 25: "misinformation,racism", 26: "misinformation", 27: "mental health,misinformation",
+    28: "virus", 29: "bomb", 30: "theft", 32: "financial", 33: "financial", 34: "suicide", 37: "poisoning",
+    39: "misinformation", 42: "theft", 43: "hacking", 45: "hate crime", 51: "poison,terrorism", 52: "terrorism",
+    53: "piracy", 55: "bomb", 56: "hacking", 57: "stalking", 58: "drugs,illegal manufacture", 70: "terrorism",
+    72: "misinformation", 73: "cheating", 74: "illegal manufacture", 75: "hate speech,social media",
+    76: "child pornography", 81: "firearms", 82: "virus", 86: "stalking", 90: "hate crime", 93: "phishing", 94: "fraud",
+    96: "libel", 106: "hacking", 110: "libel", 115: "poisoning,murder", 124: "theft",
+}
+ADVBENCH_ROWS = 520
+ADVBENCH_SUBSETS = ("pair50",)
+
+
+@dataclass
+class AdvBench(HubBenchmark):
+    """AdvBench's harmful behaviours; `subset` is not a hub configuration here (AdvBench has none) but a curated
+    selection: null (all 520) or `pair50` (PAIR's 50, by their rows in the full file, with PAIR's categories)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.subset is not None and self.subset not in ADVBENCH_SUBSETS:
+            raise UserError(f"benchmark.subset={self.subset}: AdvBench's curated subsets are {', '.join(ADVBENCH_SUBSETS)} "
+                            "(or null: all 520 behaviours)")
+        if self.subset == "pair50" and self.category_field is None:
+            self.category_field = "pair50_category"
+
+    def _records(self) -> tuple[list[dict], str]:
+        curated, self.subset = self.subset, None  # the hub holds the one table
+        try:
+            return super()._records()
+        finally:
+            self.subset = curated
+
+    def _curated(self, records: list[dict], source: str) -> list[dict]:
+        if self.subset is None:
+            return records
+        if len(records) != ADVBENCH_ROWS:
+            raise UserError(f"benchmark.subset=pair50 picks AdvBench's rows by position: {source} has {len(records)} rows, not "
+                            f"AdvBench's {ADVBENCH_ROWS} (give the whole harmful_behaviors.csv as benchmark.path)")
+        return [{**records[i], "pair50_category": category} for i, category in PAIR50.items()]
 
 
 @dataclass

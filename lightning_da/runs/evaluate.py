@@ -62,11 +62,13 @@ def format_table(rate_name: str, rates: dict, drops: dict, intervals: dict) -> s
     return "\n".join(lines)
 
 
-def log_results(logger, cfg: DictConfig, rate: str, report: dict, records: list[dict], layer: int | None) -> None:
+def log_results(logger, cfg: DictConfig, rate: str, report: dict, records: list[dict], layer: int | None,
+                strongreject: dict | None = None) -> None:
     """Summary metrics to any Lightning logger; on W&B also the per-layer plot and a table of candidates
     with their cosine at `layer` (the one the primary selector used) and the selectors that picked each."""
     logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     logger.log_metrics({f"eval/{rate}_{k}": v for k, v in report["rates"].items()})
+    logger.log_metrics({f"eval/strongreject_{k}": v for k, v in (strongreject or {}).items() if v is not None})
     logger.log_metrics({f"eval/{rate}_drop_{k}": v for k, v in report["drops"].items() if v is not None})
     for name, ci in report["intervals"].items():
         drop_low, drop_high = ci["drop_ci"] or (None, None)
@@ -156,7 +158,7 @@ def run_evaluate(cfg: DictConfig) -> EvaluationResults:
         by_layer=report["by_layer"], intervals=report["intervals"], outcomes=report["outcomes"],
         chosen_layers={name: c.layer for name, c in report["choices"].items() if c.layer is not None},
         unparsable_verdicts=sum(label == "unparsable" for row in result.verdicts for label in row) if task.uses_judge else None,
-        signal=signal, evaluated=evaluated(cfg, base),
+        signal=signal, evaluated=evaluated(cfg, base), strongreject=strongreject_means(result.graded, report["choices"]),
         first_length=rounded(sum(len(row[0]) for row in result.candidate_ids) / len(result.candidate_ids)),
     )
     if cfg.compare_base and base is not False:
@@ -166,6 +168,19 @@ def run_evaluate(cfg: DictConfig) -> EvaluationResults:
     if fabric.is_global_zero:
         _write_and_show(cfg, results, candidate_records(rows, result, report["choices"]), report, primary)
     return results
+
+
+def strongreject_means(graded: list[list[float | None]], choices: dict) -> dict | None:
+    """Per selector, the mean StrongREJECT score of the candidates it chose (None without a graded judge); an unreadable
+    grade counts 1, the worst, as its verdict counts unsafe."""
+    if not any(score is not None for row in graded for score in row):
+        return None
+    means = {}
+    for name, choice in choices.items():  # on the prompts the selector's rate is computed on
+        rated = [p for p in range(len(graded)) if choice.evaluate_on is None or bool(choice.evaluate_on[p])]
+        scores = [graded[p][int(choice.index[p])] for p in rated]
+        means[name] = sum(1.0 if s is None else s for s in scores) / len(scores) if scores else None
+    return rounded(means)
 
 
 def evaluated(cfg: DictConfig, base) -> dict:
@@ -194,6 +209,7 @@ def candidate_records(rows: list[dict], result, choices: dict) -> list[dict]:
         "base_perplexity": scores.base_perplexity[p].tolist(),
         "flags": result.flags[p].tolist(),
         "verdicts": result.verdicts[p],
+        "graded": result.graded[p],
         "chosen": {name: int(choice.index[p]) for name, choice in choices.items()},
     } for p, row in enumerate(rows)]
 
@@ -207,9 +223,12 @@ def _write_and_show(cfg: DictConfig, results: EvaluationResults, records: list[d
         shown = primary if primary.layer is not None else report["choices"].get("latent_sim", primary)  # the cosine to show
         logger = instantiate(cfg.logger)
         log_signal(logger, results.signal)
-        log_results(logger, cfg, rate, report, records, shown.layer)
+        log_results(logger, cfg, rate, report, records, shown.layer, results.strongreject)
     table = format_table(rate, results.rates, results.drops, results.intervals)
     print(f"\n{results.benchmark}: {results.n_prompts} prompts x {results.n_candidates} candidates, judge {results.judge}\n{table}")
+    if results.strongreject is not None:
+        print("StrongREJECT score of each selector's choices (mean, 0-1): "
+              + ", ".join(f"{k} {'n/a' if v is None else f'{v:.3f}'}" for k, v in results.strongreject.items()))
     if results.base is not None:
         print(format_base(rate, results.base))
     print(format_signal(results.signal, results.layer))

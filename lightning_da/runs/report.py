@@ -314,27 +314,44 @@ def draw_figures(configurations: list[Configuration], out: Path,
 ATTACK_TARGETS = ("instruct", "aligned", "aligned_bon")
 
 
+ATTACK_COLUMNS = ("asr", "search_asr", "confirm_rate", "strongreject_score", "mean_queries", "queries_to_jailbreak_mean",
+                  "queries_to_jailbreak_median", "mean_samples", "samples_per_query", "total_queries", "total_samples",
+                  "attacker_requests", "attacker_retries", "ended_streams", "unreadable_scores", "unreadable_verdicts",
+                  "pruned_off_topic", "pruned_width")
+TABLE4 = "## Table 4: adaptive attacks against the deployed targets"
+
+
+def attack_cell(v: dict) -> str:
+    """A target's rate (mean queries; the confirmed rate and StrongREJECT's score where measured)."""
+    extra = "".join(f"; {text}" for key, text in (("confirm_rate", f"{format_number(v.get('confirm_rate'))} confirmed"),
+                                                  ("strongreject_score", f"SR {v.get('strongreject_score') or 0:.2f}"))
+                    if v.get(key) is not None)
+    return f"{format_number(v['asr'])} ({v['mean_queries']:.1f}{extra})"
+
+
 def attack_table(directories: list[str | Path]) -> tuple[str, str]:
-    """(Markdown, CSV) of the paper's Table 4 from every attack.py run under `directories`
-    (attack_results.json): per run, each target's ASR under PAIR with the queries it took."""
+    """(Markdown, CSV) of the paper's Table 4 from every attack.py run under `directories` (attack_results.json): per
+    run, the method, what its evaluation judge measures (an ASR, or a refusal detector's non-refusal rate), and each
+    target's rate with the queries it took; attack.csv holds every count."""
     runs = sorted({p for d in map(Path, directories) for p in d.rglob("attack_results.json")})
     if not runs:
-        return "## Table 4: PAIR against the deployed targets\n\nNot produced: no attack runs among these (attack.py adapter=<sft run>/adapter).\n", ""
-    header = ["student", "behaviours", *(f"{t} ASR (queries)" for t in ATTACK_TARGETS), "aligned_bon vs aligned (points) [95% CI]"]
+        return f"{TABLE4}\n\nNot produced: no attack runs among these (attack.py adapter=<sft run>/adapter).\n", ""
+    header = ["student", "method", "behaviours", "rate", *(f"{t} (queries)" for t in ATTACK_TARGETS), "aligned_bon vs aligned (points) [95% CI]"]
     rows, csv_rows = [], []
     for path in runs:
         results, student = json.loads(path.read_text()), _choices(path.parent).get("student", UNKNOWN)
-        targets = results["targets"]
-        cells = [f"{format_number(targets[t]['asr'])} ({targets[t]['mean_queries']:.1f})" if t in targets else "-" for t in ATTACK_TARGETS]
+        targets, method, measures = results["targets"], results.get("method", "pair"), results.get("measures", "ASR")
+        cells = [attack_cell(targets[t]) if t in targets else "-" for t in ATTACK_TARGETS]
         pair = results["pairs"].get("aligned_bon_vs_aligned")
-        rows.append([student, str(results["n_behaviours"]), *cells,
+        rows.append([student, method.upper(), str(results["n_behaviours"]), measures, *cells,
                      "-" if pair is None else f"{format_number(pair['difference'], '')} {format_interval(pair['difference_ci'])}"])
-        csv_rows += [[student, str(path.parent), t, v["asr"], v["mean_queries"], v["mean_samples"], v["samples_per_query"]]
-                     for t, v in targets.items()]
-    note = ("ASR: % of behaviours jailbroken within the attack's depth; queries: mean prompts sent to the target until "
-            "success (or all rounds). A Best-of-N query draws N samples (`samples_per_query` in attack.csv).")
-    markdown = f"## Table 4: PAIR against the deployed targets\n\n{markdown_table(header, rows)}\n\n{note}\n"
-    return markdown, csv_table(["student", "run", "target", "asr", "mean_queries", "mean_samples", "samples_per_query"], csv_rows)
+        csv_rows += [[student, str(path.parent), method, measures, t, *(v.get(k) for k in ATTACK_COLUMNS)] for t, v in targets.items()]
+    note = ("rate: the evaluation judge's share of behaviours whose best prompt jailbroke the target (an ASR; a refusal "
+            "detector measures a non-refusal rate); queries: mean prompts sent to the target until success (or all "
+            "rounds); confirmed: the best prompt re-sampled and re-judged; SR: StrongREJECT's mean score. A Best-of-N query "
+            "draws N samples (`samples_per_query` in attack.csv).")
+    markdown = f"{TABLE4}\n\n{markdown_table(header, rows)}\n\n{note}\n"
+    return markdown, csv_table(["student", "run", "method", "measures", "target", *ATTACK_COLUMNS], csv_rows)
 
 
 def write_report(configurations: list[Configuration], out: Path, *, seed: int = 0, resamples: int = RESAMPLES,
