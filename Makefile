@@ -54,7 +54,9 @@ COMPAT_TESTS := tests/test_vllm_backend.py tests/test_grpo_vllm.py tests/test_gr
 	tests/test_scoring.py tests/test_candidates.py tests/test_judges.py \
 	tests/test_traces.py::test_a_tensor_parallel_group_of_vllm_ranks_shares_one_engine_for_its_slice \
 	tests/test_traces.py::test_two_gloo_ranks_generate_and_judge_a_slice_each_into_the_records_of_one_process \
-	tests/test_traces.py::test_vllm_ranks_build_their_engines_together_when_only_some_slices_lack_traces
+	tests/test_traces.py::test_vllm_ranks_build_their_engines_together_when_only_some_slices_lack_traces \
+	tests/test_attack_parts.py::test_a_stop_string_ends_each_completion_with_the_token_that_completes_it_on_both_backends \
+	tests/test_pair.py::test_no_two_attacker_requests_of_any_two_calls_share_a_random_stream_on_vllm
 
 $(COMPAT)/.installed: pyproject.toml constraints-vllm.txt
 	test -x $(COMPAT)/bin/python || $(PYTHON) -m venv $(COMPAT)

@@ -87,7 +87,7 @@ def test_the_four_entry_points_run_from_the_wheel(installed, tmp_path):
     traces = run(installed, str(scripts / "lightning-da-traces"), "--cfg", "job")
     assert "slices: 1" in traces and "status: false" in traces
     attack = run(installed, str(scripts / "lightning-da-attack"), "--cfg", "job")  # composed from the wheel's configs
-    assert "targets:" in attack and "n_streams: 3" in attack and "EmbeddedSmolLM2" in attack
+    assert "targets:" in attack and "method: pair" in attack and "strategies:" in attack and "EmbeddedSmolLM2" in attack
 
 
 @pytest.mark.slow
