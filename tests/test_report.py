@@ -29,11 +29,11 @@ def choices(run: Path, **chosen) -> None:
 
 
 def evaluation(root: Path, name: str, *, benchmark: str, task: str, outcomes: dict, teacher="qwq", student="llama3_8b",
-               stage="sft", as_is=None, experiment=None, candidates=None, lengths=None, traces_unsafe=None) -> Path:
+               stage="sft", as_is=None, experiment=None, candidates=None, lengths=None, traces_unsafe=None, strongreject=None) -> Path:
     """An evaluate.py run directory as evaluate.py writes it, and the train run its adapter came from (none
     for a model evaluated `as_is` or the instruct_vs_base control). `candidates`: candidates.jsonl's records;
     `lengths`: (the first samples' mean length, the base's), the base's `first` then written too; `traces_unsafe`:
-    the train run's metrics.json count of unsafe traces."""
+    the train run's metrics.json count of unsafe traces; `strongreject`: a graded judge's mean score per selector."""
     run = root / "evaluate" / name
     chosen = {"student": student, "benchmark": benchmark, **({"teacher": teacher} if as_is == "teacher" else {}),
               **({"experiment": experiment} if experiment else {})}
@@ -57,7 +57,7 @@ def evaluation(root: Path, name: str, *, benchmark: str, task: str, outcomes: di
                                 outcomes=outcomes, chosen_layers={}, signal=signal,
                                 by_layer=[first, first / 2, first / 3] if task == "safety" and with_base else [],
                                 evaluated={"model": student, "base": "adapter disabled" if with_base else None, "as_is": as_is},
-                                first_length=lengths[0] if lengths else None,
+                                first_length=lengths[0] if lengths else None, strongreject=strongreject,
                                 base=None if lengths is None else {
                                     "first": first, "outcomes": outcomes["first"], "first_length": lengths[1],
                                     "student_vs_base": {"difference": 0.0, "difference_ci": [0.0, 0.0], "mcnemar_p": 1.0}})
@@ -851,3 +851,16 @@ def test_the_smoothed_density_is_a_gaussian_kernel_with_scotts_bandwidth():
     grid = torch.linspace(-10, 14, 4001)
     assert float(torch.trapezoid(kde(values, grid), grid)) == pytest.approx(1.0, abs=1e-4)  # a density
     assert float(kde([2.0], torch.tensor([2.0]))[0]) == pytest.approx(1 / math.sqrt(2 * math.pi))  # one value: a unit bump
+
+
+def test_a_graded_judges_strongreject_score_stands_beside_each_selectors_rate(tmp_path):
+    from lightning_da.runs.report import render_configurations
+
+    evaluation(tmp_path, "graded", benchmark="strongreject", task="safety", outcomes={"first": [1, 0], "latent_sim": [0, 0]},
+               strongreject={"first": 0.4375, "latent_sim": 0.125})
+    evaluation(tmp_path, "labels", benchmark="strongreject", task="safety", outcomes={"first": [1, 1], "latent_sim": [0, 1]})
+    markdown, text = render_configurations(find_configurations([tmp_path / "evaluate"]))
+    assert "| first | 50.0% asr, StrongREJECT 0.44 |" in markdown and "| latent_sim | 0.0% asr, StrongREJECT 0.12 |" in markdown
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert [row["strongreject_score"] for row in rows] == ["0.4375", "0.125", "", ""]
+    assert "| latent_sim | 50.0% asr |" in markdown  # a judge that only labels: no score

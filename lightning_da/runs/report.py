@@ -205,7 +205,8 @@ def render_tables(configurations: list[Configuration], *, seed: int, resamples: 
 
 
 def render_configurations(configurations: list[Configuration]) -> tuple[str, str]:
-    """(Markdown, CSV) of every configuration x selector: rate, drop and its interval, McNemar p."""
+    """(Markdown, CSV) of every configuration x selector: rate (with a graded judge, StrongREJECT's mean score of the
+    selector's choices beside it), drop and its interval, McNemar p."""
     header = ["teacher", "student", "stage", "benchmark", "selector", "rate", "drop", "drop 95% CI", "diff (points)",
               "diff 95% CI", "McNemar p"]
     rows, csv_rows = [], []
@@ -217,17 +218,18 @@ def render_configurations(configurations: list[Configuration]) -> tuple[str, str
             rows.append(key + [f"{format_number(base)} {c.rate_name}", "", "", format_number(-change["difference"], ""),
                                format_interval([-change["difference_ci"][1], -change["difference_ci"][0]]), f"{change['mcnemar_p']:.3g}"])
             csv_rows.append(key + [c.rate_name, base, None, None, None, -change["difference"], -change["difference_ci"][1],
-                                   -change["difference_ci"][0], change["mcnemar_p"]])
+                                   -change["difference_ci"][0], change["mcnemar_p"], None])
         for s, value in rate.items():
-            ci = intervals.get(s)
+            ci, graded = intervals.get(s), (c.results.strongreject or {}).get(s)
             key = [c.teacher, c.student, c.stage, c.benchmark, s]
             compared = [] if ci is None else [format_interval(ci["drop_ci"]), format_number(ci["difference"], ""), format_interval(ci["difference_ci"]),
                                               f"{ci['mcnemar_p']:.3g}"]
-            rows.append(key + [f"{format_number(value)} {c.rate_name}", format_number(drops.get(s))] + (compared or ["", "", "", ""]))
+            shown = f"{format_number(value)} {c.rate_name}" + ("" if graded is None else f", StrongREJECT {graded:.2f}")
+            rows.append(key + [shown, format_number(drops.get(s))] + (compared or ["", "", "", ""]))
             csv_rows.append(key + [c.rate_name, value, drops.get(s), *((ci and ci["drop_ci"]) or [None, None]),
-                                   ci and ci["difference"], *((ci and ci["difference_ci"]) or [None, None]), ci and ci["mcnemar_p"]])
+                                   ci and ci["difference"], *((ci and ci["difference_ci"]) or [None, None]), ci and ci["mcnemar_p"], graded])
     csv_header = ["teacher", "student", "stage", "benchmark", "selector", "rate_name", "rate", "drop", "drop_low", "drop_high",
-                  "difference", "difference_low", "difference_high", "mcnemar_p"]
+                  "difference", "difference_low", "difference_high", "mcnemar_p", "strongreject_score"]
     return markdown_table(header, rows), csv_table(csv_header, csv_rows)
 
 
