@@ -133,7 +133,8 @@ def test_the_teacher_stage_fills_the_caches_the_sft_grid_reads(capsys):
 def test_the_miniatures_costs_follow_its_arguments():
     """Each miniature stage's tokens from its own arguments: SFT 8 prompts x 1 trace; GRPO's teacher-filtered prompts
     (at most the same 8) x G 2 x 6 tokens, one step of 2 prompts; evaluation 6 StrongREJECT prompts x (4 candidates + the
-    base's 1) x 6 tokens; PAIR 2 behaviours x 1 stream x depth 2 x (5 attacker tries + the targets' 1 + 1 + 2 samples)."""
+    base's 1) x 6 tokens; PAIR 2 behaviours x (per target: 1 stream x depth 2 x 5 attacker tries, and the answers: the 1 + 1
+    + 2 samples of 1 stream x depth 2 in the search and of 5 confirmations and 2 transfer replays of the best prompt)."""
     from lightning_da.runs.cost import stage_cost
 
     commands = stage_commands(plan_cfg("experiment=paper_miniature", "reference=/checkouts/rda"))
@@ -146,4 +147,20 @@ def test_the_miniatures_costs_follow_its_arguments():
     assert (cost["grpo"].jobs, cost["grpo"].tokens) == (1, min(8, 1 * 2) * 2 * 6)
     assert (cost["evaluate_sft"].jobs, cost["evaluate_sft"].tokens) == (1, 6 * (4 + 1) * 6)
     assert cost["evaluate_sft_utility"].tokens == 4 * (3 + 1) * 6
-    assert cost["attack"].tokens == 2 * 1 * 2 * (3 * 5 * attacker + (1 + 1 + 2) * 6)
+    assert cost["attack"].tokens == 2 * (3 * 1 * 2 * 5 * attacker + (1 + 1 + 2) * (1 * 2 + 5 + 2) * 6)
+
+
+def test_an_attacks_cost_counts_taps_tree_the_raters_and_the_measurements():
+    """TAP, 3 levels from 1 root, branching 2, width 3, 2 tries of 8 attacker tokens: asks 1 x 2 + 2 x 3 x 2 = 14 (each with
+    the evaluator's 10 tokens), sent min(3, 2) + 2 x 3 = 8 answers of 4 tokens (search budget) on each of 2 targets
+    (aligned: 1 sample; Best-of-3: 3), each rated with PAIR's 16; then per target the full-length re-run, 2 confirmations
+    and 1 transfer replay of 12 tokens."""
+    from lightning_da.runs.cost import attack_tokens
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="attack", overrides=[
+            "attack.method=tap", "attack.depth=3", "attack.branching_factor=2", "attack.width=3", "attack.max_attempts=2",
+            "attacker.sampling.max_new_tokens=8", "targets=[aligned,aligned_bon]", "n_candidates=3", "scorer=rating",
+            "attack.target_max_new_tokens=4", "attack.confirm_samples=2"])
+    want = sum(14 * (2 * 8 + 10) + 8 * (q * 4 + 16) + (1 + 2 + 1) * q * 12 for q in (1, 3))
+    assert attack_tokens(cfg, 12) == want

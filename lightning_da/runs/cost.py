@@ -16,11 +16,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_da.configs import CONF_DIR
+from lightning_da.data.benchmarks import PAIR50
 from lightning_da.data.traces import slice_batches
 
 # Rows of the hub sets as documented (PAPER.md 4; the datasets' cards), by hub id; STAR-41K is "~41K".
 DOCUMENTED_ROWS = {"UCSC-VLAA/STAR-41K": 41_000, "TrustAIRLab/in-the-wild-jailbreak-prompts": 1_405, "allenai/wildjailbreak": 2_000,
-                   "openai/gsm8k": 1_319, "cais/mmlu": 966, "walledai/AdvBench": 520, "walledai/HarmBench": 200, "walledai/XSTest": 250}
+                   "openai/gsm8k": 1_319, "cais/mmlu": 966, "walledai/AdvBench": 520, "walledai/HarmBench": 200, "walledai/XSTest": 250,
+                   "JailbreakBench/JBB-Behaviors": 100}
 EMBEDDED = ("StrongRejectPrompts", "StrongRejectBenchmark", "ArithmeticBenchmark")
 
 
@@ -65,6 +67,8 @@ def _rows(node_yaml: str) -> int | None:
     if target.endswith(EMBEDDED) or node.get("path"):
         return len(instantiate(node).load())
     size = DOCUMENTED_ROWS.get(node.get("hub_id") or node.get("name"))
+    if target.endswith("AdvBench") and node.get("subset") is not None:
+        size = len(PAIR50)  # AdvBench's one curated subset
     limit = node.get("limit")
     if size is None:
         return limit
@@ -106,12 +110,32 @@ def job_tokens(command: str, cfg: DictConfig) -> int | None:
     if command == "evaluate":  # N candidates a prompt, and the base's one
         samples = cfg.n_candidates + int(bool(cfg.compare_base) and cfg.get("as_is") is None)
         return _times(rows(cfg.benchmark), samples, max_new)
-    if command == "attack":  # per behaviour, target and stream, each round: the attacker's tries and the target's answers
-        a = cfg.attack
-        per_round = sum(a.max_attempts * cfg.attacker.sampling.max_new_tokens + (cfg.n_candidates if t == "aligned_bon" else 1) * max_new
-                        for t in cfg.targets)
-        return _times(rows(cfg.benchmark), a.depth * a.n_streams * per_round)
+    if command == "attack":
+        return _times(rows(cfg.benchmark), attack_tokens(cfg, max_new))
     return 0  # report.py samples nothing
+
+
+RATER_TOKENS = {"judge": 0, "rating": 16, "strongreject": 1000}  # what the search's scorer generates per answer
+ON_TOPIC_TOKENS = 10
+
+
+def attack_tokens(cfg: DictConfig, max_new: int) -> int:
+    """The most tokens one behaviour samples across its targets: the attacker's tries of every conversation, the target's
+    answers at the search's length (each a Best-of-N query's N samples) and their ratings, TAP's on-topic answers, then
+    the best prompt's full-length re-run, its confirmations and its transfer replays."""
+    from lightning_da.runs.attack import search_settings
+
+    a, s = cfg.attack, search_settings(cfg)
+    if a.method == "tap":  # level 1 asks each root's children; later levels at most `width` leaves' children
+        asks = s["n_streams"] * s["branching_factor"] + (s["depth"] - 1) * s["width"] * s["branching_factor"]
+        sent = min(s["width"], s["n_streams"] * s["branching_factor"]) + (s["depth"] - 1) * s["width"]
+    else:
+        asks = sent = s["depth"] * s["n_streams"]
+    searched = a.target_max_new_tokens or max_new
+    attacker = asks * (a.max_attempts * cfg.attacker.sampling.max_new_tokens + (ON_TOPIC_TOKENS if a.method == "tap" else 0))
+    measured = int(a.target_max_new_tokens is not None) + a.confirm_samples + (len(cfg.targets) - 1 if a.transfer else 0)
+    return sum(attacker + sent * (per_query * searched + RATER_TOKENS[cfg.scorer]) + measured * per_query * max_new
+               for per_query in (cfg.n_candidates if t == "aligned_bon" else 1 for t in cfg.targets))
 
 
 def _swept(value: str) -> bool:
