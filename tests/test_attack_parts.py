@@ -128,3 +128,8 @@ def test_system_prompts_from_files_replace_the_strategies(tmp_path):
         system_templates([], [str(tmp_path / "bad.txt")])
     with pytest.raises(UserError, match=r"^attack.strategies=\['flattery'\]: choose one or more of roleplay, logical_appeal, authority"):
         system_templates(["flattery"])
+
+
+def test_settings_without_stop_keep_the_keys_caches_were_written_with():
+    assert SamplingConfig().as_dict() == {"temperature": 0.7, "top_p": 1.0, "top_k": None, "max_new_tokens": 2048, "do_sample": True}
+    assert SamplingConfig(stop=["}"]).as_dict()["stop"] == ["}"]

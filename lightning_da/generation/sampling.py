@@ -29,7 +29,9 @@ class SamplingConfig:
             raise UserError(f"sampling temperature={self.temperature}: set it above 0, or do_sample=false for greedy decoding")
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """The settings, `stop` only when set: caches keyed on the settings before it existed stay valid."""
+        settings = asdict(self)
+        return settings if self.stop else {k: v for k, v in settings.items() if k != "stop"}
 
     def generate_kwargs(self) -> dict:
         """Hugging Face `generate`'s arguments (with `stop`, `generate` also needs the tokenizer)."""
