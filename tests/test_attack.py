@@ -236,6 +236,7 @@ def test_a_crashed_attack_resumes_without_repeating_behaviours(tmp_path, adapter
     ("attack.method=gcg", "attack.method=gcg: choose pair or tap"),
     ("attack.width=0", "attack.width=0: set it to an integer of at least 1"),
     ("attack.confirm_samples=-1", "attack.confirm_samples=-1: set it to an integer of at least 0"),
+    ("attack.transfer=maybe", "attack.transfer=maybe: set true (replay each target's winning prompts on the others) or false"),
     ("attack.target_max_new_tokens=4", "attack.target_max_new_tokens=4 is not shorter than the deployed 4 new tokens"),
     ("attack.strategies=[flattery]", "attack.strategies=['flattery']: choose one or more of roleplay, logical_appeal, authority"),
     ("attack.system_prompts=[/no/such/prompt.txt]", "attack.system_prompts: cannot read /no/such/prompt.txt"),

@@ -78,6 +78,8 @@ def check_settings(cfg: DictConfig) -> None:
     for key in ("max_attempts", "keep_last_n", "branching_factor", "width"):
         check_at_least(cfg.attack[key], f"attack.{key}")
     check_at_least(cfg.attack.confirm_samples, "attack.confirm_samples", minimum=0)
+    if not isinstance(cfg.attack.transfer, bool):
+        raise UserError(f"attack.transfer={cfg.attack.transfer}: set true (replay each target's winning prompts on the others) or false")
     if cfg.attack.confirm_samples >= PHASE_CALLS:
         raise UserError(f"attack.confirm_samples={cfg.attack.confirm_samples}: at most {PHASE_CALLS - 1}")
     for key in ("n_candidates", "batch_size"):
