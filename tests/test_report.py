@@ -575,10 +575,10 @@ def test_the_configuration_table_has_the_base_row_and_each_selectors_interval(tm
         "| qwq | llama3_8b | sft | dan | latent_sim | 25.0% asr | 50.0% | [0.0, 100.0] | -25.0 | [-75.0, 0.0] | 1 |"]
     assert table.splitlines() == [
         "teacher,student,stage,benchmark,selector,rate_name,rate,drop,drop_low,drop_high,difference,difference_low,difference_high,"
-        "mcnemar_p",
-        "qwq,llama3_8b,sft,dan,base student: first,asr,75.0,,,,25.0,-10.0,50.0,0.5",
-        "qwq,llama3_8b,sft,dan,first,asr,50.0,0.0,,,,,,",
-        "qwq,llama3_8b,sft,dan,latent_sim,asr,25.0,50.0,0.0,100.0,-25.0,-75.0,0.0,1.0"]
+        "mcnemar_p,strongreject_score",
+        "qwq,llama3_8b,sft,dan,base student: first,asr,75.0,,,,25.0,-10.0,50.0,0.5,",
+        "qwq,llama3_8b,sft,dan,first,asr,50.0,0.0,,,,,,,",
+        "qwq,llama3_8b,sft,dan,latent_sim,asr,25.0,50.0,0.0,100.0,-25.0,-75.0,0.0,1.0,"]
 
 
 def test_the_tables_csv_row_by_row_and_the_footnote_of_resamples_without_a_drop(runs):
