@@ -202,3 +202,26 @@ def test_evaluate_under_ddp_each_rank_has_its_engine_and_equals_one_process(tmp_
     candidates = [[json.loads(line)["candidates"] for line in (tmp_path / run / "candidates.jsonl").read_text().splitlines()]
                   for run in ("one", "ddp")]
     assert candidates[0] == candidates[1] and len(candidates[0]) == 7
+
+
+@pytest.mark.parametrize(("given", "want_port"), [({"MASTER_PORT": "29555"}, "29555"), ({}, None)])
+def test_an_engine_in_this_process_finds_a_rendezvous_address(monkeypatch, given, want_port):
+    """A port given alone (some launchers set only MASTER_PORT) gets this machine's address beside it, the port kept;
+    nothing given: this machine and a free port (vLLM's external launcher rendezvouses through both)."""
+    import os
+
+    from lightning_da.generation.vllm_engine import placement
+
+    for key in ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in given.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("RANK", "")  # restored afterwards: placement writes the rank's variables
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "")
+    group, engine = placement(1, launcher=True)
+    assert group is None and engine == {"distributed_executor_backend": "external_launcher", "seed": 0}
+    assert os.environ["MASTER_ADDR"] == "127.0.0.1" and (want_port is None or os.environ["MASTER_PORT"] == want_port)
+    assert int(os.environ["MASTER_PORT"]) > 0
+    monkeypatch.delenv("MASTER_ADDR")
+    monkeypatch.delenv("MASTER_PORT")

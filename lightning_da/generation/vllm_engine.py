@@ -163,6 +163,7 @@ def placement(tensor_parallel_size: int, *, launcher: bool) -> tuple[object | No
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(local_rank), WORLD_SIZE=str(world))
     if "MASTER_PORT" not in os.environ:  # alone: vLLM starts its own process group on a free port
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")  # a port given alone (some launchers set only it): this machine
     if torch.cuda.is_available():
         if tensor_parallel_size > torch.cuda.device_count():
             raise UserError(f"generation.vllm.tensor_parallel_size={tensor_parallel_size}: a group shares one node, "
