@@ -16,6 +16,7 @@ from lightning_da.attack.models import (
     FirstSampleTarget,
     JudgeScorer,
 )
+from lightning_da.attack.prompts import system_templates
 from lightning_da.errors import UserError
 from lightning_da.generation import SamplingConfig, sample_chats
 from lightning_da.judges import RefusalPrefixJudge
@@ -362,7 +363,7 @@ def test_no_two_attacker_requests_of_any_two_calls_share_a_random_stream_on_vllm
     attacker = ChatAttacker(seed=0, sample=partial(engine.sample_chats, tokenizer), sampling=SamplingConfig(temperature=1.0, max_new_tokens=4))
     pair = PAIR(attacker=attacker, target=lambda prompts: (prompts, [1] * len(prompts)),
                 judge=lambda goal, prompts, responses: [(1.0, False)] * len(responses), depth=1, n_streams=3, max_attempts=3,
-                strategies=["roleplay"])  # one strategy: the streams' messages are the same
+                templates=system_templates(["roleplay"]))  # one strategy: the streams' messages are the same
     for behaviour in (0, 1):
         attacker.start(behaviour)
         assert pair.attack("pick a lock", "Sure").ended_streams == [0, 1, 2]

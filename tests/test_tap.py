@@ -6,6 +6,7 @@ import json
 import pytest
 
 from lightning_da.attack import TAP
+from lightning_da.attack.prompts import system_templates
 from lightning_da.attack.tap import parse_on_topic
 from lightning_da.errors import UserError
 
@@ -55,7 +56,8 @@ def test_the_width_best_scored_leaves_grow_on_and_each_child_inherits_its_parent
     """Width 2 from 2 roots (strategies rotated) with 2 children each: 4 children on topic, 2 sent (n2, n3, root 0's);
     both kept as leaves, each child of node 3 asked with node 3's conversation: its root's opening, its own proposal and
     the feedback on it."""
-    tap, log = tree(scores={"n2": 4, "n3": 6}, n_streams=2, branching_factor=2, width=2, depth=2, strategies=["roleplay", "authority"])
+    tap, log = tree(scores={"n2": 4, "n3": 6}, n_streams=2, branching_factor=2, width=2, depth=2,
+                    templates=system_templates(["roleplay", "authority"]))
     result = tap.attack("pick a lock", "Sure")
     level2 = [r for r in log["asked"] if r.round == 2]
     assert [r.stream for r in level2] == [6, 7, 8, 9]  # 2 children each of leaves 2 and 3

@@ -18,7 +18,7 @@ import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-from lightning_da.attack.prompts import FEEDBACK, OPENING, fill, system_templates
+from lightning_da.attack.prompts import FEEDBACK, OPENING, STRATEGIES, fill, strategy_prompt
 from lightning_da.errors import check_at_least
 
 
@@ -123,7 +123,8 @@ class BehaviourResult:
 class Search:
     """The parts of an attacker-driven search: asking for proposals with retries, scoring what the target says,
     and each conversation's history, bounded to its last `keep_last_n` exchanges. Conversation s (a stream, a
-    TAP root) gets system prompt s mod their number (`strategies` rotated, or `system_prompts` files)."""
+    TAP root) gets system prompt s mod their number (`templates`: the texts, `{goal}` and `{target_str}` unfilled; by
+    default PAIR's three strategies, `prompts.system_templates` resolves attack.strategies / attack.system_prompts)."""
 
     attacker: Callable[[list[AttackerRequest]], list[str]]
     target: Callable[[list[str]], tuple[list[str], list[int]]]
@@ -131,13 +132,11 @@ class Search:
     depth: int = 8
     max_attempts: int = 5
     keep_last_n: int = 4  # attacker exchanges kept (its context is finite)
-    strategies: list[str] = field(default_factory=lambda: ["roleplay", "logical_appeal", "authority"])
-    system_prompts: list[str] | None = None
+    templates: list[str] = field(default_factory=lambda: [strategy_prompt(s) for s in STRATEGIES])
 
     def __post_init__(self) -> None:
         for key in ("depth", "max_attempts", "keep_last_n"):
             check_at_least(getattr(self, key), f"attack.{key}")
-        self.templates = system_templates(list(self.strategies), self.system_prompts)
 
     def opening(self, conversation: int, goal: str, target_str: str) -> list[dict]:
         """A new conversation: its system prompt and the request for a first prompt."""
@@ -164,9 +163,8 @@ class Search:
     def query(self, goal: str, prompts: list[str], result: BehaviourResult) -> tuple[list[str], list[int], list[tuple[float, bool]]]:
         """The target's answers to `prompts`, their sample costs and the scorer's (score, success)."""
         responses, samples = self.target(prompts)
-        before = getattr(self.judge, "unreadable", 0)
-        scores = self.judge(goal, prompts, responses)
-        result.unreadable_scores += getattr(self.judge, "unreadable", 0) - before
+        scores, unreadable = counted(self.judge, goal, prompts, responses)
+        result.unreadable_scores += unreadable
         return responses, samples, scores
 
     def extended(self, history: list[dict], improvement: str, prompt: str, response: str, goal: str, score: float) -> list[dict]:
@@ -175,6 +173,13 @@ class Search:
         kept = [*history[1:], {"role": "assistant", "content": json.dumps({"improvement": improvement, "prompt": prompt})},
                 {"role": "user", "content": feedback}]
         return [history[0], *kept[-(2 * self.keep_last_n + 1):]]
+
+
+def counted(model, *args):
+    """`model(*args)` and how many judgements it could not read in the call (a model with an `unreadable` count)."""
+    before = getattr(model, "unreadable", 0)
+    out = model(*args)
+    return out, getattr(model, "unreadable", 0) - before
 
 
 def format_score(score: float) -> str:

@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from lightning_da.attack.search import BehaviourResult, Search, Turn
+from lightning_da.attack.search import BehaviourResult, Search, Turn, counted
 from lightning_da.errors import check_at_least
 
 ON_TOPIC_SYSTEM = (
@@ -61,9 +61,8 @@ class TAP(Search):
             if not proposals:
                 break
             # Prune 1: off-topic prompts never reach the target; then at most `width`, in order.
-            before = getattr(self.on_topic, "unreadable", 0)
-            topical = self.on_topic(goal, [p for _, p in proposals.values()])
-            result.unreadable_on_topic += getattr(self.on_topic, "unreadable", 0) - before
+            topical, unreadable = counted(self.on_topic, goal, [p for _, p in proposals.values()])
+            result.unreadable_on_topic += unreadable
             kept = [c for c, on in zip(proposals, topical, strict=True) if on]
             result.pruned_off_topic += len(proposals) - len(kept)
             result.pruned_width += max(0, len(kept) - self.width)

@@ -66,7 +66,11 @@ class HubBenchmark:
             return read_local_table(self.path, what=f"benchmark {self.name} file"), str(self.path)
         if self.hub_id is None:
             raise UserError(f"benchmark {self.name} has no hub id; set benchmark.path=/path/to/file.jsonl")
-        return _hub_rows(self.hub_id, self.subset, self.split, "benchmark.path"), f"{self.hub_id}[{self.split}]"
+        return _hub_rows(self.hub_id, self.hub_config(), self.split, "benchmark.path"), f"{self.hub_id}[{self.split}]"
+
+    def hub_config(self) -> str | None:
+        """The hub dataset's configuration (`subset`)."""
+        return self.subset
 
     def _row(self, record: dict, where: str) -> dict:
         if self.template is not None:
@@ -130,12 +134,8 @@ class AdvBench(HubBenchmark):
         if self.subset == "pair50" and self.category_field is None:
             self.category_field = "pair50_category"
 
-    def _records(self) -> tuple[list[dict], str]:
-        curated, self.subset = self.subset, None  # the hub holds the one table
-        try:
-            return super()._records()
-        finally:
-            self.subset = curated
+    def hub_config(self) -> str | None:
+        return None  # the hub holds the one table
 
     def _curated(self, records: list[dict], source: str) -> list[dict]:
         if self.subset is None:

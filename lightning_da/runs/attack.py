@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from lightning_da.atomic import keyed_parts_dir, write_text_atomic
 from lightning_da.attack.behaviours import behaviours
-from lightning_da.attack.measure import jailbroken, measure
+from lightning_da.attack.measure import measure
 from lightning_da.attack.models import (
     CALL_STRIDE,
     PHASE_CALLS,
@@ -59,14 +59,20 @@ METHOD_DEFAULTS = {"pair": {"depth": 8, "n_streams": 3}, "tap": {"depth": 10, "n
 
 
 def search_settings(cfg: DictConfig) -> dict:
-    """The search's keyword arguments: attack.* with the method's defaults filled in, TAP's own keys for TAP only."""
+    """The search's counts: attack.* with the method's defaults filled in, TAP's own keys for TAP only (its system
+    prompts are `attack_templates`)."""
     settings = OmegaConf.to_container(cfg.attack, resolve=True)
     method = settings.pop("method")
-    for key in ("target_max_new_tokens", "confirm_samples", "transfer"):
+    for key in ("target_max_new_tokens", "confirm_samples", "transfer", "strategies", "system_prompts"):  # not the search's
         settings.pop(key)
     if method != "tap":
         settings.pop("branching_factor"), settings.pop("width")
     return {**settings, **{k: v if settings[k] is None else settings[k] for k, v in METHOD_DEFAULTS[method].items()}}
+
+
+def attack_templates(cfg: DictConfig) -> list[str]:
+    """The attacker's system prompts: attack.system_prompts' files, else attack.strategies."""
+    return system_templates(list(cfg.attack.strategies), cfg.attack.system_prompts and list(cfg.attack.system_prompts))
 
 
 def check_settings(cfg: DictConfig) -> None:
@@ -89,7 +95,7 @@ def check_settings(cfg: DictConfig) -> None:
     if short is not None and short >= full:
         raise UserError(f"attack.target_max_new_tokens={short} is not shorter than the deployed {full} new tokens: leave it "
                         "null (the search's answers are the deployed ones)")
-    system_templates(list(cfg.attack.strategies), cfg.attack.system_prompts and list(cfg.attack.system_prompts))
+    attack_templates(cfg)
     unknown = [t for t in cfg.targets if t not in TARGETS]
     if unknown or not cfg.targets:
         raise UserError(f"targets={list(cfg.targets)}: choose one or more of {', '.join(TARGETS)}")
@@ -137,8 +143,9 @@ def build_scorer(cfg: DictConfig, judge, attacker: ChatAttacker, device):
     if cfg.scorer == "judge":
         return JudgeScorer(judge)
     if cfg.scorer == "strongreject":
-        return JudgeScorer(StrongRejectRubricJudge(instantiate(cfg.rating_model), backend="vllm" if check_backend(cfg.generation) else "hf",
-                                                   vllm=instantiate(cfg.generation.vllm) if check_backend(cfg.generation) else None))
+        engine = check_backend(cfg.generation)
+        return JudgeScorer(StrongRejectRubricJudge(instantiate(cfg.rating_model), backend="vllm" if engine else "hf",
+                                                   vllm=instantiate(cfg.generation.vllm) if engine else None))
     return RatingScorer(seed=cfg.seed, sample=rating_sampler(cfg, attacker, device))
 
 
@@ -161,8 +168,7 @@ def resume_key(cfg: DictConfig, goals: list[tuple[str, str]], judge) -> dict:
     return {
         "behaviours": content_key([list(g) for g in goals]), "targets": list(cfg.targets), "seed": cfg.seed, "adapter": cfg.adapter,
         "settings": OmegaConf.to_container(cfg.attack, resolve=True), "student": OmegaConf.to_container(cfg.student, resolve=True),
-        "system_prompts": [content_key(t) for t in system_templates(list(cfg.attack.strategies),
-                                                                     cfg.attack.system_prompts and list(cfg.attack.system_prompts))],
+        "system_prompts": [content_key(t) for t in attack_templates(cfg)],
         "attacker": OmegaConf.to_container(cfg.attacker, resolve=True), "judge": judge.identity(), "n_candidates": cfg.n_candidates,
         "max_new_tokens": cfg.max_new_tokens, "layer": cfg.attribution.layer, "scorer": cfg.scorer,
         "rating_model": OmegaConf.to_container(cfg.rating_model, resolve=True) if cfg.scorer != "judge" or cfg.attack.method == "tap" else None,
@@ -207,14 +213,15 @@ def replay_transfers(records: list[dict], targets: dict, judge, n_behaviours: in
             responses, _ = target([won[(s, k)]["final"]["prompt"] for s in sources])
             verdicts = judge.judge([won[(sources[0], k)]["goal"]] * len(sources), responses)
             for s, verdict in zip(sources, verdicts, strict=True):
-                replays[s][destination][k] = jailbroken(verdict)
+                replays[s][destination][k] = not verdict.safe
     return replays
 
 
 def run_attack(cfg: DictConfig) -> dict:
     check_settings(cfg)
     L.seed_everything(cfg.seed)
-    rows = instantiate(cfg.benchmark).load()
+    benchmark = instantiate(cfg.benchmark)
+    rows = benchmark.load()
     goals = behaviours(rows)
     judge = build_judge(cfg)
     judge.check()
@@ -226,7 +233,7 @@ def run_attack(cfg: DictConfig) -> dict:
     models = {"attacker": attacker, "scorer": build_scorer(cfg, judge, attacker, device)}
     if cfg.attack.method == "tap":
         models["on_topic"] = OnTopicEvaluator(seed=cfg.seed, sample=rating_sampler(cfg, attacker, device))
-    search_cls, settings = PAIR if cfg.attack.method == "pair" else TAP, search_settings(cfg)
+    search_cls, settings = PAIR if cfg.attack.method == "pair" else TAP, {**search_settings(cfg), "templates": attack_templates(cfg)}
     run = Path(cfg.paths.output_dir)
     parts = keyed_parts_dir(run / "attack.parts", resume_key(cfg, goals, judge))
     todo = [k for k in range(len(goals)) if not (parts / f"behaviour-{k:06d}.jsonl").exists()]
@@ -246,7 +253,7 @@ def run_attack(cfg: DictConfig) -> dict:
     write_text_atomic(run / "attack.jsonl", text)
     parameters = {"method": cfg.attack.method, "model": instantiate(cfg.student.model).name, "adapter": str(cfg.adapter),
                   "attacker": instantiate(cfg.attacker.model).name, "scorer": cfg.scorer, "judge": judge.identity()["judge"],
-                  "measures": results["measures"], "benchmark": getattr(instantiate(cfg.benchmark), "name", None)}
+                  "measures": results["measures"], "benchmark": getattr(benchmark, "name", None)}
     for name in cfg.targets:
         write_text_atomic(run / "jailbreakbench" / f"{name}.json", json.dumps(jailbreakbench_artifact(records, name, parameters), indent=2) + "\n")
     write_text_atomic(run / "attack_results.json", json.dumps(results, indent=2) + "\n")

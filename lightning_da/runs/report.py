@@ -325,10 +325,12 @@ TABLE4 = "## Table 4: adaptive attacks against the deployed targets"
 
 def attack_cell(v: dict) -> str:
     """A target's rate (mean queries; the confirmed rate and StrongREJECT's score where measured)."""
-    extra = "".join(f"; {text}" for key, text in (("confirm_rate", f"{format_number(v.get('confirm_rate'))} confirmed"),
-                                                  ("strongreject_score", f"SR {v.get('strongreject_score') or 0:.2f}"))
-                    if v.get(key) is not None)
-    return f"{format_number(v['asr'])} ({v['mean_queries']:.1f}{extra})"
+    extra = [f"{v['mean_queries']:.1f}"]
+    if v.get("confirm_rate") is not None:
+        extra.append(f"{format_number(v['confirm_rate'])} confirmed")
+    if v.get("strongreject_score") is not None:
+        extra.append(f"SR {v['strongreject_score']:.2f}")
+    return f"{format_number(v['asr'])} ({'; '.join(extra)})"
 
 
 def attack_table(directories: list[str | Path]) -> tuple[str, str]:
