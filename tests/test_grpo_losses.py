@@ -21,9 +21,11 @@ from lightning_da.algorithms.grpo_losses import (
     high_entropy_mask,
     k3,
     nanstd,
+    off_policy_mask,
     sampling_correction,
     vespo_log_weight,
 )
+from lightning_da.errors import UserError
 
 G = 4
 
@@ -138,19 +140,29 @@ def trl_vespo_phi(log_ratios: list[float], adv: float, k_pos=2.0, lambda_pos=3.0
 
 
 def reference_loss(logp, old, adv, mask, loss_type, *, eps=0.2, eps_high=0.28, delta=None, beta=0.0, ref=None,
-                   max_len=None, num_items=None, world=1, tau_pos=1.0, tau_neg=1.05, bias_correction=True, keep=None):
-    """One sequence and one token at a time, from TRL 1.16's `_compute_loss`: sapo's gate
-    sigmoid(tau (r - 1)) 4 / tau with tau by the advantage's sign; luspo on the sequence ratio, each
-    sequence's summed loss averaged over sequences; vespo's -phi A logp; the KL term times the ratio with
-    `bias_correction`; `keep` (the entropy mask) zeroes the policy term of a token, not its KL."""
+                   max_len=None, num_items=None, world=1, tau_pos=1.0, tau_neg=1.05, bias_correction=True, keep=None,
+                   level=None, opsm=None, sampling=None):
+    """One sequence and one token at a time, from TRL 1.16's `_compute_loss`: the ratio per token, or at
+    `level` sequence one per sequence, exp of the mean log-ratio over its tokens (gspo: TRL's grpo at the
+    sequence level); sapo's gate sigmoid(tau (r - 1)) 4 / tau with tau by the advantage's sign; luspo's
+    summed loss per sequence averaged over sequences; vespo's -phi A logp; the KL term times the ratio with
+    `bias_correction`; `keep` (the entropy mask) zeroes the policy term of a token, not its KL; `opsm`
+    (TRL's get_off_policy_mask) zeroes the policy term of a sequence with A < 0 whose mean over its tokens
+    of sampling - logp exceeds it (`sampling`: the engine's log-probs, else `old`)."""
     rows, width = logp.shape
+    sequence_level = level == "sequence" or level is None and loss_type == "gspo"
     per_seq, total, count = [], 0.0, 0.0
     for i in range(rows):
         n_i = float(sum(mask[i][t] for t in range(width)))
         seq_ratio = None
-        if loss_type in ("gspo", "luspo"):
+        if sequence_level:
             seq_ratio = torch.exp(sum((logp[i, t] - old[i, t]) * mask[i][t] for t in range(width)) / max(n_i, 1.0))
         counted = [t for t in range(width) if mask[i][t]]
+        dropped = False
+        if opsm is not None:
+            source = old if sampling is None else sampling
+            mean_kl = sum(float(source[i, t] - logp[i, t].detach()) for t in counted) / max(n_i, 1.0)
+            dropped = float(adv[i]) < 0 and mean_kl > opsm
         phi = trl_vespo_phi([float((logp[i, t] - old[i, t]).detach()) for t in counted], float(adv[i]))
         terms = []
         for t in counted:
@@ -165,7 +177,7 @@ def reference_loss(logp, old, adv, mask, loss_type, *, eps=0.2, eps_high=0.28, d
             else:
                 unclipped = r if delta is None else torch.clamp(r, max=delta)
                 term = -torch.minimum(unclipped * adv[i], torch.clamp(r, 1 - eps, 1 + eps_high) * adv[i])
-            if keep is not None and not keep[i][t]:
+            if keep is not None and not keep[i][t] or dropped:
                 term = term * 0
             if beta:
                 d = ref[i, t] - logp[i, t]
@@ -196,17 +208,24 @@ def random_batch(seed=0, rows=6, width=5):
     return logp, old, ref, adv, mask
 
 
-@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+# Every loss type at TRL's default level (None), and at each level explicitly (gspo is grpo at the sequence level).
+LEVEL_CASES = [(loss, level) for loss in LOSS_TYPES for level in (None, "token", "sequence") if (loss, level) != ("gspo", "token")]
+
+
+@pytest.mark.parametrize(("loss_type", "level"), LEVEL_CASES)
 @pytest.mark.parametrize(("beta", "delta", "bias_correction"), [(0.0, None, True), (0.04, 1.5, True), (0.04, None, False)])
-def test_each_loss_type_against_the_formula(loss_type, beta, delta, bias_correction):
+@pytest.mark.filterwarnings("ignore:.*importance_sampling_level")  # TRL's warnings on odd pairs, which still run
+@pytest.mark.filterwarnings("ignore:loss_type=vespo")
+def test_each_loss_type_against_the_formula(loss_type, level, beta, delta, bias_correction):
     logp, old, ref, adv, mask = random_batch()
     eps_high = 5.0 if loss_type == "cispo" else 0.28
     kwargs = {"epsilon": 0.2, "epsilon_high": eps_high, "delta": delta, "beta": beta, "ref_logp": ref,
-              "max_completion_length": 7, "num_items": 30.0, "use_bias_correction_kl": bias_correction}
+              "max_completion_length": 7, "num_items": 30.0, "use_bias_correction_kl": bias_correction,
+              "importance_sampling_level": level}
     got = grpo_loss(logp, old, adv, mask, loss_type=loss_type, **kwargs).loss
     (grad_got,) = torch.autograd.grad(got, logp)
     want = reference_loss(logp, old, adv, mask.tolist(), loss_type, eps_high=eps_high, delta=delta, beta=beta, ref=ref,
-                          max_len=7, num_items=30.0, bias_correction=bias_correction)
+                          max_len=7, num_items=30.0, bias_correction=bias_correction, level=level)
     (grad_want,) = torch.autograd.grad(want, logp)
     assert float(got.detach()) == pytest.approx(float(want.detach()), abs=1e-6)
     assert torch.allclose(grad_got, grad_want, atol=1e-6)
@@ -231,6 +250,81 @@ def test_gradient_accumulation_over_micro_batches_equals_the_whole_batch(loss_ty
     (grad_acc,) = torch.autograd.grad(accumulated, logp)
     assert float(accumulated.detach()) == pytest.approx(float(whole.detach()), abs=1e-9)
     assert torch.allclose(grad_acc, grad_whole, atol=1e-9)
+
+
+@pytest.mark.parametrize(("loss_type", "level"), LEVEL_CASES)
+@pytest.mark.parametrize("engine", [False, True])
+@pytest.mark.filterwarnings("ignore:.*importance_sampling_level")
+@pytest.mark.filterwarnings("ignore:loss_type=vespo")
+def test_off_policy_masking_against_the_formula(loss_type, level, engine):
+    """DeepSeek-V3.2's off-policy sequence mask (TRL's get_off_policy_mask) at a threshold that drops some sequences
+    and keeps others, compared with the engine's log-probabilities or, without them, the old policy's."""
+    logp, old, ref, adv, mask = random_batch(seed=3)  # advantages < 0 in rows 0, 3 and 5
+    drift = torch.tensor([0.6, 0.6, 0.0, 0.6, 0.0, 0.0], dtype=torch.float64)[:, None]  # rows 0 and 3 dropped; 1 has A > 0
+    sampling = old + drift if engine else None
+    old = old if engine else old + drift
+    kwargs = {"epsilon_high": 5.0 if loss_type == "cispo" else 0.28, "max_completion_length": 7, "num_items": 30.0,
+              "importance_sampling_level": level, "beta": 0.04, "ref_logp": ref}
+    got = grpo_loss(logp, old, adv, mask, loss_type=loss_type, off_policy_mask_threshold=0.3, sampling_logp=sampling, **kwargs).loss
+    unmasked = grpo_loss(logp, old, adv, mask, loss_type=loss_type, **kwargs).loss
+    want = reference_loss(logp, old, adv, mask.tolist(), loss_type, eps_high=kwargs["epsilon_high"], beta=0.04, ref=ref, max_len=7,
+                          num_items=30.0, level=level, opsm=0.3, sampling=sampling)
+    assert float(got.detach()) == pytest.approx(float(want.detach()), abs=1e-6)
+    assert torch.allclose(torch.autograd.grad(got, logp)[0], torch.autograd.grad(want, logp)[0], atol=1e-6)
+    assert float(got.detach()) != pytest.approx(float(unmasked.detach()), abs=1e-6)  # the threshold drops something here
+
+
+def test_off_policy_mask_by_hand():
+    # Mean KL(sampling || current) over counted tokens: 0.5 (drop if A < 0), 0.1 (keep), NaN token counted 0 -> 0.2.
+    logp = torch.zeros(4, 2)
+    sampling = torch.tensor([[0.5, 0.5], [0.1, 0.1], [0.4, math.nan], [0.5, 0.5]])
+    mask = torch.tensor([[1.0, 1.0], [1.0, 1.0], [1.0, 1.0], [1.0, 1.0]])
+    kept = off_policy_mask(torch.tensor([-1.0, -1.0, -1.0, 0.0]), logp, sampling, mask, 0.3)
+    assert kept.flatten().tolist() == [0.0, 1.0, 1.0, 1.0]  # the last: a non-negative advantage is always kept
+
+
+@pytest.mark.parametrize(("settings", "fragment"), [
+    ({"loss_type": "gspo", "importance_sampling_level": "token"}, "loss_type=grpo"),
+    ({"importance_sampling_level": "tokens"}, "token or sequence"),
+    ({"off_policy_mask_threshold": 0.0}, "off_policy_mask_threshold=0.0"),
+])
+def test_bad_level_and_threshold_are_one_line(settings, fragment):
+    with pytest.raises(UserError, match=fragment) as error:
+        GRPOLoss(**settings)
+    assert "\n" not in str(error.value)
+
+
+def test_trls_warnings_on_odd_levels():
+    with pytest.warns(UserWarning, match="importance_sampling_level=sequence to mirror"):
+        GRPOLoss("luspo")
+    with pytest.warns(UserWarning, match="weighting each sequence by its length"):
+        GRPOLoss("dapo", importance_sampling_level="sequence")
+
+
+def test_clip_ratios_count_on_the_delta_capped_ratio():
+    """TRL caps the unclipped ratio at delta before it counts the clipped tokens: with delta 1.1 below 1 + epsilon_high,
+    a ratio of 1.5 is capped to 1.1 and not counted as clipped high; with delta 3 it is."""
+    logp = torch.log(torch.tensor([[1.5, 1.0]]))
+    args = (logp, torch.zeros(1, 2), torch.tensor([1.0]), torch.ones(1, 2))
+    assert float(grpo_loss(*args, delta=1.1).clip_high) == 0.0
+    assert float(grpo_loss(*args, delta=3.0).clip_high) == 0.5
+
+
+def test_totals_and_per_sequence_clip_fractions():
+    """What is summed over ranks: (sum, count) over tokens, or over sequences at the sequence level; and each
+    sequence's clip fraction for low_min / high_max, NaN for a sequence with no counted token (TRL's nanmin skips it)."""
+    logp = torch.log(torch.tensor([[1.5, 1.5, 1.0], [0.5, 1.0, 1.0], [1.0, 1.0, 1.0]]))
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+    adv = torch.tensor([1.0, -1.0, 1.0])
+    terms = grpo_loss(logp, torch.zeros(3, 3), adv, mask)
+    assert terms.totals["clip_high"].tolist() == [2.0, 5.0] and terms.totals["clip_low"].tolist() == [1.0, 5.0]
+    assert terms.totals["clip_region"].tolist() == [3.0, 5.0]
+    high, low = terms.per_sequence["clip_high"].tolist(), terms.per_sequence["clip_low"].tolist()
+    assert high[:2] == pytest.approx([2 / 3, 0.0]) and low[:2] == pytest.approx([0.0, 0.5])
+    assert math.isnan(high[2]) and math.isnan(low[2])
+    sequence = grpo_loss(logp, torch.zeros(3, 3), adv, mask, loss_type="gspo")
+    assert sequence.totals["clip_high"][1] == 3.0  # one per sequence, the empty one too (TRL's x.shape[1] == 1 branch)
+    assert sequence.per_sequence["clip_high"].tolist() == [1.0, 0.0, 0.0]  # exp(mean(log 1.5, log 1.5, 0)) = 1.31 > 1.2
 
 
 def test_cispo_clips_its_weight_above_its_cap_only():

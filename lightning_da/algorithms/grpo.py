@@ -32,6 +32,7 @@ import contextlib
 import inspect
 import json
 import math
+import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import fields
@@ -50,6 +51,7 @@ from lightning_da.algorithms.grpo_losses import (
     high_entropy_mask,
     nanstd,
     sampling_correction,
+    zero_std_fraction,
 )
 from lightning_da.algorithms.rollouts import Rollouts, trim
 from lightning_da.errors import UserError, check_at_least
@@ -71,7 +73,11 @@ class GRPOModule(AdapterModule):
                  generation_batch_size: int = 8, loss_type: str = "grpo", epsilon: float = 0.2, epsilon_high: float | None = None,
                  delta: float | None = None, beta: float = 0.0, sapo_temperature_pos: float = 1.0, sapo_temperature_neg: float = 1.05,
                  vespo_k_pos: float = 2.0, vespo_lambda_pos: float = 3.0, vespo_k_neg: float = 3.0, vespo_lambda_neg: float = 2.0,
-                 top_entropy_quantile: float = 1.0, use_bias_correction_kl: bool = True, reference: str = "base", scale_rewards: str = "group",
+                 top_entropy_quantile: float = 1.0, use_bias_correction_kl: bool = True, importance_sampling_level: str | None = None,
+                 off_policy_mask_threshold: float | None = None, entropy_coef: float = 0.0, use_adaptive_entropy: bool = False,
+                 entropy_coef_min: float = 0.0, entropy_coef_max: float = 1.0, entropy_coef_delta: float = 0.005,
+                 entropy_target: float = 0.2, steps_per_generation: int = 1, disable_dropout: bool = False,
+                 reference: str = "base", scale_rewards: str | bool = "group",
                  multi_objective_aggregation: str = "sum_then_normalize", dynamic_sampling: bool = False,
                  max_generation_rounds: int = 4, mask_truncated_completions: bool = False, max_grad_norm: float | None = 1.0,
                  log_completions_steps: int = 10, completions_file: str | None = None, warmup_ratio: float = 0.0,
@@ -88,7 +94,14 @@ class GRPOModule(AdapterModule):
         self.reward_fns = {name: spec["fn"] for name, spec in rewards.items()}
         self.reward_weights = [float(spec.get("weight", 1.0)) for spec in rewards.values()]
         self.lora = dict(lora) if lora else None
-        self.scale_rewards, self.aggregation = scale_rewards, multi_objective_aggregation
+        self.scale_rewards, self.aggregation = scale_name(scale_rewards), multi_objective_aggregation
+        self.steps_per_generation, self.disable_dropout = steps_per_generation, disable_dropout
+        # The entropy bonus (TRL's): on with a coefficient or adaptive control; the controller's state is checkpointed.
+        self.entropy = {"coef": entropy_coef, "adaptive": use_adaptive_entropy, "min": entropy_coef_min, "max": entropy_coef_max,
+                        "delta": entropy_coef_delta, "target": entropy_target}
+        self.entropy_bonus = entropy_coef != 0.0 or use_adaptive_entropy
+        self.entropy_coef, self._last_world_entropy = entropy_coef, math.inf
+        self.num_tokens = 0  # prompt and completion tokens trained on, every rank (TRL's num_tokens)
         self.dynamic_sampling, self.mask_truncated_completions = dynamic_sampling, mask_truncated_completions
         self.max_grad_norm, self.log_completions_steps, self.seed = max_grad_norm, log_completions_steps, seed
         self.completions_file = Path(completions_file) if completions_file else None
@@ -106,6 +119,20 @@ class GRPOModule(AdapterModule):
             self.correction = {"mode": vllm_importance_sampling_mode, "clip_min": vllm_importance_sampling_clip_min,
                                "clip_max": vllm_importance_sampling_clip_max}
 
+    # -- resume: what a checkpoint holds besides the weights ---------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["grpo"] = {"entropy_coef": self.entropy_coef, "last_world_entropy": self._last_world_entropy,
+                              "num_tokens": self.num_tokens}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        state = checkpoint.get("grpo", {})
+        self.entropy_coef = state.get("entropy_coef", self.entropy_coef)
+        self._last_world_entropy = state.get("last_world_entropy", self._last_world_entropy)
+        self.num_tokens = state.get("num_tokens", self.num_tokens)
+
     # -- the policy ---------------------------------------------------------------------------
 
     def configure_model(self) -> None:
@@ -118,6 +145,10 @@ class GRPOModule(AdapterModule):
                                  tokenizer=self.tokenizer)
         else:
             model = apply_lora(model, **self.lora)
+        if self.disable_dropout:  # TRL's disable_dropout_in_model: every dropout layer (LoRA's included) at p = 0
+            for layer in model.modules():
+                if isinstance(layer, torch.nn.Dropout):
+                    layer.p = 0.0
         self.model = model.train()
         self._resized = model.get_input_embeddings().weight.shape[0] != rows  # the adapter's think tokens grew the vocabulary
         if self.loss.beta > 0 and self.reference == "init_adapter":
@@ -155,9 +186,9 @@ class GRPOModule(AdapterModule):
                 params[n].data = weight
 
     def token_logps(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion_ids: torch.Tensor,
-                    completion_mask: torch.Tensor, *, entropy: bool = False):
+                    completion_mask: torch.Tensor, *, entropy: bool = False, entropy_grad: bool = False):
         """Per-token log-probabilities (b, T) of the completion tokens after left-padded prompts,
-        of logits / temperature; and, if asked, the per-token entropy (no gradient)."""
+        of logits / temperature; and, if asked, the per-token entropy (with its gradient only if asked: the bonus)."""
         ids = torch.cat([prompt_ids, completion_ids], dim=1)
         mask = torch.cat([prompt_mask, completion_mask], dim=1)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
@@ -169,7 +200,7 @@ class GRPOModule(AdapterModule):
         logp = logits.gather(-1, completion_ids[..., None]).squeeze(-1) - normaliser
         if not entropy:
             return logp, None
-        with torch.no_grad():
+        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
             probs = (logits - normaliser[..., None]).exp()
             return logp, normaliser - (probs * logits).sum(-1)
 
@@ -225,13 +256,15 @@ class GRPOModule(AdapterModule):
     # -- the training step ---------------------------------------------------------------------
 
     def training_step(self, batch: list[dict], batch_idx: int):
+        self._round_started = getattr(self, "_round_started", None) or time.perf_counter()
         step_seed = self.seed + 10_000 * (self.global_step * self.trainer.world_size + self.trainer.global_rank) + self._rounds
         rollouts = self.rollouts(batch, seed=step_seed)
         self._rounds += 1
-        std = self._group_std(rollouts)
-        self.log("train/frac_reward_zero_std", float(torch.isclose(std, torch.zeros_like(std)).float().mean()), sync_dist=True)
-        zero_std = (~(std > 1e-8)).tolist()  # no signal: the rewards agree, or fewer than two are scorable
+        everyone = self._every_rank_rows(rollouts.rewards.to(self.device))
+        self.log("train/frac_reward_zero_std", zero_std_fraction(everyone, self.reward_weights, self.num_generations,
+                                                                 scale=self.scale_rewards, aggregation=self.aggregation))
         if self.dynamic_sampling:
+            zero_std = (~(self._group_std(rollouts) > 1e-8)).tolist()  # no signal: the rewards agree, or fewer than two scorable
             self._buffer.append(rollouts.groups([k for k, flat in enumerate(zero_std) if not flat]))
             ready = torch.tensor(float(sum(len(b.rows) for b in self._buffer) >= len(batch)), device=self.device)
             ready = self.trainer.strategy.reduce(ready, reduce_op="min")  # every rank steps, or none
@@ -244,59 +277,97 @@ class GRPOModule(AdapterModule):
             rollouts = Rollouts.cat([chosen, rollouts.groups(flat)])
             self._buffer = []
         self._rounds = 0
-        return self._train_on(rollouts)
+        return self._train_on(rollouts, seed=step_seed)
+
+    def _every_rank_rows(self, local: torch.Tensor) -> torch.Tensor:
+        """(world x B, ...) every rank's rows of a tensor with the same leading size on each, in rank order."""
+        if self.trainer.world_size == 1:
+            return local
+        return self.all_gather(local).reshape(-1, *local.shape[1:])
 
     def _advantages(self, rewards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(this rank's advantages (B,), normalised over every rank's rollouts; every rank's rewards (world x B, F))."""
         local = rewards.to(self.device)
-        world = self.trainer.world_size
-        everyone = self.all_gather(local).reshape(-1, local.size(1)) if world > 1 else local
+        everyone = self._every_rank_rows(local)
         advantages = group_advantages(everyone, self.reward_weights, self.num_generations, scale=self.scale_rewards,
                                       aggregation=self.aggregation)
-        rank = self.trainer.global_rank if world > 1 else 0
+        rank = self.trainer.global_rank if self.trainer.world_size > 1 else 0
         return advantages[rank * local.size(0) : (rank + 1) * local.size(0)], everyone
 
-    def _train_on(self, rollouts: Rollouts) -> torch.Tensor:
-        """`num_iterations` optimizer steps on the rollouts, each accumulating over micro-batches."""
+    def _order(self, n_rollouts: int, seed: int) -> torch.Tensor:
+        """The rollouts' order for training: shuffled (seeded by the round, so a resumed run draws the same) before the
+        batch is split into optimizer steps and micro-batches, as TRL shuffles its generation batch; left in order
+        when it is not split (one micro-batch: a permutation would change nothing but float rounding)."""
+        steps = self.steps_per_generation
+        if n_rollouts % steps:
+            raise UserError(f"{KEY}.steps_per_generation={steps} does not divide this rank's {n_rollouts} rollouts per generation "
+                            f"(algorithm.datamodule.prompts_per_step x {KEY}.num_generations); choose a divisor")
+        if steps == 1 and n_rollouts <= self.micro_batch_size:
+            return torch.arange(n_rollouts)
+        return torch.randperm(n_rollouts, generator=torch.Generator().manual_seed(seed))
+
+    def _train_on(self, rollouts: Rollouts, seed: int) -> torch.Tensor:
+        """`num_iterations` passes over the rollouts, each `steps_per_generation` optimizer steps on its share of them, each
+        step accumulating over micro-batches."""
+        started = self._round_started
         p_ids, p_mask, c_ids, c_mask = rollouts.tensors(self.tokenizer.pad_token_id)
         loss_mask = c_mask.clone()
         if self.mask_truncated_completions:
             loss_mask[rollouts.truncated] = 0
-        tensors = [t.to(self.device) for t in (p_ids, p_mask, c_ids, c_mask, loss_mask)]
         advantages, everyone = self._advantages(rollouts.rewards)
         n_rollouts = len(rollouts.completion_ids)
-        micro = [slice(i, i + self.micro_batch_size) for i in range(0, n_rollouts, self.micro_batch_size)]
+        order = self._order(n_rollouts, seed)
+        tensors = [t[order].to(self.device) for t in (p_ids, p_mask, c_ids, c_mask, loss_mask)]
+        sampling = rollouts.sampling_tensor()
+        sampling = None if sampling is None else sampling[order]
+        shuffled = advantages[order.to(advantages.device)]
+        size = n_rollouts // self.steps_per_generation
+        micro = [slice(i, min(i + self.micro_batch_size, start + size)) for start in range(0, n_rollouts, size)
+                 for i in range(start, start + size, self.micro_batch_size)]
         batches = [trim(*(t[part] for t in tensors)) for part in micro]
-        num_items = float(self.trainer.strategy.reduce(tensors[4].sum().float(), reduce_op="sum"))
-        totals = (n_rollouts, float(tensors[4].sum()))
+        num_items = float(self.trainer.strategy.reduce(tensors[4].sum().float(), reduce_op="sum")) / self.steps_per_generation
         old, ref = self._fixed_logps(batches)
-        ratios = self._sampling_ratios(rollouts, micro, batches, old)
+        ratios = self._sampling_ratios(sampling, micro, batches, old, n_rollouts)
         stats: dict[str, float] = defaultdict(float)
+        steps = [[k for k, part in enumerate(micro) if start <= part.start < start + size] for start in range(0, n_rollouts, size)]
         for _ in range(self.num_iterations):
-            for k, part in enumerate(micro):
-                self._accumulate(batches[k], old[k], ref[k], advantages[part], num_items, totals, len(micro), stats, ratios[k])
-            self._optimizer_step()
+            for step in steps:
+                totals = (sum(micro[k].stop - micro[k].start for k in step), float(sum(batches[k][4].sum() for k in step)))
+                window = torch.zeros(2, device=self.device)  # the step's (entropy sum, token count): adaptive control
+                for k in step:
+                    engine = None if sampling is None else sampling[micro[k]][:, : batches[k][4].size(1)].to(self.device)
+                    counts = (len(step), len(steps) * self.num_iterations, len(micro) * self.num_iterations)
+                    window += self._accumulate(batches[k], old[k], ref[k], shuffled[micro[k]], num_items, totals, counts, stats,
+                                               ratios[k], engine)
+                self._optimizer_step()
+                self._update_entropy_coef(window, stats, len(steps) * self.num_iterations)
+        self.num_tokens += int(self._every_rank_rows(torch.tensor([float(p_mask.sum() + c_mask.sum())], device=self.device)).sum())
+        stats["step_time"] = (time.perf_counter() - started) / (len(steps) * self.num_iterations)
+        self._round_started = None
         self._log_step(rollouts, advantages, everyone, c_mask, stats)
         return torch.tensor(stats["loss"])
 
     @torch.no_grad()
     def _fixed_logps(self, batches: list[tuple]) -> tuple[list, list]:
-        """Per micro-batch: the old policy's log-probabilities (only with num_iterations > 1 or the vLLM correction,
-        as TRL; else the current ones, detached, are the old) and the reference's (only with beta > 0)."""
+        """Per micro-batch: the old policy's log-probabilities and the reference's (only with beta > 0, in eval mode,
+        as TRL's separate reference model). The old ones only where the batch is trained on off-policy (more than one
+        optimizer step per generation: num_iterations or steps_per_generation > 1) or with the vLLM correction, as
+        TRL; else the current ones, detached, are the old. TRL computes them in training mode (LoRA dropout active
+        unless disable_dropout), and so do we."""
         old, ref = [None] * len(batches), [None] * len(batches)
-        with self._eval_mode():
-            for k, (p_ids, p_mask, c_ids, c_mask, _) in enumerate(batches):
-                if self.num_iterations > 1 or self.correction is not None:
-                    old[k] = self.token_logps(p_ids, p_mask, c_ids, c_mask)[0]
-                if self.loss.beta > 0:
-                    with self.reference_policy():
-                        ref[k] = self.token_logps(p_ids, p_mask, c_ids, c_mask)[0]
+        off_policy = self.num_iterations * self.steps_per_generation > 1 or self.correction is not None
+        for k, (p_ids, p_mask, c_ids, c_mask, _) in enumerate(batches):
+            if off_policy:
+                old[k] = self.token_logps(p_ids, p_mask, c_ids, c_mask)[0]
+            if self.loss.beta > 0:
+                with self._eval_mode(), self.reference_policy():
+                    ref[k] = self.token_logps(p_ids, p_mask, c_ids, c_mask)[0]
         return old, ref
 
-    def _sampling_ratios(self, rollouts: Rollouts, micro: list[slice], batches: list[tuple], old: list) -> list:
+    def _sampling_ratios(self, sampling: torch.Tensor | None, micro: list[slice], batches: list[tuple], old: list,
+                         batch_size: int) -> list:
         """Per micro-batch, the vLLM correction's weights (`sampling_correction`; None without it), and TRL's
         `sampling/*` metrics of the gap between the engine's and the trainer's log-probabilities."""
-        sampling = rollouts.sampling_tensor()
         if self.correction is None or sampling is None:
             return [None] * len(batches)
         ratios, gaps, kept = [], [], []
@@ -315,29 +386,65 @@ class GRPOModule(AdapterModule):
                                    (f"{name}importance_sampling_ratio/min", kept.min() if kept.numel() else zero, "min"),
                                    (f"{name}importance_sampling_ratio/mean", kept.mean() if kept.numel() else zero, "mean"),
                                    (f"{name}importance_sampling_ratio/max", kept.max() if kept.numel() else zero, "max")):
-            self.log(key, float(value), sync_dist=True, reduce_fx=reduce, batch_size=len(rollouts.completion_ids))
+            self.log(key, float(value), sync_dist=True, reduce_fx=reduce, batch_size=batch_size)
         return ratios
 
-    def _accumulate(self, batch: tuple, old, ref, advantages, num_items: float, totals: tuple[int, float], micro_batches: int,
-                    stats: dict, sampling_ratio: torch.Tensor | None = None) -> None:
-        """One micro-batch's backward, scaled so the step's gradient is the whole batch's (`GRPOLoss.accumulation_scale`,
-        `totals`: this rank's rollouts and counted tokens); its share of the logged statistics."""
+    def _accumulate(self, batch: tuple, old, ref, advantages, num_items: float, totals: tuple[int, float], counts: tuple[int, int, int],
+                    stats: dict, sampling_ratio: torch.Tensor | None = None, sampling_logp: torch.Tensor | None = None) -> torch.Tensor:
+        """One micro-batch's backward, scaled so the step's gradient is the whole step's (`GRPOLoss.accumulation_scale`,
+        `totals`: this step's rollouts and counted tokens on this rank), with TRL's entropy bonus; its share of the logged
+        statistics, each averaged over every rank's tokens as TRL's (`counts`: micro-batches in this step, optimizer steps
+        and micro-batches in the round). Returns its (entropy sum, token count) over the
+        tokens the bonus acts on, for the adaptive controller."""
         p_ids, p_mask, c_ids, c_mask, l_mask = batch
-        logp, entropy = self.token_logps(p_ids, p_mask, c_ids, c_mask, entropy=True)
+        logp, entropy = self.token_logps(p_ids, p_mask, c_ids, c_mask, entropy=True, entropy_grad=self.entropy_bonus)
         keep = None
         if self.loss.top_entropy_quantile < 1:
-            keep = high_entropy_mask(entropy, l_mask, self.loss.top_entropy_quantile, pool=self._every_rank(entropy[l_mask.bool()]))
+            pool = self._every_rank(entropy.detach()[l_mask.bool()])
+            keep = high_entropy_mask(entropy.detach(), l_mask, self.loss.top_entropy_quantile, pool=pool)
         terms = self.loss(logp, old if old is not None else logp.detach(), advantages, l_mask, ref_logp=ref, num_items=num_items,
-                          world_size=self.trainer.world_size, entropy_mask=keep, sampling_ratio=sampling_ratio)
-        scale = self.loss.accumulation_scale(len(c_ids), float(l_mask.sum()), *totals)
-        self.manual_backward(terms.loss * scale)
-        share = 1.0 / (micro_batches * self.num_iterations)
-        stats["loss"] += float(terms.loss.detach()) * scale / self.num_iterations
-        for name in ("clip_low", "clip_high", "kl", "phi"):
-            if (value := getattr(terms, name)) is not None:
-                stats[name] += float(value) * share
-        stats["entropy"] += float((entropy * l_mask).sum() / l_mask.sum().clamp(min=1)) * share
+                          world_size=self.trainer.world_size, entropy_mask=keep, sampling_ratio=sampling_ratio,
+                          sampling_logp=sampling_logp)
+        loss = terms.loss * self.loss.accumulation_scale(len(c_ids), float(l_mask.sum()), *totals)
+        effective = l_mask if keep is None else l_mask * keep
+        window = torch.stack([(entropy.detach() * effective).sum(), effective.sum()]).float()
+        step_micro_batches, steps, all_micro_batches = counts
+        share = 1.0 / all_micro_batches
+        if self.entropy_bonus:
+            # TRL's bonus: the mean entropy of the tokens it acts on, over the step's micro-batches, whatever the loss type;
+            # the coefficient is the one set at the end of the previous step (adaptive: 0 while entropy is above target).
+            coef = self.entropy_coef if not self.entropy["adaptive"] or self._last_world_entropy <= self.entropy["target"] else 0.0
+            loss = loss - coef * (entropy * effective).sum() / effective.sum().clamp(min=1.0) / step_micro_batches
+            stats["policy_loss"] += float(self.trainer.strategy.reduce(terms.loss.detach(), reduce_op="mean")) * share
+        self.manual_backward(loss)
+        stats["loss"] += float(loss.detach()) / steps  # the mean over optimizer steps of each step's loss
+        sums = {**terms.totals, "entropy": torch.stack([(entropy.detach() * l_mask).sum(), l_mask.sum()])}
+        names = list(sums)
+        reduced = self.trainer.strategy.reduce(torch.stack([sums[n].float() for n in names]), reduce_op="sum")
+        for name, (total, count) in zip(names, reduced.tolist(), strict=True):
+            stats[name] += total / max(count, 1.0) * share
+        for name, per_sequence in terms.per_sequence.items():
+            gathered = self._every_rank_rows(per_sequence.float())
+            finite = gathered[~gathered.isnan()]
+            value = math.nan if not finite.numel() else float(finite.min() if name == "clip_low" else finite.max())
+            stats[f"{name}_{'min' if name == 'clip_low' else 'max'}"] += value * share
+        return window
 
+    def _update_entropy_coef(self, window: torch.Tensor, stats: dict, steps: int) -> None:
+        """After an optimizer step, TRL's adaptive entropy control: the step's mean entropy over every rank's tokens
+        (those the bonus acts on) at or below `entropy_target` raises the coefficient by `entropy_coef_delta` (up to
+        `entropy_coef_max`), above it lowers it (down to `entropy_coef_min`); `entropy_coef` is logged (its mean over
+        the round's steps)."""
+        if not self.entropy_bonus:
+            return
+        if self.entropy["adaptive"]:
+            total, count = self.trainer.strategy.reduce(window, reduce_op="sum").tolist()
+            world_entropy = total / max(count, 1.0)
+            e = self.entropy
+            self.entropy_coef = (min(self.entropy_coef + e["delta"], e["max"]) if world_entropy <= e["target"]
+                                 else max(self.entropy_coef - e["delta"], e["min"]))
+            self._last_world_entropy = world_entropy
+        stats["entropy_coef"] += self.entropy_coef / steps
     def _every_rank(self, values: torch.Tensor) -> torch.Tensor:
         """The 1-D `values` of every rank, concatenated (each rank's count may differ)."""
         if self.trainer.world_size == 1:
@@ -361,35 +468,46 @@ class GRPOModule(AdapterModule):
 
     def _log_step(self, rollouts: Rollouts, advantages: torch.Tensor, everyone: torch.Tensor, completion_mask: torch.Tensor,
                   stats: dict) -> None:
-        """`everyone`: every rank's rewards (gathered once, for the advantages), so `train/reward`,
-        `train/reward_std` and each reward's mean are TRL's: over the whole generation batch."""
+        """TRL's metrics under its names (`train/` before each). `everyone`: every rank's rewards (gathered once, for the
+        advantages), so `reward`, `reward_std` and each reward's mean are over the whole generation batch; completion
+        lengths likewise; `stats` holds the loss and the means over every rank's tokens (`_accumulate`)."""
         combined = combine_rewards(everyone, self.reward_weights)
         batch_size = len(rollouts.completion_ids)
+        lengths = self._every_rank_rows(completion_mask.sum(1).float().to(self.device))
+        truncated = self._every_rank_rows(rollouts.truncated.to(self.device))
+        terminated = lengths[~truncated] if (~truncated).any() else lengths.new_zeros(1)  # TRL's 0 when none ended
         metrics = {
-            "train/loss": stats["loss"],
             "train/reward_std": float(nanstd(combined)),
             "train/entropy": stats["entropy"],
-            "train/completions/mean_length": float(completion_mask.sum(1).float().mean()),
-            "train/completions/clipped_ratio": float(rollouts.truncated.float().mean()),
+            **{f"train/completions/{k}_length": float(f(lengths)) for k, f in (("mean", torch.mean), ("min", torch.min), ("max", torch.max))},
+            **{f"train/completions/{k}_terminated_length": float(f(terminated))
+               for k, f in (("mean", torch.mean), ("min", torch.min), ("max", torch.max))},
+            "train/completions/clipped_ratio": float(truncated.float().mean()),
+            "train/num_tokens": float(self.num_tokens),
             **({"train/kl": stats["kl"]} if "kl" in stats else {}),
             **({"train/vespo/phi_seq_mean": stats["phi"]} if "phi" in stats else {}),
+            **({"train/policy_loss": stats["policy_loss"], "train/entropy_coef": stats["entropy_coef"]} if self.entropy_bonus else {}),
             **self._clip_metrics(stats),
         }
-        self.log("train/reward", float(torch.nanmean(combined)), prog_bar=True, sync_dist=True, batch_size=batch_size)
-        self.log_dict(metrics, sync_dist=True, batch_size=batch_size)
+        self.log("train/reward", float(torch.nanmean(combined)), prog_bar=True, batch_size=batch_size)
+        self.log_dict(metrics, batch_size=batch_size)
+        self.log_dict({"train/loss": stats["loss"], "train/step_time": stats["step_time"]}, sync_dist=True, batch_size=batch_size)
         self._log_reward_means(everyone, batch_size)
-        if self.log_completions_steps and (self.global_step // self.num_iterations - 1) % self.log_completions_steps == 0:
+        rounds = self.global_step // (self.num_iterations * self.steps_per_generation)
+        if self.log_completions_steps and (rounds - 1) % self.log_completions_steps == 0:
             self._log_completions(rollouts, advantages)
 
     def _clip_metrics(self, stats: dict) -> dict[str, float]:
-        """TRL's names: the clip ratios of the clipped surrogate; cispo's (it clips only above) under both
-        `clip_ratio/high_mean` and TRL's `cispo_clip_ratio`; none for sapo and vespo, which clip nothing."""
+        """TRL's names: the clip ratios of the clipped surrogate (means over every rank's tokens, or sequences at the
+        sequence level; `low_min` / `high_max` over every rank's per-sequence fractions); cispo's (it clips only above)
+        under both `clip_ratio/high_mean` and TRL's `cispo_clip_ratio`; none for sapo and vespo, which clip nothing."""
         if self.loss.loss_type == "cispo":
             return {"train/clip_ratio/high_mean": stats["clip_high"], "train/cispo_clip_ratio": stats["clip_high"]}
         if "clip_low" not in stats:
             return {}
         return {"train/clip_ratio/low_mean": stats["clip_low"], "train/clip_ratio/high_mean": stats["clip_high"],
-                "train/clip_ratio/region_mean": stats["clip_low"] + stats["clip_high"]}
+                "train/clip_ratio/region_mean": stats["clip_region"], "train/clip_ratio/low_min": stats["clip_low_min"],
+                "train/clip_ratio/high_max": stats["clip_high_max"]}
 
     def _log_reward_means(self, rewards: torch.Tensor, batch_size: int) -> None:
         """Each reward's mean and std over every rank's rows it applies to (`rewards`: all ranks'), as TRL's; none
@@ -421,10 +539,10 @@ class GRPOModule(AdapterModule):
     # -- optimizer steps --------------------------------------------------------------------------
 
     def total_optimizer_steps(self) -> int:
-        """`trainer.max_steps` when set (it counts optimizer steps); else `num_iterations` per batch."""
+        """`trainer.max_steps` when set (it counts optimizer steps); else `num_iterations` x `steps_per_generation` per batch."""
         if self.trainer.max_steps > 0:
             return self.trainer.max_steps
-        return int(self.trainer.estimated_stepping_batches) * self.num_iterations
+        return int(self.trainer.estimated_stepping_batches) * self.num_iterations * self.steps_per_generation
 
     # -- validation: the mean reward of held-out prompts (and the Best-of-N callback's hook) -------
 
@@ -433,17 +551,29 @@ class GRPOModule(AdapterModule):
         self.log("val/reward", float(torch.nanmean(combined)), prog_bar=True, sync_dist=True, batch_size=len(combined))
 
 
+def scale_name(value: str | bool) -> str:
+    """`scale_rewards` as TRL reads it: true is group, false is none."""
+    name = {True: "group", False: "none"}.get(value, value) if isinstance(value, bool) else value
+    if name not in SCALES:
+        raise UserError(f"{KEY}.scale_rewards={value}; use one of {', '.join(SCALES)} (or true = group, false = none, as TRL)")
+    return name
+
+
 def check_settings(settings: Mapping) -> GRPOLoss:
     """Every GRPO setting (`algorithm.module.*`: the module's keyword arguments, the missing ones at their
     defaults) against its range, its choices and the others, as one-line errors naming the key; run by
     train.py before anything loads and again by the module. Returns the loss they configure."""
     s = {**SETTINGS, **settings}
-    for key, minimum in (("num_generations", 2), ("num_iterations", 1), ("micro_batch_size", 1), ("generation_batch_size", 1),
-                         ("max_generation_rounds", 1), ("log_completions_steps", 0)):
+    for key, minimum in (("num_generations", 2), ("num_iterations", 1), ("steps_per_generation", 1), ("micro_batch_size", 1),
+                         ("generation_batch_size", 1), ("max_generation_rounds", 1), ("log_completions_steps", 0)):
         check_at_least(s[key], f"{KEY}.{key}", minimum)
-    for key, choices in (("reference", REFERENCES), ("scale_rewards", SCALES), ("multi_objective_aggregation", AGGREGATIONS)):
+    for key, choices in (("reference", REFERENCES), ("multi_objective_aggregation", AGGREGATIONS)):
         if s[key] not in choices:
             raise UserError(f"{KEY}.{key}={s[key]}; use one of {', '.join(choices)}")
+    scale_name(s["scale_rewards"])
+    if not 0 <= s["entropy_coef_min"] <= s["entropy_coef_max"] or not s["entropy_coef_delta"] >= 0:
+        raise UserError(f"{KEY}.entropy_coef_min={s['entropy_coef_min']}, _max={s['entropy_coef_max']}, "
+                        f"_delta={s['entropy_coef_delta']}: set 0 <= min <= max and delta >= 0")
     if s["max_grad_norm"] is not None and not s["max_grad_norm"] > 0:
         raise UserError(f"{KEY}.max_grad_norm={s['max_grad_norm']}: set it above 0, or null for no clipping")
     if not 0 <= s["warmup_ratio"] <= 1:

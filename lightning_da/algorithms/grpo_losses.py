@@ -7,15 +7,18 @@ trained, the policy that sampled them, and the reference; `advantages` (B,).
 
 Every loss starts from the per-token clipped surrogate (PPO's, as in DeepSeekMath):
 
-    r_t = exp(logp_t - old_logp_t)
+    r_t = exp(logp_t - old_logp_t)                 (importance_sampling_level token)
+    r_t = r = exp(mean_t(logp_t - old_logp_t))     (importance_sampling_level sequence: one per sequence, GSPO's)
     l_t = -min(min(r_t, delta) A, clip(r_t, 1 - epsilon, 1 + epsilon_high) A)   (+ beta k3_t)
 
 with `delta` (None = off) the two-sided cap of the unclipped ratio, and the KL penalty, when
 `beta` > 0, the k3 estimator k3_t = exp(ref_t - logp_t) - (ref_t - logp_t) - 1, times the ratio
-r_t (the sequence's for gspo and luspo, with its gradient) under `use_bias_correction_kl` (TRL's
-default: reverse KL's unbiased gradient off-policy, DeepSeek-V3.2). With `top_entropy_quantile`
-rho < 1 the policy term (not the KL) of a token counts only if its entropy is in the top rho of
-the micro-batch's counted tokens on every rank (Beyond the 80/20 rule, as TRL). The variants
+r_t (with its gradient) under `use_bias_correction_kl` (TRL's default: reverse KL's unbiased
+gradient off-policy, DeepSeek-V3.2). With `top_entropy_quantile` rho < 1 the policy term (not the
+KL) of a token counts only if its entropy is in the top rho of the micro-batch's counted tokens on
+every rank (Beyond the 80/20 rule, as TRL). With `off_policy_mask_threshold` delta_opsm the policy
+term of a sequence with A < 0 is dropped when its mean sampling-to-current KL, mean_t(sampling_t -
+logp_t), exceeds delta_opsm (DeepSeek-V3.2's off-policy sequence masking, as TRL). The variants
 differ in how the l_t of a batch are reduced to one number:
 
     grpo     mean over sequences of each sequence's token mean           (DeepSeekMath)
@@ -24,15 +27,16 @@ differ in how the l_t of a batch are reduced to one number:
     dapo     sum over tokens / tokens of the *whole generation batch*, all ranks and all
              accumulation steps (`num_items`), times the number of ranks, which DDP's gradient
              average divides back out                                   (DAPO)
-    gspo     one ratio per sequence, s = exp(mean_t(logp_t - old_logp_t)), clipped like r_t;
-             mean over sequences                                        (GSPO)
+    gspo     grpo at the sequence level (our shorthand for TRL's loss_type grpo with
+             importance_sampling_level sequence)                        (GSPO)
     cispo    REINFORCE with a clipped, gradient-free weight:
              l_t = -sg(min(r_t, epsilon_high)) A logp_t, reduced like dapo   (MiniMax-M1); as in
              TRL, `epsilon_high` is here the cap of the weight itself (e.g. 5), not 1 + epsilon
     sapo     a soft gate instead of the clip: l_t = -sigmoid(tau (r_t - 1)) 4 / tau A, tau =
              `sapo_temperature_pos` where A > 0, else `sapo_temperature_neg`; reduced like grpo (SAPO)
-    luspo    gspo's sequence ratio and clip, each sequence's loss times its length: sum over its
-             tokens, then the mean over sequences                          (LUSPO)
+    luspo    the clipped surrogate, each sequence's loss times its length: sum over its tokens, then
+             the mean over sequences; LUSPO's paper uses it at the sequence level (TRL's
+             default level, token, is ours too, with TRL's warning)       (LUSPO)
     vespo    REINFORCE with a smooth, gradient-free sequence weight instead of a clip:
              l_t = -phi(w) A logp_t, w = exp(sum_t (logp_t - old_logp_t)), phi(w) = e^lambda
              w^k e^(-lambda w) with shape (k, lambda) by A's sign (`gamma_weights`); reduced
@@ -46,12 +50,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 
 from lightning_da.errors import UserError
 
 IS_MODES = ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask")  # TRL's vllm_importance_sampling_mode
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "gspo", "cispo", "sapo", "luspo", "vespo")
-SEQUENCE_LEVEL = ("gspo", "luspo")  # one importance ratio per sequence
+LEVELS = ("token", "sequence")  # TRL's importance_sampling_level
 SCALES = ("group", "batch", "none")
 AGGREGATIONS = ("sum_then_normalize", "normalize_then_sum")
 STD_EPS = 1e-4  # as TRL: a group whose rewards all agree gets advantage 0, not 0 / 0
@@ -75,6 +80,13 @@ def combine_rewards(per_function: torch.Tensor, weights: Sequence[float]) -> tor
     """(B, F) rewards, NaN where a function does not apply to a row -> (B,) weighted sum of the ones
     that do; NaN for a row no function applies to (unscorable: no reward, no baseline, no advantage)."""
     return torch.where(per_function.isnan().all(dim=1), math.nan, _weighted_nansum(per_function, weights))
+
+
+def _normalised_sums(per_function: torch.Tensor, weights: Sequence[float], num_generations: int) -> torch.Tensor:
+    """GDPO's (B,) sums: each function's rewards normalised within their group, weighted and summed; NaN where none applies."""
+    grouped = per_function.view(-1, num_generations, per_function.size(1))
+    normalised = (grouped - torch.nanmean(grouped, dim=1, keepdim=True)) / (nanstd(grouped, dim=1, keepdim=True) + STD_EPS)
+    return torch.where(per_function.isnan().all(dim=1), math.nan, _weighted_nansum(normalised.flatten(0, 1), weights))
 
 
 def group_advantages(per_function: torch.Tensor, weights: Sequence[float], num_generations: int, *,
@@ -101,11 +113,24 @@ def group_advantages(per_function: torch.Tensor, weights: Sequence[float], num_g
             centred = centred / (nanstd(rewards) + STD_EPS)  # one rollout: NaN std, centred 0 -> advantage 0 (TRL's too)
         return torch.nan_to_num(centred, nan=0.0)
     if aggregation == "normalize_then_sum":
-        grouped = per_function.view(-1, num_generations, per_function.size(1))
-        normalised = (grouped - torch.nanmean(grouped, dim=1, keepdim=True)) / (nanstd(grouped, dim=1, keepdim=True) + STD_EPS)
-        summed = torch.where(per_function.isnan().all(dim=1), math.nan, _weighted_nansum(normalised.flatten(0, 1), weights))
+        summed = _normalised_sums(per_function, weights, num_generations)
         return torch.nan_to_num((summed - torch.nanmean(summed)) / (nanstd(summed) + STD_EPS), nan=0.0)
     raise ValueError(f"multi_objective_aggregation={aggregation!r}; use one of {AGGREGATIONS}")
+
+
+def zero_std_fraction(per_function: torch.Tensor, weights: Sequence[float], num_generations: int, *, scale: str = "group",
+                      aggregation: str = "sum_then_normalize") -> float:
+    """TRL's `frac_reward_zero_std`: the fraction of rollouts whose advantage's std is 0, that std being the one
+    `group_advantages` divides by: the group's std of the summed rewards (`group`, and `none`, where TRL reads it
+    for this alone), the whole batch's (`batch`), or under `normalize_then_sum` the batch's std of the normalised
+    sums. A std that is NaN (fewer than two scorable rewards) is not 0."""
+    if aggregation == "normalize_then_sum":
+        std = nanstd(_normalised_sums(per_function, weights, num_generations)).expand(len(per_function))
+    elif scale == "batch":
+        std = nanstd(combine_rewards(per_function, weights)).expand(len(per_function))
+    else:
+        std = nanstd(combine_rewards(per_function, weights).view(-1, num_generations), dim=1).repeat_interleave(num_generations)
+    return float(torch.isclose(std, torch.zeros_like(std)).float().mean())
 
 
 def k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
@@ -182,16 +207,56 @@ def high_entropy_mask(entropy: torch.Tensor, mask: torch.Tensor, quantile: float
     return (entropy >= threshold) & mask.bool()
 
 
+def off_policy_mask(advantages: torch.Tensor, logp: torch.Tensor, sampling_logp: torch.Tensor, mask: torch.Tensor,
+                    threshold: float) -> torch.Tensor:
+    """DeepSeek-V3.2's off-policy sequence mask (B, 1), gradient-free (TRL's `get_off_policy_mask`): 1 keeps a
+    sequence, 0 drops it where A < 0 and its mean KL(sampling || current) over the counted tokens, mean_t(sampling_t
+    - logp_t) (NaN log-probabilities count 0), exceeds `threshold`. `sampling_logp`: the engine's log-probabilities
+    under vLLM, else the old policy's."""
+    with torch.no_grad():
+        kl = torch.nan_to_num(sampling_logp - logp, nan=0.0)
+        mean_kl = (kl * mask).sum(1, keepdim=True) / mask.sum(1, keepdim=True).clamp(min=1.0)
+        return ((advantages.reshape(-1, 1) >= 0) | (mean_kl <= threshold)).to(mask.dtype)
+
+
+def _total(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(sum, count) of `values` over the counted tokens; a (B, 1) value (one per sequence) counts once per sequence
+    (TRL's `global_masked_mean`, before its sum over ranks)."""
+    values = values.detach().to(mask.dtype)
+    if values.size(1) == 1:
+        return torch.stack([values.sum(), values.new_tensor(float(values.size(0)))])
+    return torch.stack([(values * mask).sum(), mask.sum()])
+
+
+def _per_sequence(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B,) each sequence's mean over its counted tokens (NaN with none), or its one value (TRL's `masked_seq_mean`)."""
+    values = values.detach().to(mask.dtype)
+    return values.squeeze(1) if values.size(1) == 1 else (values * mask).sum(1) / mask.sum(1)
+
+
 @dataclass(frozen=True)
 class LossTerms:
-    """The reduced loss and what the trainer logs about it (all detached but `loss`; None where the loss
-    type has no such quantity)."""
+    """One micro-batch's loss and what the trainer logs about it. `totals` holds, detached, (sum, count) per
+    quantity, so that means can be taken over every rank's tokens (sequences for a per-sequence quantity), as TRL's
+    `global_masked_mean`: `clip_low` (ratio below 1 - epsilon with A < 0), `clip_high` (above 1 + epsilon_high with
+    A > 0; cispo: above epsilon_high), `clip_region` (either), `kl` (the per-token KL term, with the ratio under
+    use_bias_correction_kl), `phi` (vespo's sequence weight); only those the loss type has. `per_sequence`: each
+    sequence's clip fractions (B,), NaN for a sequence with no counted token, for TRL's `clip_ratio/low_min` and
+    `high_max`."""
 
     loss: torch.Tensor
-    clip_low: torch.Tensor | None  # fraction of tokens (gspo, luspo: sequences) below 1 - epsilon with A < 0
-    clip_high: torch.Tensor | None  # fraction above 1 + epsilon_high (cispo: above epsilon_high) with A > 0
-    kl: torch.Tensor | None  # mean per-token k3 (times the ratio with use_bias_correction_kl), when beta > 0
-    phi: torch.Tensor | None = None  # vespo: the mean sequence weight
+    totals: dict[str, torch.Tensor]
+    per_sequence: dict[str, torch.Tensor]
+
+    def mean(self, name: str) -> torch.Tensor | None:
+        """This micro-batch's mean of a quantity (None where the loss type has none)."""
+        total = self.totals.get(name)
+        return None if total is None else total[0] / total[1].clamp(min=1.0)
+
+    clip_low = property(lambda self: self.mean("clip_low"))
+    clip_high = property(lambda self: self.mean("clip_high"))
+    kl = property(lambda self: self.mean("kl"))
+    phi = property(lambda self: self.mean("phi"))
 
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -223,11 +288,19 @@ class GRPOLoss:
     vespo_lambda_neg: float = 2.0
     top_entropy_quantile: float = 1.0
     use_bias_correction_kl: bool = True
+    importance_sampling_level: str | None = None  # None: TRL's default, token; gspo's sequence
+    off_policy_mask_threshold: float | None = None
 
     def __post_init__(self) -> None:
         key = "algorithm.module"
         if self.loss_type not in LOSS_TYPES:
             raise UserError(f"{key}.loss_type={self.loss_type}; use one of {', '.join(LOSS_TYPES)}")
+        if self.importance_sampling_level not in (None, *LEVELS):
+            raise UserError(f"{key}.importance_sampling_level={self.importance_sampling_level}; use token or sequence "
+                            "(null: TRL's default, token)")
+        if self.loss_type == "gspo" and self.importance_sampling_level == "token":
+            raise UserError(f"{key}.loss_type=gspo is grpo at the sequence level; for token-level ratios use "
+                            f"{key}.loss_type=grpo")
         if not 0 < self.epsilon < 1:
             raise UserError(f"{key}.epsilon={self.epsilon}: set it between 0 and 1 (the ratio is clipped to 1 - epsilon below)")
         if self.epsilon_high is not None and not self.epsilon_high > 0:
@@ -236,6 +309,9 @@ class GRPOLoss:
             raise UserError(f"{key}.delta={self.delta}: set it above 1 (the cap of the unclipped ratio), or null for none")
         if not self.beta >= 0:
             raise UserError(f"{key}.beta={self.beta}: set it to 0 (no KL penalty) or above")
+        if self.off_policy_mask_threshold is not None and not self.off_policy_mask_threshold > 0:
+            raise UserError(f"{key}.off_policy_mask_threshold={self.off_policy_mask_threshold}: set it above 0 (e.g. 0.5, "
+                            "DeepSeek-V3.2's delta), or null for no masking")
         if not 0 <= self.top_entropy_quantile <= 1:
             raise UserError(f"{key}.top_entropy_quantile={self.top_entropy_quantile}: set a fraction of the tokens, "
                             "from 0 (the highest-entropy one) to 1 (all)")
@@ -246,6 +322,22 @@ class GRPOLoss:
                 raise UserError(f"{key}.{name}={value}: set it {'above' if strict else 'to at least'} {low}")
         if self.loss_type == "dr_grpo" and not self.max_completion_length:
             raise UserError(f"loss_type=dr_grpo needs {key}.sampling.max_new_tokens (its normaliser)")
+        for warn, message in (  # TRL's warnings, for the same settings
+                (self.loss_type == "luspo" and self.level == "token",
+                 "loss_type=luspo at importance_sampling_level=token: LUSPO's paper uses sequence-level ratios; set "
+                 f"{key}.importance_sampling_level=sequence to mirror it"),
+                (self.loss_type == "vespo" and self.level == "sequence",
+                 "loss_type=vespo weighs whole sequences itself; importance_sampling_level should be token"),
+                (self.level == "sequence" and self.loss_type in ("bnpo", "dr_grpo", "dapo", "cispo"),
+                 f"importance_sampling_level=sequence with loss_type={self.loss_type} sums per-token terms, weighting each "
+                 "sequence by its length; GSPO's objective is loss_type=grpo (or gspo)")):
+            if warn:
+                rank_zero_warn(message)
+
+    @property
+    def level(self) -> str:
+        """The importance ratio's level: `importance_sampling_level`, else TRL's token (gspo: sequence)."""
+        return self.importance_sampling_level or ("sequence" if self.loss_type == "gspo" else "token")
 
     @property
     def epsilon_upper(self) -> float:
@@ -253,26 +345,33 @@ class GRPOLoss:
 
     def __call__(self, logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, *,
                  ref_logp: torch.Tensor | None = None, num_items: float | None = None, world_size: int = 1,
-                 entropy_mask: torch.Tensor | None = None, sampling_ratio: torch.Tensor | None = None) -> LossTerms:
-        """One micro-batch's loss. `num_items` (completion tokens of the whole generation batch, all ranks and
-        accumulation steps) and `world_size` are needed by dapo, cispo and vespo; `entropy_mask` (B, T)
+                 entropy_mask: torch.Tensor | None = None, sampling_ratio: torch.Tensor | None = None,
+                 sampling_logp: torch.Tensor | None = None) -> LossTerms:
+        """One micro-batch's loss. `num_items` (completion tokens of the part of the generation batch this optimizer
+        step trains on, all ranks) and `world_size` are needed by dapo, cispo and vespo; `entropy_mask` (B, T)
         (`high_entropy_mask`) keeps only those tokens in the policy term (not in the KL term, nor in the
-        normalisers); `sampling_ratio` (`sampling_correction`) weighs the policy term of each token (vespo:
-        its sequence weight). To accumulate micro-batches, scale each by `accumulation_scale`."""
+        normalisers); `sampling_ratio` (`sampling_correction`) weighs the policy term of each token (vespo: its
+        sequence weight); `sampling_logp` (B, T), the engine's log-probabilities, is what the off-policy mask
+        compares with (default: `old_logp`, as TRL). To accumulate micro-batches, scale each by `accumulation_scale`."""
         mask = mask.to(logp.dtype)
         adv = advantages[:, None]
         log_ratio = logp - old_logp
-        seq_log_ratio = ((log_ratio * mask).sum(1) / mask.sum(1).clamp(min=1.0))[:, None]
-        ratio = torch.exp(seq_log_ratio if self.loss_type in SEQUENCE_LEVEL else log_ratio)
+        if self.level == "sequence":
+            ratio = torch.exp(((log_ratio * mask).sum(1) / mask.sum(1).clamp(min=1.0))[:, None])
+        else:
+            ratio = torch.exp(log_ratio)
         phi = gamma_weights(advantages, log_ratio, mask, k_pos=self.vespo_k_pos, lambda_pos=self.vespo_lambda_pos,
                             k_neg=self.vespo_k_neg, lambda_neg=self.vespo_lambda_neg,
                             sampling_ratio=sampling_ratio) if self.loss_type == "vespo" else None
         per_token = self._surrogate(ratio, adv, logp, phi)
+        if self.off_policy_mask_threshold is not None:
+            per_token = per_token * off_policy_mask(advantages, logp, old_logp if sampling_logp is None else sampling_logp, mask,
+                                                    self.off_policy_mask_threshold)
         if entropy_mask is not None:
             per_token = per_token * entropy_mask
         if sampling_ratio is not None and self.loss_type != "vespo":
             per_token = per_token * sampling_ratio
-        kl = None
+        totals = self._clip_totals(ratio, adv, mask)
         if self.beta != 0.0:
             if ref_logp is None:
                 raise ValueError("beta > 0 needs the reference's log-probabilities")
@@ -280,12 +379,14 @@ class GRPOLoss:
             if self.use_bias_correction_kl:  # as TRL: the ratio (with its gradient) makes it reverse KL's unbiased gradient
                 per_token_kl = per_token_kl * ratio
             per_token = per_token + self.beta * per_token_kl
-            kl = _masked_mean(per_token_kl.detach(), mask)
+            totals["kl"] = _total(per_token_kl, mask)
+        if phi is not None:
+            totals["phi"] = _total(phi, mask)
         loss = self._reduce(per_token, mask, num_items=num_items, world_size=world_size)
-        return LossTerms(loss, *self._clip_fractions(ratio, adv, mask), kl, None if phi is None else phi.mean())
+        return LossTerms(loss, totals, self._clip_per_sequence(ratio, adv, mask))
 
     def _surrogate(self, ratio: torch.Tensor, adv: torch.Tensor, logp: torch.Tensor, phi: torch.Tensor | None) -> torch.Tensor:
-        """The per-token l_t before the KL term."""
+        """The per-token l_t before the KL term ((B, 1) where it is one per sequence)."""
         if self.loss_type == "sapo":
             tau = torch.where(adv > 0, self.sapo_temperature_pos, self.sapo_temperature_neg)
             return -torch.sigmoid(tau * (ratio - 1)) * 4 / tau * adv
@@ -294,8 +395,11 @@ class GRPOLoss:
         if self.loss_type == "vespo":
             return -phi * adv * logp
         clipped = torch.clamp(ratio, 1 - self.epsilon, 1 + self.epsilon_upper)
-        unclipped = ratio if self.delta is None else torch.clamp(ratio, max=self.delta)
-        return -torch.min(unclipped * adv, clipped * adv)
+        return -torch.min(self._capped(ratio) * adv, clipped * adv)
+
+    def _capped(self, ratio: torch.Tensor) -> torch.Tensor:
+        """The clipped surrogate's unclipped ratio: capped at `delta` when set (TRL counts its clip ratios on it too)."""
+        return ratio if self.delta is None else torch.clamp(ratio, max=self.delta)
 
     def _reduce(self, per_token: torch.Tensor, mask: torch.Tensor, *, num_items: float | None, world_size: int) -> torch.Tensor:
         """The per-token losses reduced to one number as `loss_type` normalises them (module docstring)."""
@@ -309,22 +413,27 @@ class GRPOLoss:
             return (per_token * mask).sum() / (per_token.size(0) * self.max_completion_length)
         if num_items is None:  # dapo, cispo, vespo
             raise ValueError(f"{self.loss_type} needs num_items, the generation batch's completion tokens")
-        return (per_token * mask).sum() / (num_items / world_size)
+        return (per_token * mask).sum() / (max(num_items, 1.0) / world_size)
 
-    def _clip_fractions(self, ratio: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor) -> tuple:
-        """TRL's clip ratios: the fractions clipped low (ratio < 1 - epsilon, A < 0) and high (ratio > 1 +
-        epsilon_high, A > 0), over counted tokens, or over sequences for gspo and luspo (one ratio per
-        sequence). cispo clips its weight only above, at `epsilon_high` itself; sapo and vespo clip nothing."""
-        with torch.no_grad():
-            if self.loss_type == "cispo":
-                return None, _masked_mean(((ratio > self.epsilon_upper) & (adv > 0)).to(mask.dtype), mask)
-            if self.loss_type not in CLIPPED:
-                return None, None
-            low = ((ratio < 1 - self.epsilon) & (adv < 0)).to(mask.dtype)
-            high = ((ratio > 1 + self.epsilon_upper) & (adv > 0)).to(mask.dtype)
-            if self.loss_type in SEQUENCE_LEVEL:
-                return low.mean(), high.mean()
-            return _masked_mean(low.expand_as(mask), mask), _masked_mean(high.expand_as(mask), mask)
+    def _clipped(self, ratio: torch.Tensor, adv: torch.Tensor) -> dict[str, torch.Tensor]:
+        """TRL's clip indicators: clipped low (ratio < 1 - epsilon, A < 0) and high (ratio > 1 + epsilon_high, A > 0),
+        the ratio capped at `delta` first; cispo's weight is clipped only above, at `epsilon_high` itself; sapo and
+        vespo clip nothing."""
+        if self.loss_type == "cispo":
+            return {"clip_high": (ratio > self.epsilon_upper) & (adv > 0)}
+        if self.loss_type not in CLIPPED:
+            return {}
+        ratio = self._capped(ratio)
+        low, high = (ratio < 1 - self.epsilon) & (adv < 0), (ratio > 1 + self.epsilon_upper) & (adv > 0)
+        return {"clip_low": low, "clip_high": high, "clip_region": low | high}
+
+    def _clip_totals(self, ratio: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {name: _total(flags, mask) for name, flags in self._clipped(ratio.detach(), adv).items()}
+
+    def _clip_per_sequence(self, ratio: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.loss_type == "cispo":
+            return {}
+        return {name: _per_sequence(flags, mask) for name, flags in self._clipped(ratio.detach(), adv).items() if name != "clip_region"}
 
     def accumulation_scale(self, rows: int, tokens: float, total_rows: int, total_tokens: float) -> float:
         """What a micro-batch's loss (`rows` rollouts, `tokens` counted tokens, of this rank's `total_rows` and
@@ -342,7 +451,9 @@ class GRPOLoss:
 
 def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, *,
               ref_logp: torch.Tensor | None = None, num_items: float | None = None, world_size: int = 1,
-              entropy_mask: torch.Tensor | None = None, sampling_ratio: torch.Tensor | None = None, **settings) -> LossTerms:
+              entropy_mask: torch.Tensor | None = None, sampling_ratio: torch.Tensor | None = None,
+              sampling_logp: torch.Tensor | None = None, **settings) -> LossTerms:
     """One micro-batch's loss with the `GRPOLoss` settings given by keyword."""
     return GRPOLoss(**settings)(logp, old_logp, advantages, mask, ref_logp=ref_logp, num_items=num_items,
-                                world_size=world_size, entropy_mask=entropy_mask, sampling_ratio=sampling_ratio)
+                                world_size=world_size, entropy_mask=entropy_mask, sampling_ratio=sampling_ratio,
+                                sampling_logp=sampling_logp)
