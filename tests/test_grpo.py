@@ -314,7 +314,13 @@ def test_grpo_through_train_py_config(compose_train, init_adapter, tmp_path):
     assert metrics["train/rewards/judge_safety/mean"] == 1.0  # the empty refusal phrase calls everything safe
 
 
-def test_a_resumed_run_equals_an_uninterrupted_one(tokenizer, init_adapter, tmp_path):
+@pytest.mark.parametrize(("settings", "crash_step"), [
+    ({}, 3),
+    # two optimizer steps per round on seeded shuffles, the adaptive entropy controller's state, off-policy masking
+    ({"steps_per_generation": 2, "micro_batch_size": 2, "use_adaptive_entropy": True, "entropy_coef": 0.01, "entropy_target": 100.0,
+      "off_policy_mask_threshold": 1e-3}, 4),
+])
+def test_a_resumed_run_equals_an_uninterrupted_one(tokenizer, init_adapter, tmp_path, settings, crash_step):
     """Optimizer, scheduler, step-seeded rollouts and the data order all continue where they stopped."""
     from lightning.pytorch.callbacks import ModelCheckpoint
     from transformers import get_cosine_schedule_with_warmup
@@ -331,7 +337,7 @@ def test_a_resumed_run_equals_an_uninterrupted_one(tokenizer, init_adapter, tmp_
                 raise Crash  # as a killed job, after step 3 and its checkpoint
 
     def run(directory: Path, ckpt_path=None, crash_at=None):
-        module = make_module(tokenizer, init_adapter, lr=1e-2, scheduler=get_cosine_schedule_with_warmup, warmup_ratio=0.25)
+        module = make_module(tokenizer, init_adapter, lr=1e-2, scheduler=get_cosine_schedule_with_warmup, warmup_ratio=0.25, **settings)
         callbacks = [ModelCheckpoint(dirpath=directory, save_last=True, every_n_train_steps=1)]
         callbacks += [CrashAt(crash_at)] if crash_at else []
         trainer = L.Trainer(accelerator="cpu", max_steps=6, logger=False, callbacks=callbacks, enable_progress_bar=False,
@@ -342,8 +348,8 @@ def test_a_resumed_run_equals_an_uninterrupted_one(tokenizer, init_adapter, tmp_
         return trainer, trainable(module)
 
     _, uninterrupted = run(tmp_path / "whole")
-    crashed, _ = run(tmp_path / "first", crash_at=3)  # mid-epoch: 4 batches per epoch
-    assert crashed.global_step == 3
+    crashed, _ = run(tmp_path / "first", crash_at=crash_step)  # mid-epoch: 4 batches per epoch
+    assert crashed.global_step == crash_step
     trainer, resumed = run(tmp_path / "second", ckpt_path=tmp_path / "first" / "last.ckpt")
     assert trainer.global_step == 6
     assert max(float((uninterrupted[n] - resumed[n]).abs().max()) for n in uninterrupted) < 1e-6
@@ -420,3 +426,166 @@ def test_grpo_without_a_kept_trace_says_what_to_change():
     with pytest.raises(UserError, match=r"^the judge kept none of the teacher's traces, so GRPO has no prompts; use more prompts "
                                         r"\(data.prompts.limit\), another teacher or judge, or data=rl_mixture$"):
         TeacherFiltered(prompts=None).rows({"prompt": []})
+
+
+# -- TRL 1.16's options ------------------------------------------------------------------------------
+
+
+def _replica_steps(tokenizer, init_adapter, rollouts, lr: float, chunks: list[list[int]], *, entropy_coef: float = 0.0,
+                   temperature: float = 1.0) -> dict[str, torch.Tensor]:
+    """TRL by hand: the old log-probabilities once, from the policy that sampled, then one SGD step per chunk of the
+    rollouts on TRL's grpo loss (written with loops in test_grpo_losses), minus `entropy_coef` x the chunk's mean token
+    entropy, computed here from the logits."""
+    from tests.test_grpo_losses import reference_advantages, reference_loss
+
+    replica = make_module(tokenizer, init_adapter)
+    replica.configure_model()
+    params = [p for p in replica.model.parameters() if p.requires_grad]
+    sgd = torch.optim.SGD(params, lr=lr)
+    p_ids, p_mask, c_ids, c_mask = rollouts.tensors(tokenizer.pad_token_id)
+    adv = torch.tensor(reference_advantages(rollouts.rewards.double().tolist(), [1.0], "group", "sum_then_normalize"))
+    with torch.no_grad():
+        old = replica.token_logps(p_ids, p_mask, c_ids, c_mask)[0]
+    for chunk in chunks:
+        ids = torch.cat([p_ids[chunk], c_ids[chunk]], 1)
+        mask = torch.cat([p_mask[chunk], c_mask[chunk]], 1)
+        logits = replica.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits
+        logprobs = F.log_softmax(logits[:, p_ids.size(1) - 1 : -1].float() / temperature, -1)
+        logp = logprobs.gather(-1, c_ids[chunk][..., None]).squeeze(-1)
+        entropy = -(logprobs.exp() * logprobs).sum(-1)
+        loss = reference_loss(logp, old[chunk], adv[chunk].float(), c_mask[chunk].tolist(), "grpo", eps_high=0.2)
+        (loss - entropy_coef * (entropy * c_mask[chunk]).sum() / c_mask[chunk].sum()).backward()
+        sgd.step()
+        sgd.zero_grad()
+    return trainable(replica)
+
+
+def _sampled_fit(module, tokenizer, steps: int):
+    sampled = []
+    original = module.rollouts
+    module.rollouts = lambda rows, seed: sampled.append(original(rows, seed)) or sampled[-1]
+    trainer = fit(module, tokenizer, steps=steps, prompts_per_step=2)
+    return trainer, sampled
+
+
+def test_steps_per_generation_trains_shuffled_shares_of_one_round(tokenizer, init_adapter):
+    """steps_per_generation = 2: one generation round of 8 rollouts, shuffled by the round's seed (0 here) as TRL
+    shuffles its generation batch, then two optimizer steps on its halves, each against the old log-probabilities of
+    the policy that sampled; the unshuffled halves give other weights."""
+    lr = 2.0
+    module = make_module(tokenizer, init_adapter, steps_per_generation=2, micro_batch_size=2, max_grad_norm=None,
+                         optimizer=partial(torch.optim.SGD, lr=lr))
+    trainer, sampled = _sampled_fit(module, tokenizer, steps=2)
+    assert len(sampled) == 1 and trainer.global_step == 2
+    order = torch.randperm(8, generator=torch.Generator().manual_seed(0)).tolist()
+    got = trainable(module)
+    right = _replica_steps(tokenizer, init_adapter, sampled[0], lr, [order[:4], order[4:]])
+    wrong = _replica_steps(tokenizer, init_adapter, sampled[0], lr, [list(range(4)), list(range(4, 8))])
+    error = max(float((got[n] - right[n]).abs().max()) for n in got)
+    gap = max(float((right[n] - wrong[n]).abs().max()) for n in got)
+    assert error < 1e-5 and gap > 100 * error, (error, gap)
+
+
+def test_steps_per_generation_must_divide_the_round(tokenizer, init_adapter):
+    module = make_module(tokenizer, init_adapter, steps_per_generation=3)
+    with pytest.raises(UserError, match="steps_per_generation=3 does not divide this rank's 8 rollouts"):
+        fit(module, tokenizer, steps=1)
+
+
+def test_the_entropy_bonus_is_trls(tokenizer, init_adapter):
+    """entropy_coef 0.5: the step's gradient is that of the policy loss minus 0.5 x the mean token entropy (with its
+    gradient), whatever the loss normalises by; the metrics TRL logs with it."""
+    lr = 2.0
+    module = make_module(tokenizer, init_adapter, entropy_coef=0.5, max_grad_norm=None, optimizer=partial(torch.optim.SGD, lr=lr))
+    trainer, sampled = _sampled_fit(module, tokenizer, steps=1)
+    got = trainable(module)
+    right = _replica_steps(tokenizer, init_adapter, sampled[0], lr, [list(range(8))], entropy_coef=0.5)
+    plain = _replica_steps(tokenizer, init_adapter, sampled[0], lr, [list(range(8))])
+    error = max(float((got[n] - right[n]).abs().max()) for n in got)
+    gap = max(float((right[n] - plain[n]).abs().max()) for n in got)
+    assert error < 1e-5 and gap > 100 * error, (error, gap)
+    metrics = trainer.callback_metrics
+    assert float(metrics["train/entropy_coef"]) == 0.5
+    assert float(metrics["train/loss"]) == pytest.approx(float(metrics["train/policy_loss"]) - 0.5 * float(metrics["train/entropy"]),
+                                                         abs=1e-5)
+
+
+@pytest.mark.parametrize(("target", "coefs"), [(100.0, [0.15, 0.2]), (0.0, [0.05, 0.05])])
+def test_adaptive_entropy_control_steps_the_coefficient(tokenizer, init_adapter, target, coefs):
+    """Skywork-OR1's control as TRL runs it: after each optimizer step the coefficient rises by delta while the step's
+    entropy is at or below the target (a random model's ~10 nats are below 100), else falls to the floor (0.05); the
+    first step applies none (no entropy measured yet: TRL's last entropy starts at infinity), so it equals a plain step."""
+    lr = 2.0
+    seen = []
+    module = make_module(tokenizer, init_adapter, use_adaptive_entropy=True, entropy_coef=0.1, entropy_coef_delta=0.05,
+                         entropy_coef_min=0.05, entropy_target=target, max_grad_norm=None, optimizer=partial(torch.optim.SGD, lr=lr))
+    module.on_train_batch_end = lambda *args: seen.append(module.entropy_coef)
+    trainer, sampled = _sampled_fit(module, tokenizer, steps=2)
+    assert seen == pytest.approx(coefs)
+    first = make_module(tokenizer, init_adapter, use_adaptive_entropy=True, entropy_coef=0.1, entropy_target=target, max_grad_norm=None,
+                        optimizer=partial(torch.optim.SGD, lr=lr))
+    _, one = _sampled_fit(first, tokenizer, steps=1)
+    plain = _replica_steps(tokenizer, init_adapter, one[0], lr, [list(range(8))])
+    assert max(float((trainable(first)[n] - plain[n]).abs().max()) for n in plain) < 1e-5
+    # The controller's state travels with a checkpoint (the weights and RNG's part, AdapterModule's, left out here).
+    from lightning_da.algorithms.adapter import AdapterModule
+
+    state = {}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(AdapterModule, "on_save_checkpoint", lambda self, checkpoint: None)
+        patch.setattr(AdapterModule, "on_load_checkpoint", lambda self, checkpoint: None)
+        module.on_save_checkpoint(state)
+        fresh = make_module(tokenizer, init_adapter, use_adaptive_entropy=True, entropy_coef=0.1)
+        fresh.on_load_checkpoint(state)
+    assert (fresh.entropy_coef, fresh._last_world_entropy, fresh.num_tokens) == (
+        module.entropy_coef, module._last_world_entropy, module.num_tokens)
+
+
+def test_old_log_probs_in_training_mode_and_disable_dropout(tokenizer, init_adapter):
+    """TRL computes the old log-probabilities in training mode (LoRA dropout active), the reference in eval mode;
+    disable_dropout sets every dropout layer, LoRA's too, to p = 0."""
+    module = make_module(tokenizer, init_adapter, num_iterations=2, beta=0.1)
+    modes, in_reference = [], []
+    original, reference = module.token_logps, module.reference_policy
+
+    def spy(*args, **kwargs):
+        if not torch.is_grad_enabled():
+            modes.append(("reference" if in_reference else "old", module.model.training))
+        return original(*args, **kwargs)
+
+    @contextlib.contextmanager
+    def marked():
+        with reference():
+            in_reference.append(True)
+            yield
+            in_reference.clear()
+
+    module.token_logps, module.reference_policy = spy, marked
+    fit(module, tokenizer, steps=2)
+    assert set(modes) == {("old", True), ("reference", False)}
+    for disable, p in ((False, 0.3), (True, 0.0)):
+        fresh = make_module(tokenizer, None, lora={"r": 4, "alpha": 8, "dropout": 0.3}, disable_dropout=disable)
+        fresh.configure_model()
+        dropouts = [m.p for m in fresh.model.modules() if isinstance(m, torch.nn.Dropout)]
+        assert dropouts and set(dropouts) == {p}
+
+
+def test_trls_completion_and_token_metrics(tokenizer, init_adapter, tmp_path):
+    """completions/{mean,min,max}_length over every rollout, the terminated ones' (none ends within 6 tokens here:
+    TRL's 0), num_tokens (prompt and completion tokens so far), step_time."""
+    module = make_module(tokenizer, init_adapter, log_completions_steps=1, completions_file=str(tmp_path / "completions.jsonl"))
+    metrics = fit(module, tokenizer, steps=2).callback_metrics
+    for key in ("mean", "min", "max"):
+        assert float(metrics[f"train/completions/{key}_length"]) == 6.0
+        assert float(metrics[f"train/completions/{key}_terminated_length"]) == 0.0
+    assert float(metrics["train/completions/clipped_ratio"]) == 1.0
+    prompts = [json.loads(line)["prompt"] for line in (tmp_path / "completions.jsonl").read_text().splitlines()]
+    assert float(metrics["train/num_tokens"]) == sum(len(prefix_ids(tokenizer, p)) + 6 for p in prompts) == module.num_tokens
+    assert float(metrics["train/step_time"]) > 0
+
+
+@pytest.mark.parametrize(("value", "name"), [(True, "group"), (False, "none"), ("batch", "batch")])
+def test_scale_rewards_reads_trls_booleans(tokenizer, init_adapter, value, name):
+    assert make_module(tokenizer, init_adapter, scale_rewards=value).scale_rewards == name
+    with pytest.raises(UserError, match="use one of group, batch, none"):
+        make_module(tokenizer, init_adapter, scale_rewards="groups")

@@ -15,6 +15,7 @@ from lightning_da.algorithms.grpo_losses import (
     LOSS_TYPES,
     GRPOLoss,
     combine_rewards,
+    every_rank_means,
     gamma_weights,
     group_advantages,
     grpo_loss,
@@ -24,6 +25,7 @@ from lightning_da.algorithms.grpo_losses import (
     off_policy_mask,
     sampling_correction,
     vespo_log_weight,
+    zero_std_fraction,
 )
 from lightning_da.errors import UserError
 
@@ -759,3 +761,91 @@ def test_delta_caps_the_unclipped_ratio_and_the_default_cap_of_the_correction_is
     assert float(loss) == pytest.approx(1.5)
     old = torch.log(torch.tensor([[3.5], [2.5]], dtype=torch.float64))
     assert sampling_correction(old, torch.zeros_like(old), torch.ones_like(old)).flatten().tolist() == pytest.approx([0.0, 2.5])
+
+
+def trl_frac_reward_zero_std(rewards, weights, scale, aggregation) -> float:
+    """TRL 1.16's `frac_reward_zero_std`, with loops: the fraction of rollouts whose `std_rewards` is 0, that being
+    the group's std of the summed rewards (group and none), the batch's (batch), or under normalize_then_sum the
+    batch's std of the per-function-normalised sums; a NaN std is not 0 (`torch.isclose`)."""
+    rows = len(rewards)
+    unscorable = [all(math.isnan(v) for v in row) for row in rewards]
+
+    def weighted(row):
+        return sum(w * v for w, v in zip(weights, row, strict=True) if not math.isnan(v))
+
+    if aggregation == "normalize_then_sum":
+        normalised = [[0.0] * len(weights) for _ in range(rows)]
+        for f in range(len(weights)):
+            for start in range(0, rows, G):
+                group = [rewards[r][f] for r in range(start, start + G)]
+                mean, std = nanmean(group), trl_nanstd(group)
+                for i, v in enumerate(group):
+                    normalised[start + i][f] = (v - mean) / (std + 1e-4)
+        stds = [trl_nanstd([math.nan if unscorable[r] else weighted(normalised[r]) for r in range(rows)])] * rows
+    else:
+        summed = [math.nan if unscorable[r] else weighted(rewards[r]) for r in range(rows)]
+        if scale == "batch":
+            stds = [trl_nanstd(summed)] * rows
+        else:
+            stds = [trl_nanstd(summed[r - r % G : r - r % G + G]) for r in range(rows)]
+    return sum(1 for s in stds if s == 0) / rows
+
+
+@pytest.mark.parametrize("scale", ["group", "batch", "none"])
+@pytest.mark.parametrize("aggregation", ["sum_then_normalize", "normalize_then_sum"])
+@pytest.mark.parametrize("flat_batch", [False, True])
+def test_frac_reward_zero_std_is_trls(scale, aggregation, flat_batch):
+    """Two of four groups agree: TRL's group (and none) scaling says 1/2, batch scaling and normalize_then_sum read
+    the batch's std, which is not 0 (0); a batch whose rewards all agree is 1 under every setting."""
+    rewards = torch.tensor([[1.0, 0.5]] * G + [[0.0, 0.5]] * G + [[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.0, 0.0]] * 2,
+                           dtype=torch.float64)
+    rewards[2 * G, 1] = math.nan
+    if flat_batch:
+        rewards = torch.ones_like(rewards)
+    want = trl_frac_reward_zero_std(rewards.tolist(), [1.0, 0.5], scale, aggregation)
+    assert zero_std_fraction(rewards, [1.0, 0.5], G, scale=scale, aggregation=aggregation) == pytest.approx(want)
+    assert want == (1.0 if flat_batch else 0.5 if scale != "batch" and aggregation == "sum_then_normalize" else 0.0)
+
+
+def _means_rank(rank: int, world: int, port: int, queue) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # Rank 0: one counted token, clipped high; rank 1: three counted tokens, none clipped, and a sequence with none.
+    if rank == 0:
+        logp, mask, adv = torch.log(torch.tensor([[1.5, 1.0]])), torch.tensor([[1.0, 0.0]]), torch.tensor([1.0])
+    else:
+        logp = torch.zeros(2, 3)
+        mask, adv = torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]]), torch.tensor([1.0, -1.0])
+    terms = grpo_loss(logp, torch.zeros_like(logp), adv, mask)
+
+    def reduce_sum(t):
+        dist.all_reduce(t)
+        return t
+
+    def gather(t):
+        sizes = [None] * world
+        dist.all_gather_object(sizes, t)
+        return torch.cat(sizes)
+
+    means = every_rank_means(terms, {"entropy": torch.tensor([float(rank + 1), float(mask.sum())])}, reduce_sum, gather)
+    if rank == 0:
+        queue.put(means)
+    dist.destroy_process_group()
+
+
+def test_logged_means_weigh_every_ranks_tokens_on_two_ranks():
+    """TRL's global_masked_mean on 2 gloo ranks with 1 and 3 counted tokens: clip_ratio/high_mean is 1/4, not the mean of
+    the ranks' means (1/2); low_min / high_max over every rank's sequences, the one with no token left out."""
+    context = mp.get_context("spawn")
+    queue = context.Queue()
+    port = find_free_network_port()
+    processes = [context.Process(target=_means_rank, args=(rank, 2, port, queue)) for rank in range(2)]
+    for p in processes:
+        p.start()
+    means = queue.get(timeout=120)
+    for p in processes:
+        p.join(timeout=60)
+    assert all(p.exitcode == 0 for p in processes)
+    assert means["clip_high"] == pytest.approx(0.25) and means["clip_low"] == 0.0 and means["clip_region"] == pytest.approx(0.25)
+    assert means["entropy"] == pytest.approx((1 + 2) / 4)
+    assert means["clip_high_max"] == 1.0 and means["clip_low_min"] == 0.0

@@ -36,6 +36,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import fields
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -47,6 +48,7 @@ from lightning_da.algorithms.grpo_losses import (
     SCALES,
     GRPOLoss,
     combine_rewards,
+    every_rank_means,
     group_advantages,
     high_entropy_mask,
     nanstd,
@@ -418,16 +420,10 @@ class GRPOModule(AdapterModule):
             stats["policy_loss"] += float(self.trainer.strategy.reduce(terms.loss.detach(), reduce_op="mean")) * share
         self.manual_backward(loss)
         stats["loss"] += float(loss.detach()) / steps  # the mean over optimizer steps of each step's loss
-        sums = {**terms.totals, "entropy": torch.stack([(entropy.detach() * l_mask).sum(), l_mask.sum()])}
-        names = list(sums)
-        reduced = self.trainer.strategy.reduce(torch.stack([sums[n].float() for n in names]), reduce_op="sum")
-        for name, (total, count) in zip(names, reduced.tolist(), strict=True):
-            stats[name] += total / max(count, 1.0) * share
-        for name, per_sequence in terms.per_sequence.items():
-            gathered = self._every_rank_rows(per_sequence.float())
-            finite = gathered[~gathered.isnan()]
-            value = math.nan if not finite.numel() else float(finite.min() if name == "clip_low" else finite.max())
-            stats[f"{name}_{'min' if name == 'clip_low' else 'max'}"] += value * share
+        entropy_total = {"entropy": torch.stack([(entropy.detach() * l_mask).sum(), l_mask.sum()])}
+        for name, value in every_rank_means(terms, entropy_total, partial(self.trainer.strategy.reduce, reduce_op="sum"),
+                                            self._every_rank_rows).items():
+            stats[name] += value * share
         return window
 
     def _update_entropy_coef(self, window: torch.Tensor, stats: dict, steps: int) -> None:

@@ -46,7 +46,7 @@ differ in how the l_t of a batch are reduced to one number:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -257,6 +257,24 @@ class LossTerms:
     clip_high = property(lambda self: self.mean("clip_high"))
     kl = property(lambda self: self.mean("kl"))
     phi = property(lambda self: self.mean("phi"))
+
+
+def every_rank_means(terms: LossTerms, extra: dict[str, torch.Tensor], reduce_sum: Callable, gather: Callable) -> dict[str, float]:
+    """What TRL logs of one micro-batch, over every rank: each quantity's mean over every rank's tokens (sequences
+    for a per-sequence one), sum over sums / sum over counts, not a mean of the ranks' means (TRL's
+    `global_masked_mean`); `clip_low_min` / `clip_high_max`, the least / greatest per-sequence clip fraction over
+    every rank's sequences, NaN where none has a counted token (TRL's `nanmin` / `nanmax`). `extra`: more (sum,
+    count) pairs (the entropy); `reduce_sum` sums a tensor over ranks, `gather` concatenates a 1-D one's."""
+    totals = {**terms.totals, **extra}
+    names = list(totals)
+    reduced = reduce_sum(torch.stack([totals[n].float() for n in names]))
+    means = {name: total / max(count, 1.0) for name, (total, count) in zip(names, reduced.tolist(), strict=True)}
+    for name, per_sequence in terms.per_sequence.items():
+        gathered = gather(per_sequence.float())
+        finite = gathered[~gathered.isnan()]
+        lowest = name == "clip_low"
+        means[f"{name}_{'min' if lowest else 'max'}"] = math.nan if not finite.numel() else float(finite.min() if lowest else finite.max())
+    return means
 
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -57,6 +57,7 @@ class SamplingParams:
     seed: int | None = None
     stop_token_ids: list[int] | None = None
     repetition_penalty: float = 1.0
+    min_p: float = 0.0
     logprobs: int | None = None
     stop: list[str] | None = None
     include_stop_str_in_output: bool = False
@@ -70,6 +71,10 @@ class SamplingParams:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}.")
         if self.top_k < -1:
             raise ValueError(f"top_k must be 0 (disable), or at least 1, got {self.top_k}.")
+        if not 0.0 <= self.min_p <= 1.0:
+            raise ValueError(f"min_p must be in [0, 1], got {self.min_p}.")
+        if not self.repetition_penalty > 0.0:
+            raise ValueError(f"repetition_penalty must be greater than zero, got {self.repetition_penalty}.")
         if self.max_tokens is not None and self.max_tokens < 1:
             raise ValueError(f"max_tokens must be at least 1, got {self.max_tokens}.")
         if self.logprobs is not None and self.logprobs < 0:
@@ -227,7 +232,8 @@ class LLM:
                 raise ValueError(f"The decoder prompt (length {len(ids)}) is longer than the maximum model length of "
                                  f"{self.max_model_len}.")
             _record({"event": "request", "prompt_token_ids": ids, "seed": p.seed, "n": p.n, "temperature": p.temperature,
-                     "top_p": p.top_p, "top_k": p.top_k, "max_tokens": p.max_tokens, "stop_token_ids": p.stop_token_ids,
+                     "top_p": p.top_p, "top_k": p.top_k, "min_p": p.min_p, "repetition_penalty": p.repetition_penalty,
+                     "max_tokens": p.max_tokens, "stop_token_ids": p.stop_token_ids,
                      "logprobs": p.logprobs, "stop": p.stop, "lora_path": getattr(lora_request, "lora_path", None), "rank": os.environ.get("RANK")})
             request = RequestOutput(str(index), ids)
             for k in range(p.n):
@@ -241,7 +247,7 @@ class LLM:
         stop = set(p.stop_token_ids or []) | {self.tokenizer.eos_token_id}
         sampled = p.temperature > 0
         settings = {"do_sample": True, "temperature": p.temperature, "top_p": p.top_p,
-                    "top_k": p.top_k if p.top_k > 0 else 0} if sampled else {"do_sample": False}
+                    "top_k": p.top_k if p.top_k > 0 else 0, **({"min_p": p.min_p} if p.min_p else {})} if sampled else {"do_sample": False}
         max_tokens = min(p.max_tokens, self.max_model_len - len(ids))
         out = model.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
                              max_new_tokens=max_tokens, eos_token_id=sorted(stop), pad_token_id=self.tokenizer.pad_token_id or 0,
