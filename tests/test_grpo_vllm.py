@@ -5,6 +5,7 @@ TRL's importance-sampling correction of the engine's log-probabilities."""
 import json
 import sys
 from functools import partial
+from pathlib import Path
 
 import pytest
 import torch
@@ -118,9 +119,11 @@ def test_training_on_engine_rollouts_logs_trls_sampling_metrics_and_seeds_each_r
     assert {r["n"] for r in requests} == {4} and {r["logprobs"] for r in requests} == {0}
 
 
-@pytest.mark.parametrize("backend", ["hf", "vllm"])
-def test_a_resumed_run_on_either_backend_equals_an_uninterrupted_one(request, tokenizer, tmp_path, backend):
-    """The engine gets the resumed policy's weights before its first rollout, and the same request seeds."""
+@pytest.mark.parametrize(("backend", "dropout"), [("hf", 0.0), ("vllm", 0.0), ("vllm", 0.3)])
+def test_a_resumed_run_on_either_backend_equals_an_uninterrupted_one(request, tokenizer, tmp_path, backend, dropout):
+    """The engine gets the resumed policy's weights before its first rollout, and the same request seeds. With LoRA
+    dropout the training's masks come from the global generator, which building an engine in this process reseeds
+    (vLLM's and the stand-in's set_random_seed): restored after the build, the resumed run draws the same masks."""
     import contextlib
 
     import lightning as L
@@ -131,6 +134,8 @@ def test_a_resumed_run_on_either_backend_equals_an_uninterrupted_one(request, to
     if backend == "vllm":
         request.getfixturevalue("engine_log")
     adapter = random_adapter(tmp_path / "a", TinyRandomLlama(seed=1).load_model(), scale=0.05)
+    config = json.loads((Path(adapter) / "adapter_config.json").read_text())
+    (Path(adapter) / "adapter_config.json").write_text(json.dumps({**config, "lora_dropout": dropout}))
 
     class Crash(Exception):
         pass
@@ -141,6 +146,7 @@ def test_a_resumed_run_on_either_backend_equals_an_uninterrupted_one(request, to
                 raise Crash
 
     def run(directory, ckpt_path=None, crash=False):
+        L.seed_everything(0)  # as train.py: each run's dropout masks from the same start
         engine = engine_factory(tmp_path, TinyRandomLlama(seed=1)) if backend == "vllm" else None
         module = make_module(tokenizer, adapter, lr=1e-2, rollout_engine=engine)
         callbacks = [ModelCheckpoint(dirpath=directory, save_last=True, every_n_train_steps=1), *([CrashAt()] if crash else [])]
@@ -184,6 +190,66 @@ def test_a_missing_vllm_is_one_line_before_the_policy_loads(compose_train, monke
     cfg = compose_train("algorithm=grpo", "student=tiny_random", "generation.backend=vllm")
     with pytest.raises(UserError, match="generation.backend=vllm needs vLLM"):
         rollout_engine(cfg, TinyRandomLlama())
+
+
+def test_the_colocated_engine_is_sized_as_trls(engine_log, compose_train, tokenizer, tmp_path):
+    """max_num_seqs: the rollouts of a generation on the engine's tensor-parallel group (train.py: prompts_per_step x
+    num_generations per rank); max_num_batched_tokens 4096 (TRL's: vLLM's profiler is misled by its default); either
+    set by generation.vllm.*."""
+    from lightning_da.runs.train import rollout_engine
+
+    cfg = compose_train("algorithm=grpo", "student=tiny_random", "generation.backend=vllm")
+    assert rollout_engine(cfg, TinyRandomLlama()).keywords["rollouts"] == 32 * 8
+    policy = load_adapter(TIED.load_model(), random_adapter(tmp_path / "a", TIED.load_model()), trainable=True)
+    for settings, want in (({}, (24, 4096)), ({"max_num_seqs": 3, "max_num_batched_tokens": 2048}, (3, 2048))):
+        PolicyEngine(TIED, VLLMSettings(**settings), policy=policy, cache_dir=tmp_path / "cache", rollouts=24)
+        engine = [e for e in engine_log() if e["event"] == "engine"][-1]
+        assert (engine["max_num_seqs"], engine["max_num_batched_tokens"]) == want
+    with pytest.raises(UserError, match="generation.vllm.max_num_seqs"):
+        VLLMSettings(max_num_seqs=0)
+
+
+def test_a_tensor_parallel_group_meets_at_a_barrier_before_it_generates(engine_log, tokenizer, tmp_path, monkeypatch):
+    """TRL's fix of its issue 3671 (PEFT and tensor parallelism hanging in generate): every rank of a group waits at a
+    barrier on the default group before the engine's collectives; an engine of its own does not."""
+    policy = load_adapter(TIED.load_model(), random_adapter(tmp_path / "a", TIED.load_model()), trainable=True)
+    engine = PolicyEngine(TIED, VLLMSettings(sleep_mode=False), policy=policy, cache_dir=tmp_path / "cache")
+    events = []
+    monkeypatch.setattr(torch.distributed, "barrier", lambda **kwargs: events.append(("barrier", kwargs)))
+    monkeypatch.setattr(engine.generator, "generate_ids", lambda *args, **kwargs: events.append(("generate", {})) or [])
+    for group in (None, object()):
+        engine.generator.tp_group = group
+        engine.sample(policy, 0, [[1, 2]], tokenizer, n=1, sampling=GREEDY, seed=0)
+    assert events == [("generate", {}), ("barrier", {}), ("generate", {})]  # no device_ids without CUDA
+
+
+def test_an_fsdp_shard_offloaded_to_the_cpu_goes_to_the_gpu_before_its_gather(monkeypatch):
+    """NCCL cannot gather CPU tensors: under FSDP's cpu_offload each shard moves to this rank's GPU first (TRL's
+    `param.to(device)` before `full_tensor()`); a shard already on the GPU, or a run without one, gathers as it is."""
+    from lightning_da.generation.colocated import _full
+
+    calls = []
+
+    class Shard:
+        def __init__(self, where):
+            self.is_cpu, self.where = where == "cpu", where
+
+        def to(self, device):
+            calls.append(("to", device))
+            return Shard(f"cuda:{device}")
+
+        def full_tensor(self):
+            calls.append(("gather", self.where))
+            return self.where
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    assert _full(Shard("cpu")) == "cuda:1" and calls == [("to", 1), ("gather", "cuda:1")]
+    calls.clear()
+    assert _full(Shard("cuda:1")) == "cuda:1" and calls == [("gather", "cuda:1")]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    calls.clear()
+    assert _full(Shard("cpu")) == "cpu" and calls == [("gather", "cpu")]  # gloo gathers CPU tensors
 
 
 class OffsetEngine(PolicyEngine):

@@ -225,3 +225,83 @@ def test_an_engine_in_this_process_finds_a_rendezvous_address(monkeypatch, given
     assert int(os.environ["MASTER_PORT"]) > 0
     monkeypatch.delenv("MASTER_ADDR")
     monkeypatch.delenv("MASTER_PORT")
+
+
+def test_the_stand_in_is_as_strict_as_vllm_on_every_call_we_make(engine_log, tiny_source, tokenizer, tmp_path):
+    """vLLM's literals for the engine's logprobs_mode, dtype and executor backend; SamplingParams' integer top_k and
+    stop_token_ids, repetition_penalty > 0, min_p in [0, 1], no unknown keyword; an empty prompt; a weight whose shape
+    is not its parameter's; loading while the weights sleep."""
+    import vllm
+
+    model = str(tiny_source.local_dir())
+    for bad, message in (({"logprobs_mode": "processed"}, "Invalid logprobs_mode"), ({"dtype": "fp16"}, "Invalid dtype"),
+                         ({"distributed_executor_backend": "threads"}, "Invalid distributed_executor_backend")):
+        with pytest.raises(ValueError, match=message):
+            vllm.LLM(model, **bad)
+    for bad, error, message in (({"top_k": 5.0}, TypeError, "top_k must be an integer"),
+                                ({"stop_token_ids": [2.0]}, TypeError, "stop_token_ids must be a list of integers"),
+                                ({"repetition_penalty": 0.0}, ValueError, "repetition_penalty must be greater than zero"),
+                                ({"min_p": 1.5}, ValueError, "min_p must be in"),
+                                ({"suppress_tokens": [1]}, TypeError, "unexpected keyword argument")):
+        with pytest.raises(error, match=message):
+            vllm.SamplingParams(**bad)
+    generator = VLLMGenerator(tiny_source, VLLMSettings(), cache_dir=tmp_path / "cache")
+    with pytest.raises(ValueError, match="The decoder prompt cannot be empty"):
+        generator.generate_ids([[]], tokenizer, n=1, sampling=GREEDY, seed=0, progress=False)
+
+
+def test_the_stand_in_refuses_bad_weight_loads_and_reseeds_like_vllm(engine_log, tiny_source, tokenizer, tmp_path):
+    import random
+
+    import numpy as np
+    import torch
+
+    from lightning_da.generation.colocated import PolicyEngine
+
+    policy = load_adapter(tiny_source.load_model(), random_adapter(tmp_path / "a", tiny_source.load_model()), trainable=True)
+    engine = PolicyEngine(tiny_source, VLLMSettings(sleep_mode=True), policy=policy, cache_dir=tmp_path / "cache", seed=7)
+    loader = engine.llm.llm_engine.model_executor.driver_worker.model_runner.model
+    with pytest.raises(RuntimeError, match=r"wake_up\(tags=\['weights'\]\) first"):
+        engine.load(policy)  # asleep at level 2 after the build, as GRPO's engine starts
+    engine.llm.wake_up(tags=["weights"])
+    name, weight = next(iter(engine.llm.model.named_parameters()))
+    with pytest.raises(AssertionError, match="Attempted to load weight"):
+        loader.load_weights([(name, weight.detach()[:1])])
+    engine.load(policy)  # awake: the whole policy loads
+    # Built in this process, the engine seeds the global generators with its seed, as vLLM's worker does ...
+    import vllm
+
+    vllm.LLM(str(tiny_source.local_dir()), distributed_executor_backend="external_launcher", seed=7)
+    drawn = (random.random(), float(np.random.rand()), float(torch.rand(())))
+    random.seed(7)
+    np.random.seed(7)
+    torch.manual_seed(7)
+    assert drawn == (random.random(), float(np.random.rand()), float(torch.rand(())))
+    # ... and sampling leaves them alone (vLLM's per-request generators).
+    state = torch.get_rng_state()
+    engine.llm.wake_up(tags=["kv_cache"])
+    engine.generator.generate_ids([prefix_ids(tokenizer, "Hi")], tokenizer, n=2, sampling=SamplingConfig(max_new_tokens=4),
+                                  seed=3, progress=False)
+    assert torch.equal(state, torch.get_rng_state())
+
+
+def test_trls_sampling_options_reach_both_backends(engine_log, tiny_source, tokenizer, tmp_path):
+    """repetition_penalty, min_p and generation_kwargs (winning over the others, as TRL's) in Hugging Face's generate
+    arguments and vLLM's SamplingParams; greedy under a penalty, both backends give the same tokens."""
+    options = SamplingConfig(temperature=0.9, max_new_tokens=6, repetition_penalty=1.3, min_p=0.1, generation_kwargs={"top_k": 7})
+    kwargs = options.generate_kwargs()
+    assert (kwargs["repetition_penalty"], kwargs["min_p"], kwargs["top_k"]) == (1.3, 0.1, 7)
+    generator = VLLMGenerator(tiny_source, VLLMSettings(), cache_dir=tmp_path / "cache")
+    generator.generate_ids([prefix_ids(tokenizer, PROMPTS[0])], tokenizer, n=2, sampling=options, seed=0, progress=False)
+    (request,) = [r for r in engine_log() if r["event"] == "request"]
+    assert (request["repetition_penalty"], request["min_p"], request["top_k"]) == (1.3, 0.1, 7)
+    penalised = SamplingConfig(do_sample=False, max_new_tokens=12, repetition_penalty=3.0)
+    model = tiny_source.load_model()
+    hf = sample_completions(model, tokenizer, PROMPTS, n=1, sampling=penalised, batch_size=1, progress=False)
+    assert ids(generator.sample_completions(tokenizer, PROMPTS, n=1, sampling=penalised, progress=False)) == ids(hf)
+    assert SamplingConfig().as_dict() == {k: v for k, v in SamplingConfig(repetition_penalty=1.0).as_dict().items()}
+    assert "min_p" not in SamplingConfig().as_dict() and SamplingConfig(min_p=0.1).as_dict()["min_p"] == 0.1  # old keys hold
+    for bad, message in (({"repetition_penalty": 0.0}, "repetition_penalty=0.0: set it above 0"),
+                         ({"min_p": 2.0}, "min_p=2.0: set it from 0 to 1"), ({"generation_kwargs": [1]}, "give a mapping")):
+        with pytest.raises(UserError, match=message):
+            SamplingConfig(**bad)

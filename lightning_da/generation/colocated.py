@@ -15,12 +15,17 @@ embeddings), so such a policy's engine starts from an untied copy of the student
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import os
+import random
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
@@ -37,8 +42,25 @@ TRAINED_COPY = "modules_to_save.default."
 
 
 def _full(tensor: torch.Tensor) -> torch.Tensor:
-    """The whole tensor: gathered from its shards under FSDP2 (a collective), as is otherwise."""
-    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+    """The whole tensor: gathered from its shards under FSDP2 (a collective), as is otherwise. A shard FSDP keeps on
+    the CPU (`cpu_offload`) goes to this rank's GPU first: NCCL cannot gather CPU tensors (as TRL does)."""
+    if not hasattr(tensor, "full_tensor"):
+        return tensor
+    if tensor.is_cpu and torch.cuda.is_available():
+        tensor = tensor.to(torch.cuda.current_device())
+    return tensor.full_tensor()
+
+
+@contextlib.contextmanager
+def training_rng():
+    """The global random generators (Python's, NumPy's, torch's on the CPU and every GPU) as they were before: building
+    a vLLM engine in this process reseeds them all to the engine's seed (vLLM's `set_random_seed`), which would change
+    the training's dropout masks and break an exact resume."""
+    python, numpy = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if torch.cuda.is_available() else []):
+        yield
+    random.setstate(python)
+    np.random.set_state(numpy)
 
 
 @torch.no_grad()
@@ -83,13 +105,20 @@ def untied_student(source, cache_dir: str | Path) -> Path:
 class PolicyEngine:
     """This rank's engine for the policy `policy` (the module's peft model) of student `source`."""
 
-    def __init__(self, source, settings: VLLMSettings, *, policy: nn.Module, cache_dir: str | Path, seed: int = 0):
+    def __init__(self, source, settings: VLLMSettings, *, policy: nn.Module, cache_dir: str | Path, seed: int = 0,
+                 rollouts: int | None = None):
+        """`rollouts`: this rank's rollouts per generation; the group's (x tensor_parallel_size) are the engine's
+        `max_num_seqs` unless `generation.vllm.max_num_seqs` says otherwise (TRL's), and `max_num_batched_tokens`
+        is 4096 unless set (TRL's: vLLM's memory profiler is misled by its larger default)."""
+        settings = replace(settings, max_num_seqs=settings.max_num_seqs or (rollouts and rollouts * settings.tensor_parallel_size),
+                           max_num_batched_tokens=settings.max_num_batched_tokens or 4096)
         self.settings = settings
         model_dir = untied_student(source, cache_dir) if trains_tied_head(policy) else None
-        self.generator = VLLMGenerator(source, settings, cache_dir=cache_dir, seed=seed, model_dir=model_dir, engine_args={
-            "enable_sleep_mode": settings.sleep_mode,
-            "logprobs_mode": "processed_logprobs",  # after temperature: the distribution the trainer's log-probs are of
-        })
+        with training_rng():
+            self.generator = VLLMGenerator(source, settings, cache_dir=cache_dir, seed=seed, model_dir=model_dir, engine_args={
+                "enable_sleep_mode": settings.sleep_mode,
+                "logprobs_mode": "processed_logprobs",  # after temperature: the distribution the trainer's log-probs are of
+            })
         self.llm = self.generator.llm
         self.loaded: int | None = None  # the policy version the engine holds
         if settings.sleep_mode:
@@ -114,6 +143,11 @@ class PolicyEngine:
             self.loaded = version
         if sleeps:
             self.llm.wake_up(tags=["kv_cache"])
+        if self.generator.tp_group is not None:
+            # TRL (its issue 3671): with PEFT, DDP's small all-reduce can still be draining NCCL's channels when the
+            # group's engine starts its own collectives, and generate hangs; a barrier on the default group first.
+            cuda = torch.cuda.is_available()
+            torch.distributed.barrier(**({"device_ids": [int(os.environ.get("LOCAL_RANK", 0))]} if cuda else {}))
         try:
             return self.generator.generate_ids(prompt_ids, tokenizer, n=n, sampling=sampling, seed=seed, progress=False,
                                                logprobs=True)

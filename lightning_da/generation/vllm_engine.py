@@ -69,6 +69,8 @@ class VLLMSettings:
     lora: str = "auto"
     max_lora_rank: int = 64
     sleep_mode: bool = True
+    max_num_seqs: int | None = None  # sequences in flight; null: vLLM's default (GRPO's engine: its group's rollouts per step)
+    max_num_batched_tokens: int | None = None  # tokens per engine step; null: vLLM's (GRPO's engine: 4096, TRL's)
 
     def __post_init__(self) -> None:
         check_at_least(self.tensor_parallel_size, "generation.vllm.tensor_parallel_size")
@@ -79,6 +81,9 @@ class VLLMSettings:
             raise UserError(f"generation.vllm.gpu_memory_utilization={self.gpu_memory_utilization}: set a fraction in (0, 1]")
         if self.lora not in LORA_MODES:
             raise UserError(f"generation.vllm.lora={self.lora}: use one of {', '.join(LORA_MODES)}")
+        for key in ("max_num_seqs", "max_num_batched_tokens"):
+            if getattr(self, key) is not None:
+                check_at_least(getattr(self, key), f"generation.vllm.{key}")
         if self.max_lora_rank not in LORA_RANKS:
             raise UserError(f"generation.vllm.max_lora_rank={self.max_lora_rank}: vLLM takes one of "
                             f"{', '.join(map(str, LORA_RANKS))}")
@@ -214,6 +219,7 @@ class VLLMGenerator:
             tensor_parallel_size=settings.tensor_parallel_size, gpu_memory_utilization=settings.gpu_memory_utilization,
             max_model_len=settings.max_model_len, dtype=settings.dtype, enforce_eager=settings.enforce_eager,
             enable_lora=self.lora_request is not None, max_lora_rank=settings.max_lora_rank,
+            **{k: getattr(settings, k) for k in ("max_num_seqs", "max_num_batched_tokens") if getattr(settings, k) is not None},
             **{"seed": seed, **placed, **(engine_args or {})},
         )
 

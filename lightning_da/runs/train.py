@@ -121,7 +121,9 @@ def rollout_engine(cfg: DictConfig, student):
     if not check_backend(cfg.generation):
         return None
     import_vllm()  # now, not after the policy loaded
-    return partial(PolicyEngine, student, instantiate(cfg.generation.vllm), cache_dir=cfg.paths.cache_dir, seed=cfg.seed)
+    rollouts = cfg.algorithm.datamodule.prompts_per_step * cfg.algorithm.module.num_generations
+    return partial(PolicyEngine, student, instantiate(cfg.generation.vllm), cache_dir=cfg.paths.cache_dir, seed=cfg.seed,
+                   rollouts=rollouts)
 
 
 def _fit(cfg: DictConfig, module, datamodule, tokenizer, data_metrics: dict, log_data, checkpoint: Path | None) -> dict[str, float]:

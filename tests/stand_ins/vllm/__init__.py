@@ -8,16 +8,23 @@ It is as strict as vLLM where the glue could go wrong (each checked against vLLM
   RANK, LOCAL_RANK, MASTER_ADDR and MASTER_PORT from the environment, runs the model in this process
   (`llm_engine.model_executor.driver_worker.model_runner.model`, there only) and, as vLLM agrees on the KV cache's
   size, joins an all-reduce over every rank of the world when it is built;
-- `SamplingParams`: vLLM's range checks (temperature in [0, 2], top_p in (0, 1], top_k >= -1, max_tokens
-  >= 1, n >= 1) and "n must be 1 when using greedy sampling";
+- `LLM`: `logprobs_mode`, `dtype` and `distributed_executor_backend` among vLLM's literals; built in this
+  process (`external_launcher`), it seeds Python's, NumPy's and torch's global generators with its seed, as
+  vLLM's worker does; sampling leaves the global generator alone (vLLM's per-request generators);
+- `SamplingParams`: vLLM's range checks (temperature in [0, 2], top_p in (0, 1], top_k >= -1 and an integer,
+  integer stop_token_ids, repetition_penalty > 0, min_p in [0, 1], max_tokens >= 1, n >= 1) and "n must be 1
+  when using greedy sampling"; an unknown keyword is a TypeError;
 - requests: prompts as `{"prompt_token_ids": ...}`, a prompt longer than `max_model_len` refused, sample j
   of a request seeded `seed + j` (vLLM's child requests), stop at `stop_token_ids` (kept in `token_ids`),
   `finish_reason` "stop" or "length", `top_k=-1` for no cut, `logprobs=0`: each position's sampled token
   with its log-probability (`logprobs_mode`: raw logits, or processed: after temperature and top-k/p);
 - LoRA: a request only with `enable_lora=True`, and no adapter vLLM refuses (modules_to_save, DoRA, bias);
-- `load_weights`: Hugging Face names; an unknown one is an error; `lm_head.weight` of a model with tied
-  embeddings is skipped (vLLM's alias of the input embeddings); `sleep(level)` / `wake_up(tags)`: level 1
-  keeps the weights, level 2 discards them (NaN here) until loaded again; generating asleep is an error.
+- an empty prompt refused ("The decoder prompt cannot be empty");
+- `load_weights`: Hugging Face names; an unknown one is an error, a shape that differs from the parameter's
+  too (vLLM's `default_weight_loader`); `lm_head.weight` of a model with tied embeddings is skipped (vLLM's
+  alias of the input embeddings); `sleep(level)` / `wake_up(tags)`: level 1 keeps the weights, level 2
+  discards them (NaN here) until loaded again; loading while the weights sleep (before `wake_up` with
+  "weights") and generating asleep are errors.
 Every engine, request, load and sleep is appended to the JSON-lines file named by `$VLLM_STAND_IN_LOG`.
 """
 
@@ -27,9 +34,11 @@ import hashlib
 import json
 import math
 import os
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -38,6 +47,9 @@ __version__ = "0.0.0+stand-in"
 ENGINE_ARGS = {"max_model_len", "enable_lora", "max_lora_rank", "enable_sleep_mode", "distributed_executor_backend",
                "logprobs_mode", "max_num_seqs", "max_num_batched_tokens", "disable_log_stats"}
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+LOGPROBS_MODES = ("raw_logprobs", "raw_logits", "processed_logprobs", "processed_logits")  # vLLM's LogprobsMode
+DTYPES = ("auto", "half", "float16", "bfloat16", "float", "float32")  # vLLM's ModelDType
+EXECUTOR_BACKENDS = (None, "ray", "mp", "uni", "external_launcher")  # vLLM's DistributedExecutorBackend
 
 
 def _record(event: dict) -> None:
@@ -63,6 +75,10 @@ class SamplingParams:
     include_stop_str_in_output: bool = False
 
     def __post_init__(self):
+        if not isinstance(self.top_k, int) or isinstance(self.top_k, bool):
+            raise TypeError(f"top_k must be an integer, got {type(self.top_k).__name__}")
+        if self.stop_token_ids is not None and not all(isinstance(t, int) and not isinstance(t, bool) for t in self.stop_token_ids):
+            raise TypeError(f"stop_token_ids must be a list of integers, got {self.stop_token_ids!r}")
         if self.n < 1:
             raise ValueError(f"n must be at least 1, got {self.n}.")
         if not 0.0 <= self.temperature <= 2.0:
@@ -113,6 +129,8 @@ class _Model:
         self.llm = llm
 
     def load_weights(self, weights) -> set[str]:
+        if self.llm.weights_released:  # vLLM: the weights' memory is unmapped while they sleep
+            raise RuntimeError("load_weights while the engine's weights sleep: wake_up(tags=['weights']) first")
         params = dict(self.llm.model.named_parameters())
         tied = self.llm.model.config.tie_word_embeddings
         loaded = set()
@@ -121,6 +139,8 @@ class _Model:
                 continue  # vLLM: an alias of the tied input embeddings, skipped
             if name not in params:
                 raise ValueError(f"There is no module or parameter named {name!r} in {type(self.llm.model).__name__}")
+            if tuple(params[name].shape) != tuple(tensor.shape):  # vLLM's default_weight_loader
+                raise AssertionError(f"Attempted to load weight ({tensor.size()}) into parameter ({params[name].size()})")
             with torch.no_grad():
                 params[name].copy_(tensor.to(params[name].device))
             loaded.add(name)
@@ -151,6 +171,10 @@ class LLM:
         self.enable_sleep_mode = kwargs.get("enable_sleep_mode", False)
         self.logprobs_mode = kwargs.get("logprobs_mode", "raw_logprobs")
         backend = kwargs.get("distributed_executor_backend")
+        for key, value, allowed in (("logprobs_mode", self.logprobs_mode, LOGPROBS_MODES), ("dtype", dtype, DTYPES),
+                                    ("distributed_executor_backend", backend, EXECUTOR_BACKENDS)):
+            if value not in allowed:
+                raise ValueError(f"Invalid {key} {value!r}: choose one of {allowed}")
         placement = {}
         if backend == "external_launcher":
             placement = {"rank": int(os.environ["RANK"]), "local_rank": int(os.environ["LOCAL_RANK"]),
@@ -163,8 +187,12 @@ class LLM:
             raise ValueError(f"User-specified max_model_len ({max_model_len}) is greater than the derived max_model_len ({context}).")
         self.max_model_len = context if max_model_len in (None, -1) else max_model_len
         self._adapters: dict[str, torch.nn.Module] = {}
-        self.weights_asleep, self.cache_asleep = False, False
+        self.weights_asleep, self.cache_asleep, self.weights_released = False, False, False
         if backend == "external_launcher":  # the engine core in this process (vLLM: no V1 multiprocessing)
+            # vLLM's worker seeds every global generator with the engine's seed (set_random_seed), here in this process
+            random.seed(seed)
+            np.random.seed(seed)
+            torch.manual_seed(seed)
             self.llm_engine = type("LLMEngine", (), {"model_executor": _Executor(self)})()
             # vLLM's ExecutorWithExternalLauncher.determine_available_memory: the minimum over every rank of the
             # world, an all-reduce each engine's build joins (a rank that builds none leaves the others waiting).
@@ -176,7 +204,8 @@ class LLM:
                  "gpu_memory_utilization": gpu_memory_utilization, "max_model_len": max_model_len, "dtype": dtype,
                  "enable_lora": self.enable_lora, "max_lora_rank": self.max_lora_rank, "trust_remote_code": trust_remote_code,
                  "seed": seed, "backend": backend, **placement, "enable_sleep_mode": self.enable_sleep_mode,
-                 "logprobs_mode": self.logprobs_mode})
+                 "logprobs_mode": self.logprobs_mode, "max_num_seqs": kwargs.get("max_num_seqs"),
+                 "max_num_batched_tokens": kwargs.get("max_num_batched_tokens")})
 
     def sleep(self, level: int = 1) -> None:
         if not self.enable_sleep_mode:
@@ -186,13 +215,15 @@ class LLM:
                 for param in self.model.parameters():
                     param.fill_(math.nan)  # discarded: what a woken engine holds until weights are loaded
             self.weights_asleep = True
-        self.cache_asleep = True
+        self.cache_asleep, self.weights_released = True, True
         _record({"event": "sleep", "level": level})
 
     def wake_up(self, tags: list[str] | None = None) -> bool:
         tags = tags or ["weights", "kv_cache"]
         if "kv_cache" in tags:
             self.cache_asleep = False
+        if "weights" in tags:
+            self.weights_released = False
         _record({"event": "wake_up", "tags": tags})
         return not self.cache_asleep
 
@@ -228,6 +259,8 @@ class LLM:
         outputs = []
         for index, (prompt, p) in enumerate(zip(prompts, params, strict=True)):
             ids = list(prompt["prompt_token_ids"])
+            if not ids:
+                raise ValueError("The decoder prompt cannot be empty")
             if len(ids) >= self.max_model_len:
                 raise ValueError(f"The decoder prompt (length {len(ids)}) is longer than the maximum model length of "
                                  f"{self.max_model_len}.")
@@ -237,9 +270,10 @@ class LLM:
                      "logprobs": p.logprobs, "stop": p.stop, "lora_path": getattr(lora_request, "lora_path", None), "rank": os.environ.get("RANK")})
             request = RequestOutput(str(index), ids)
             for k in range(p.n):
-                if p.seed is not None:
-                    torch.manual_seed(p.seed + k)  # vLLM's child request k
-                request.outputs.append(self._sample(model, ids, p, k))
+                with torch.random.fork_rng(devices=[]):  # vLLM samples with per-request generators: the global one untouched
+                    if p.seed is not None:
+                        torch.manual_seed(p.seed + k)  # vLLM's child request k
+                    request.outputs.append(self._sample(model, ids, p, k))
             outputs.append(request)
         return outputs
 
