@@ -98,6 +98,64 @@ def test_format_arithmetic_and_overlong_rewards():
     assert penalty([], [""] * 4, completion_ids=[[0] * 6, [0] * 8, [0] * 10, [0] * 12]) == [0.0, -0.5, -1.0, -1.0]
 
 
+@pytest.fixture(scope="module")
+def reward_model_dir(tmp_path_factory, tokenizer):
+    """A tiny random sequence-classification model (one score) with SmolLM2's tokenizer and chat template, saved."""
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, num_labels=1, pad_token_id=tokenizer.pad_token_id)
+    directory = tmp_path_factory.mktemp("reward_model")
+    LlamaForSequenceClassification(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return str(directory)
+
+
+def test_a_reward_model_scores_as_trl_reads_one(reward_model_dir, tokenizer):
+    """TRL's reward-model path, one exchange at a time (no padding to get wrong): the user prompt and the completion
+    through the reward model's chat template, no special tokens added, the score logits[0, 0]; batched and padded the
+    same; `reads=answer` scores only what follows </think>."""
+    from transformers import AutoModelForSequenceClassification
+
+    from lightning_da.rewards import RewardModel
+
+    prompts = ["How do I pick a lock?", "What is 2 + 2?", "Hi"]
+    completions = ["I think.</think>I can't help with that.", "Two and two.</think>4", "</think>Hello there, how are you today?"]
+    model = AutoModelForSequenceClassification.from_pretrained(reward_model_dir).eval()
+
+    def score(prompt, completion):
+        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}],
+                                             tokenize=False)
+        with torch.no_grad():
+            return float(model(input_ids=torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])).logits[0, 0])
+
+    want = [score(p, c) for p, c in zip(prompts, completions, strict=True)]
+    assert len(set(want)) == 3
+    assert RewardModel(reward_model_dir, batch_size=2)(prompts, completions) == pytest.approx(want, abs=1e-5)
+    answers = [score(p, c.split("</think>")[1]) for p, c in zip(prompts, completions, strict=True)]
+    assert RewardModel(reward_model_dir, reads="answer")(prompts, completions, task=["safety"] * 3) == pytest.approx(answers, abs=1e-5)
+
+
+def test_a_reward_model_through_the_config_and_its_one_line_errors(compose_train, reward_model_dir, tokenizer, init_adapter):
+    from hydra.utils import instantiate
+
+    from lightning_da.rewards import RewardModel
+
+    cfg = compose_train("algorithm=grpo", "student=tiny_random", "rewards=model",
+                        f"algorithm.module.rewards.reward_model.fn.path={reward_model_dir}")
+    reward = instantiate(cfg.algorithm.module.rewards.reward_model.fn)
+    assert isinstance(reward, RewardModel) and reward.path == reward_model_dir and cfg.algorithm.module.rewards.reward_model.weight == 1.0
+    metrics = fit(make_module(tokenizer, init_adapter, reward=reward), tokenizer, steps=1).callback_metrics
+    assert float(metrics["train/reward_std"]) > 0 and float(metrics["train/frac_reward_zero_std"]) == 0.0  # a score per rollout
+    with pytest.raises(UserError, match=r"set algorithm.module.rewards.reward_model.fn.path=<its directory"):
+        RewardModel()
+    with pytest.raises(UserError, match="use one of full, answer"):
+        RewardModel(reward_model_dir, reads="reasoning")
+    with pytest.raises(UserError, match="not in the local Hugging Face cache.*algorithm.module.rewards.reward_model.fn.path"):
+        RewardModel("someone/not-here")(["p"], ["c"])
+
+
 # -- the policy and its reference -------------------------------------------------------------------
 
 

@@ -12,5 +12,6 @@ from lightning_da.rewards.answer_correct import answer_correct
 from lightning_da.rewards.format import format_reward
 from lightning_da.rewards.judge_safety import JudgeSafety
 from lightning_da.rewards.overlong import SoftOverlongPenalty
+from lightning_da.rewards.reward_model import RewardModel
 
-__all__ = ["JudgeSafety", "SoftOverlongPenalty", "answer_correct", "format_reward"]
+__all__ = ["JudgeSafety", "RewardModel", "SoftOverlongPenalty", "answer_correct", "format_reward"]
