@@ -283,6 +283,37 @@ def test_a_sequence_far_off_the_engines_distribution_is_masked_out_of_the_step(e
     assert "train/sampling/importance_sampling_ratio/max" not in metrics
 
 
+def test_off_policy_masking_compares_with_the_engines_log_probs(engine_log, tokenizer, tmp_path):
+    """TRL's off-policy mask reads the engine's log-probabilities where there are any (with the correction off too):
+    an engine 2 nats above the trainer on every token puts every rollout's mean KL at 2, above the threshold, so every
+    rollout with A < 0 is dropped and the step differs from the unmasked one."""
+    source = TinyRandomLlama(seed=1)
+    adapter = random_adapter(tmp_path / "a", source.load_model(), scale=0.05)
+    seen, moved = [], {}
+    for threshold in (None, 0.5):
+        factory = partial(type("Above", (OffsetEngine,), {"offset": -2.0}), source, VLLMSettings(), cache_dir=tmp_path / "cache", seed=0)
+        module = make_module(tokenizer, adapter, rollout_engine=factory, vllm_importance_sampling_correction=False,
+                             off_policy_mask_threshold=threshold)
+        loss = module.loss
+
+        class Spy:
+            def __getattr__(self, name):
+                return getattr(loss, name)
+
+            def __call__(self, logp, old, *args, **kwargs):
+                seen.append((kwargs["sampling_logp"] - logp.detach())[kwargs["sampling_logp"] != 0])
+                return loss(logp, old, *args, **kwargs)
+
+        module.loss = Spy()
+        module.configure_model()
+        before = trainable(module)
+        fit(module, tokenizer, steps=1)
+        moved[threshold] = trainable(module)
+        assert any(not torch.equal(before[n], p) for n, p in moved[threshold].items())
+    assert all(torch.allclose(gap, torch.full_like(gap, 2.0), atol=1e-4) for gap in seen)
+    assert any(not torch.equal(moved[None][n], moved[0.5][n]) for n in moved[None])
+
+
 def loads_by_rank(events) -> dict[str, list[str]]:
     """Each rank's loads, as digests of the bytes its engine holds after each."""
     digests = {}
