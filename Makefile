@@ -7,7 +7,7 @@ export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test test-vllm-compat mutants clean
+.PHONY: install demo test test-vllm-compat mutants clean gpu-check
 
 install: $(STAMP)
 
@@ -80,3 +80,8 @@ mutants: install
 
 clean:
 	rm -rf $(VENV) $(COMPAT) outputs multirun mutants .pytest_cache
+
+# The first GPU run (a CUDA GPU; vLLM and TRL where installed): GRPO's demo on both backends, SFT bf16 against TRL,
+# latent Best-of-N's overhead, each with its numbers; about ten minutes on one H100 (benchmarks/gpu_check.sh).
+gpu-check: install
+	bash benchmarks/gpu_check.sh

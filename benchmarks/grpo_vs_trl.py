@@ -9,8 +9,9 @@ every group (the share of low token ids), so that every step has a gradient.
 
 (a) Losses. One fixed batch of rollouts (one prompt, G sampled completions, random advantages,
     old log-probabilities a little off the current ones so that clipping happens): for every
-    loss_type both implement, and for beta > 0 with delta set (KL with and without
-    use_bias_correction_kl), top_entropy_quantile < 1 and vLLM's importance-sampling correction
+    loss_type both implement, at either importance_sampling_level, and for beta > 0 with delta set (KL
+    with and without use_bias_correction_kl), top_entropy_quantile < 1, the off-policy sequence mask
+    (against the old log-probs and an engine's), the entropy bonus, and vLLM's importance-sampling correction
     (our `sampling_correction` weights from an engine's log-probabilities, given to TRL as its
     `importance_sampling_ratio` with use_vllm on; the weights themselves are checked against TRL's
     code, transcribed, in tests/test_grpo_vllm.py), our `GRPOLoss` on
@@ -60,7 +61,23 @@ LOSS_CASES = [
     ("cispo", {"loss_type": "cispo", "epsilon_high": 5.0}, {"loss_type": "cispo", "epsilon_high": 5.0}),
     ("gspo", {"loss_type": "gspo"}, {"loss_type": "grpo", "importance_sampling_level": "sequence"}),
     ("sapo", {"loss_type": "sapo"}, {"loss_type": "sapo"}),
-    ("luspo", {"loss_type": "luspo"}, {"loss_type": "luspo", "importance_sampling_level": "sequence"}),
+    ("luspo", {"loss_type": "luspo", "importance_sampling_level": "sequence"}, {"loss_type": "luspo", "importance_sampling_level": "sequence"}),
+    ("luspo token (TRL's default)", {"loss_type": "luspo"}, {"loss_type": "luspo"}),
+    # importance_sampling_level=sequence with every other loss type (TRL warns for some; both compute them)
+    *[(f"{loss} sequence level", {"loss_type": loss, "importance_sampling_level": "sequence", **extra},
+       {"loss_type": loss, "importance_sampling_level": "sequence", **extra})
+      for loss, extra in (("bnpo", {}), ("dr_grpo", {}), ("dapo", {"epsilon_high": 0.28}), ("cispo", {"epsilon_high": 5.0}), ("sapo", {}))],
+    # DeepSeek-V3.2's off-policy sequence mask: against the old log-probs, and against an engine's (TRL's
+    # sampling_per_token_logps, read whenever vLLM gave them)
+    ("grpo off-policy mask 0.02", {"loss_type": "grpo", "off_policy_mask_threshold": 0.02},
+     {"loss_type": "grpo", "off_policy_mask_threshold": 0.02}),
+    ("dapo off-policy mask vs engine", {"loss_type": "dapo", "off_policy_mask_threshold": 0.02, "sampling_logp": True},
+     {"loss_type": "dapo", "off_policy_mask_threshold": 0.02, "sampling_per_token_logps": True}),
+    # the entropy bonus (the module adds it to GRPOLoss's value: here the same expression as GRPOModule._accumulate)
+    ("grpo entropy bonus 0.1", {"loss_type": "grpo", "entropy_coef": 0.1}, {"loss_type": "grpo", "entropy_coef": 0.1,
+                                                                            "_entropy_bonus_enabled": True}),
+    ("dapo entropy bonus 0.1, top 0.5", {"loss_type": "dapo", "entropy_coef": 0.1, "top_entropy_quantile": 0.5},
+     {"loss_type": "dapo", "entropy_coef": 0.1, "_entropy_bonus_enabled": True, "top_entropy_quantile": 0.5}),
     ("vespo", {"loss_type": "vespo"}, {"loss_type": "vespo"}),
     ("grpo beta .04 delta 1.5", {"loss_type": "grpo", "beta": 0.04, "delta": 1.5},
      {"loss_type": "grpo", "beta": 0.04, "delta": 1.5}),
@@ -80,7 +97,9 @@ LOSS_CASES = [
 ]
 TRL_DEFAULTS = {"loss_type": "grpo", "importance_sampling_level": "token", "epsilon_low": 0.2, "epsilon_high": 0.2, "beta": 0.0,
                 "top_entropy_quantile": 1.0, "delta": None, "use_bias_correction_kl": True, "use_vllm": False,
-                "vllm_importance_sampling_correction": False}
+                "vllm_importance_sampling_correction": False, "off_policy_mask_threshold": None, "entropy_coef": 0.0,
+                "_entropy_bonus_enabled": False, "use_adaptive_entropy": False}
+OURS_ONLY = ("sampling_correction", "sampling_logp", "entropy_coef")  # inputs and the module's part, not GRPOLoss settings
 
 
 def judge_safety(prompts, completions, **kwargs):
@@ -143,6 +162,8 @@ def trl_trainer(model, tokenizer, prompts: list[str], work: Path, *, g: int, max
 def set_trl(trainer, settings: dict) -> None:
     """TRL's loss settings, on the trainer where `_compute_loss` reads them (itself or its args)."""
     for key, value in {**TRL_DEFAULTS, **settings}.items():
+        if key == "sampling_per_token_logps":
+            continue  # an input, not a setting
         if key in ("delta", "use_bias_correction_kl"):
             setattr(trainer.args, key, value)
         else:
@@ -188,22 +209,31 @@ def exactness(adapter: str, tokenizer, work: Path, g: int, max_new_tokens: int) 
     print(f"{'case':<32}{'loss':>11}{'|loss diff|':>13}{'|grad diff|':>13}{'|loss diff|':>13}{'|grad diff|':>13}{'max |grad|':>12}")
     worst = [0.0, 0.0]
     for label, ours, theirs in LOSS_CASES:
-        mode = ours.get("sampling_correction")
-        loss_fn = GRPOLoss(**{k: v for k, v in ours.items() if k != "sampling_correction"}, max_completion_length=max_new_tokens)
+        mode, coef = ours.get("sampling_correction"), ours.get("entropy_coef", 0.0)
+        loss_fn = GRPOLoss(**{k: v for k, v in ours.items() if k not in OURS_ONLY}, max_completion_length=max_new_tokens)
         ratio = sampling_correction(old, engine, completion_mask, mode=mode, clip_max=3.0) if mode else None
-        inputs.pop("importance_sampling_ratio", None)
+        sampling_logp = engine if ours.get("sampling_logp") else None
+        for key in ("importance_sampling_ratio", "sampling_per_token_logps"):
+            inputs.pop(key, None)
         if mode:
             inputs["importance_sampling_ratio"] = ratio
+        if sampling_logp is not None:
+            inputs["sampling_per_token_logps"] = sampling_logp
         set_trl(trainer, theirs)
 
-        def ours_loss(loss_fn=loss_fn, ratio=ratio):
-            logp, entropy = module.token_logps(prompt_ids, prompt_mask, completion_ids, completion_mask, entropy=True)
-            keep = high_entropy_mask(entropy, completion_mask, loss_fn.top_entropy_quantile) if loss_fn.top_entropy_quantile < 1 else None
-            return loss_fn(logp, old, advantages, completion_mask, ref_logp=ref, num_items=num_items, entropy_mask=keep,
-                           sampling_ratio=ratio).loss
+        def ours_loss(loss_fn=loss_fn, ratio=ratio, sampling_logp=sampling_logp, coef=coef):
+            logp, entropy = module.token_logps(prompt_ids, prompt_mask, completion_ids, completion_mask, entropy=True,
+                                               entropy_grad=coef > 0)
+            keep = high_entropy_mask(entropy.detach(), completion_mask, loss_fn.top_entropy_quantile) \
+                if loss_fn.top_entropy_quantile < 1 else None
+            loss = loss_fn(logp, old, advantages, completion_mask, ref_logp=ref, num_items=num_items, entropy_mask=keep,
+                           sampling_ratio=ratio, sampling_logp=sampling_logp).loss
+            effective = completion_mask if keep is None else completion_mask * keep
+            return loss - coef * (entropy * effective).sum() / effective.sum().clamp(min=1.0)
 
         def trl_loss_on_our_logps():
-            logp, entropy = module.token_logps(prompt_ids, prompt_mask, completion_ids, completion_mask, entropy=True)
+            logp, entropy = module.token_logps(prompt_ids, prompt_mask, completion_ids, completion_mask, entropy=True,
+                                               entropy_grad=True)
             with mock.patch.object(trainer, "_get_per_token_logps_and_entropies", lambda *a, **k: (logp, entropy, None)):
                 return trainer._compute_loss(model, inputs)
 

@@ -2,6 +2,7 @@
 
     .venv/bin/pip install -c constraints.txt -e ".[bench]"
     .venv/bin/python benchmarks/sft_vs_trl.py [--traces 48 --batch-size 4 --max-length 512 --steps 10]
+    .venv/bin/python benchmarks/sft_vs_trl.py --device cuda --bf16     # on a GPU: bf16 mixed precision on both
 
 SmolLM2-135M-Instruct + LoRA (r 32, alpha 64, dropout 0.05, all linear layers, lm_head trained) on
 CPU. The same prompt/completion pairs (StrongREJECT prompts; completions of mixed length, as teacher
@@ -60,7 +61,7 @@ class StepTimes:
         return sum(self.tokens[1:]) / sum(self.times[1:])  # the first step warms up
 
 
-def ours(rows: list[dict], tokenizer, *, batch_size: int, max_length: int, steps: int) -> StepTimes:
+def ours(rows: list[dict], tokenizer, *, batch_size: int, max_length: int, steps: int, device: str, bf16: bool) -> StepTimes:
     import datasets
     import lightning as L
 
@@ -80,13 +81,14 @@ def ours(rows: list[dict], tokenizer, *, batch_size: int, max_length: int, steps
     torch.manual_seed(0)
     data = SFTDataModule(datasets.Dataset.from_list(rows), tokenizer, batch_size=batch_size, max_length=max_length, val_fraction=0.0001)
     module = SFTModule(EmbeddedSmolLM2(), lora=LORA, optimizer=partial(torch.optim.AdamW, lr=LR))
-    trainer = L.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+    trainer = L.Trainer(accelerator="gpu" if device == "cuda" else "cpu", devices=1, precision="bf16-mixed" if bf16 else "32-true",
+                        max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, callbacks=[Timer()], limit_val_batches=0, max_epochs=100)
     trainer.fit(module, datamodule=data)
     return times
 
 
-def trl(rows: list[dict], tokenizer, work: Path, *, batch_size: int, max_length: int, steps: int) -> StepTimes:
+def trl(rows: list[dict], tokenizer, work: Path, *, batch_size: int, max_length: int, steps: int, device: str, bf16: bool) -> StepTimes:
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import TrainerCallback
@@ -109,7 +111,7 @@ def trl(rows: list[dict], tokenizer, work: Path, *, batch_size: int, max_length:
                                   "completion": [{"role": "assistant", "content": THINK + r["output"]}]} for r in rows])
     config = SFTConfig(output_dir=str(work / "trl_sft"), per_device_train_batch_size=batch_size, gradient_accumulation_steps=1,
                        max_length=max_length, learning_rate=LR, lr_scheduler_type="constant", max_steps=steps, logging_steps=1,
-                       report_to=[], use_cpu=True, save_strategy="no", bf16=False, seed=0, disable_tqdm=True, dataloader_num_workers=0)
+                       report_to=[], use_cpu=device == "cpu", save_strategy="no", bf16=bf16, seed=0, disable_tqdm=True, dataloader_num_workers=0)
     peft_config = LoraConfig(task_type="CAUSAL_LM", r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
                              target_modules=LORA["target_modules"], modules_to_save=LORA["modules_to_save"])
     trainer = SFTTrainer(model=EmbeddedSmolLM2().load_model(), args=config, train_dataset=dataset, processing_class=tokenizer,
@@ -132,6 +134,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--bf16", action="store_true", help="bf16 mixed precision on both (Lightning's bf16-mixed, TRL's bf16)")
     args = parser.parse_args()
 
     from lightning_da.models import EmbeddedSmolLM2
@@ -139,10 +143,12 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="sft_vs_trl_"))
     tokenizer = EmbeddedSmolLM2().load_tokenizer()
     rows = traces(args.traces)
-    settings = {"batch_size": args.batch_size, "max_length": args.max_length, "steps": args.steps}
+    settings = {"batch_size": args.batch_size, "max_length": args.max_length, "steps": args.steps, "device": args.device,
+                "bf16": args.bf16}
     mine = ours(rows, tokenizer, **settings)
     theirs = trl(rows, tokenizer, work, **settings)
-    print(f"\nSmolLM2-135M + LoRA r 32, CPU ({torch.get_num_threads()} threads): {len(rows)} traces, batch {args.batch_size}, "
+    where = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    print(f"\nSmolLM2-135M + LoRA r 32, {where}{', bf16' if args.bf16 else ''}: {len(rows)} traces, batch {args.batch_size}, "
           f"max length {args.max_length}, {args.steps} steps")
     print(f"{'':<22}{'tokens/s':>10}{'s/step':>10}")
     for name, t in (("ours (Lightning)", mine), ("TRL SFTTrainer", theirs)):
