@@ -69,10 +69,11 @@ LOSS_CASES = [
       for loss, extra in (("bnpo", {}), ("dr_grpo", {}), ("dapo", {"epsilon_high": 0.28}), ("cispo", {"epsilon_high": 5.0}), ("sapo", {}))],
     # DeepSeek-V3.2's off-policy sequence mask: against the old log-probs, and against an engine's (TRL's
     # sampling_per_token_logps, read whenever vLLM gave them)
-    ("grpo off-policy mask 0.02", {"loss_type": "grpo", "off_policy_mask_threshold": 0.02},
-     {"loss_type": "grpo", "off_policy_mask_threshold": 0.02}),
-    ("dapo off-policy mask vs engine", {"loss_type": "dapo", "off_policy_mask_threshold": 0.02, "sampling_logp": True},
-     {"loss_type": "dapo", "off_policy_mask_threshold": 0.02, "sampling_per_token_logps": True}),
+    # (the old and the engine's log-probs moved 0.1 nat above the current ones, so that some sequences go)
+    ("grpo off-policy mask", {"loss_type": "grpo", "off_policy_mask_threshold": 0.05, "drift": 0.1},
+     {"loss_type": "grpo", "off_policy_mask_threshold": 0.05}),
+    ("dapo off-policy mask vs engine", {"loss_type": "dapo", "off_policy_mask_threshold": 0.05, "sampling_logp": True, "drift": 0.1},
+     {"loss_type": "dapo", "off_policy_mask_threshold": 0.05, "sampling_per_token_logps": True}),
     # the entropy bonus (the module adds it to GRPOLoss's value: here the same expression as GRPOModule._accumulate)
     ("grpo entropy bonus 0.1", {"loss_type": "grpo", "entropy_coef": 0.1}, {"loss_type": "grpo", "entropy_coef": 0.1,
                                                                             "_entropy_bonus_enabled": True}),
@@ -99,7 +100,7 @@ TRL_DEFAULTS = {"loss_type": "grpo", "importance_sampling_level": "token", "epsi
                 "top_entropy_quantile": 1.0, "delta": None, "use_bias_correction_kl": True, "use_vllm": False,
                 "vllm_importance_sampling_correction": False, "off_policy_mask_threshold": None, "entropy_coef": 0.0,
                 "_entropy_bonus_enabled": False, "use_adaptive_entropy": False}
-OURS_ONLY = ("sampling_correction", "sampling_logp", "entropy_coef")  # inputs and the module's part, not GRPOLoss settings
+OURS_ONLY = ("sampling_correction", "sampling_logp", "entropy_coef", "drift")  # inputs and the module's part, not GRPOLoss settings
 
 
 def judge_safety(prompts, completions, **kwargs):
@@ -175,7 +176,7 @@ def grads(model) -> dict[str, torch.Tensor]:
 
 
 def exactness(adapter: str, tokenizer, work: Path, g: int, max_new_tokens: int) -> None:
-    from lightning_da.algorithms.grpo_losses import GRPOLoss, high_entropy_mask, sampling_correction
+    from lightning_da.algorithms.grpo_losses import GRPOLoss, high_entropy_mask, off_policy_mask, sampling_correction
     from lightning_da.formats import pad_ids, prefix_ids
     from lightning_da.generation import SamplingConfig, sample_completions
 
@@ -191,6 +192,7 @@ def exactness(adapter: str, tokenizer, work: Path, g: int, max_new_tokens: int) 
     completion_ids, completion_mask = pad_ids([c.ids for c in sampled], pad, left=False)
     generator = torch.Generator().manual_seed(1)
     advantages = torch.randn(g, generator=generator, dtype=torch.float64)
+    advantages = advantages - advantages.mean()  # both signs, as a group's advantages (clipping low and masking need A < 0)
     with torch.no_grad():
         current, _ = module.token_logps(prompt_ids, prompt_mask, completion_ids, completion_mask)
         with module.reference_policy():
@@ -211,8 +213,10 @@ def exactness(adapter: str, tokenizer, work: Path, g: int, max_new_tokens: int) 
     for label, ours, theirs in LOSS_CASES:
         mode, coef = ours.get("sampling_correction"), ours.get("entropy_coef", 0.0)
         loss_fn = GRPOLoss(**{k: v for k, v in ours.items() if k not in OURS_ONLY}, max_completion_length=max_new_tokens)
-        ratio = sampling_correction(old, engine, completion_mask, mode=mode, clip_max=3.0) if mode else None
-        sampling_logp = engine if ours.get("sampling_logp") else None
+        case_old, case_engine = old + ours.get("drift", 0.0), engine + ours.get("drift", 0.0)
+        inputs["old_per_token_logps"] = case_old
+        ratio = sampling_correction(case_old, case_engine, completion_mask, mode=mode, clip_max=3.0) if mode else None
+        sampling_logp = case_engine if ours.get("sampling_logp") else None
         for key in ("importance_sampling_ratio", "sampling_per_token_logps"):
             inputs.pop(key, None)
         if mode:
@@ -220,8 +224,12 @@ def exactness(adapter: str, tokenizer, work: Path, g: int, max_new_tokens: int) 
         if sampling_logp is not None:
             inputs["sampling_per_token_logps"] = sampling_logp
         set_trl(trainer, theirs)
+        if loss_fn.off_policy_mask_threshold is not None:  # say that the mask drops something here
+            kept = off_policy_mask(advantages, current, case_old if sampling_logp is None else sampling_logp, completion_mask,
+                                   loss_fn.off_policy_mask_threshold)
+            label = f"{label} ({int((kept == 0).sum())} of {g} out)"
 
-        def ours_loss(loss_fn=loss_fn, ratio=ratio, sampling_logp=sampling_logp, coef=coef):
+        def ours_loss(loss_fn=loss_fn, ratio=ratio, sampling_logp=sampling_logp, coef=coef, old=case_old):
             logp, entropy = module.token_logps(prompt_ids, prompt_mask, completion_ids, completion_mask, entropy=True,
                                                entropy_grad=coef > 0)
             keep = high_entropy_mask(entropy.detach(), completion_mask, loss_fn.top_entropy_quantile) \
@@ -229,7 +237,7 @@ def exactness(adapter: str, tokenizer, work: Path, g: int, max_new_tokens: int) 
             loss = loss_fn(logp, old, advantages, completion_mask, ref_logp=ref, num_items=num_items, entropy_mask=keep,
                            sampling_ratio=ratio, sampling_logp=sampling_logp).loss
             effective = completion_mask if keep is None else completion_mask * keep
-            return loss - coef * (entropy * effective).sum() / effective.sum().clamp(min=1.0)
+            return loss - coef * ((entropy * effective).sum() / effective.sum().clamp(min=1.0))  # TRL's order of operations
 
         def trl_loss_on_our_logps():
             logp, entropy = module.token_logps(prompt_ids, prompt_mask, completion_ids, completion_mask, entropy=True,

@@ -253,31 +253,6 @@ def test_uneven_micro_batches_give_the_whole_batchs_gradient(tokenizer, init_ada
     assert max(float(g.abs().max()) for g in grads[8].values()) > 1e-4  # a gradient, not zeros
 
 
-def _replica_of_two_iterations(tokenizer, init_adapter, rollouts, lr: float, *, old_fixed: bool) -> dict[str, torch.Tensor]:
-    """TRL's mu = 2 by hand: the old log-probabilities once, from the policy that sampled, then two SGD steps
-    on TRL's grpo loss (written with loops in test_grpo_losses) of the same rollouts and advantages.
-    `old_fixed=False` is the mistake of recomputing them before the second step (ratio 1 again)."""
-    from tests.test_grpo_losses import reference_advantages, reference_loss
-
-    replica = make_module(tokenizer, init_adapter)
-    replica.configure_model()
-    params = [p for p in replica.model.parameters() if p.requires_grad]
-    sgd = torch.optim.SGD(params, lr=lr)
-    p_ids, p_mask, c_ids, c_mask = rollouts.tensors(tokenizer.pad_token_id)
-    adv = torch.tensor(reference_advantages(rollouts.rewards.double().tolist(), [1.0], "group", "sum_then_normalize"))
-    replica.model.eval()
-    with torch.no_grad():
-        old = replica.token_logps(p_ids, p_mask, c_ids, c_mask)[0]
-    for _ in range(2):
-        replica.model.train()
-        logp = replica.token_logps(p_ids, p_mask, c_ids, c_mask)[0]
-        reference = old if old_fixed else logp.detach()
-        reference_loss(logp, reference, adv.float(), c_mask.tolist(), "grpo", eps_high=0.2).backward()
-        sgd.step()
-        sgd.zero_grad()
-    return trainable(replica)
-
-
 def test_two_iterations_reuse_the_old_log_probs_for_two_optimizer_steps(tokenizer, init_adapter):
     """num_iterations = 2: one generation round, two optimizer steps on the same rollouts, the second with the
     ratio against the log-probabilities of the policy that sampled them (as TRL's num_iterations)."""
@@ -290,8 +265,8 @@ def test_two_iterations_reuse_the_old_log_probs_for_two_optimizer_steps(tokenize
     trainer = fit(module, tokenizer, steps=2, prompts_per_step=2)
     assert len(sampled) == 1 and steps_seen == [0, 1] and trainer.global_step == 2  # one round, two steps
     got = trainable(module)
-    right = _replica_of_two_iterations(tokenizer, init_adapter, sampled[0], lr, old_fixed=True)
-    wrong = _replica_of_two_iterations(tokenizer, init_adapter, sampled[0], lr, old_fixed=False)
+    right = _replica_steps(tokenizer, init_adapter, sampled[0], lr, [list(range(8))] * 2)
+    wrong = _replica_steps(tokenizer, init_adapter, sampled[0], lr, [list(range(8))] * 2, old_fixed=False)
     error = max(float((got[n] - right[n]).abs().max()) for n in got)
     gap = max(float((right[n] - wrong[n]).abs().max()) for n in got)
     assert error < 1e-5 and gap > 100 * error, (error, gap)
@@ -490,10 +465,11 @@ def test_grpo_without_a_kept_trace_says_what_to_change():
 
 
 def _replica_steps(tokenizer, init_adapter, rollouts, lr: float, chunks: list[list[int]], *, entropy_coef: float = 0.0,
-                   temperature: float = 1.0) -> dict[str, torch.Tensor]:
+                   temperature: float = 1.0, old_fixed: bool = True) -> dict[str, torch.Tensor]:
     """TRL by hand: the old log-probabilities once, from the policy that sampled, then one SGD step per chunk of the
     rollouts on TRL's grpo loss (written with loops in test_grpo_losses), minus `entropy_coef` x the chunk's mean token
-    entropy, computed here from the logits."""
+    entropy, computed here from the logits. `old_fixed=False` is the mistake of recomputing them before each step
+    (ratio 1 again)."""
     from tests.test_grpo_losses import reference_advantages, reference_loss
 
     replica = make_module(tokenizer, init_adapter)
@@ -511,7 +487,8 @@ def _replica_steps(tokenizer, init_adapter, rollouts, lr: float, chunks: list[li
         logprobs = F.log_softmax(logits[:, p_ids.size(1) - 1 : -1].float() / temperature, -1)
         logp = logprobs.gather(-1, c_ids[chunk][..., None]).squeeze(-1)
         entropy = -(logprobs.exp() * logprobs).sum(-1)
-        loss = reference_loss(logp, old[chunk], adv[chunk].float(), c_mask[chunk].tolist(), "grpo", eps_high=0.2)
+        reference = old[chunk] if old_fixed else logp.detach()
+        loss = reference_loss(logp, reference, adv[chunk].float(), c_mask[chunk].tolist(), "grpo", eps_high=0.2)
         (loss - entropy_coef * (entropy * c_mask[chunk]).sum() / c_mask[chunk].sum()).backward()
         sgd.step()
         sgd.zero_grad()

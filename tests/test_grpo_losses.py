@@ -369,21 +369,26 @@ def _dapo_rank(rank: int, world: int, port: int, queue) -> None:
     dist.destroy_process_group()
 
 
-def test_dapo_on_two_ranks_equals_one_process():
-    logp, old, ref, adv, mask = random_batch(seed=2)
-    loss = grpo_loss(logp, old, adv, mask, loss_type="dapo", num_items=float(mask.sum())).loss
-    (want,) = torch.autograd.grad(loss, logp)
+def on_two_ranks(target):
+    """What rank 0 of two spawned gloo processes running `target(rank, world, port, queue)` puts on the queue."""
     context = mp.get_context("spawn")
     queue = context.Queue()
     port = find_free_network_port()  # parallel test workers must not share one
-    processes = [context.Process(target=_dapo_rank, args=(rank, 2, port, queue)) for rank in range(2)]
+    processes = [context.Process(target=target, args=(rank, 2, port, queue)) for rank in range(2)]
     for p in processes:
         p.start()
     got = queue.get(timeout=120)
     for p in processes:
         p.join(timeout=60)
     assert all(p.exitcode == 0 for p in processes)
-    assert torch.allclose(got, want, atol=1e-12)
+    return got
+
+
+def test_dapo_on_two_ranks_equals_one_process():
+    logp, old, ref, adv, mask = random_batch(seed=2)
+    loss = grpo_loss(logp, old, adv, mask, loss_type="dapo", num_items=float(mask.sum())).loss
+    (want,) = torch.autograd.grad(loss, logp)
+    assert torch.allclose(on_two_ranks(_dapo_rank), want, atol=1e-12)
 
 
 def test_sapo_gate_by_hand():
@@ -836,16 +841,7 @@ def _means_rank(rank: int, world: int, port: int, queue) -> None:
 def test_logged_means_weigh_every_ranks_tokens_on_two_ranks():
     """TRL's global_masked_mean on 2 gloo ranks with 1 and 3 counted tokens: clip_ratio/high_mean is 1/4, not the mean of
     the ranks' means (1/2); low_min / high_max over every rank's sequences, the one with no token left out."""
-    context = mp.get_context("spawn")
-    queue = context.Queue()
-    port = find_free_network_port()
-    processes = [context.Process(target=_means_rank, args=(rank, 2, port, queue)) for rank in range(2)]
-    for p in processes:
-        p.start()
-    means = queue.get(timeout=120)
-    for p in processes:
-        p.join(timeout=60)
-    assert all(p.exitcode == 0 for p in processes)
+    means = on_two_ranks(_means_rank)
     assert means["clip_high"] == pytest.approx(0.25) and means["clip_low"] == 0.0 and means["clip_region"] == pytest.approx(0.25)
     assert means["entropy"] == pytest.approx((1 + 2) / 4)
     assert means["clip_high_max"] == 1.0 and means["clip_low_min"] == 0.0

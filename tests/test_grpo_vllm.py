@@ -294,17 +294,18 @@ def test_off_policy_masking_compares_with_the_engines_log_probs(engine_log, toke
         factory = partial(type("Above", (OffsetEngine,), {"offset": -2.0}), source, VLLMSettings(), cache_dir=tmp_path / "cache", seed=0)
         module = make_module(tokenizer, adapter, rollout_engine=factory, vllm_importance_sampling_correction=False,
                              off_policy_mask_threshold=threshold)
-        loss = module.loss
-
         class Spy:
+            def __init__(self, loss):
+                self.loss = loss
+
             def __getattr__(self, name):
-                return getattr(loss, name)
+                return getattr(self.loss, name)
 
             def __call__(self, logp, old, *args, **kwargs):
                 seen.append((kwargs["sampling_logp"] - logp.detach())[kwargs["sampling_logp"] != 0])
-                return loss(logp, old, *args, **kwargs)
+                return self.loss(logp, old, *args, **kwargs)
 
-        module.loss = Spy()
+        module.loss = Spy(module.loss)
         module.configure_model()
         before = trainable(module)
         fit(module, tokenizer, steps=1)

@@ -12,12 +12,14 @@ How GRPO maps onto Lightning's loop (manual optimization):
   agree are dropped and the step returns without an update until `prompts_per_step` informative
   groups are buffered or `max_generation_rounds` rounds ran; the batch is then topped up with
   uninformative groups (advantage 0), so every rank trains on the same number of rollouts.
-- The rollout batch is used `num_iterations` (mu) times; each pass is one optimizer step over
-  micro-batches of `micro_batch_size` rollouts whose gradients accumulate (accumulation lives
-  here, not in `trainer.accumulate_grad_batches`), so one training step makes mu optimizer steps
-  and `trainer.max_steps` counts optimizer steps. With mu = 1 the old log-probabilities are the
-  current ones detached (ratio 1); with mu > 1 they are computed once, before the first pass, in
-  eval mode like the sampling.
+- The rollout batch is used `num_iterations` (mu) times; each pass is `steps_per_generation` (k)
+  optimizer steps, each on its share of the rollouts (shuffled, seeded, when the batch is split, as
+  TRL's), over micro-batches of `micro_batch_size` rollouts whose gradients accumulate (accumulation
+  lives here, not in `trainer.accumulate_grad_batches`), so one training step makes mu x k optimizer
+  steps and `trainer.max_steps` counts optimizer steps. With mu = k = 1 the old log-probabilities are
+  the current ones detached (ratio 1); else they are computed once, before the first step, in
+  training mode (as TRL computes them; LoRA dropout active unless `disable_dropout`).
+- TRL's entropy bonus (`entropy_coef`, adaptive with `use_adaptive_entropy`) joins each micro-batch's loss.
 - The reference forward runs once per rollout batch, only when `beta` > 0.
 - Log-probabilities are of logits / sampling temperature, the distribution the rollouts came from.
 - With `generation.backend=vllm` the rollouts come from this rank's colocated vLLM engine
@@ -99,10 +101,11 @@ class GRPOModule(AdapterModule):
         self.scale_rewards, self.aggregation = scale_name(scale_rewards), multi_objective_aggregation
         self.steps_per_generation, self.disable_dropout = steps_per_generation, disable_dropout
         # The entropy bonus (TRL's): on with a coefficient or adaptive control; the controller's state is checkpointed.
-        self.entropy = {"coef": entropy_coef, "adaptive": use_adaptive_entropy, "min": entropy_coef_min, "max": entropy_coef_max,
+        self.entropy_control = {"coef": entropy_coef, "adaptive": use_adaptive_entropy, "min": entropy_coef_min, "max": entropy_coef_max,
                         "delta": entropy_coef_delta, "target": entropy_target}
         self.entropy_bonus = entropy_coef != 0.0 or use_adaptive_entropy
         self.entropy_coef, self._last_world_entropy = entropy_coef, math.inf
+        self._round_started: float | None = None  # when the rounds of the coming update began (step_time)
         self.num_tokens = 0  # prompt and completion tokens trained on, every rank (TRL's num_tokens)
         self.dynamic_sampling, self.mask_truncated_completions = dynamic_sampling, mask_truncated_completions
         self.max_grad_norm, self.log_completions_steps, self.seed = max_grad_norm, log_completions_steps, seed
@@ -258,7 +261,7 @@ class GRPOModule(AdapterModule):
     # -- the training step ---------------------------------------------------------------------
 
     def training_step(self, batch: list[dict], batch_idx: int):
-        self._round_started = getattr(self, "_round_started", None) or time.perf_counter()
+        self._round_started = self._round_started or time.perf_counter()
         step_seed = self.seed + 10_000 * (self.global_step * self.trainer.world_size + self.trainer.global_rank) + self._rounds
         rollouts = self.rollouts(batch, seed=step_seed)
         self._rounds += 1
@@ -415,8 +418,8 @@ class GRPOModule(AdapterModule):
         if self.entropy_bonus:
             # TRL's bonus: the mean entropy of the tokens it acts on, over the step's micro-batches, whatever the loss type;
             # the coefficient is the one set at the end of the previous step (adaptive: 0 while entropy is above target).
-            coef = self.entropy_coef if not self.entropy["adaptive"] or self._last_world_entropy <= self.entropy["target"] else 0.0
-            loss = loss - coef * (entropy * effective).sum() / effective.sum().clamp(min=1.0) / step_micro_batches
+            coef = self.entropy_coef if not self.entropy_control["adaptive"] or self._last_world_entropy <= self.entropy_control["target"] else 0.0
+            loss = loss - coef * ((entropy * effective).sum() / effective.sum().clamp(min=1.0) / step_micro_batches)
             stats["policy_loss"] += float(self.trainer.strategy.reduce(terms.loss.detach(), reduce_op="mean")) * share
         self.manual_backward(loss)
         stats["loss"] += float(loss.detach()) / steps  # the mean over optimizer steps of each step's loss
@@ -433,10 +436,10 @@ class GRPOModule(AdapterModule):
         the round's steps)."""
         if not self.entropy_bonus:
             return
-        if self.entropy["adaptive"]:
+        if self.entropy_control["adaptive"]:
             total, count = self.trainer.strategy.reduce(window, reduce_op="sum").tolist()
             world_entropy = total / max(count, 1.0)
-            e = self.entropy
+            e = self.entropy_control
             self.entropy_coef = (min(self.entropy_coef + e["delta"], e["max"]) if world_entropy <= e["target"]
                                  else max(self.entropy_coef - e["delta"], e["min"]))
             self._last_world_entropy = world_entropy
