@@ -164,3 +164,16 @@ def test_an_attacks_cost_counts_taps_tree_the_raters_and_the_measurements():
             "attack.target_max_new_tokens=4", "attack.confirm_samples=2"])
     want = sum(14 * (2 * 8 + 10) + 8 * (q * 4 + 16) + (1 + 2 + 1) * q * 12 for q in (1, 3))
     assert attack_tokens(cfg, 12) == want
+
+
+@pytest.mark.parametrize(("reuse", "generation_batches"), [([], 4), (["algorithm.module.num_iterations=2"], 2),
+                                                           (["algorithm.module.num_iterations=2", "algorithm.module.steps_per_generation=2"], 1)])
+def test_grpos_cost_counts_generation_batches_not_optimizer_steps(reuse, generation_batches):
+    """trainer.max_steps counts optimizer steps; a generation batch makes num_iterations x steps_per_generation of them:
+    4 steps of 2 prompts x G 2 x 6 tokens sample 4, 2 or 1 batches."""
+    from lightning_da.runs.cost import stage_cost
+
+    cost = stage_cost("train", ["algorithm=grpo", "student=tiny_random", "data=rl_mixture", "rewards=mixture", "data.harmful.limit=8",
+                                "data.benign.n=8", "trainer.max_steps=4", "algorithm.datamodule.prompts_per_step=2",
+                                "algorithm.module.num_generations=2", "algorithm.module.sampling.max_new_tokens=6", *reuse])
+    assert cost.tokens == generation_batches * 2 * 2 * 6

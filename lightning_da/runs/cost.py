@@ -102,8 +102,10 @@ def job_tokens(command: str, cfg: DictConfig) -> int | None:
         devices = cfg.trainer.devices if isinstance(cfg.trainer.devices, int) else 1
         if prompts is not None:
             prompts *= cfg.trainer.max_epochs or 1
-            if (cfg.trainer.get("max_steps") or -1) > 0:
-                prompts = min(prompts, cfg.trainer.max_steps * cfg.algorithm.datamodule.prompts_per_step * devices)
+            if (cfg.trainer.get("max_steps") or -1) > 0:  # optimizer steps: each generation batch makes mu x k of them
+                per_batch = module.get("num_iterations", 1) * module.get("steps_per_generation", 1)
+                batches = -(-cfg.trainer.max_steps // per_batch)
+                prompts = min(prompts, batches * cfg.algorithm.datamodule.prompts_per_step * devices)
         rounds = module.max_generation_rounds if module.dynamic_sampling else 1
         return _times(prompts, module.num_generations, module.sampling.max_new_tokens, rounds)
     max_new = cfg.max_new_tokens or cfg.student.sampling.max_new_tokens
