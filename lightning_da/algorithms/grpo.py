@@ -101,8 +101,8 @@ class GRPOModule(AdapterModule):
         self.scale_rewards, self.aggregation = scale_name(scale_rewards), multi_objective_aggregation
         self.steps_per_generation, self.disable_dropout = steps_per_generation, disable_dropout
         # The entropy bonus (TRL's): on with a coefficient or adaptive control; the controller's state is checkpointed.
-        self.entropy_control = {"coef": entropy_coef, "adaptive": use_adaptive_entropy, "min": entropy_coef_min, "max": entropy_coef_max,
-                        "delta": entropy_coef_delta, "target": entropy_target}
+        self.entropy_control = {"adaptive": use_adaptive_entropy, "min": entropy_coef_min, "max": entropy_coef_max,
+                                "delta": entropy_coef_delta, "target": entropy_target}
         self.entropy_bonus = entropy_coef != 0.0 or use_adaptive_entropy
         self.entropy_coef, self._last_world_entropy = entropy_coef, math.inf
         self._round_started: float | None = None  # when the rounds of the coming update began (step_time)
@@ -338,10 +338,10 @@ class GRPOModule(AdapterModule):
         for _ in range(self.num_iterations):
             for step in steps:
                 totals = (sum(micro[k].stop - micro[k].start for k in step), float(sum(batches[k][4].sum() for k in step)))
+                counts = (len(step), len(steps) * self.num_iterations, len(micro) * self.num_iterations)
                 window = torch.zeros(2, device=self.device)  # the step's (entropy sum, token count): adaptive control
                 for k in step:
                     engine = None if sampling is None else sampling[micro[k]][:, : batches[k][4].size(1)].to(self.device)
-                    counts = (len(step), len(steps) * self.num_iterations, len(micro) * self.num_iterations)
                     window += self._accumulate(batches[k], old[k], ref[k], shuffled[micro[k]], num_items, totals, counts, stats,
                                                ratios[k], engine)
                 self._optimizer_step()

@@ -57,10 +57,12 @@ def training_rng():
     a vLLM engine in this process reseeds them all to the engine's seed (vLLM's `set_random_seed`), which would change
     the training's dropout masks and break an exact resume."""
     python, numpy = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if torch.cuda.is_available() else []):
-        yield
-    random.setstate(python)
-    np.random.set_state(numpy)
+    try:
+        with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if torch.cuda.is_available() else []):
+            yield
+    finally:
+        random.setstate(python)
+        np.random.set_state(numpy)
 
 
 @torch.no_grad()
