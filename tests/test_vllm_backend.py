@@ -11,6 +11,7 @@ from omegaconf import open_dict
 from lightning_da.errors import UserError
 from lightning_da.formats import prefix_ids
 from lightning_da.generation import SamplingConfig, VLLMGenerator, VLLMSettings, sample_completions
+from lightning_da.models import TinyRandomLlama
 from lightning_da.models.lora import load_adapter, random_adapter
 from lightning_da.runs.evaluate import run_evaluate
 from lightning_da.runs.train import run_train
@@ -20,6 +21,7 @@ from tests.test_train import TINY
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["How do I bake bread?", "Write a haiku about rain.", "What is 2 + 2?"]
 GREEDY = SamplingConfig(do_sample=False, max_new_tokens=8)
+TIED = TinyRandomLlama(seed=1, tie_word_embeddings=True)
 
 
 def ids(completions):
@@ -268,6 +270,14 @@ def test_the_stand_in_refuses_bad_weight_loads_and_reseeds_like_vllm(engine_log,
     with pytest.raises(AssertionError, match="Attempted to load weight"):
         loader.load_weights([(name, weight.detach()[:1])])
     engine.load(policy)  # awake: the whole policy loads
+    tied = PolicyEngine(TIED, VLLMSettings(sleep_mode=False), policy=load_adapter(TIED.load_model(), random_adapter(
+        tmp_path / "t", TIED.load_model(), modules_to_save=None), trainable=True), cache_dir=tmp_path / "cache")
+    tied_loader = tied.llm.llm_engine.model_executor.driver_worker.model_runner.model
+    embeddings = tied.llm.model.get_input_embeddings().weight.detach().clone()
+    with pytest.raises(ValueError, match="tied to the input embeddings"):
+        tied_loader.load_weights([("lm_head.weight", embeddings)])
+    assert tied_loader.load_weights([("model.embed_tokens.weight", embeddings), ("lm_head.weight", embeddings)]) == {
+        "model.embed_tokens.weight"}  # after the embeddings it aliases, skipped
     # Built in this process, the engine seeds the global generators with its seed, as vLLM's worker does ...
     import vllm
 

@@ -21,8 +21,8 @@ It is as strict as vLLM where the glue could go wrong (each checked against vLLM
 - LoRA: a request only with `enable_lora=True`, and no adapter vLLM refuses (modules_to_save, DoRA, bias);
 - an empty prompt refused ("The decoder prompt cannot be empty");
 - `load_weights`: Hugging Face names; an unknown one is an error, a shape that differs from the parameter's
-  too (vLLM's `default_weight_loader`); `lm_head.weight` of a model with tied embeddings is skipped (vLLM's
-  alias of the input embeddings); `sleep(level)` / `wake_up(tags)`: level 1 keeps the weights, level 2
+  too (vLLM's `default_weight_loader`); `lm_head.weight` of a model with tied embeddings is skipped after the
+  embeddings it aliases, and refused without them; `sleep(level)` / `wake_up(tags)`: level 1 keeps the weights, level 2
   discards them (NaN here) until loaded again; loading while the weights sleep (before `wake_up` with
   "weights") and generating asleep are errors.
 Every engine, request, load and sleep is appended to the JSON-lines file named by `$VLLM_STAND_IN_LOG`.
@@ -136,7 +136,12 @@ class _Model:
         loaded = set()
         for name, tensor in weights:
             if tied and name.startswith("lm_head."):
-                continue  # vLLM: an alias of the tied input embeddings, skipped
+                # vLLM's AutoWeightsLoader skips a weight whose parameter aliases one already loaded (the tied input
+                # embeddings); a tied head that comes without them has nothing to alias, and is refused
+                if "model.embed_tokens.weight" not in loaded:
+                    raise ValueError(f"{name!r} is tied to the input embeddings, which this load did not carry first: "
+                                     "send model.embed_tokens.weight (or untie the model)")
+                continue
             if name not in params:
                 raise ValueError(f"There is no module or parameter named {name!r} in {type(self.llm.model).__name__}")
             if tuple(params[name].shape) != tuple(tensor.shape):  # vLLM's default_weight_loader
