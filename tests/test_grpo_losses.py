@@ -427,23 +427,30 @@ def test_vespo_weight_clamps_a_runaway_log_ratio():
         math.exp(3 + 2 * math.log(1e-8) - 3e-8))
 
 
-def trl_entropy_keep(entropy: list[list[float]], mask: list[list[int]], rho: float) -> list[list[bool]]:
-    """TRL's `get_high_entropy_mask`: the (1 - rho) quantile (linear interpolation, as torch.quantile) of the
-    counted tokens' entropies; a counted token is kept when its entropy is at least that."""
-    pool = sorted(e for row, m in zip(entropy, mask, strict=True) for e, keep in zip(row, m, strict=True) if keep)
-    position = (1 - rho) * (len(pool) - 1)
-    low = math.floor(position)
-    threshold = pool[low] + (pool[min(low + 1, len(pool) - 1)] - pool[low]) * (position - low)
-    return [[bool(m) and e >= threshold for e, m in zip(row, mrow, strict=True)] for row, mrow in zip(entropy, mask, strict=True)]
+def trl_entropy_keep(entropy: torch.Tensor, mask: torch.Tensor, rho: float) -> list[list[bool]]:
+    """TRL 1.16's `get_high_entropy_mask` on one rank, as written there: the (1 - rho) quantile of the counted tokens'
+    entropies taken in float32 (`.float()`, whatever their dtype), a counted token kept when its entropy, times the mask
+    as a float, is at least that."""
+    threshold = torch.quantile(entropy[mask.bool()].float(), 1 - rho)
+    return ((entropy * mask.float() >= threshold) & mask.bool()).tolist()
+
+
+def test_the_entropy_threshold_is_taken_in_float32_as_trls():
+    """A float64 entropy exactly at the median: TRL's float32 threshold rounds up past it (so TRL drops it), which a
+    float64 threshold would not."""
+    at = 1.1  # float32(1.1) = 1.10000002384..., above the float64 1.1
+    entropy, mask = torch.tensor([[1.0, at, 1.2]], dtype=torch.float64), torch.ones(1, 3, dtype=torch.float64)
+    assert high_entropy_mask(entropy, mask, 0.5).tolist() == trl_entropy_keep(entropy, mask, 0.5) == [[False, False, True]]
 
 
 @pytest.mark.parametrize("rho", [1.0, 0.5, 0.2, 0.0])
 @pytest.mark.parametrize("loss_type", ["grpo", "dapo", "gspo"])
 def test_top_entropy_quantile_trains_on_the_high_entropy_tokens(rho, loss_type):
     logp, old, ref, adv, mask = random_batch(seed=3)
-    entropy = torch.rand(mask.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(4)) * 3
+    # float32, as GRPOModule.token_logps gives them (a float64 one at the threshold is test_..._taken_in_float32_as_trls)
+    entropy = torch.rand(mask.shape, dtype=torch.float32, generator=torch.Generator().manual_seed(4)) * 3
     keep = high_entropy_mask(entropy, mask, rho)
-    want_keep = trl_entropy_keep(entropy.tolist(), mask.tolist(), rho)
+    want_keep = trl_entropy_keep(entropy, mask, rho)
     assert keep.tolist() == want_keep
     if rho in (0.0, 1.0):  # only the highest-entropy token; every counted one
         assert int(keep.sum()) == (1 if rho == 0 else int(mask.sum()))

@@ -134,9 +134,9 @@ def zero_std_fraction(per_function: torch.Tensor, weights: Sequence[float], num_
 
 
 def k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
-    """Per-token KL(policy || reference), the k3 estimator: unbiased and never negative."""
-    delta = ref_logp - logp
-    return torch.exp(delta) - delta - 1
+    """Per-token KL(policy || reference), the k3 estimator: unbiased and never negative. Written as TRL writes it (the
+    difference taken twice), so that float64 gradients agree to the last bit."""
+    return torch.exp(ref_logp - logp) - (ref_logp - logp) - 1
 
 
 def sampling_correction(old_logp: torch.Tensor, sampling_logp: torch.Tensor, mask: torch.Tensor, *, mode: str = "sequence_mask",
@@ -203,7 +203,7 @@ def high_entropy_mask(entropy: torch.Tensor, mask: torch.Tensor, quantile: float
     pool = entropy[mask.bool()] if pool is None else pool
     if pool.numel() == 0:
         return torch.zeros_like(mask, dtype=torch.bool)
-    threshold = torch.quantile(pool.to(torch.promote_types(pool.dtype, torch.float32)), 1 - quantile)
+    threshold = torch.quantile(pool.float(), 1 - quantile)  # in float32 whatever the entropies' dtype, as TRL takes it
     return (entropy >= threshold) & mask.bool()
 
 
