@@ -100,29 +100,28 @@ class GRPOModule(AdapterModule):
         self.lora = dict(lora) if lora else None
         self.scale_rewards, self.aggregation = scale_name(scale_rewards), multi_objective_aggregation
         self.steps_per_generation, self.disable_dropout = steps_per_generation, disable_dropout
-        # The entropy bonus (TRL's): on with a coefficient or adaptive control; the controller's state is checkpointed.
-        self.entropy_control = {"adaptive": use_adaptive_entropy, "min": entropy_coef_min, "max": entropy_coef_max,
-                                "delta": entropy_coef_delta, "target": entropy_target}
-        self.entropy_bonus = entropy_coef != 0.0 or use_adaptive_entropy
-        self.entropy_coef, self._last_world_entropy = entropy_coef, math.inf
-        self._round_started: float | None = None  # when the rounds of the coming update began (step_time)
-        self.num_tokens = 0  # prompt and completion tokens trained on, every rank (TRL's num_tokens)
+        self._entropy_bonus_settings(entropy_coef, use_adaptive_entropy, entropy_coef_min, entropy_coef_max, entropy_coef_delta,
+                                     entropy_target)
+        # when the rounds of the coming update began (step_time); prompt and completion tokens trained on, every rank
+        self._round_started, self.num_tokens = None, 0
         self.dynamic_sampling, self.mask_truncated_completions = dynamic_sampling, mask_truncated_completions
         self.max_grad_norm, self.log_completions_steps, self.seed = max_grad_norm, log_completions_steps, seed
         self.completions_file = Path(completions_file) if completions_file else None
-        self._buffer: list[Rollouts] = []
-        self._rounds = 0
+        self._buffer, self._rounds = [], 0  # dynamic sampling's informative groups so far, and its rounds
         self._reference_weights: dict[str, torch.Tensor] | None = None
         self._resized = False
         # generation.backend=vllm: the colocated engine's factory (`PolicyEngine`), built in on_fit_start
         self.rollout_engine, self._engine = rollout_engine, None
-        self.correction = None
-        if rollout_engine is not None and vllm_importance_sampling_correction:
-            if loss_type == "vespo" and vllm_importance_sampling_mode.startswith("sequence"):
-                raise UserError(f"{KEY}.loss_type=vespo weighs whole sequences itself; with vLLM set "
-                                f"{KEY}.vllm_importance_sampling_mode=token_truncate or token_mask")
-            self.correction = {"mode": vllm_importance_sampling_mode, "clip_min": vllm_importance_sampling_clip_min,
-                               "clip_max": vllm_importance_sampling_clip_max}
+        self.correction = vllm_correction(rollout_engine is not None and vllm_importance_sampling_correction, loss_type,
+                                          vllm_importance_sampling_mode, vllm_importance_sampling_clip_min, vllm_importance_sampling_clip_max)
+
+    def _entropy_bonus_settings(self, coef: float, adaptive: bool, coef_min: float, coef_max: float, delta: float,
+                                target: float) -> None:
+        """TRL's entropy bonus: on with a coefficient or adaptive control; the controller's state (the coefficient, the
+        last step's entropy) is checkpointed."""
+        self.entropy_control = {"adaptive": adaptive, "min": coef_min, "max": coef_max, "delta": delta, "target": target}
+        self.entropy_bonus = coef != 0.0 or adaptive
+        self.entropy_coef, self._last_world_entropy = coef, math.inf
 
     # -- resume: what a checkpoint holds besides the weights ---------------------------------------
 
@@ -282,7 +281,7 @@ class GRPOModule(AdapterModule):
             rollouts = Rollouts.cat([chosen, rollouts.groups(flat)])
             self._buffer = []
         self._rounds = 0
-        return self._train_on(rollouts, seed=step_seed)
+        return self._train_on(rollouts, seed=step_seed, everyone=None if self.dynamic_sampling else everyone)
 
     def _every_rank_rows(self, local: torch.Tensor) -> torch.Tensor:
         """(world x B, ...) every rank's rows of a tensor with the same leading size on each, in rank order."""
@@ -290,10 +289,11 @@ class GRPOModule(AdapterModule):
             return local
         return self.all_gather(local).reshape(-1, *local.shape[1:])
 
-    def _advantages(self, rewards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(this rank's advantages (B,), normalised over every rank's rollouts; every rank's rewards (world x B, F))."""
+    def _advantages(self, rewards: torch.Tensor, everyone: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(this rank's advantages (B,), normalised over every rank's rollouts; every rank's rewards (world x B, F),
+        gathered here unless given)."""
         local = rewards.to(self.device)
-        everyone = self._every_rank_rows(local)
+        everyone = self._every_rank_rows(local) if everyone is None else everyone
         advantages = group_advantages(everyone, self.reward_weights, self.num_generations, scale=self.scale_rewards,
                                       aggregation=self.aggregation)
         rank = self.trainer.global_rank if self.trainer.world_size > 1 else 0
@@ -311,15 +311,15 @@ class GRPOModule(AdapterModule):
             return torch.arange(n_rollouts)
         return torch.randperm(n_rollouts, generator=torch.Generator().manual_seed(seed))
 
-    def _train_on(self, rollouts: Rollouts, seed: int) -> torch.Tensor:
+    def _train_on(self, rollouts: Rollouts, seed: int, everyone: torch.Tensor | None = None) -> torch.Tensor:
         """`num_iterations` passes over the rollouts, each `steps_per_generation` optimizer steps on its share of them, each
-        step accumulating over micro-batches."""
+        step accumulating over micro-batches. `everyone`: every rank's rewards of these rollouts, if already gathered."""
         started = self._round_started
         p_ids, p_mask, c_ids, c_mask = rollouts.tensors(self.tokenizer.pad_token_id)
         loss_mask = c_mask.clone()
         if self.mask_truncated_completions:
             loss_mask[rollouts.truncated] = 0
-        advantages, everyone = self._advantages(rollouts.rewards)
+        advantages, everyone = self._advantages(rollouts.rewards, everyone)
         n_rollouts = len(rollouts.completion_ids)
         order = self._order(n_rollouts, seed)
         tensors = [t[order].to(self.device) for t in (p_ids, p_mask, c_ids, c_mask, loss_mask)]
@@ -346,10 +346,9 @@ class GRPOModule(AdapterModule):
                                                ratios[k], engine)
                 self._optimizer_step()
                 self._update_entropy_coef(window, stats, len(steps) * self.num_iterations)
-        self.num_tokens += int(self._every_rank_rows(torch.tensor([float(p_mask.sum() + c_mask.sum())], device=self.device)).sum())
         stats["step_time"] = (time.perf_counter() - started) / (len(steps) * self.num_iterations)
         self._round_started = None
-        self._log_step(rollouts, advantages, everyone, c_mask, stats)
+        self._log_step(rollouts, advantages, everyone, p_mask, c_mask, stats)
         return torch.tensor(stats["loss"])
 
     @torch.no_grad()
@@ -465,15 +464,18 @@ class GRPOModule(AdapterModule):
 
     # -- logging ----------------------------------------------------------------------------------
 
-    def _log_step(self, rollouts: Rollouts, advantages: torch.Tensor, everyone: torch.Tensor, completion_mask: torch.Tensor,
-                  stats: dict) -> None:
+    def _log_step(self, rollouts: Rollouts, advantages: torch.Tensor, everyone: torch.Tensor, prompt_mask: torch.Tensor,
+                  completion_mask: torch.Tensor, stats: dict) -> None:
         """TRL's metrics under its names (`train/` before each). `everyone`: every rank's rewards (gathered once, for the
         advantages), so `reward`, `reward_std` and each reward's mean are over the whole generation batch; completion
         lengths likewise; `stats` holds the loss and the means over every rank's tokens (`_accumulate`)."""
         combined = combine_rewards(everyone, self.reward_weights)
         batch_size = len(rollouts.completion_ids)
-        lengths = self._every_rank_rows(completion_mask.sum(1).float().to(self.device))
-        truncated = self._every_rank_rows(rollouts.truncated.to(self.device))
+        # every rank's (completion length, truncated, prompt length) per rollout, in one gather
+        rows = self._every_rank_rows(torch.stack([completion_mask.sum(1), rollouts.truncated.long(), prompt_mask.sum(1)], 1)
+                                     .float().to(self.device))
+        lengths, truncated = rows[:, 0], rows[:, 1].bool()
+        self.num_tokens += int(rows[:, 0].sum() + rows[:, 2].sum())
         terminated = lengths[~truncated] if (~truncated).any() else lengths.new_zeros(1)  # TRL's 0 when none ended
         metrics = {
             "train/reward_std": float(nanstd(combined)),
@@ -548,6 +550,17 @@ class GRPOModule(AdapterModule):
     def validation_step(self, batch: list[dict], batch_idx: int) -> None:
         combined = combine_rewards(self.rollouts(batch, seed=self.seed + batch_idx).rewards, self.reward_weights)
         self.log("val/reward", float(torch.nanmean(combined)), prog_bar=True, sync_dist=True, batch_size=len(combined))
+
+
+def vllm_correction(on: bool, loss_type: str, mode: str, clip_min: float | None, clip_max: float | None) -> dict | None:
+    """The settings of TRL's importance-sampling correction of a vLLM engine's rollouts (`sampling_correction`'s); None
+    when it is off (`on`: an engine samples and the correction is asked for)."""
+    if not on:
+        return None
+    if loss_type == "vespo" and mode.startswith("sequence"):
+        raise UserError(f"{KEY}.loss_type=vespo weighs whole sequences itself; with vLLM set "
+                        f"{KEY}.vllm_importance_sampling_mode=token_truncate or token_mask")
+    return {"mode": mode, "clip_min": clip_min, "clip_max": clip_max}
 
 
 def scale_name(value: str | bool) -> str:

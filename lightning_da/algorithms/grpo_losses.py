@@ -389,7 +389,8 @@ class GRPOLoss:
             per_token = per_token * entropy_mask
         if sampling_ratio is not None and self.loss_type != "vespo":
             per_token = per_token * sampling_ratio
-        totals = self._clip_totals(ratio, adv, mask)
+        clipped = self._clipped(ratio.detach(), adv)
+        totals = {name: _total(flags, mask) for name, flags in clipped.items()}
         if self.beta != 0.0:
             if ref_logp is None:
                 raise ValueError("beta > 0 needs the reference's log-probabilities")
@@ -401,7 +402,9 @@ class GRPOLoss:
         if phi is not None:
             totals["phi"] = _total(phi, mask)
         loss = self._reduce(per_token, mask, num_items=num_items, world_size=world_size)
-        return LossTerms(loss, totals, self._clip_per_sequence(ratio, adv, mask))
+        per_sequence = {} if self.loss_type == "cispo" else {  # TRL's low_min / high_max: the clipped surrogate's only
+            name: _per_sequence(flags, mask) for name, flags in clipped.items() if name != "clip_region"}
+        return LossTerms(loss, totals, per_sequence)
 
     def _surrogate(self, ratio: torch.Tensor, adv: torch.Tensor, logp: torch.Tensor, phi: torch.Tensor | None) -> torch.Tensor:
         """The per-token l_t before the KL term ((B, 1) where it is one per sequence)."""
@@ -444,14 +447,6 @@ class GRPOLoss:
         ratio = self._capped(ratio)
         low, high = (ratio < 1 - self.epsilon) & (adv < 0), (ratio > 1 + self.epsilon_upper) & (adv > 0)
         return {"clip_low": low, "clip_high": high, "clip_region": low | high}
-
-    def _clip_totals(self, ratio: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {name: _total(flags, mask) for name, flags in self._clipped(ratio.detach(), adv).items()}
-
-    def _clip_per_sequence(self, ratio: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        if self.loss_type == "cispo":
-            return {}
-        return {name: _per_sequence(flags, mask) for name, flags in self._clipped(ratio.detach(), adv).items() if name != "clip_region"}
 
     def accumulation_scale(self, rows: int, tokens: float, total_rows: int, total_tokens: float) -> float:
         """What a micro-batch's loss (`rows` rollouts, `tokens` counted tokens, of this rank's `total_rows` and

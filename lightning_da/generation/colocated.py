@@ -19,7 +19,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import random
 from collections.abc import Iterator
 from dataclasses import replace
@@ -148,8 +147,7 @@ class PolicyEngine:
         if self.generator.tp_group is not None:
             # TRL (its issue 3671): with PEFT, DDP's small all-reduce can still be draining NCCL's channels when the
             # group's engine starts its own collectives, and generate hangs; a barrier on the default group first.
-            cuda = torch.cuda.is_available()
-            torch.distributed.barrier(**({"device_ids": [int(os.environ.get("LOCAL_RANK", 0))]} if cuda else {}))
+            torch.distributed.barrier(**({"device_ids": [torch.cuda.current_device()]} if torch.cuda.is_available() else {}))
         try:
             return self.generator.generate_ids(prompt_ids, tokenizer, n=n, sampling=sampling, seed=seed, progress=False,
                                                logprobs=True)

@@ -227,11 +227,10 @@ class VLLMGenerator:
         common = {"n": n, "max_tokens": sampling.max_new_tokens, "seed": seed, "stop_token_ids": stop_token_ids,
                   "repetition_penalty": sampling.repetition_penalty, "logprobs": 0 if logprobs else None,  # 0: the sampled token's only
                   **({"stop": list(sampling.stop), "include_stop_str_in_output": True} if sampling.stop else {})}
-        if not sampling.do_sample:
-            return self.vllm.SamplingParams(**{"temperature": 0.0, **common, **(sampling.generation_kwargs or {})})
-        return self.vllm.SamplingParams(**{"temperature": sampling.temperature, "top_p": sampling.top_p,
-                                           "top_k": sampling.top_k or -1,  # -1: no top-k cut
-                                           "min_p": sampling.min_p or 0.0, **common, **(sampling.generation_kwargs or {})})
+        chosen = {"temperature": 0.0} if not sampling.do_sample else {
+            "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": sampling.top_k or -1,  # -1: no top-k cut
+            "min_p": sampling.min_p or 0.0}
+        return self.vllm.SamplingParams(**{**chosen, **common, **(sampling.generation_kwargs or {})})  # the kwargs win, as TRL
 
     def generate_ids(self, prompt_ids: list[list[int]], tokenizer: PreTrainedTokenizerBase, *, n: int,
                      sampling: SamplingConfig, seed: int, progress: bool = True, logprobs: bool = False) -> list[list[Completion]]:
