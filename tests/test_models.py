@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from lightning_da.errors import UserError
-from lightning_da.models import HubModel, apply_lora
+from lightning_da.models import HubModel, TinyRandomLlama, apply_lora
 from lightning_da.models.lora import load_adapter
 
 
@@ -67,6 +67,22 @@ def test_lora_trains_lm_head_and_adapters_only(tiny_source):
     assert not any("embed_tokens" in n or "layernorm" in n for n in trainable)
 
 
+def test_every_trained_weight_of_a_bf16_student_is_fp32_when_trained_again_and_bf16_when_only_read(tmp_path):
+    """GRPO's init_adapter is the SFT adapter loaded trainable: its lm_head copy must be fp32 master weights as a fresh
+    adapter's; an adapter loaded for evaluation keeps the student's dtype (nothing trains it)."""
+    bf16 = TinyRandomLlama(dtype="bfloat16")
+    apply_lora(bf16.load_model()).save_pretrained(tmp_path / "adapter")
+
+    def trained_dtypes(**kwargs):
+        model = load_adapter(bf16.load_model(), tmp_path / "adapter", **kwargs)
+        return {("head" if "lm_head" in n else "lora"): p.dtype for n, p in model.named_parameters()
+                if "modules_to_save" in n or "lora_" in n}
+
+    assert trained_dtypes(trainable=True) == {"head": torch.float32, "lora": torch.float32}
+    assert trained_dtypes(trainable=True, upcast_modules_to_save=False) == {"head": torch.bfloat16, "lora": torch.float32}
+    assert trained_dtypes()["head"] == torch.bfloat16
+
+
 def test_the_papers_lora_is_on_peft_default_targets_and_all_linear_is_a_choice(tiny_source, compose_train):
     """PAPER.md 9: the reference's LoraConfig names no target_modules, so PEFT's default per architecture applies:
     q_proj and v_proj for Llama (and Qwen2, Gemma 3), plus lm_head trained in full; `lora=all_linear` adapts every
@@ -76,7 +92,8 @@ def test_the_papers_lora_is_on_peft_default_targets_and_all_linear_is_a_choice(t
         return sorted({n.split(".lora_A")[0].rsplit(".", 1)[-1] for n, _ in model.named_parameters() if ".lora_A" in n})
 
     paper, everywhere = (dict(compose_train(*o).algorithm.module.lora) for o in ([], ["lora=all_linear"]))
-    assert paper == {"r": 32, "alpha": 64, "dropout": 0.05, "target_modules": None, "modules_to_save": ["lm_head"]}
+    assert paper == {"r": 32, "alpha": 64, "dropout": 0.05, "target_modules": None, "modules_to_save": ["lm_head"],
+                     "upcast_modules_to_save": True}
     assert adapted(paper) == ["q_proj", "v_proj"]
     assert everywhere == {**paper, "target_modules": "all-linear"}
     assert adapted(everywhere) == ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]

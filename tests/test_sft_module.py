@@ -64,3 +64,43 @@ def test_checkpoint_holds_trainable_weights_and_resumes(tmp_path, tiny_source, t
     second = trainer(tmp_path / "again", max_epochs=2)
     second.fit(resumed, datamodule=data(tokenizer), ckpt_path=str(ckpt), weights_only=True)
     assert second.current_epoch == 2 and second.global_step == 2 * first.global_step
+
+
+class _HeadGradient(L.Callback):
+    """The trained lm_head copy's gradient just before the optimizer step."""
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self.grad = pl_module.model.base_model.model.lm_head.modules_to_save["default"].weight.grad.detach().clone()
+
+
+def _one_paper_step(tmp_path, tokenizer, precision: str, upcast: bool):
+    """One optimizer step of the paper's SFT (its LoRA, AdamW at lr 1.41e-5) on a bf16 tiny Llama, as hub students load:
+    the lm_head copy before and after, and its gradient."""
+    from lightning_da.models import TinyRandomLlama
+
+    L.seed_everything(0)
+    lora = {"r": 32, "alpha": 64, "dropout": 0.05, "target_modules": None, "modules_to_save": ["lm_head"],
+            "upcast_modules_to_save": upcast}
+    sft = SFTModule(TinyRandomLlama(dtype="bfloat16"), lora=lora, optimizer=partial(torch.optim.AdamW, lr=1.41e-5, weight_decay=0.0))
+    sft.configure_model()
+    head = sft.model.base_model.model.lm_head.modules_to_save["default"].weight
+    before = head.detach().float().clone()
+    grad = _HeadGradient()
+    trainer(tmp_path, max_steps=1, precision=precision, callbacks=[grad], enable_checkpointing=False).fit(sft, datamodule=data(tokenizer))
+    return head, before, grad.grad
+
+
+def test_a_bf16_students_trained_head_is_fp32_and_every_weight_with_a_gradient_moves_at_the_papers_lr(tmp_path, tokenizer):
+    for precision in ("bf16-mixed", "32-true"):  # trainer=gpu's, and a bf16 student under trainer=default
+        head, before, grad = _one_paper_step(tmp_path, tokenizer, precision, upcast=True)
+        assert head.dtype == torch.float32 and grad.dtype == torch.float32
+        moved = head.detach() != before
+        assert (grad != 0).float().mean() > 0.99  # every vocabulary row gets a gradient through the softmax
+        assert torch.equal(moved, grad != 0), precision
+
+
+def test_the_references_bf16_head_is_a_switch_away_and_loses_most_of_its_update(tmp_path, tokenizer):
+    head, before, grad = _one_paper_step(tmp_path, tokenizer, "bf16-mixed", upcast=False)
+    assert head.dtype == torch.bfloat16
+    unchanged = ((head.detach().float() == before) & (grad != 0)).float().mean().item()
+    assert unchanged > 0.5  # the step rounds away on every weight above ~0.004

@@ -146,7 +146,7 @@ class GRPOModule(AdapterModule):
         rows = model.get_input_embeddings().weight.shape[0]
         if self.init_adapter:
             model = load_adapter(model, self.init_adapter, trainable=True, key=f"{KEY}.init_adapter", model_name=self.student.name,
-                                 tokenizer=self.tokenizer)
+                                 tokenizer=self.tokenizer, upcast_modules_to_save=(self.lora or {}).get("upcast_modules_to_save", True))
         else:
             model = apply_lora(model, **self.lora)
         if self.disable_dropout:  # TRL's disable_dropout_in_model: every dropout layer (LoRA's included) at p = 0
