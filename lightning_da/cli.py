@@ -7,12 +7,12 @@ composed, so `--help` and `--cfg job` answer without loading torch."""
 from __future__ import annotations
 
 import functools
-import os
 import sys
 
 import hydra
 from omegaconf import DictConfig
 
+from lightning_da import wandb_mode
 from lightning_da.configs import CONF_DIR
 from lightning_da.errors import run_or_exit
 
@@ -50,7 +50,7 @@ def train(cfg: DictConfig) -> None:
     """Distil a reasoning teacher's safety reasoning into a student (or `algorithm=grpo`: the RL stage)."""
     from lightning_da.runs.train import run_train
 
-    os.environ.setdefault("WANDB_MODE", "offline")  # never block on the network unless asked
+    wandb_mode.choose_mode()  # online when logged in, else offline: never block on the network
     run_or_exit(run_train, cfg, name="train")
 
 
@@ -60,7 +60,7 @@ def traces(cfg: DictConfig) -> None:
     """The teacher stage alone: one slice of the teacher's traces (or all), then the judge's filter."""
     from lightning_da.runs.traces import run_traces
 
-    os.environ.setdefault("WANDB_MODE", "offline")
+    wandb_mode.choose_mode()
     run_or_exit(run_traces, cfg, name="traces")
 
 
@@ -70,7 +70,7 @@ def evaluate(cfg: DictConfig) -> None:
     """Best-of-N latent attribution on a benchmark, every selector side by side."""
     from lightning_da.runs.evaluate import run_evaluate
 
-    os.environ.setdefault("WANDB_MODE", "offline")
+    wandb_mode.choose_mode()
     run_or_exit(run_evaluate, cfg, name="evaluate")
 
 
@@ -89,7 +89,7 @@ def attack(cfg: DictConfig) -> None:
     """PAIR against the deployed targets (the instruct model, the aligned student, with latent Best-of-N)."""
     from lightning_da.runs.attack import run_attack
 
-    os.environ.setdefault("WANDB_MODE", "offline")
+    wandb_mode.choose_mode()
     run_or_exit(run_attack, cfg, name="attack")
 
 

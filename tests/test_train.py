@@ -2,6 +2,7 @@
 
 import json
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -59,13 +60,17 @@ def test_zero_kept_traces_stops_before_training(compose_train):
 
 @pytest.mark.slow
 def test_cli_ddp_two_processes(tmp_path):
-    """strategy=ddp re-runs train.py for rank 1, which must find the finished trace cache."""
+    """strategy=ddp re-runs train.py for rank 1, which must find the finished trace cache. With WANDB_MODE unset and no
+    W&B login the run logs offline (never blocking on the network) and ends with the line that uploads it."""
     run = tmp_path / "run"
-    subprocess.run(
+    env = {k: v for k, v in os.environ.items() if k not in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE")}
+    done = subprocess.run(
         [sys.executable, "train.py", *TINY, "trainer.max_epochs=1", "trainer.strategy=ddp", "trainer.devices=2",
          f"hydra.run.dir={run}", f"paths.cache_dir={tmp_path / 'cache'}"],
-        cwd=ROOT, check=True, capture_output=True, text=True,
+        cwd=ROOT, check=True, capture_output=True, text=True, env={**env, "NETRC": str(tmp_path / "no_netrc")},
     )
+    (offline_run,) = (run / "wandb").glob("offline-run-*")
+    assert f"upload it with: wandb sync {offline_run}" in done.stdout + done.stderr
     assert (run / "train_ddp_process_1.log").is_file()
     assert (run / "adapter" / "adapter_model.safetensors").is_file()
     metrics = json.loads((run / "metrics.json").read_text())

@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationKeyError
 from tqdm.auto import tqdm
 
+from lightning_da import wandb_mode
 from lightning_da.atomic import keyed_parts_dir, write_text_atomic
 from lightning_da.attack.behaviours import behaviours
 from lightning_da.attack.measure import measure
@@ -274,4 +275,4 @@ def log_results(logger, cfg: DictConfig, results: dict) -> None:
                         if cell["rate"] is not None})
     logger.save()
     if hasattr(logger, "experiment") and hasattr(logger.experiment, "finish"):
-        logger.experiment.finish()
+        wandb_mode.finish(logger.experiment)

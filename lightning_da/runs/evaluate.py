@@ -15,6 +15,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
+from lightning_da import wandb_mode
 from lightning_da.atomic import write_text_atomic
 from lightning_da.attribution.comparison import compare_selectors
 from lightning_da.attribution.registry import build_selectors, check_selectors
@@ -88,7 +89,7 @@ def log_results(logger, cfg: DictConfig, rate: str, report: dict, records: list[
         ])
     logger.save()
     if isinstance(logger, WandbLogger):
-        logger.experiment.finish()
+        wandb_mode.finish(logger.experiment)
 
 
 def log_signal(logger, signal: dict | None) -> None:

@@ -19,7 +19,6 @@ import io
 import json
 import logging
 import math
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -384,11 +383,13 @@ def write_report(configurations: list[Configuration], out: Path, *, seed: int = 
 
 
 def log_to_wandb(files: dict, project: str, out: Path) -> str:
-    """The tables, the figures and every file as one `report` artifact in a new W&B run (offline unless
-    WANDB_MODE says otherwise); returns the run's directory."""
+    """The tables, the figures and every file as one `report` artifact in a new W&B run (online when logged in, else
+    offline: `lightning_da.wandb_mode`); returns the run's directory."""
     import wandb
 
-    run = wandb.init(project=project, job_type="report", dir=str(out), mode=os.environ.get("WANDB_MODE", "offline"))
+    from lightning_da import wandb_mode
+
+    run = wandb.init(project=project, job_type="report", dir=str(out), mode=wandb_mode.choose_mode())
     for key in (k for k in ("table", "configurations", "attack") if k in files):
         rows = list(csv.reader(io.StringIO(files[key].read_text())))
         run.log({f"report/{key}": wandb.Table(columns=rows[0], data=rows[1:])})
@@ -399,8 +400,9 @@ def log_to_wandb(files: dict, project: str, out: Path) -> str:
     for path in files.values():
         artifact.add_file(str(path))
     run.log_artifact(artifact)
-    run.finish()
-    return run.dir
+    run_dir = run.dir
+    wandb_mode.finish(run)
+    return run_dir
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -11,6 +11,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
+from lightning_da import wandb_mode
 from lightning_da.atomic import write_text_atomic
 from lightning_da.distributed import launch_ranks
 from lightning_da.errors import UserError, check_at_least
@@ -49,4 +50,4 @@ def _log(cfg: DictConfig, summary: dict) -> None:
     logger.log_metrics({f"traces/{k}": float(v) for k, v in summary.items() if isinstance(v, (bool, int, float))})
     logger.finalize("success")
     if isinstance(logger, WandbLogger):
-        logger.experiment.finish()
+        wandb_mode.finish(logger.experiment)

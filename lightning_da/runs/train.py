@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
+from lightning_da import wandb_mode
 from lightning_da.algorithms.grpo import SETTINGS, check_settings
 from lightning_da.atomic import save_dir_atomic, write_text_atomic
 from lightning_da.checkpoints import resolve_checkpoint, wandb_run_id
@@ -152,5 +153,5 @@ def _fit(cfg: DictConfig, module, datamodule, tokenizer, data_metrics: dict, log
         summary = ", ".join(f"{k} {metrics[k]:.4f}" for k in ("train/loss", "val/loss", "train/reward") if k in metrics)
         log.info("done: %s; adapter in %s", summary, output_dir / "adapter")
     if isinstance(logger, WandbLogger):
-        logger.experiment.finish()
+        wandb_mode.finish(logger.experiment)
     return metrics
