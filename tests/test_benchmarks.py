@@ -9,6 +9,7 @@ from omegaconf import OmegaConf
 from lightning_da.configs import CONF_DIR
 from lightning_da.data.benchmarks import ArithmeticBenchmark, HubBenchmark, StrongRejectBenchmark
 from lightning_da.errors import UserError
+from lightning_da.global_batch import sft_accumulation
 
 CONF = CONF_DIR / "benchmark"
 NAMES = sorted(p.stem for p in CONF.glob("*.yaml"))
@@ -121,7 +122,7 @@ def test_single_step_arithmetic_is_one_addition():
 
 def test_demo_preset_moves_the_student_and_keeps_the_pipeline(compose_train):
     cfg = compose_train("experiment=demo")
-    assert cfg.data.limit == 60 and cfg.trainer.accumulate_grad_batches == 1
+    assert cfg.data.limit == 60 and sft_accumulation(cfg, 1) == 1  # every micro-batch of 4 a step
     assert cfg.algorithm.module.optimizer.lr == 2.0e-4 and cfg.algorithm.name == "sft"
     # the README's numbers were trained so: every linear layer, cosine after 3% warmup, 5% held out, best by val/loss
     assert cfg.algorithm.module.lora.target_modules == "all-linear"

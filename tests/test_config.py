@@ -64,7 +64,7 @@ def test_paper_settings_are_the_defaults(compose_train):
     assert (lora.r, lora.alpha, lora.dropout, list(lora.modules_to_save)) == (32, 64, 0.05, ["lm_head"])
     assert cfg.algorithm.module.optimizer.lr == pytest.approx(1.41e-5)
     assert cfg.trainer.max_epochs == 3
-    assert cfg.algorithm.datamodule.batch_size * cfg.trainer.accumulate_grad_batches == 16
+    assert cfg.algorithm.global_batch_size == 16 and cfg.trainer.accumulate_grad_batches is None  # derived: test_global_batch.py
     # TRL's SFTConfig defaults, as the reference runs them: linear decay, no warmup, nothing held out
     assert cfg.algorithm.module.scheduler._target_ == "transformers.get_linear_schedule_with_warmup"
     assert cfg.algorithm.module.warmup_ratio == 0.0 and cfg.algorithm.datamodule.val_fraction == 0.0

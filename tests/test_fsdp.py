@@ -26,7 +26,7 @@ CPU = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-tru
 SFT = [*[o for o in TINY if not o.startswith("trainer.max_epochs")], "trainer.max_epochs=3",
        "+callbacks.model_checkpoint.every_n_train_steps=1", *CPU]
 GRPO = ["algorithm=grpo", "student=tiny_random", "trainer.max_steps=3", "algorithm.module.num_generations=4",
-        "algorithm.module.sampling.max_new_tokens=6", "algorithm.datamodule.prompts_per_step=2", "algorithm.module.beta=0.04",
+        "algorithm.module.sampling.max_new_tokens=6", "algorithm.global_batch_size=null", "algorithm.datamodule.prompts_per_step=2", "algorithm.module.beta=0.04",
         "algorithm.module.optimizer.lr=1e-2", "data=rl_mixture", "rewards=mixture", "data.harmful.limit=8", "data.benign.n=8", '+judge.refusals=[""]', *CPU,
         # A reward that varies within groups, so the policy really moves.
         "+algorithm.module.rewards.low.weight=1.0", "+algorithm.module.rewards.low.fn._target_=tests.test_grpo.low_token_reward",

@@ -328,7 +328,7 @@ def test_dynamic_sampling_trains_on_informative_groups_only(tokenizer, init_adap
 def test_grpo_through_train_py_config(compose_train, init_adapter, tmp_path):
     cfg = compose_train(
         "algorithm=grpo", "student=tiny_random", f"algorithm.module.init_adapter={init_adapter}", "trainer.accelerator=cpu", "trainer.max_steps=2",
-        "algorithm.module.num_generations=2", "algorithm.module.sampling.max_new_tokens=5", "algorithm.datamodule.prompts_per_step=2",
+        "algorithm.module.num_generations=2", "algorithm.module.sampling.max_new_tokens=5", "algorithm.global_batch_size=null", "algorithm.datamodule.prompts_per_step=2",
         "algorithm.datamodule.val_prompts=2", "data=rl_mixture", "rewards=mixture", "data.harmful.limit=4", "data.benign.n=4", "algorithm.module.log_completions_steps=1",
         "callbacks=with_bon", "callbacks.bon_attribution.selector.layer=2", "callbacks.bon_attribution.n_prompts=2",
         "callbacks.bon_attribution.n_candidates=2", "callbacks.bon_attribution.sampling.max_new_tokens=4",
@@ -399,7 +399,7 @@ def test_grpo_under_ddp_on_two_cpu_ranks(tmp_path):
     subprocess.run(
         [sys.executable, "train.py", "algorithm=grpo", "student=tiny_random", "trainer=ddp", "trainer.accelerator=cpu",
          "trainer.devices=2", "trainer.max_steps=2", "algorithm.module.num_generations=4", "algorithm.module.sampling.max_new_tokens=6",
-         "algorithm.datamodule.prompts_per_step=2", "algorithm.module.loss_type=dapo", "algorithm.module.scale_rewards=batch",
+         "algorithm.global_batch_size=null", "algorithm.datamodule.prompts_per_step=2", "algorithm.module.loss_type=dapo", "algorithm.module.scale_rewards=batch",
          "algorithm.module.top_entropy_quantile=0.2", "algorithm.module.beta=0.04",
          "data=rl_mixture", "rewards=mixture", "data.harmful.limit=8", "data.benign.n=8", "logger=csv", '+judge.refusals=[""]', f"hydra.run.dir={run}"],
         cwd=Path(__file__).resolve().parents[1], check=True, capture_output=True, text=True,
@@ -448,7 +448,7 @@ def test_grpo_trains_on_the_prompts_whose_traces_the_sft_stage_kept(compose_trai
         raise AssertionError("the teacher was loaded again")
 
     monkeypatch.setattr("lightning_da.teacher.teacher_sampler", no_teacher)
-    grpo = compose_train("algorithm=grpo", *shared, "data.prompts.limit=12", "algorithm.datamodule.prompts_per_step=1")
+    grpo = compose_train("algorithm=grpo", *shared, "data.prompts.limit=12", "algorithm.global_batch_size=null", "algorithm.datamodule.prompts_per_step=1")
     student = instantiate(grpo.student.model)
     _, datamodule, metrics, _ = train_run._prepare_grpo(grpo, student, student.load_tokenizer())
     assert [r["prompt"] for r in datamodule.train_rows] == kept and metrics == {"data/rl_prompts": len(kept)}

@@ -196,9 +196,10 @@ def test_the_colocated_engine_is_sized_as_trls(engine_log, compose_train, tokeni
     """max_num_seqs: the rollouts of a generation on the engine's tensor-parallel group (train.py: prompts_per_step x
     num_generations per rank); max_num_batched_tokens 4096 (TRL's: vLLM's profiler is misled by its default); either
     set by generation.vllm.*."""
-    from lightning_da.runs.train import rollout_engine
+    from lightning_da.runs.train import per_rank_batch, rollout_engine
 
     cfg = compose_train("algorithm=grpo", "student=tiny_random", "generation.backend=vllm")
+    per_rank_batch(cfg)  # as run_train: the global batch as each rank's prompts per step
     assert rollout_engine(cfg, TinyRandomLlama()).keywords["rollouts"] == 32 * 8
     policy = load_adapter(TIED.load_model(), random_adapter(tmp_path / "a", TIED.load_model()), trainable=True)
     for settings, want in (({}, (24, 4096)), ({"max_num_seqs": 3, "max_num_batched_tokens": 2048}, (3, 2048))):

@@ -7,6 +7,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from lightning_da.configs import CONF_DIR
+from lightning_da.global_batch import grpo_prompts_per_step, sft_accumulation
 from lightning_da.runs.plan import stage_commands
 
 TEACHERS = ["r1_qwen_1_5b", "r1_qwen_7b", "r1_qwen_14b", "r1_qwen_32b", "r1_llama_8b", "r1_llama_70b", "qwq"]
@@ -60,7 +61,8 @@ RECIPE = [
     ("sft", "algorithm.datamodule.val_fraction", 0.0, "validation: none"),
     ("sft", "algorithm.datamodule.max_length", 2048, "max length 2048"),
     ("sft", "trainer.max_epochs", 3, "epochs 3"),
-    ("sft", lambda c: c.algorithm.datamodule.batch_size * c.trainer.accumulate_grad_batches * c.trainer.devices, 16, "batch 16"),
+    ("sft", "algorithm.global_batch_size", 16, "batch 16"),
+    ("sft", lambda c: c.algorithm.datamodule.batch_size * sft_accumulation(c, 1), 16, "batch 16 (on one GPU)"),
     ("sft", "trainer.precision", "bf16-mixed", "bf16"),
     ("grpo", "algorithm.module.optimizer.lr", 1.41e-5, "GRPO lr 1.41e-5"),
     ("grpo", "algorithm.module.beta", 0.0, "beta 0"),
@@ -74,8 +76,8 @@ RECIPE = [
     ("grpo", "judge.model.name", "meta-llama/Llama-Guard-3-8B", "Llama-Guard-3-8B as the reward model"),
     ("grpo", "data._target_", "lightning_da.data.rl.TeacherFiltered", "data: the filtered set's train split"),
     ("grpo", "data.prompts.name", "UCSC-VLAA/STAR-41K", "... of STAR-41K, the SFT stage's prompts"),
-    ("grpo", lambda c: c.algorithm.datamodule.prompts_per_step * c.algorithm.module.num_generations * c.trainer.devices, 256,
-     "batch 256 completions per step"),
+    ("grpo", "algorithm.global_batch_size", 256, "batch 256 completions per step"),
+    ("grpo", lambda c: grpo_prompts_per_step(c, 1) * c.algorithm.module.num_generations, 256, "batch 256 (on one GPU)"),
     ("evaluate_sft", "n_candidates", 8, "N 8"),
     ("evaluate_sft", "student.sampling.temperature", 0.7, "T 0.7"),
     ("evaluate_sft", "student.sampling.top_p", 1.0, "top-p 1.0"),

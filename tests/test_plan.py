@@ -174,6 +174,6 @@ def test_grpos_cost_counts_generation_batches_not_optimizer_steps(reuse, generat
     from lightning_da.runs.cost import stage_cost
 
     cost = stage_cost("train", ["algorithm=grpo", "student=tiny_random", "data=rl_mixture", "rewards=mixture", "data.harmful.limit=8",
-                                "data.benign.n=8", "trainer.max_steps=4", "algorithm.datamodule.prompts_per_step=2",
+                                "data.benign.n=8", "trainer.max_steps=4", "algorithm.global_batch_size=null", "algorithm.datamodule.prompts_per_step=2",
                                 "algorithm.module.num_generations=2", "algorithm.module.sampling.max_new_tokens=6", *reuse])
     assert cost.tokens == generation_batches * 2 * 2 * 6

@@ -257,7 +257,8 @@ def test_each_slice_judges_its_own_traces_and_the_last_judges_nothing_more(tmp_p
 
 
 DDP = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
-TINY_TRAIN = ["student=tiny_random", "trainer.accelerator=cpu", "trainer.max_steps=1", "trainer.accumulate_grad_batches=1",
+TINY_TRAIN = ["student=tiny_random", "trainer.accelerator=cpu", "trainer.max_steps=1", "algorithm.global_batch_size=null",
+              "trainer.accumulate_grad_batches=1",
               "algorithm.datamodule.batch_size=2", "algorithm.module.lora.r=4", "logger=csv"]
 
 

@@ -17,7 +17,7 @@ TINY = [
     "teacher=tiny_random", "student=tiny_random", "data.limit=8",
     # A random teacher never refuses; an empty refusal phrase makes the keyword judge keep everything.
     '+judge.refusals=[""]',
-    "trainer.max_epochs=2", "trainer.accumulate_grad_batches=1", "algorithm.datamodule.batch_size=2",
+    "trainer.max_epochs=2", "algorithm.global_batch_size=2", "algorithm.datamodule.batch_size=2",
     "algorithm.datamodule.val_fraction=0.25", "algorithm.module.lora.r=4", "trainer.accelerator=cpu",
 ]
 

@@ -49,5 +49,6 @@ def test_an_offline_run_ends_with_the_sync_line_and_no_key_is_logged(tmp_path, c
     sync_dir = run.settings.sync_dir
     with caplog.at_level(logging.INFO, logger="lightning_da.wandb_mode"):
         wandb_mode.finish(run)
-    assert caplog.messages == [f"W&B run logged offline; upload it with: wandb sync {sync_dir}"]
+    ours = [r.getMessage() for r in caplog.records if r.name == "lightning_da.wandb_mode"]
+    assert ours == [f"W&B run logged offline; upload it with: wandb sync {sync_dir}"]
     assert str(tmp_path) in sync_dir

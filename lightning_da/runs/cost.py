@@ -105,7 +105,9 @@ def job_tokens(command: str, cfg: DictConfig) -> int | None:
             if (cfg.trainer.get("max_steps") or -1) > 0:  # optimizer steps: each generation batch makes mu x k of them
                 per_batch = module.get("num_iterations", 1) * module.get("steps_per_generation", 1)
                 batches = -(-cfg.trainer.max_steps // per_batch)
-                prompts = min(prompts, batches * cfg.algorithm.datamodule.prompts_per_step * devices)
+                total = cfg.algorithm.get("global_batch_size")  # completions a step over every rank
+                per_step = total // module.num_generations if total else cfg.algorithm.datamodule.prompts_per_step * devices
+                prompts = min(prompts, batches * per_step)
         rounds = module.max_generation_rounds if module.dynamic_sampling else 1
         return _times(prompts, module.num_generations, module.sampling.max_new_tokens, rounds)
     max_new = cfg.max_new_tokens or cfg.student.sampling.max_new_tokens

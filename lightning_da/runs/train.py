@@ -25,6 +25,7 @@ from lightning_da.fsdp import uses_fsdp
 from lightning_da.generation import check_backend
 from lightning_da.generation.colocated import PolicyEngine
 from lightning_da.generation.vllm_engine import import_vllm
+from lightning_da.global_batch import grpo_prompts_per_step, sft_accumulation, world_size
 from lightning_da.models.lora import check_adapter_dir
 from lightning_da.models.vocabulary import add_think_tokens, wants_think_tokens
 from lightning_da.teacher import release_memory, stage_summary, summary_line, teacher_stage
@@ -53,6 +54,7 @@ def run_train(cfg: DictConfig) -> dict[str, float]:
     check_accelerator(cfg.trainer)
     check_backend(cfg.generation)
     checkpoint = resolve_checkpoint(cfg.ckpt_path, cfg.paths.output_dir, sharded=uses_fsdp(cfg.trainer))
+    per_rank_batch(cfg)
     instantiate(cfg.judge).check()  # its weights load only when it first judges
     launch_ranks(cfg.trainer)  # every rank now, not at fit: each generates and judges its slice of the traces
     student = instantiate(cfg.student.model)
@@ -64,6 +66,16 @@ def run_train(cfg: DictConfig) -> dict[str, float]:
     # Seed again: training must not depend on whether teacher sampling ran in this process or was cached.
     L.seed_everything(cfg.seed, workers=True)
     return _fit(cfg, module, datamodule, tokenizer, data_metrics, log_data, checkpoint)
+
+
+def per_rank_batch(cfg: DictConfig) -> None:
+    """The recipe's global batch (`algorithm.global_batch_size`) as each rank's settings, written into `cfg` (so that the
+    logged config says what ran): SFT's accumulation, GRPO's prompts per step."""
+    world = world_size(cfg.trainer)
+    if cfg.algorithm.name == "grpo":
+        cfg.algorithm.datamodule.prompts_per_step = grpo_prompts_per_step(cfg, world)
+    else:
+        cfg.trainer.accumulate_grad_batches = sft_accumulation(cfg, world)
 
 
 def filtered_traces(cfg: DictConfig, data):
