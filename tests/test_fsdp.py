@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CPU = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true", "logger=csv"]
 # 6 training traces in batches of 2 on 2 ranks: 2 steps an epoch; a checkpoint every step.
 SFT = [*[o for o in TINY if not o.startswith("trainer.max_epochs")], "trainer.max_epochs=3",
-       "+callbacks.model_checkpoint.every_n_train_steps=1", *CPU]
+       "+callbacks.model_checkpoint.every_n_train_steps=1", *CPU, "algorithm.global_batch_size=4"]
 GRPO = ["algorithm=grpo", "student=tiny_random", "trainer.max_steps=3", "algorithm.module.num_generations=4",
         "algorithm.module.sampling.max_new_tokens=6", "algorithm.global_batch_size=null", "algorithm.datamodule.prompts_per_step=2", "algorithm.module.beta=0.04",
         "algorithm.module.optimizer.lr=1e-2", "data=rl_mixture", "rewards=mixture", "data.harmful.limit=8", "data.benign.n=8", '+judge.refusals=[""]', *CPU,

@@ -65,7 +65,7 @@ def test_cli_ddp_two_processes(tmp_path):
     run = tmp_path / "run"
     env = {k: v for k, v in os.environ.items() if k not in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE")}
     done = subprocess.run(
-        [sys.executable, "train.py", *TINY, "trainer.max_epochs=1", "trainer.strategy=ddp", "trainer.devices=2",
+        [sys.executable, "train.py", *TINY, "trainer.max_epochs=1", "trainer.strategy=ddp", "trainer.devices=2", "algorithm.global_batch_size=4",
          f"hydra.run.dir={run}", f"paths.cache_dir={tmp_path / 'cache'}"],
         cwd=ROOT, check=True, capture_output=True, text=True, env={**env, "NETRC": str(tmp_path / "no_netrc")},
     )
