@@ -23,7 +23,7 @@ def world_size(trainer_cfg: DictConfig) -> int:
         devices = int(devices)
     if devices in ("auto", -1):
         gpus = torch.cuda.device_count() if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available() else 0
-        devices = gpus or (1 if accelerator in ("cpu", "auto") or devices == "auto" else 0)
+        devices = gpus or 1
     elif isinstance(devices, str):  # "0,1,3": those GPUs
         devices = len([d for d in devices.split(",") if d.strip()])
     elif not isinstance(devices, int):  # a list of GPU indices

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from lightning_da.configs import CONF_DIR
 from lightning_da.data.benchmarks import PAIR50
 from lightning_da.data.traces import slice_batches
+from lightning_da.global_batch import grpo_prompts_per_step
 
 # Rows of the hub sets as documented (PAPER.md 4; the datasets' cards), by hub id; STAR-41K is "~41K".
 DOCUMENTED_ROWS = {"UCSC-VLAA/STAR-41K": 41_000, "TrustAIRLab/in-the-wild-jailbreak-prompts": 1_405, "allenai/wildjailbreak": 2_000,
@@ -105,9 +106,7 @@ def job_tokens(command: str, cfg: DictConfig) -> int | None:
             if (cfg.trainer.get("max_steps") or -1) > 0:  # optimizer steps: each generation batch makes mu x k of them
                 per_batch = module.get("num_iterations", 1) * module.get("steps_per_generation", 1)
                 batches = -(-cfg.trainer.max_steps // per_batch)
-                total = cfg.algorithm.get("global_batch_size")  # completions a step over every rank
-                per_step = total // module.num_generations if total else cfg.algorithm.datamodule.prompts_per_step * devices
-                prompts = min(prompts, batches * per_step)
+                prompts = min(prompts, batches * grpo_prompts_per_step(cfg, devices) * devices)
         rounds = module.max_generation_rounds if module.dynamic_sampling else 1
         return _times(prompts, module.num_generations, module.sampling.max_new_tokens, rounds)
     max_new = cfg.max_new_tokens or cfg.student.sampling.max_new_tokens
